@@ -1,0 +1,91 @@
+/* backend.h - the operations the model code (models/glm4-moe.c) runs on a backend.
+ *
+ * One forward pass is: begin(plan), then a sequence of ops over float32 activation
+ * buffers that the backend owns (host memory for the CPU backend, device memory for
+ * CUDA), then logits() which copies the wanted rows to the host. Ops never read
+ * activations back to the host, so a CUDA backend can capture a whole step in a graph.
+ * Every op returns GLM_OK or a negative status with glm_last_error() set. */
+#ifndef GLM_BACKEND_H
+#define GLM_BACKEND_H
+
+#include "internal.h"
+
+#define GLM_PAGE 16   /* tokens per KV page */
+
+/* The host-side description of one batch, built by the context (lib/ctx.c). */
+typedef struct {
+    int n_tokens;               /* T */
+    const int32_t *tokens;      /* [T] */
+    const int32_t *pos;         /* [T] position of each token in its sequence */
+    const int32_t *seq;         /* [T] sequence slot of each token */
+    int n_seq_slots;            /* rows of page_table */
+    int max_pages;              /* columns of page_table */
+    const int32_t *page_table;  /* [n_seq_slots, max_pages] page id, -1 unused */
+    int n_out;                  /* rows whose logits are wanted */
+    const int32_t *out_rows;    /* [n_out] batch rows, ascending */
+} glm_plan;
+
+typedef struct glm_backend glm_backend;
+
+typedef struct {
+    const char *name;
+    /* Makes the model's weights usable by the backend (upload, repack). */
+    int (*load)(glm_backend *be, glm_model *model);
+    /* Pages that fit for KV given the params (CPU: from n_ctx*n_seq; CUDA: kv_frac). */
+    int (*kv_pages_fit)(glm_backend *be, const glm_ctx_params *p);
+    /* Allocates K and V storage for n_pages pages of GLM_PAGE tokens in every layer. */
+    int (*kv_init)(glm_backend *be, int n_pages, glm_kv_type type);
+    /* Reserves activation buffers for up to max_tokens tokens a pass. */
+    int (*reserve)(glm_backend *be, int max_tokens);
+    /* Returns a backend buffer of n bytes (float32 activations, int32 ids); NULL on OOM. */
+    void *(*alloc)(glm_backend *be, size_t n_bytes);
+    /* Starts a pass: copies the plan to where the ops can read it. */
+    int (*begin)(glm_backend *be, const glm_plan *plan);
+
+    /* x[T, n_embd] = tok_embd[tokens[t]] */
+    int (*embed)(glm_backend *be, float *x);
+    /* out[rows, dim] = x / rms(x) * w  (out may equal x) */
+    int (*rmsnorm)(glm_backend *be, const float *x, const glm_weight *w, float *out, int rows);
+    /* y[T, w.rows] = x[T, w.cols] @ W^T (+ bias) */
+    int (*linear)(glm_backend *be, const glm_weight *w, const glm_weight *bias,
+                  const float *x, float *y, int T);
+    /* y[T, gate.rows] = silu(x @ Wg^T) * (x @ Wu^T) */
+    int (*glu)(glm_backend *be, const glm_weight *gate, const glm_weight *up,
+               const float *x, float *y, int T);
+    /* Layer il: q/k RMSNorm per head (if use_qk_norm), partial RoPE at plan positions,
+     * k,v stored into the sequence's pages, causal GQA attention over the sequence's
+     * cache. q[T, n_head*hd] k,v[T, n_kv*hd] (q, k modified in place) -> out[T, n_head*hd] */
+    int (*attention)(glm_backend *be, int il, float *q, float *k, const float *v, float *out);
+    /* Router of layer il: scores = sigmoid(h @ Wr^T) (fp32); top-k by scores + correction
+     * bias; weights = chosen scores (normalised if norm_topk_prob) * routed_scale.
+     * h[T, n_embd] -> ids[T, k] (int32), w[T, k] */
+    int (*moe_route)(glm_backend *be, int il, const float *h, int32_t *ids, float *w);
+    /* out[T, n_embd] = sum_j w[t,j] * expert_{ids[t,j]}(h[t])   (SwiGLU experts) */
+    int (*moe_experts)(glm_backend *be, int il, const float *h, const int32_t *ids,
+                       const float *w, float *out);
+    /* x[n] += y[n] */
+    int (*add)(glm_backend *be, float *x, const float *y, size_t n);
+    /* Final: logits_host[n_out, n_vocab] = rmsnorm(x[out_rows]) * out_norm @ lm_head^T */
+    int (*logits)(glm_backend *be, const float *x, float *logits_host);
+    void (*destroy)(glm_backend *be);
+} glm_backend_ops;
+
+struct glm_backend {
+    const glm_backend_ops *ops;
+    glm_model *model;
+    glm_ctx_params params;
+    void *impl;                 /* backend-private state */
+    void *fwd;                  /* the forward's activation buffers (models/glm4-moe.c) */
+};
+
+/* Creates the CPU backend. */
+int glm_backend_cpu_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
+/* Creates the CUDA backend (GLM_ERR_NOT_IMPLEMENTED in builds without CUDA). */
+int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
+
+/* Runs the whole model over one planned batch (models/glm4-moe.c). */
+int glm4moe_forward(glm_backend *be, const glm_plan *plan, float *logits_host);
+/* Allocates the forward's activation buffers for up to max_tokens (models/glm4-moe.c). */
+int glm4moe_reserve(glm_backend *be, int max_tokens);
+
+#endif

@@ -1,0 +1,180 @@
+/* ctx.c - a context: one backend, a paged KV cache (16-token pages, a page table per
+ * sequence, a free list), and glm_ctx_decode, which plans a batch (positions, pages,
+ * logits rows), splits it into passes of at most n_batch tokens and runs the model. */
+#include "backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct glm_ctx {
+    glm_model *model;
+    glm_backend *be;
+    glm_ctx_params p;
+    int n_pages;
+    int max_pages;          /* pages one sequence may hold: ceil(n_ctx / GLM_PAGE) */
+    int32_t *free_pages;    /* stack of free page ids */
+    int n_free;
+    int32_t *page_table;    /* [n_seq_max, max_pages] */
+    int32_t *seq_len;       /* [n_seq_max] */
+    float *logits;          /* [n_batch, n_vocab] rows wanted by the last decode */
+    int32_t *logit_row;     /* [n_batch] batch row -> index into logits, -1 none */
+    int cap_rows;
+    /* per pass */
+    int32_t *pos, *seq, *out_rows;
+};
+
+glm_ctx_params glm_ctx_default_params(void) {
+    glm_ctx_params p = {0};
+    p.device = GLM_DEVICE_CPU;
+    p.n_ctx = 4096;
+    p.n_seq_max = 1;
+    p.n_batch = 512;
+    p.kv_frac = 0.9f;
+    p.kv_type = GLM_KV_BF16;
+    return p;
+}
+
+int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
+    *out = NULL;
+    glm_ctx_params p = params ? *params : glm_ctx_default_params();
+    if (p.n_ctx < 1 || p.n_seq_max < 1 || p.n_batch < 1)
+        return glm_err(GLM_ERR_ARG, "n_ctx, n_seq_max and n_batch must be positive");
+    glm_ctx *c = calloc(1, sizeof *c);
+    if (!c) return glm_err(GLM_ERR_OOM, "out of memory");
+    c->model = model;
+    c->p = p;
+    int rc = p.device == GLM_DEVICE_CUDA ? glm_backend_cuda_new(model, &p, &c->be) : glm_backend_cpu_new(model, &p, &c->be);
+    if (rc) goto fail;
+    c->max_pages = (p.n_ctx + GLM_PAGE - 1) / GLM_PAGE;
+    c->n_pages = p.n_kv_pages > 0 ? p.n_kv_pages : c->be->ops->kv_pages_fit(c->be, &p);
+    if (c->n_pages < 1) { rc = glm_err(GLM_ERR_OOM, "no memory left for KV pages"); goto fail; }
+    if ((rc = glm4moe_reserve(c->be, p.n_batch))) goto fail;
+    if ((rc = c->be->ops->kv_init(c->be, c->n_pages, p.kv_type))) goto fail;
+    c->free_pages = malloc((size_t)c->n_pages * sizeof(int32_t));
+    c->page_table = malloc((size_t)p.n_seq_max * c->max_pages * sizeof(int32_t));
+    c->seq_len = calloc((size_t)p.n_seq_max, sizeof(int32_t));
+    c->pos = malloc((size_t)p.n_batch * sizeof(int32_t));
+    c->seq = malloc((size_t)p.n_batch * sizeof(int32_t));
+    c->out_rows = malloc((size_t)p.n_batch * sizeof(int32_t));
+    if (!c->free_pages || !c->page_table || !c->seq_len || !c->pos || !c->seq || !c->out_rows) {
+        rc = glm_err(GLM_ERR_OOM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < c->n_pages; i++) c->free_pages[i] = c->n_pages - 1 - i;
+    c->n_free = c->n_pages;
+    memset(c->page_table, 0xff, (size_t)p.n_seq_max * c->max_pages * sizeof(int32_t));
+    *out = c;
+    return GLM_OK;
+fail:
+    glm_ctx_free(c);
+    return rc;
+}
+
+void glm_ctx_free(glm_ctx *c) {
+    if (!c) return;
+    void *fwd = c->be ? c->be->fwd : NULL;
+    if (c->be) c->be->ops->destroy(c->be);
+    free(fwd);
+    free(c->free_pages);
+    free(c->page_table);
+    free(c->seq_len);
+    free(c->logits);
+    free(c->logit_row);
+    free(c->pos);
+    free(c->seq);
+    free(c->out_rows);
+    free(c);
+}
+
+int glm_ctx_seq_clear(glm_ctx *c, int seq) {
+    if (seq < 0 || seq >= c->p.n_seq_max) return glm_err(GLM_ERR_ARG, "sequence %d out of range [0, %d)", seq, c->p.n_seq_max);
+    int32_t *pt = c->page_table + (size_t)seq * c->max_pages;
+    for (int i = 0; i < c->max_pages; i++)
+        if (pt[i] >= 0) { c->free_pages[c->n_free++] = pt[i]; pt[i] = -1; }
+    c->seq_len[seq] = 0;
+    return GLM_OK;
+}
+
+int glm_ctx_seq_len(const glm_ctx *c, int seq) {
+    return seq >= 0 && seq < c->p.n_seq_max ? c->seq_len[seq] : 0;
+}
+
+int glm_ctx_kv_pages_free(const glm_ctx *c) { return c->n_free; }
+int glm_ctx_kv_pages_total(const glm_ctx *c) { return c->n_pages; }
+
+const float *glm_ctx_logits(glm_ctx *c, int i) {
+    if (i < 0 || i >= c->cap_rows || !c->logit_row || c->logit_row[i] < 0) {
+        glm_err(GLM_ERR_ARG, "no logits for batch row %d", i);
+        return NULL;
+    }
+    return c->logits + (size_t)c->logit_row[i] * c->model->hp.n_vocab;
+}
+
+int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
+    const int T = b->n_tokens, V = c->model->hp.n_vocab;
+    if (T < 1 || !b->tokens) return glm_err(GLM_ERR_ARG, "empty batch");
+    /* validate and count the pages the batch needs, before touching any state */
+    int *add = calloc((size_t)c->p.n_seq_max, sizeof(int));
+    if (!add) return glm_err(GLM_ERR_OOM, "out of memory");
+    int need = 0, rc = GLM_OK;
+    for (int t = 0; t < T; t++) {
+        int s = b->seq ? b->seq[t] : 0;
+        if (s < 0 || s >= c->p.n_seq_max) { rc = glm_err(GLM_ERR_ARG, "token %d: sequence %d out of range [0, %d)", t, s, c->p.n_seq_max); goto done; }
+        if (b->tokens[t] < 0 || b->tokens[t] >= V) { rc = glm_err(GLM_ERR_ARG, "token %d: id %d out of range [0, %d)", t, b->tokens[t], V); goto done; }
+        add[s]++;
+    }
+    for (int s = 0; s < c->p.n_seq_max; s++) {
+        if (!add[s]) continue;
+        int len = c->seq_len[s] + add[s];
+        if (len > c->p.n_ctx) { rc = glm_err(GLM_ERR_ARG, "sequence %d would hold %d tokens, more than the context size %d", s, len, c->p.n_ctx); goto done; }
+        need += (len + GLM_PAGE - 1) / GLM_PAGE - (c->seq_len[s] + GLM_PAGE - 1) / GLM_PAGE;
+    }
+    if (need > c->n_free) {
+        rc = glm_err(GLM_WARN_KV_FULL, "KV cache full: the batch needs %d pages, %d of %d free", need, c->n_free, c->n_pages);
+        goto done;
+    }
+    /* logits buffer for the rows that want them */
+    int n_want = 0;
+    for (int t = 0; t < T; t++) n_want += b->logits ? b->logits[t] != 0 : t == T - 1;
+    if (T > c->cap_rows) {
+        int32_t *nr = realloc(c->logit_row, (size_t)T * sizeof *nr);
+        if (!nr) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto done; }
+        c->logit_row = nr;
+        c->cap_rows = T;
+    }
+    float *nl = realloc(c->logits, (size_t)(n_want ? n_want : 1) * V * sizeof(float));
+    if (!nl) { rc = glm_err(GLM_ERR_OOM, "out of memory for %d rows of logits", n_want); goto done; }
+    c->logits = nl;
+    for (int i = 0; i < c->cap_rows; i++) c->logit_row[i] = -1;
+    /* allocate pages */
+    for (int s = 0; s < c->p.n_seq_max; s++) {
+        if (!add[s]) continue;
+        int32_t *pt = c->page_table + (size_t)s * c->max_pages;
+        int p0 = (c->seq_len[s] + GLM_PAGE - 1) / GLM_PAGE, p1 = (c->seq_len[s] + add[s] + GLM_PAGE - 1) / GLM_PAGE;
+        for (int i = p0; i < p1; i++) pt[i] = c->free_pages[--c->n_free];
+    }
+    /* passes of at most n_batch tokens, in order */
+    int out_i = 0;
+    for (int t0 = 0; t0 < T; t0 += c->p.n_batch) {
+        int n = T - t0 < c->p.n_batch ? T - t0 : c->p.n_batch, n_out = 0;
+        for (int i = 0; i < n; i++) {
+            int t = t0 + i, s = b->seq ? b->seq[t] : 0;
+            c->seq[i] = s;
+            c->pos[i] = c->seq_len[s]++;
+            if (b->logits ? b->logits[t] != 0 : t == T - 1) {
+                c->out_rows[n_out++] = i;
+                c->logit_row[t] = out_i++;
+            }
+        }
+        glm_plan plan = {
+            .n_tokens = n, .tokens = b->tokens + t0, .pos = c->pos, .seq = c->seq,
+            .n_seq_slots = c->p.n_seq_max, .max_pages = c->max_pages, .page_table = c->page_table,
+            .n_out = n_out, .out_rows = c->out_rows,
+        };
+        rc = glm4moe_forward(c->be, &plan, c->logits + (size_t)(out_i - n_out) * V);
+        if (rc) goto done;
+    }
+done:
+    free(add);
+    return rc;
+}

@@ -1,0 +1,183 @@
+/* glm.h - the one public header of libglm: load GLM-4.x MoE checkpoints, run them
+ * on the CPU or CUDA backend, sample, and tokenize.
+ *
+ * Conventions: functions return an int status (GLM_OK = 0, positive = warning,
+ * negative = error) and set a thread-local message readable with glm_last_error().
+ * The library never prints to stdout and never exits; the tools decide. */
+#ifndef GLM_H
+#define GLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status ---- */
+enum glm_status {
+    GLM_OK = 0,
+    GLM_WARN_KV_FULL = 1,          /* not enough free KV pages: free sequences and retry */
+    GLM_ERR_ARG = -1,              /* invalid argument */
+    GLM_ERR_IO = -2,               /* file missing, unreadable or truncated */
+    GLM_ERR_FORMAT = -3,           /* malformed file: names the file and the tensor/field */
+    GLM_ERR_OOM = -4,              /* host or device memory exhausted */
+    GLM_ERR_NOT_IMPLEMENTED = -5,  /* a feature that is not built */
+    GLM_ERR_CUDA = -6,             /* a CUDA/cuBLASLt/NCCL call failed */
+    GLM_ERR_UNSUPPORTED = -7,      /* input uses a construct this build does not support */
+};
+
+/* The message of the last error on this thread ("" if none). */
+const char *glm_last_error(void);
+/* A short name for a status code. */
+const char *glm_status_str(int status);
+/* Non-zero when this build has the CUDA backend and a usable GPU. */
+int glm_cuda_available(void);
+
+/* ---- model ---- */
+typedef struct glm_model glm_model;
+typedef struct glm_ctx glm_ctx;
+typedef struct glm_sampler glm_sampler;
+typedef struct glm_tokenizer glm_tokenizer;
+
+#define GLM_MAX_EOS 8
+
+typedef struct {
+    int n_vocab;          /* vocab_size */
+    int n_embd;           /* hidden_size */
+    int n_layer;          /* num_hidden_layers (the MTP layer is not counted) */
+    int n_dense_layer;    /* first_k_dense_replace */
+    int n_head;           /* num_attention_heads */
+    int n_head_kv;        /* num_key_value_heads */
+    int head_dim;         /* head_dim */
+    int n_rot;            /* rotary dims per head: head_dim * partial_rotary_factor */
+    int n_ff;             /* intermediate_size (dense MLP) */
+    int n_ff_exp;         /* moe_intermediate_size */
+    int n_expert;         /* n_routed_experts */
+    int n_expert_used;    /* num_experts_per_tok */
+    int n_expert_shared;  /* n_shared_experts */
+    int n_nextn;          /* num_nextn_predict_layers (loaded: no, skipped) */
+    int n_ctx_train;      /* max_position_embeddings */
+    int norm_topk_prob;
+    int use_qk_norm;
+    int attn_bias;
+    float rope_theta;
+    float rms_eps;
+    float routed_scale;   /* routed_scaling_factor */
+    int n_eos;
+    int32_t eos[GLM_MAX_EOS];
+} glm_hparams;
+
+/* Called during loading with bytes done and total; return non-zero to cancel. */
+typedef int (*glm_progress_fn)(uint64_t done, uint64_t total, void *user);
+
+typedef struct {
+    glm_progress_fn progress;
+    void *progress_user;
+} glm_model_params;
+
+glm_model_params glm_model_default_params(void);
+/* Loads config.json and the safetensors (single or sharded) from a directory. */
+int glm_model_load(const char *dir, const glm_model_params *params, glm_model **out);
+void glm_model_free(glm_model *model);
+const glm_hparams *glm_model_hparams(const glm_model *model);
+/* Total parameters (elements) of the loaded tensors, MTP layer excluded. */
+uint64_t glm_model_n_params(const glm_model *model);
+/* Bytes of weight data as stored (what a decode step streams when all experts are touched). */
+uint64_t glm_model_n_bytes(const glm_model *model);
+/* A one-line description: "glm4_moe 3 layers, hidden 160, 8 experts, fp8-channel". */
+const char *glm_model_desc(const glm_model *model);
+
+/* ---- synthetic checkpoints (random weights in the real layout) ---- */
+typedef enum {
+    GLM_FMT_BF16 = 0,          /* unquantised BF16 */
+    GLM_FMT_FP8_CHANNEL = 1,   /* GLM-4.7-FP8: F8_E4M3 + per-channel weight_scale */
+    GLM_FMT_FP8_BLOCK = 2,     /* DeepSeek-style: F8_E4M3 + 128x128 weight_scale_inv */
+} glm_weight_format;
+
+/* Fills hp from a named preset ("tiny", "glm-4.7"); n_layers > 0 overrides the depth. */
+int glm_preset(const char *name, int n_layers, glm_hparams *hp);
+/* Writes config.json, one shard a layer and model.safetensors.index.json into dir. */
+int glm_synthetic_write(const glm_hparams *hp, glm_weight_format fmt, const char *dir, uint64_t seed,
+                        glm_progress_fn progress, void *user);
+/* Builds a random model in memory; with_host_data = 0 gives shapes only (data == NULL),
+ * for backends that generate the weights on the device. */
+int glm_model_synthetic(const glm_hparams *hp, glm_weight_format fmt, int with_host_data, uint64_t seed,
+                        glm_model **out);
+
+/* ---- context: KV cache + backend ---- */
+typedef enum {
+    GLM_DEVICE_CPU = 0,
+    GLM_DEVICE_CUDA = 1,
+} glm_device;
+
+typedef enum {
+    GLM_KV_BF16 = 0,  /* CUDA default */
+    GLM_KV_FP8 = 1,
+    GLM_KV_F32 = 2,   /* CPU */
+} glm_kv_type;
+
+typedef struct {
+    glm_device device;
+    int n_threads;      /* CPU threads; 0 = all cores */
+    int n_ctx;          /* max tokens in one sequence */
+    int n_seq_max;      /* sequences decoding together */
+    int n_batch;        /* max tokens in one glm_ctx_decode call */
+    int n_kv_pages;     /* 0 = enough for n_seq_max * n_ctx (CPU), or from kv_frac (CUDA) */
+    float kv_frac;      /* CUDA: fraction of free GPU memory for KV pages after loading */
+    glm_kv_type kv_type;
+    int gpu;            /* CUDA device index */
+} glm_ctx_params;
+
+glm_ctx_params glm_ctx_default_params(void);
+int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out);
+void glm_ctx_free(glm_ctx *ctx);
+
+/* A batch: tokens appended to their sequences' caches, in order, in one forward pass. */
+typedef struct {
+    int n_tokens;
+    const int32_t *tokens;   /* [n_tokens] */
+    const int32_t *seq;      /* [n_tokens] sequence of each token, or NULL: all sequence 0 */
+    const int8_t *logits;    /* [n_tokens] 1 = return logits for this row, or NULL: last row only */
+} glm_batch;
+
+/* Runs the batch. Returns GLM_OK, GLM_WARN_KV_FULL (nothing done) or an error. */
+int glm_ctx_decode(glm_ctx *ctx, const glm_batch *batch);
+/* Logits [n_vocab] of batch row i of the last decode (only rows that asked). */
+const float *glm_ctx_logits(glm_ctx *ctx, int i);
+/* Drops a sequence's tokens and frees its pages. */
+int glm_ctx_seq_clear(glm_ctx *ctx, int seq);
+/* Tokens cached for a sequence. */
+int glm_ctx_seq_len(const glm_ctx *ctx, int seq);
+/* KV pages free / total. */
+int glm_ctx_kv_pages_free(const glm_ctx *ctx);
+int glm_ctx_kv_pages_total(const glm_ctx *ctx);
+
+/* ---- sampling ---- */
+typedef struct {
+    float temp;              /* 0 = greedy */
+    int top_k;               /* 0 = off */
+    float top_p;             /* 1 = off */
+    float min_p;             /* 0 = off */
+    float repeat_penalty;    /* 1 = off */
+    int repeat_last_n;       /* tokens of history the penalties look at; -1 = all */
+    float presence_penalty;  /* 0 = off */
+    float frequency_penalty; /* 0 = off */
+    uint64_t seed;
+} glm_sampler_params;
+
+glm_sampler_params glm_sampler_default_params(void);
+glm_sampler *glm_sampler_new(const glm_sampler_params *params);
+void glm_sampler_free(glm_sampler *s);
+/* Picks the next token from logits[n_vocab]; history (may be NULL) feeds the penalties. */
+int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab,
+                           const int32_t *history, int n_history);
+
+/* ---- tokenizer (tokenizer/) ---- */
+/* BEGIN tokenizer API */
+/* END tokenizer API */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,144 @@
+/* internal.h - shared declarations inside libglm: error reporting, tensors,
+ * the bound model, and the safetensors reader/writer. Not installed. */
+#ifndef GLM_INTERNAL_H
+#define GLM_INTERNAL_H
+
+#include "glm.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Sets the thread's error message and returns status (so `return glm_err(...)` reads well). */
+int glm_err(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- numbers ---- */
+float glm_bf16_to_f32(uint16_t h);
+uint16_t glm_f32_to_bf16(float f);          /* round to nearest even */
+float glm_f16_to_f32(uint16_t h);
+uint16_t glm_f32_to_f16(float f);
+float glm_fp8e4m3_to_f32(uint8_t b);
+uint8_t glm_f32_to_fp8e4m3(float f);        /* round to nearest even, saturate at +-448 */
+extern float glm_fp8_lut[256];              /* fp8 e4m3 byte -> float, filled by glm_numbers_init */
+void glm_numbers_init(void);
+
+/* ---- tensors ---- */
+typedef enum {
+    GLM_DT_F32, GLM_DT_F16, GLM_DT_BF16, GLM_DT_F8E4M3, GLM_DT_I64, GLM_DT_I32, GLM_DT_COUNT
+} glm_dtype;
+
+const char *glm_dtype_name(glm_dtype t);
+size_t glm_dtype_size(glm_dtype t);
+
+typedef enum {
+    GLM_SCALE_NONE,     /* plain F32/BF16/F16 weight */
+    GLM_SCALE_CHANNEL,  /* FP8, W[n,k] = q[n,k] * s[n] */
+    GLM_SCALE_BLOCK,    /* FP8, W[n,k] = q[n,k] * s[n/128][k/128] */
+} glm_scale_kind;
+
+#define GLM_BLOCK 128
+
+/* A weight as stored in the checkpoint, 1-D or 2-D ([rows=out, cols=in]). */
+typedef struct {
+    const char *name;
+    glm_dtype dtype;
+    int64_t rows, cols;        /* 1-D tensors: rows = 1, cols = n */
+    const void *data;          /* host memory (mmap) */
+    glm_scale_kind scale_kind;
+    glm_dtype scale_dtype;     /* F32, BF16 or F16 */
+    const void *scale;         /* CHANNEL: [rows]; BLOCK: [ceil(rows/128), ceil(cols/128)] */
+    void *dev;                 /* backend copy of data (CUDA), or NULL */
+    void *dev_scale;           /* backend copy of the scale as float32, or NULL */
+} glm_weight;
+
+/* Bytes the weight occupies as stored (data + scales). */
+uint64_t glm_weight_bytes(const glm_weight *w);
+/* Dequantises row r into out[cols] (float32). */
+void glm_weight_row(const glm_weight *w, int64_t r, float *out);
+/* Reads element i of a 1-D weight as float. */
+float glm_weight_get1(const glm_weight *w, int64_t i);
+
+/* ---- safetensors ---- */
+typedef struct {
+    char *name;
+    glm_dtype dtype;
+    int n_dims;
+    int64_t shape[4];
+    uint64_t begin, end;       /* absolute byte offsets in the file */
+    const void *data;          /* into the mapping */
+    int file;                  /* index of the file in the set */
+} glm_st_tensor;
+
+typedef struct glm_st_set glm_st_set;
+
+/* Opens one file or a sharded set (dir/model.safetensors.index.json), mmap'd, validated. */
+int glm_st_open_dir(const char *dir, glm_st_set **out);
+int glm_st_open_file(const char *path, glm_st_set **out);
+void glm_st_close(glm_st_set *s);
+/* Looks up a tensor by name (hash map); NULL if absent. */
+const glm_st_tensor *glm_st_find(const glm_st_set *s, const char *name);
+size_t glm_st_count(const glm_st_set *s);
+const glm_st_tensor *glm_st_at(const glm_st_set *s, size_t i);
+const char *glm_st_file_path(const glm_st_set *s, int file);
+uint64_t glm_st_total_bytes(const glm_st_set *s);
+
+/* In-memory sets: tensors described (data may be NULL) for synthetic models. */
+glm_st_set *glm_st_new_memory(void);
+int glm_st_add_memory(glm_st_set *s, const char *name, glm_dtype dtype, int n_dims,
+                      const int64_t *shape, const void *data);
+int glm_st_finish_memory(glm_st_set *s);
+
+/* Writer: add tensors (data borrowed until write returns), then write to path. */
+typedef struct glm_st_writer glm_st_writer;
+glm_st_writer *glm_st_writer_new(void);
+/* Borrows data (nbytes must equal numel * dtype size) until glm_st_writer_write returns. */
+int glm_st_writer_add(glm_st_writer *w, const char *name, glm_dtype dtype, int n_dims,
+                      const int64_t *shape, const void *data, size_t nbytes);
+int glm_st_writer_write(glm_st_writer *w, const char *path);
+void glm_st_writer_free(glm_st_writer *w);
+
+/* ---- files ---- */
+/* Reads a whole file into a NUL-terminated malloc'd buffer. */
+int glm_read_file(const char *path, char **data, size_t *len);
+/* Joins dir and name into buf; returns buf. */
+char *glm_path_join(char *buf, size_t cap, const char *dir, const char *name);
+
+/* ---- the bound model ---- */
+typedef struct {
+    glm_weight attn_norm, ffn_norm;          /* [n_embd] */
+    glm_weight wq, wk, wv, wo;               /* [n_head*hd, n_embd] [n_kv*hd, n_embd] x2 [n_embd, n_head*hd] */
+    glm_weight bq, bk, bv;                   /* [n_head*hd] [n_kv*hd] [n_kv*hd], or empty */
+    glm_weight q_norm, k_norm;               /* [head_dim], or empty */
+    /* dense layers (il < n_dense_layer) */
+    glm_weight ffn_gate, ffn_up;             /* [n_ff, n_embd] */
+    glm_weight ffn_down;                     /* [n_embd, n_ff] */
+    /* MoE layers */
+    glm_weight router;                       /* [n_expert, n_embd] */
+    glm_weight router_bias;                  /* [n_expert] e_score_correction_bias */
+    glm_weight *exp_gate, *exp_up;           /* n_expert x [n_ff_exp, n_embd] */
+    glm_weight *exp_down;                    /* n_expert x [n_embd, n_ff_exp] */
+    glm_weight sh_gate, sh_up;               /* [n_ff_exp*n_shared, n_embd] */
+    glm_weight sh_down;                      /* [n_embd, n_ff_exp*n_shared] */
+} glm_layer;
+
+struct glm_model {
+    char *dir;
+    glm_hparams hp;
+    glm_st_set *st;
+    glm_weight tok_embd;                     /* [n_vocab, n_embd] */
+    glm_weight out_norm;                     /* [n_embd] */
+    glm_weight lm_head;                      /* [n_vocab, n_embd] */
+    glm_layer *layers;                       /* [n_layer] */
+    char desc[160];
+    uint64_t n_params, n_bytes;
+    void *synthetic;                         /* owned host memory for generated models, or NULL */
+};
+
+/* Binds a synthetic model's weights from its in-memory tensor set. */
+int glm_model_bind_synthetic(glm_model *m);
+/* Frees the host buffers a synthetic model owns. */
+void glm_synthetic_release(void *owned);
+
+/* Parses config.json text into hp; path names the file in errors. */
+int glm_hparams_parse(const char *json, size_t len, const char *path, glm_hparams *hp);
+
+#endif

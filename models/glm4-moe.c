@@ -1,0 +1,95 @@
+/* glm4-moe.c - the forward pass of Glm4MoeForCausalLM (GLM-4.5/4.6/4.7), written
+ * once against the backend ops of lib/backend.h so the CPU reference and the CUDA
+ * engine run the same graph. Shapes: T tokens in the batch, D = n_embd,
+ * Q = n_head*head_dim, KV = n_head_kv*head_dim, F = n_ff (dense) or the shared
+ * expert width, K = num_experts_per_tok. */
+#include "backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int max_tokens;
+    float *x;      /* [T, D] residual stream */
+    float *h;      /* [T, D] normed input of a sub-block */
+    float *q;      /* [T, Q] */
+    float *k;      /* [T, KV] */
+    float *v;      /* [T, KV] */
+    float *att;    /* [T, Q] attention output */
+    float *ff;     /* [T, F] SwiGLU activations (dense MLP or shared expert) */
+    float *y;      /* [T, D] sub-block output */
+    float *y2;     /* [T, D] shared expert output */
+    int32_t *ids;  /* [T, K] routed experts */
+    float *w;      /* [T, K] their weights */
+} fwd_bufs;
+
+int glm4moe_reserve(glm_backend *be, int max_tokens) {
+    const glm_hparams *hp = &be->model->hp;
+    fwd_bufs *b = calloc(1, sizeof *b);
+    if (!b) return glm_err(GLM_ERR_OOM, "out of memory");
+    size_t T = (size_t)max_tokens, D = (size_t)hp->n_embd;
+    size_t Q = (size_t)hp->n_head * hp->head_dim, KV = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t F = (size_t)hp->n_ff_exp * hp->n_expert_shared;
+    if (hp->n_dense_layer > 0 && (size_t)hp->n_ff > F) F = (size_t)hp->n_ff;
+    size_t K = (size_t)(hp->n_expert_used > 0 ? hp->n_expert_used : 1);
+    int rc = be->ops->reserve(be, max_tokens);
+    if (rc) { free(b); return rc; }
+    b->max_tokens = max_tokens;
+    b->x = be->ops->alloc(be, T * D * 4);
+    b->h = be->ops->alloc(be, T * D * 4);
+    b->q = be->ops->alloc(be, T * Q * 4);
+    b->k = be->ops->alloc(be, T * KV * 4);
+    b->v = be->ops->alloc(be, T * KV * 4);
+    b->att = be->ops->alloc(be, T * Q * 4);
+    b->ff = be->ops->alloc(be, T * (F ? F : 1) * 4);
+    b->y = be->ops->alloc(be, T * D * 4);
+    b->y2 = be->ops->alloc(be, T * D * 4);
+    b->ids = be->ops->alloc(be, T * K * 4);
+    b->w = be->ops->alloc(be, T * K * 4);
+    be->fwd = b; /* owned by the backend's allocator; the struct is freed by the ctx */
+    if (!b->x || !b->h || !b->q || !b->k || !b->v || !b->att || !b->ff || !b->y || !b->y2 || !b->ids || !b->w)
+        return glm_err(GLM_ERR_OOM, "out of memory reserving activations for %d tokens", max_tokens);
+    return GLM_OK;
+}
+
+#define RUN(call) do { int rc_ = (call); if (rc_) return rc_; } while (0)
+
+int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
+    const glm_backend_ops *op = be->ops;
+    const glm_model *m = be->model;
+    const glm_hparams *hp = &m->hp;
+    fwd_bufs *b = be->fwd;
+    const int T = p->n_tokens;
+    const size_t TD = (size_t)T * hp->n_embd;
+    if (T > b->max_tokens) return glm_err(GLM_ERR_ARG, "batch of %d tokens exceeds the reserved %d", T, b->max_tokens);
+
+    RUN(op->begin(be, p));
+    RUN(op->embed(be, b->x));                                      /* x = embed(tokens)      [T, D] */
+    for (int il = 0; il < hp->n_layer; il++) {
+        const glm_layer *L = &m->layers[il];
+        /* attention block */
+        RUN(op->rmsnorm(be, b->x, &L->attn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
+        RUN(op->linear(be, &L->wq, L->bq.name ? &L->bq : NULL, b->h, b->q, T)); /* [T, Q] */
+        RUN(op->linear(be, &L->wk, L->bk.name ? &L->bk : NULL, b->h, b->k, T)); /* [T, KV] */
+        RUN(op->linear(be, &L->wv, L->bv.name ? &L->bv : NULL, b->h, b->v, T)); /* [T, KV] */
+        RUN(op->attention(be, il, b->q, b->k, b->v, b->att));      /* qk-norm, rope, cache   [T, Q] */
+        RUN(op->linear(be, &L->wo, NULL, b->att, b->y, T));         /* y = att Wo^T           [T, D] */
+        RUN(op->add(be, b->x, b->y, TD));                            /* x += y */
+        /* MLP / MoE block */
+        RUN(op->rmsnorm(be, b->x, &L->ffn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
+        if (il < hp->n_dense_layer) {
+            RUN(op->glu(be, &L->ffn_gate, &L->ffn_up, b->h, b->ff, T)); /* silu(hWg^T)*(hWu^T) [T, n_ff] */
+            RUN(op->linear(be, &L->ffn_down, NULL, b->ff, b->y, T));    /* y = ff Wd^T         [T, D] */
+        } else {
+            RUN(op->moe_route(be, il, b->h, b->ids, b->w));          /* top-K experts          [T, K] */
+            RUN(op->moe_experts(be, il, b->h, b->ids, b->w, b->y));  /* y = sum w * expert(h)  [T, D] */
+            if (hp->n_expert_shared > 0) {
+                RUN(op->glu(be, &L->sh_gate, &L->sh_up, b->h, b->ff, T));  /* [T, F] */
+                RUN(op->linear(be, &L->sh_down, NULL, b->ff, b->y2, T));   /* [T, D] */
+                RUN(op->add(be, b->y, b->y2, TD));                   /* y += shared(h) */
+            }
+        }
+        RUN(op->add(be, b->x, b->y, TD));                            /* x += y */
+    }
+    return op->logits(be, b->x, logits_host);                        /* norm + lm_head  [n_out, V] */
+}
