@@ -74,9 +74,9 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
-$(BUILD)/bin/%: $(BUILD)/tools/%.o $(LIB)
+$(BUILD)/bin/%: $(BUILD)/tools/%.o $(BUILD)/tools/common.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS)
+	$(CC) $(CFLAGS) $< $(BUILD)/tools/common.o -o $@ $(LIB) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@mkdir -p $(dir $@)
