@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -15,6 +16,7 @@ static void usage(FILE *f) {
         "  --ids LIST                   token ids, comma-separated\n"
         "  -f, --file FILE              text file ('-' = stdin), encoded without special tokens\n"
         "  -c, --ctx-size N             window size in tokens (default: all ids, or 512 for -f)\n"
+        "  --chunks N                   score at most N windows (default: all)\n"
         "  --stride S                   window step (default: the window size); each window scores\n"
         "                               only tokens no earlier window scored\n"
         "  --logits-out FILE            write the logits of every position, float32 [n_ids, n_vocab]\n"
@@ -73,7 +75,7 @@ static int cmp_double(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *ids_arg = NULL, *file = NULL, *logits_out = NULL, *kld_path = NULL;
-    int n_ctx = 0, stride = 0, kld_compare = 0, n_batch = 512;
+    int n_ctx = 0, stride = 0, kld_compare = 0, n_batch = 512, max_chunks = 0;
     glm_ctx_params cp = glm_ctx_default_params();
     cp.device = tool_default_device();
     for (int i = 1; i < argc; i++) {
@@ -83,6 +85,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ids")) ids_arg = tool_arg(argc, argv, &i);
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = tool_arg(argc, argv, &i);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) n_ctx = tool_int(a, tool_arg(argc, argv, &i), 2, 1 << 24);
+        else if (!strcmp(a, "--chunks")) max_chunks = tool_int(a, tool_arg(argc, argv, &i), 1, 1 << 30);
         else if (!strcmp(a, "--stride")) stride = tool_int(a, tool_arg(argc, argv, &i), 1, 1 << 24);
         else if (!strcmp(a, "--logits-out")) logits_out = tool_arg(argc, argv, &i);
         else if (!strcmp(a, "--kl-divergence-base")) kld_path = tool_arg(argc, argv, &i);
@@ -116,6 +119,10 @@ int main(int argc, char **argv) {
     if (n_ids < 2) { fprintf(stderr, "glm-perplexity: error: need at least 2 tokens, got %d\n", n_ids); return EXIT_USAGE; }
     if (!n_ctx || n_ctx > n_ids) n_ctx = n_ids;
     if (!stride || stride > n_ctx) stride = n_ctx;
+    if (max_chunks) { /* keep only the tokens the first max_chunks windows cover */
+        long cover = (long)(max_chunks - 1) * stride + n_ctx;
+        if (cover < n_ids) n_ids = (int)cover;
+    }
 
     glm_model *m = tool_load_model("glm-perplexity", model_dir);
     if (!m) return EXIT_FAIL;

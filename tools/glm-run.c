@@ -106,6 +106,42 @@ static void append_text(gen_result *g, const char *s, size_t n) {
     g->text[g->text_len] = 0;
 }
 
+/* Writes text[*printed .. upto) to stdout. */
+static void emit(gen_result *g, size_t *printed, size_t upto) {
+    if (!g->text || upto <= *printed) return;
+    fwrite(g->text + *printed, 1, upto - *printed, stdout);
+    fflush(stdout);
+    *printed = upto;
+}
+
+/* Looks for a stop string that ends after byte `from` - 1; when found, cuts the text
+ * where it begins and returns 1. */
+static int stop_scan(const runner *r, gen_result *g, size_t from) {
+    for (int i = 0; i < r->n_stops; i++) {
+        size_t sl = strlen(r->stops[i]);
+        if (!sl || g->text_len < sl) continue;
+        size_t b = from >= sl - 1 ? from - (sl - 1) : 0;
+        char *hit = memmem(g->text + b, g->text_len - b, r->stops[i], sl);
+        if (hit) {
+            g->text_len = (size_t)(hit - g->text);
+            g->text[g->text_len] = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Bytes at the end of the text that could be the start of a stop string (not printed yet). */
+static size_t stop_holdback(const runner *r, const gen_result *g) {
+    size_t hold = 0;
+    for (int i = 0; i < r->n_stops; i++) {
+        size_t sl = strlen(r->stops[i]);
+        for (size_t k = sl > 1 ? sl - 1 : 0; k > hold; k--)
+            if (k <= g->text_len && memcmp(g->text + g->text_len - k, r->stops[i], k) == 0) { hold = k; break; }
+    }
+    return hold;
+}
+
 /* Makes the KV cache hold `ids` (reusing the cached common prefix), then generates.
  * Streams text to stdout unless json/print_ids. Returns 0, or -1 after printing an error. */
 static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
@@ -135,9 +171,10 @@ static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
         return -1;
     }
     int stream_out = !r->json && !r->print_ids;
+    size_t printed = 0;
     double t1 = tool_now();
     g->finish = "length";
-    const float *logits = glm_ctx_logits(r->ctx, 0);
+    const float *logits = glm_ctx_logits(r->ctx, n - keep - 1); /* the prompt's last row */
     for (;;) {
         if (r->n_predict >= 0 && g->n_gen >= r->n_predict) break;
         if (r->n_hist >= r->n_ctx) { g->finish = "context"; break; }
@@ -149,16 +186,15 @@ static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
         size_t len = 0;
         const char *piece = NULL;
         if (st) glm_detok_stream_push(st, t, &piece, &len);
-        if (len) {
-            append_text(g, piece, len);
-            if (stream_out) { fwrite(piece, 1, len, stdout); fflush(stdout); }
+        size_t old_len = g->text_len;
+        if (len) append_text(g, piece, len);
+        if (stop_scan(r, g, old_len)) {
+            if (stream_out) emit(g, &printed, g->text_len);
+            g->finish = "stop";
+            hist_push(r, &t, 1);
+            break;
         }
-        int stopped = 0;
-        for (int i = 0; i < r->n_stops && !stopped; i++) {
-            size_t sl = strlen(r->stops[i]);
-            stopped = sl && g->text_len >= sl && memcmp(g->text + g->text_len - sl, r->stops[i], sl) == 0;
-        }
-        if (stopped) { g->finish = "stop"; hist_push(r, &t, 1); break; }
+        if (stream_out) emit(g, &printed, g->text_len - stop_holdback(r, g));
         glm_batch one = { 1, &t, NULL, NULL };
         rc = glm_ctx_decode(r->ctx, &one);
         if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); glm_detok_stream_free(st); return -1; }
@@ -167,8 +203,9 @@ static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
     }
     size_t len = 0;
     const char *rest = NULL;
-    if (st) glm_detok_stream_flush(st, &rest, &len);
-    if (len) { append_text(g, rest, len); if (stream_out) fwrite(rest, 1, len, stdout); }
+    if (st && strcmp(g->finish, "stop") != 0) glm_detok_stream_flush(st, &rest, &len);
+    if (len) append_text(g, rest, len);
+    if (stream_out) emit(g, &printed, g->text_len);
     glm_detok_stream_free(st);
     g->t_gen = tool_now() - t1;
     if (!g->text) append_text(g, "", 0);

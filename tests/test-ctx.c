@@ -1,0 +1,108 @@
+/* test-ctx.c - the context's batching and paged KV cache: several sequences in one
+ * batch equal each run alone, prompts split over passes equal one pass, a full cache
+ * is a warning that changes nothing, and cleared sequences give their pages back. */
+#include "glm.h"
+#include "test.h"
+
+#define DIR "tests/data/tiny-fp8ch"
+
+static glm_ctx *new_ctx(glm_model *m, int n_seq, int n_batch, int n_pages) {
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = 96;
+    cp.n_seq_max = n_seq;
+    cp.n_batch = n_batch;
+    cp.n_kv_pages = n_pages;
+    cp.n_threads = 2;
+    glm_ctx *c = NULL;
+    if (glm_ctx_new(m, &cp, &c) != GLM_OK) fprintf(stderr, "  %s\n", glm_last_error());
+    return c;
+}
+
+static float max_diff(const float *a, const float *b, int n) {
+    float d = 0;
+    for (int i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+TEST(batched_sequences_equal_single) {
+    glm_model *m = NULL;
+    CHECK(glm_model_load(DIR, NULL, &m) == GLM_OK);
+    if (!m) return;
+    const int V = glm_model_hparams(m)->n_vocab, n0 = 23, n1 = 37;
+    int32_t a[40], b[40];
+    for (int i = 0; i < 40; i++) { a[i] = (i * 31 + 7) % V; b[i] = (i * 17 + 3) % V; }
+    /* alone */
+    float *ra = malloc(sizeof(float) * V), *rb = malloc(sizeof(float) * V);
+    glm_ctx *c = new_ctx(m, 1, 64, 0);
+    glm_batch ba = { n0, a, NULL, NULL };
+    CHECK(glm_ctx_decode(c, &ba) == GLM_OK);
+    memcpy(ra, glm_ctx_logits(c, n0 - 1), sizeof(float) * V);
+    glm_ctx_seq_clear(c, 0);
+    glm_batch bb = { n1, b, NULL, NULL };
+    CHECK(glm_ctx_decode(c, &bb) == GLM_OK);
+    memcpy(rb, glm_ctx_logits(c, n1 - 1), sizeof(float) * V);
+    glm_ctx_free(c);
+    /* together, interleaved, in passes of 9 tokens, sequences 2 and 0 */
+    c = new_ctx(m, 3, 9, 0);
+    int32_t toks[80], seq[80];
+    int8_t want[80] = {0};
+    int n = 0, ia = 0, ib = 0, last_a = -1, last_b = -1;
+    while (ia < n0 || ib < n1) {
+        if (ib < n1) { toks[n] = b[ib++]; seq[n] = 0; if (ib == n1) last_b = n; n++; }
+        if (ia < n0 && (n % 3 || ib == n1)) { toks[n] = a[ia++]; seq[n] = 2; if (ia == n0) last_a = n; n++; }
+    }
+    want[last_a] = want[last_b] = 1;
+    glm_batch both = { n, toks, seq, want };
+    CHECK(glm_ctx_decode(c, &both) == GLM_OK);
+    float da = max_diff(glm_ctx_logits(c, last_a), ra, V), db = max_diff(glm_ctx_logits(c, last_b), rb, V);
+    fprintf(stderr, "  batched vs alone: %.3g %.3g\n", da, db);
+    CHECK(da < 1e-5f && db < 1e-5f);
+    CHECK(glm_ctx_seq_len(c, 2) == n0 && glm_ctx_seq_len(c, 0) == n1 && glm_ctx_seq_len(c, 1) == 0);
+    CHECK(glm_ctx_logits(c, 0) == NULL); /* a row that did not ask */
+    glm_ctx_free(c);
+    free(ra);
+    free(rb);
+    glm_model_free(m);
+}
+
+TEST(kv_full_is_a_warning) {
+    glm_model *m = NULL;
+    CHECK(glm_model_load(DIR, NULL, &m) == GLM_OK);
+    if (!m) return;
+    glm_ctx *c = new_ctx(m, 2, 64, 3); /* 3 pages = 48 tokens */
+    int32_t t[40];
+    for (int i = 0; i < 40; i++) t[i] = 5 + i;
+    glm_batch b = { 40, t, NULL, NULL };
+    CHECK(glm_ctx_decode(c, &b) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 0);
+    int32_t s1[20] = {0};
+    for (int i = 0; i < 20; i++) s1[i] = 1;
+    glm_batch b1 = { 20, t, s1, NULL };
+    CHECK(glm_ctx_decode(c, &b1) == GLM_WARN_KV_FULL);
+    CHECK(strstr(glm_last_error(), "KV cache full") != NULL);
+    CHECK(glm_ctx_seq_len(c, 1) == 0 && glm_ctx_seq_len(c, 0) == 40);
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 3);
+    CHECK(glm_ctx_decode(c, &b1) == GLM_OK);
+    CHECK(glm_ctx_seq_clear(c, 7) == GLM_ERR_ARG);
+    int32_t bad = 100000;
+    glm_batch bbad = { 1, &bad, NULL, NULL };
+    CHECK(glm_ctx_decode(c, &bbad) == GLM_ERR_ARG);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+TEST(context_limit) {
+    glm_model *m = NULL;
+    CHECK(glm_model_load(DIR, NULL, &m) == GLM_OK);
+    if (!m) return;
+    glm_ctx *c = new_ctx(m, 1, 128, 0);
+    int32_t t[100] = {0};
+    glm_batch b = { 97, t, NULL, NULL };
+    CHECK(glm_ctx_decode(c, &b) == GLM_ERR_ARG); /* n_ctx is 96 */
+    CHECK(strstr(glm_last_error(), "context size") != NULL);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+RUN_TESTS()
