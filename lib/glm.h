@@ -72,7 +72,7 @@ typedef struct {
 typedef int (*glm_progress_fn)(uint64_t done, uint64_t total, void *user);
 
 typedef struct {
-    glm_progress_fn progress;
+    glm_progress_fn progress;   /* when set, the weights are read in once, reporting progress */
     void *progress_user;
 } glm_model_params;
 
@@ -175,6 +175,98 @@ int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab,
 
 /* ---- tokenizer (tokenizer/) ---- */
 /* BEGIN tokenizer API */
+/* Byte-level BPE from a Hugging Face tokenizer.json, id-for-id equal to HF tokenizers'
+ * encode(text, add_special_tokens=...) for the constructs it loads; anything else in
+ * the file (another model type, normalizer, pre-tokenizer, regex construct) is a load
+ * error naming it. Input text must be valid UTF-8: glm_tokenize returns GLM_ERR_ARG
+ * naming the byte offset of the first invalid byte. Decoding follows HF's ByteLevel
+ * decoder; byte sequences that are not valid UTF-8 come out as U+FFFD, one per maximal
+ * invalid subsequence (Rust's String::from_utf8_lossy). A tokenizer may be used from
+ * several threads at once. */
+
+enum glm_tok_flags {
+    GLM_TOK_PARSE_SPECIAL = 1,  /* special-token strings in the text become their ids (HF default);
+                                   without it they are encoded as plain text */
+    GLM_TOK_ADD_SPECIAL = 2,    /* apply the post-processor template (GLM: [gMASK]<sop> first), as
+                                   HF's encode(text) does by default */
+    GLM_DETOK_SKIP_SPECIAL = 4, /* glm_detokenize / stream: drop special tokens */
+};
+
+/* Loads a tokenizer.json file. */
+int glm_tokenizer_load(const char *path, glm_tokenizer **out);
+/* Loads an in-memory tokenizer.json; name labels error messages. */
+int glm_tokenizer_load_mem(const char *json, size_t len, const char *name, glm_tokenizer **out);
+/* Loads dir/tokenizer.json, plus dir/tokenizer_config.json (chat template, eos token) and
+ * dir/chat_template.jinja when present. */
+int glm_tokenizer_load_dir(const char *dir, glm_tokenizer **out);
+void glm_tokenizer_free(glm_tokenizer *tok);
+
+/* Largest token id + 1 (model vocabulary and added tokens). */
+int glm_tokenizer_n_vocab(const glm_tokenizer *tok);
+
+/* Encodes text[0..len) into a malloc'd array of ids (*out, caller frees with free()) of
+ * *n_out ids. flags: GLM_TOK_PARSE_SPECIAL | GLM_TOK_ADD_SPECIAL. */
+int glm_tokenize(const glm_tokenizer *tok, const char *text, size_t len, int flags,
+                 int32_t **out, int *n_out);
+
+/* The bytes token id stands for once decoded (not NUL-terminated; may be part of a UTF-8
+ * character), with *len set; NULL for an id outside the vocabulary. */
+const char *glm_token_piece(const glm_tokenizer *tok, int32_t id, size_t *len);
+/* The token's string as written in tokenizer.json ("Ġthe", "<|user|>"), NUL-terminated;
+ * NULL for an id outside the vocabulary. */
+const char *glm_token_text(const glm_tokenizer *tok, int32_t id);
+/* Non-zero when id is an added token marked special. */
+int glm_token_is_special(const glm_tokenizer *tok, int32_t id);
+/* The id of the added token whose content is text, else of the vocabulary token whose
+ * tokenizer.json string is text; -1 when there is none. */
+int32_t glm_tokenizer_find(const glm_tokenizer *tok, const char *text);
+/* The id of tokenizer_config.json's eos_token, or -1 when unknown. */
+int32_t glm_tokenizer_eos(const glm_tokenizer *tok);
+
+/* Decodes ids into a malloc'd NUL-terminated string (*out, caller frees; *len bytes
+ * without the NUL; len may be NULL). flags: GLM_DETOK_SKIP_SPECIAL. Invalid UTF-8 from
+ * byte tokens becomes U+FFFD; an id outside the vocabulary is GLM_ERR_ARG. */
+int glm_detokenize(const glm_tokenizer *tok, const int32_t *ids, int n_ids, int flags,
+                   char **out, size_t *len);
+
+/* Streaming decoder for generation: feed ids one at a time, get only complete UTF-8
+ * characters back (a character split over tokens comes out whole with its last byte).
+ * The concatenated output equals glm_detokenize of all ids. */
+typedef struct glm_detok_stream glm_detok_stream;
+int glm_detok_stream_new(const glm_tokenizer *tok, int flags, glm_detok_stream **out);
+/* Adds one token; *text (owned by the stream, valid until the next call) gets *len
+ * bytes of complete characters, possibly zero. */
+int glm_detok_stream_push(glm_detok_stream *s, int32_t id, const char **text, size_t *len);
+/* Ends the stream: returns what is still held (U+FFFD for an unfinished character). */
+int glm_detok_stream_flush(glm_detok_stream *s, const char **text, size_t *len);
+void glm_detok_stream_free(glm_detok_stream *s);
+
+/* ---- chat format ---- */
+typedef enum {
+    GLM_CHAT_GLM45 = 1,  /* GLM-4.5 / 4.6: "<|user|>\n{msg}", "/nothink" when thinking is off */
+    GLM_CHAT_GLM47 = 2,  /* GLM-4.7: "<|user|>{msg}", "<|assistant|><think>" or "</think>" */
+} glm_chat_format;
+
+typedef struct {
+    const char *role;       /* "system", "user", "assistant" or "tool" */
+    const char *content;
+    const char *reasoning;  /* assistant reasoning_content, or NULL (then taken from
+                               "<think>...</think>" inside content, as the templates do) */
+} glm_chat_msg;
+
+/* The format a chat template text uses: GLM-4.5 when the first "<|user|>" in it is
+ * followed by a newline (written out, or as the escape \n inside a template string),
+ * else GLM-4.7 (also when text is NULL or has no "<|user|>"). */
+glm_chat_format glm_chat_detect_format(const char *template_text);
+/* The format of a tokenizer loaded with glm_tokenizer_load_dir (from its chat template),
+ * GLM-4.7 otherwise. */
+glm_chat_format glm_tokenizer_chat_format(const glm_tokenizer *tok);
+/* Renders messages as the model's chat template does for string contents (no tools),
+ * starting with "[gMASK]<sop>"; add_generation_prompt opens the assistant turn and
+ * thinking = 0 renders enable_thinking=false. *out is malloc'd and NUL-terminated
+ * (caller frees); len may be NULL. Unknown roles are GLM_ERR_ARG. */
+int glm_chat_render(glm_chat_format format, const glm_chat_msg *msgs, int n_msgs,
+                    int add_generation_prompt, int thinking, char **out, size_t *len);
 /* END tokenizer API */
 
 #ifdef __cplusplus

@@ -81,6 +81,9 @@ const glm_st_tensor *glm_st_at(const glm_st_set *s, size_t i);
 const char *glm_st_file_path(const glm_st_set *s, int file);
 uint64_t glm_st_total_bytes(const glm_st_set *s);
 
+/* Reads every mapped page once (so a later pass does not stall on the disk), calling
+ * progress after each 64 MiB; a non-zero return from progress cancels. */
+int glm_st_prefetch(glm_st_set *s, glm_progress_fn progress, void *user);
 /* In-memory sets: tensors described (data may be NULL) for synthetic models. */
 glm_st_set *glm_st_new_memory(void);
 int glm_st_add_memory(glm_st_set *s, const char *name, glm_dtype dtype, int n_dims,

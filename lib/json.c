@@ -32,7 +32,7 @@ typedef struct {
 static void *arena_alloc(json_doc *d, size_t n) {
     n = (n + 15) & ~(size_t)15;
     arena_block *b = d->blocks;
-    if (!b || b->cap - b->used < n) {
+    if (!b || b->used + n > b->cap) {
         size_t cap = n > (1u << 20) ? n : (1u << 20);
         arena_block *nb = malloc(sizeof(arena_block) + cap + 16);
         if (!nb) return NULL;

@@ -310,6 +310,7 @@ int glm_model_load(const char *dir, const glm_model_params *params, glm_model **
     if (rc) goto fail;
     if ((rc = glm_st_open_dir(dir, &m->st))) goto fail;
     if ((rc = model_bind(m, dir))) goto fail;
+    if (params && params->progress && (rc = glm_st_prefetch(m->st, params->progress, params->progress_user))) goto fail;
     *out = m;
     return GLM_OK;
 fail:

@@ -319,6 +319,26 @@ fail:
     return rc;
 }
 
+int glm_st_prefetch(glm_st_set *s, glm_progress_fn progress, void *user) {
+    uint64_t total = 0, done = 0;
+    const size_t step = 64u << 20;
+    for (int i = 0; i < s->n_files; i++) total += s->files[i].size;
+    for (int i = 0; i < s->n_files; i++) {
+        st_file *f = &s->files[i];
+        for (size_t off = 0; off < f->size; off += step) {
+            size_t n = f->size - off < step ? f->size - off : step;
+            const volatile unsigned char *p = (const unsigned char *)f->map + off;
+            madvise((char *)f->map + off - (off % 4096), n, MADV_WILLNEED);
+            unsigned char acc = 0;
+            for (size_t k = 0; k < n; k += 4096) acc ^= p[k];
+            (void)acc;
+            done += n;
+            if (progress && progress(done, total, user)) return glm_err(GLM_ERR_ARG, "loading cancelled");
+        }
+    }
+    return GLM_OK;
+}
+
 /* ---- in-memory sets (synthetic models) ---- */
 glm_st_set *glm_st_new_memory(void) { return calloc(1, sizeof(glm_st_set)); }
 

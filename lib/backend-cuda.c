@@ -1,0 +1,956 @@
+/* backend-cuda.c - the CUDA backend: the whole model on one GPU.
+ *
+ * load() uploads every weight once into one device arena: FP8 weights stay FP8 with
+ * float32 scales (per channel, or the 128x128 grid padded for cuBLASLt), BF16 stays
+ * BF16, vectors become float32; a synthetic model without host data gets random
+ * weights generated on the device. The gate and up halves of each SwiGLU (dense MLP,
+ * shared expert, every routed expert) sit next to each other so one product can
+ * cover both, and a layer's experts sit at a fixed stride so one launch reaches any
+ * of them. The KV cache is paged in device memory (BF16, or FP8 E4M3 with a scale per
+ * token and head).
+ *
+ * A forward pass never comes back to the host until logits(): small batches stream
+ * the weights through the GEMV kernels and MoE tokens are grouped by expert on the
+ * device; larger batches use cuBLASLt (FP8 with dynamic per-token activation scales).
+ * Passes of up to graph_max tokens are captured into a CUDA graph on first sight of
+ * their shape and replayed afterwards: begin() copies the plan into fixed device
+ * buffers, so a replay sees the new plan. */
+#include "backend.h"
+#include "../ggml-free-kernels/kernels.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CU_LT_WS (32u << 20)     /* cuBLASLt workspace */
+#define CU_MAX_SPLIT 64          /* attention context splits */
+#define CU_MAX_GRAPHS 256
+#define CU_ALIGN 256
+
+enum { MODE_EAGER, MODE_CAPTURE, MODE_REPLAY };
+
+typedef struct {
+    int T, n_out, n_seq_slots, max_pages;
+    uint64_t hash;
+    cudaGraphExec_t exec;
+} cu_graph;
+
+/* The routed experts of one MoE layer, each a view at expert 0 with a stride. */
+typedef struct {
+    glm_cu_mat gate, up, down;   /* gate/up: [F, D], down: [D, F] */
+    glm_cu_mat gate_up;          /* [2F, D] over both halves (cuBLASLt path) */
+    int fused_ok;                /* gate_up is a valid single weight */
+} cu_moe;
+
+typedef struct {
+    int gpu, n_sm;
+    cudaStream_t st;
+    glm_cu_lt *lt;
+    void *lt_ws;
+    void *lt_y;                  /* BF16 outputs of cuBLASLt before widening */
+
+    /* weights */
+    uint8_t *arena;
+    size_t arena_bytes, arena_used;
+    cu_moe *moe;                 /* [n_layer] */
+    int synthetic;               /* weights generated on the device */
+
+    /* backend allocations handed to the model code */
+    void **allocs;
+    int n_allocs, cap_allocs;
+
+    /* KV cache */
+    void *kv_mem;
+    int n_pages;
+    int kv_fp8;
+    glm_cu_kv *kv;               /* [n_layer] */
+
+    /* plan: [tokens | pos | seq | out_rows] x max_tokens, then the page table */
+    int max_tokens;
+    int32_t *h_plan, *d_plan;    /* pinned host staging, device copy */
+    size_t plan_cap;             /* int32 elements */
+    int T, n_out, n_seq_slots, max_pages;
+
+    /* scratch */
+    uint8_t *xq;  size_t xq_bytes;
+    float *xs;    size_t xs_floats;
+    float *gtmp;  size_t gtmp_floats;
+    float *rlog;                 /* router logits [max_tokens, n_expert] */
+    float *mid, *eo;             /* MoE [max_tokens*k, F], [max_tokens*k, D] */
+    int32_t *g_off, *g_off4, *g_active, *g_nact, *g_rows, *g_slot;
+    int32_t *h_off;              /* pinned: off[E+1], off4[E+1] */
+    float *att_ws; size_t att_ws_floats;
+    float *fnorm;                /* final-norm rows [logit_chunk, D] */
+    float *logits_d, *logits_h;  /* [logit_chunk, n_vocab] device, pinned host */
+    int logit_chunk;
+
+    /* graphs */
+    int use_graphs, graph_max;
+    int mode;
+    uint64_t hash;
+    cu_graph *cur;               /* graph being replayed */
+    cu_graph graphs[CU_MAX_GRAPHS];
+    int n_graphs;
+
+    /* thresholds */
+    int gemv_max;                /* dense products use the GEMV kernels up to this T */
+} cu_impl;
+
+static cu_impl *IMPL(glm_backend *be) { return (cu_impl *)be->impl; }
+
+#define CK(call)                                                                           \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess)                                                             \
+            return glm_err(GLM_ERR_CUDA, "%s:%d: %s failed: %s", __FILE__, __LINE__, #call, \
+                           cudaGetErrorString(e_));                                        \
+    } while (0)
+#define RUN(call) do { int rc_ = (call); if (rc_) return rc_; } while (0)
+
+int glm_cuda_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
+    return n > 0;
+}
+
+static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
+
+/* cudaMalloc with a message that gives the numbers when memory runs out. */
+static int dev_alloc(void **p, size_t n, const char *what) {
+    *p = NULL;
+    if (!n) n = 16;
+    cudaError_t e = cudaMalloc(p, n);
+    if (e == cudaSuccess) return GLM_OK;
+    cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    *p = NULL;
+    if (e == cudaErrorMemoryAllocation)
+        return glm_err(GLM_ERR_OOM, "not enough GPU memory for %s: needed %.1f MiB, free %.1f MiB of %.1f MiB",
+                       what, mib(n), mib(fr), mib(tot));
+    return glm_err(GLM_ERR_CUDA, "cudaMalloc(%s, %.1f MiB) failed: %s", what, mib(n), cudaGetErrorString(e));
+}
+
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* ---- op hashing: a replayed graph must see the same op sequence it captured ---- */
+static void hmix(cu_impl *c, uint64_t v) {
+    uint64_t h = c->hash ^ (v + 0x9e3779b97f4a7c15ull + (c->hash << 6) + (c->hash >> 2));
+    c->hash = h * 0xff51afd7ed558ccdull;
+}
+static void hptr(cu_impl *c, const void *p) { hmix(c, (uint64_t)(uintptr_t)p); }
+
+/* Every op starts with this: records the op and says whether to enqueue work. */
+static int op_skip(cu_impl *c, int op, const void *a, const void *b, const void *d, int n) {
+    hmix(c, (uint64_t)op); hptr(c, a); hptr(c, b); hptr(c, d); hmix(c, (uint64_t)n);
+    return c->mode == MODE_REPLAY;
+}
+
+/* ---- weights ---- */
+static int w_empty(const glm_weight *w) { return !w->name || w->rows * w->cols == 0; }
+static int w_dev_dtype(const glm_weight *w) {
+    if (w->dtype == GLM_DT_F8E4M3) return GLM_CU_FP8;
+    if (w->dtype == GLM_DT_BF16) return GLM_CU_BF16;
+    return GLM_CU_F32;  /* F32 stays, F16 is widened */
+}
+static size_t dt_size(int dt) { return dt == GLM_CU_FP8 ? 1 : dt == GLM_CU_BF16 ? 2 : 4; }
+static int w_scale_kind(const glm_weight *w) {
+    if (w->dtype != GLM_DT_F8E4M3) return GLM_CU_SCALE_NONE;
+    return w->scale_kind == GLM_SCALE_BLOCK ? GLM_CU_SCALE_BLOCK : GLM_CU_SCALE_CHANNEL;
+}
+static size_t w_data_bytes(const glm_weight *w) { return (size_t)(w->rows * w->cols) * dt_size(w_dev_dtype(w)); }
+static size_t w_scale_floats(const glm_weight *w) {
+    int sk = w_scale_kind(w);
+    if (sk == GLM_CU_SCALE_CHANNEL) return (size_t)w->rows;
+    if (sk == GLM_CU_SCALE_BLOCK) return (size_t)((w->rows + 127) / 128) * glm_cu_block_ld(w->cols);
+    return 0;
+}
+
+/* The kernels' view of an uploaded weight. */
+static glm_cu_mat mat_of(const glm_weight *w) {
+    glm_cu_mat m;
+    memset(&m, 0, sizeof m);
+    m.data = w->dev;
+    m.scale = (const float *)w->dev_scale;
+    m.dtype = w_dev_dtype(w);
+    m.scale_kind = w_scale_kind(w);
+    m.N = (int)w->rows;
+    m.K = (int)w->cols;
+    m.s_ld = glm_cu_block_ld(w->cols);
+    return m;
+}
+
+static void *arena_take(cu_impl *c, size_t n) {
+    void *p = c->arena + c->arena_used;
+    c->arena_used += align_up(n, CU_ALIGN);
+    return p;
+}
+
+static float read_scalar(glm_dtype dt, const void *p, size_t i) {
+    if (dt == GLM_DT_F32) return ((const float *)p)[i];
+    if (dt == GLM_DT_BF16) return glm_bf16_to_f32(((const uint16_t *)p)[i]);
+    if (dt == GLM_DT_F16) return glm_f16_to_f32(((const uint16_t *)p)[i]);
+    return 0.f;
+}
+
+static uint64_t g_seed = 0x5eed;
+
+/* Uploads (or generates) w's data at dst and its float32 scales at sdst.
+ * kind: 0 matrix, 1 norm vector (ones), 2 small vector (biases). */
+static int upload(cu_impl *c, glm_weight *w, void *dst, float *sdst, int kind) {
+    const int dt = w_dev_dtype(w), sk = w_scale_kind(w);
+    const size_t n = (size_t)(w->rows * w->cols);
+    w->dev = dst;
+    w->dev_scale = sk ? sdst : NULL;
+    if (!w->data) {  /* synthetic: generate on the device */
+        const uint64_t seed = ++g_seed;
+        if (kind == 1) RUN(glm_cu_fill_uniform(dst, n, 0.9f, 1.1f, seed, c->st));
+        else if (kind == 2) RUN(glm_cu_fill_uniform(dst, n, -0.05f, 0.05f, seed, c->st));
+        else RUN(glm_cu_fill_random(dst, dt, n, sqrtf(3.f / (float)w->cols), seed, c->st));
+        if (sk) {
+            const float base = sqrtf(3.f / (float)w->cols) / 448.f;
+            RUN(glm_cu_fill_uniform(sdst, w_scale_floats(w), 0.5f * base, 1.5f * base, seed ^ 0xabcdef, c->st));
+        }
+        return GLM_OK;
+    }
+    if (w->dtype == GLM_DT_F16 || (kind && w->dtype != GLM_DT_F32)) {
+        float *tmp = malloc(n * sizeof(float));
+        if (!tmp) return glm_err(GLM_ERR_OOM, "out of host memory converting %s", w->name);
+        for (size_t i = 0; i < n; i++) tmp[i] = read_scalar(w->dtype, w->data, i);
+        cudaError_t e = cudaMemcpy(dst, tmp, n * sizeof(float), cudaMemcpyHostToDevice);
+        free(tmp);
+        if (e != cudaSuccess) return glm_err(GLM_ERR_CUDA, "uploading %s: %s", w->name, cudaGetErrorString(e));
+    } else {
+        CK(cudaMemcpy(dst, w->data, w_data_bytes(w), cudaMemcpyHostToDevice));
+    }
+    if (sk) {
+        if (!w->scale) return glm_err(GLM_ERR_FORMAT, "%s: FP8 weight without scales", w->name);
+        const size_t nf = w_scale_floats(w);
+        float *tmp = calloc(nf, sizeof(float));
+        if (!tmp) return glm_err(GLM_ERR_OOM, "out of host memory converting scales of %s", w->name);
+        if (sk == GLM_CU_SCALE_CHANNEL) {
+            for (int64_t r = 0; r < w->rows; r++) tmp[r] = read_scalar(w->scale_dtype, w->scale, (size_t)r);
+        } else {
+            const int64_t rb = (w->rows + 127) / 128, cb = (w->cols + 127) / 128;
+            const int ld = glm_cu_block_ld(w->cols);
+            for (int64_t i = 0; i < rb; i++)
+                for (int64_t j = 0; j < cb; j++)
+                    tmp[i * ld + j] = read_scalar(w->scale_dtype, w->scale, (size_t)(i * cb + j));
+        }
+        cudaError_t e = cudaMemcpy(sdst, tmp, nf * sizeof(float), cudaMemcpyHostToDevice);
+        free(tmp);
+        if (e != cudaSuccess) return glm_err(GLM_ERR_CUDA, "uploading scales of %s: %s", w->name, cudaGetErrorString(e));
+    }
+    return GLM_OK;
+}
+
+/* Bytes a weight takes in the arena (data + scales). */
+static size_t w_arena_bytes(const glm_weight *w, int kind) {
+    if (w_empty(w)) return 0;
+    const size_t n = (size_t)(w->rows * w->cols);
+    size_t b = kind ? align_up(n * 4, CU_ALIGN) : align_up(w_data_bytes(w), CU_ALIGN);
+    return b + align_up(w_scale_floats(w) * 4, CU_ALIGN);
+}
+
+static int up_single(cu_impl *c, glm_weight *w, int kind, int pass, size_t *need) {
+    if (w_empty(w)) return GLM_OK;
+    if (pass == 0) { *need += w_arena_bytes(w, kind); return GLM_OK; }
+    void *d = arena_take(c, kind ? (size_t)(w->rows * w->cols) * 4 : w_data_bytes(w));
+    float *s = w_scale_floats(w) ? arena_take(c, w_scale_floats(w) * 4) : NULL;
+    return upload(c, w, d, s, kind);
+}
+
+/* A SwiGLU pair: gate rows then up rows in one block, scales likewise. */
+static int up_pair(cu_impl *c, glm_weight *g, glm_weight *u, int pass, size_t *need) {
+    if (w_empty(g) || w_empty(u)) {
+        RUN(up_single(c, g, 0, pass, need));
+        return up_single(c, u, 0, pass, need);
+    }
+    const size_t db = w_data_bytes(g), sf = w_scale_floats(g);
+    if (pass == 0) { *need += align_up(2 * db, CU_ALIGN) + align_up(2 * sf * 4, CU_ALIGN); return GLM_OK; }
+    uint8_t *d = arena_take(c, 2 * db);
+    float *s = sf ? arena_take(c, 2 * sf * 4) : NULL;
+    RUN(upload(c, g, d, s, 0));
+    return upload(c, u, d + db, s ? s + sf : NULL, 0);
+}
+
+static int same_layout(const glm_weight *a, const glm_weight *b) {
+    return a->dtype == b->dtype && a->rows == b->rows && a->cols == b->cols && a->scale_kind == b->scale_kind;
+}
+
+/* A layer's routed experts: [E][gate|up] and [E][down] at fixed strides. */
+static int up_experts(cu_impl *c, glm_layer *L, int il, int E, int pass, size_t *need) {
+    if (!L->exp_gate || !L->exp_up || !L->exp_down || E <= 0) return GLM_OK;
+    glm_weight *g0 = &L->exp_gate[0], *d0 = &L->exp_down[0];
+    for (int e = 0; e < E; e++)
+        if (!same_layout(&L->exp_gate[e], g0) || !same_layout(&L->exp_up[e], g0) || !same_layout(&L->exp_down[e], d0))
+            return glm_err(GLM_ERR_UNSUPPORTED, "layer %d: experts differ in type or shape", il);
+    const size_t gb = align_up(w_data_bytes(g0), 16), gs = w_scale_floats(g0);
+    const size_t db = align_up(w_data_bytes(d0), 16), ds = w_scale_floats(d0);
+    const size_t gu_stride = 2 * gb, gus_stride = 2 * gs;
+    if (pass == 0) {
+        *need += align_up(E * gu_stride, CU_ALIGN) + align_up(E * gus_stride * 4, CU_ALIGN) +
+                 align_up(E * db, CU_ALIGN) + align_up(E * ds * 4, CU_ALIGN);
+        return GLM_OK;
+    }
+    uint8_t *gu = arena_take(c, E * gu_stride);
+    float *gus = gus_stride ? arena_take(c, E * gus_stride * 4) : NULL;
+    uint8_t *dn = arena_take(c, E * db);
+    float *dns = ds ? arena_take(c, E * ds * 4) : NULL;
+    for (int e = 0; e < E; e++) {
+        RUN(upload(c, &L->exp_gate[e], gu + e * gu_stride, gus ? gus + e * gus_stride : NULL, 0));
+        RUN(upload(c, &L->exp_up[e], gu + e * gu_stride + gb, gus ? gus + e * gus_stride + gs : NULL, 0));
+        RUN(upload(c, &L->exp_down[e], dn + e * db, dns ? dns + e * ds : NULL, 0));
+    }
+    cu_moe *m = &c->moe[il];
+    m->gate = mat_of(&L->exp_gate[0]);
+    m->up = mat_of(&L->exp_up[0]);
+    m->down = mat_of(&L->exp_down[0]);
+    m->gate.stride = m->up.stride = (long long)gu_stride;
+    m->gate.s_stride = m->up.s_stride = (long long)gus_stride;
+    m->down.stride = (long long)db;
+    m->down.s_stride = (long long)ds;
+    m->gate_up = m->gate;
+    m->gate_up.N = 2 * m->gate.N;
+    /* one product over both halves needs contiguous rows and, for block scales, 128-row halves */
+    m->fused_ok = gb == w_data_bytes(g0) &&
+                  (m->gate.scale_kind != GLM_CU_SCALE_BLOCK || m->gate.N % 128 == 0) &&
+                  glm_cu_lt_shape_ok(&m->gate_up) && glm_cu_lt_shape_ok(&m->down);
+    return GLM_OK;
+}
+
+/* Walks every weight: pass 0 sums the arena size, pass 1 uploads. */
+static int walk_weights(cu_impl *c, glm_model *m, int pass, size_t *need) {
+    const glm_hparams *hp = &m->hp;
+    RUN(up_single(c, &m->tok_embd, 0, pass, need));
+    RUN(up_single(c, &m->out_norm, 1, pass, need));
+    RUN(up_single(c, &m->lm_head, 0, pass, need));
+    for (int il = 0; il < hp->n_layer; il++) {
+        glm_layer *L = &m->layers[il];
+        RUN(up_single(c, &L->attn_norm, 1, pass, need));
+        RUN(up_single(c, &L->ffn_norm, 1, pass, need));
+        RUN(up_single(c, &L->wq, 0, pass, need));
+        RUN(up_single(c, &L->wk, 0, pass, need));
+        RUN(up_single(c, &L->wv, 0, pass, need));
+        RUN(up_single(c, &L->wo, 0, pass, need));
+        RUN(up_single(c, &L->bq, 2, pass, need));
+        RUN(up_single(c, &L->bk, 2, pass, need));
+        RUN(up_single(c, &L->bv, 2, pass, need));
+        RUN(up_single(c, &L->q_norm, 1, pass, need));
+        RUN(up_single(c, &L->k_norm, 1, pass, need));
+        if (il < hp->n_dense_layer) {
+            RUN(up_pair(c, &L->ffn_gate, &L->ffn_up, pass, need));
+            RUN(up_single(c, &L->ffn_down, 0, pass, need));
+        } else {
+            RUN(up_single(c, &L->router, 0, pass, need));
+            RUN(up_single(c, &L->router_bias, 2, pass, need));
+            RUN(up_experts(c, L, il, hp->n_expert, pass, need));
+            RUN(up_pair(c, &L->sh_gate, &L->sh_up, pass, need));
+            RUN(up_single(c, &L->sh_down, 0, pass, need));
+        }
+    }
+    return GLM_OK;
+}
+
+static void clear_dev(glm_weight *w) { if (w) { w->dev = NULL; w->dev_scale = NULL; } }
+
+static void clear_model_dev(glm_model *m) {
+    clear_dev(&m->tok_embd); clear_dev(&m->out_norm); clear_dev(&m->lm_head);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        glm_layer *L = &m->layers[il];
+        glm_weight *ws[] = {&L->attn_norm, &L->ffn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk, &L->bv,
+                            &L->q_norm, &L->k_norm, &L->ffn_gate, &L->ffn_up, &L->ffn_down, &L->router,
+                            &L->router_bias, &L->sh_gate, &L->sh_up, &L->sh_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) clear_dev(ws[i]);
+        for (int e = 0; e < m->hp.n_expert; e++) {
+            if (L->exp_gate) clear_dev(&L->exp_gate[e]);
+            if (L->exp_up) clear_dev(&L->exp_up[e]);
+            if (L->exp_down) clear_dev(&L->exp_down[e]);
+        }
+    }
+}
+
+static int cu_load(glm_backend *be, glm_model *m) {
+    cu_impl *c = IMPL(be);
+    CK(cudaSetDevice(c->gpu));
+    if (m->tok_embd.dev) return glm_err(GLM_ERR_ARG, "model is already loaded on a CUDA backend");
+    size_t need = 0;
+    RUN(walk_weights(c, m, 0, &need));
+    size_t fr = 0, tot = 0;
+    CK(cudaMemGetInfo(&fr, &tot));
+    if (need + (256u << 20) > fr)
+        return glm_err(GLM_ERR_OOM, "model needs %.2f GiB of GPU memory for its weights, %.2f GiB free of %.2f GiB on GPU %d",
+                       need / 1073741824.0, fr / 1073741824.0, tot / 1073741824.0, c->gpu);
+    RUN(dev_alloc((void **)&c->arena, need, "the weights"));
+    c->arena_bytes = need;
+    c->arena_used = 0;
+    c->moe = calloc((size_t)m->hp.n_layer, sizeof(cu_moe));
+    if (!c->moe) return glm_err(GLM_ERR_OOM, "out of memory");
+    c->synthetic = m->tok_embd.data == NULL;
+    int rc = walk_weights(c, m, 1, &need);
+    if (rc) { clear_model_dev(m); return rc; }
+    CK(cudaStreamSynchronize(c->st));
+    return GLM_OK;
+}
+
+/* ---- KV cache ---- */
+static size_t page_bytes(const glm_hparams *hp, int fp8) {
+    const size_t per = (size_t)hp->n_head_kv * GLM_PAGE * hp->head_dim;
+    size_t b = 2 * per * (fp8 ? 1 : 2);
+    if (fp8) b += 2 * (size_t)hp->n_head_kv * GLM_PAGE * 4;
+    return b * hp->n_layer;
+}
+
+/* Scratch bytes reserve() takes for max_tokens (an estimate used before it runs). */
+static size_t scratch_bytes(const glm_hparams *hp, int max_tokens, int n_sm);
+
+static int cu_kv_pages_fit(glm_backend *be, const glm_ctx_params *p) {
+    cu_impl *c = IMPL(be);
+    const glm_hparams *hp = &be->model->hp;
+    size_t fr = 0, tot = 0;
+    if (cudaSetDevice(c->gpu) != cudaSuccess || cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    const int nb = p->n_batch > 0 ? p->n_batch : 512;
+    const size_t act = scratch_bytes(hp, nb, c->n_sm) +
+                       (size_t)nb * 4 * (4 * (size_t)hp->n_embd + 4 * (size_t)hp->n_head * hp->head_dim) + (512u << 20);
+    if (fr <= act) return 0;
+    const double frac = p->kv_frac > 0.f ? p->kv_frac : 0.9;
+    const double pages = frac * (double)(fr - act) / (double)page_bytes(hp, p->kv_type == GLM_KV_FP8);
+    return pages > 1e9 ? 1000000000 : (int)pages;
+}
+
+static int cu_kv_init(glm_backend *be, int n_pages, glm_kv_type type) {
+    cu_impl *c = IMPL(be);
+    const glm_hparams *hp = &be->model->hp;
+    CK(cudaSetDevice(c->gpu));
+    if (type == GLM_KV_F32) return glm_err(GLM_ERR_UNSUPPORTED, "CUDA backend keeps the KV cache in BF16 or FP8, not F32");
+    if (c->kv_mem) { cudaFree(c->kv_mem); c->kv_mem = NULL; }
+    c->kv_fp8 = type == GLM_KV_FP8;
+    const size_t total = page_bytes(hp, c->kv_fp8) * (size_t)n_pages;
+    char what[96];
+    snprintf(what, sizeof what, "the KV cache (%d pages of %d tokens)", n_pages, GLM_PAGE);
+    RUN(dev_alloc(&c->kv_mem, total, what));
+    c->n_pages = n_pages;
+    free(c->kv);
+    c->kv = calloc((size_t)hp->n_layer, sizeof(glm_cu_kv));
+    if (!c->kv) return glm_err(GLM_ERR_OOM, "out of memory");
+    const size_t per = (size_t)n_pages * hp->n_head_kv * GLM_PAGE * hp->head_dim * (c->kv_fp8 ? 1 : 2);
+    const size_t sper = c->kv_fp8 ? (size_t)n_pages * hp->n_head_kv * GLM_PAGE * 4 : 0;
+    uint8_t *p = c->kv_mem;
+    for (int il = 0; il < hp->n_layer; il++) {
+        glm_cu_kv *kv = &c->kv[il];
+        kv->fp8 = c->kv_fp8;
+        kv->k = p; p += per;
+        kv->v = p; p += per;
+        if (c->kv_fp8) { kv->ks = (float *)p; p += sper; kv->vs = (float *)p; p += sper; }
+    }
+    return GLM_OK;
+}
+
+/* ---- activation scratch ---- */
+static int att_splits(const cu_impl *c, const glm_hparams *hp, int T) {
+    const int blocks = T * hp->n_head_kv;
+    if (blocks >= 2 * c->n_sm) return 1;
+    int s = (2 * c->n_sm + blocks - 1) / blocks;
+    return s > CU_MAX_SPLIT ? CU_MAX_SPLIT : s;
+}
+
+static size_t ff_width(const glm_hparams *hp) {
+    size_t F = (size_t)hp->n_ff_exp * (hp->n_expert_shared > 0 ? hp->n_expert_shared : 1);
+    if (hp->n_dense_layer > 0 && (size_t)hp->n_ff > F) F = (size_t)hp->n_ff;
+    return F;
+}
+
+/* Bytes of the BF16 output buffer cuBLASLt writes before widening. */
+static size_t lt_y_bytes(const glm_hparams *hp, int max_tokens) {
+    size_t n = (size_t)hp->n_embd;
+    const size_t cand[4] = {(size_t)hp->n_head * hp->head_dim, 2 * ff_width(hp), 2 * (size_t)hp->n_ff_exp, (size_t)hp->n_head_kv * hp->head_dim};
+    for (int i = 0; i < 4; i++) if (cand[i] > n) n = cand[i];
+    size_t b = (size_t)max_tokens * n;
+    const size_t chunk = max_tokens < 256 ? (size_t)max_tokens : 256;
+    if (chunk * hp->n_vocab > b) b = chunk * hp->n_vocab;
+    return 2 * b;
+}
+
+static size_t scratch_bytes(const glm_hparams *hp, int max_tokens, int n_sm) {
+    const size_t T = (size_t)max_tokens, D = (size_t)hp->n_embd, k = hp->n_expert_used > 0 ? hp->n_expert_used : 1;
+    const size_t F = ff_width(hp), Fe = (size_t)hp->n_ff_exp, Q = (size_t)hp->n_head * hp->head_dim;
+    size_t kmax = D > Q ? D : Q;
+    if (F > kmax) kmax = F;
+    const size_t rows = T * k > T ? T * k : T;
+    size_t b = rows * kmax * 2 + (rows + 4) * ((kmax + 127) / 128) * 4 * 2;                   /* xq, xs */
+    size_t g = T * 2 * F;
+    if (rows * 2 * Fe > g) g = rows * 2 * Fe;
+    b += g * 4 + T * (size_t)hp->n_expert * 4 + rows * Fe * 4 + rows * D * 4;               /* gtmp rlog mid eo */
+    b += (4 * (size_t)n_sm + 2 * CU_MAX_SPLIT) * (Q + 2 * (size_t)hp->n_head) * 4;                 /* attention */
+    size_t chunk = T < 256 ? T : 256;
+    b += chunk * D * 4 + chunk * (size_t)hp->n_vocab * 4 + lt_y_bytes(hp, max_tokens);
+    return b + (16u << 20);
+}
+
+static int cu_reserve(glm_backend *be, int max_tokens) {
+    cu_impl *c = IMPL(be);
+    const glm_hparams *hp = &be->model->hp;
+    CK(cudaSetDevice(c->gpu));
+    if (max_tokens <= 0) return glm_err(GLM_ERR_ARG, "reserve: %d tokens", max_tokens);
+    if (c->max_tokens) return glm_err(GLM_ERR_ARG, "reserve: already reserved for %d tokens", c->max_tokens);
+    c->max_tokens = max_tokens;
+    const size_t yb = lt_y_bytes(hp, max_tokens);
+    RUN(dev_alloc(&c->lt_y, yb, "cuBLASLt outputs"));
+    RUN(glm_cu_lt_new(&c->lt, c->lt_ws, CU_LT_WS, c->lt_y, yb));
+    const size_t T = (size_t)max_tokens, D = (size_t)hp->n_embd;
+    const size_t k = hp->n_expert_used > 0 ? (size_t)hp->n_expert_used : 1;
+    const size_t F = ff_width(hp), Fe = hp->n_ff_exp > 0 ? (size_t)hp->n_ff_exp : 1;
+    const size_t Q = (size_t)hp->n_head * hp->head_dim, E = hp->n_expert > 0 ? (size_t)hp->n_expert : 1;
+    size_t kmax = D > Q ? D : Q;
+    if (F > kmax) kmax = F;
+    if (Fe > kmax) kmax = Fe;
+    const size_t rows = T * k;
+
+    c->plan_cap = 4 * T + 16;
+    CK(cudaMallocHost((void **)&c->h_plan, c->plan_cap * 4));
+    RUN(dev_alloc((void **)&c->d_plan, c->plan_cap * 4, "the batch plan"));
+
+    c->xq_bytes = rows * kmax * 2;  /* bf16 needs two bytes an element */
+    RUN(dev_alloc((void **)&c->xq, c->xq_bytes, "quantised activations"));
+    c->xs_floats = (rows + 4 * E + 4) * ((kmax + 127) / 128) + 16;
+    RUN(dev_alloc((void **)&c->xs, c->xs_floats * 4, "activation scales"));
+    size_t g = T * 2 * F;
+    if (rows * 2 * Fe > g) g = rows * 2 * Fe;
+    c->gtmp_floats = g;
+    RUN(dev_alloc((void **)&c->gtmp, g * 4, "GEMM scratch"));
+    RUN(dev_alloc((void **)&c->rlog, T * E * 4, "router logits"));
+    RUN(dev_alloc((void **)&c->mid, rows * Fe * 4, "expert activations"));
+    RUN(dev_alloc((void **)&c->eo, rows * D * 4, "expert outputs"));
+    RUN(dev_alloc((void **)&c->g_off, (E + 1) * 4, "expert offsets"));
+    RUN(dev_alloc((void **)&c->g_off4, (E + 1) * 4, "expert offsets"));
+    RUN(dev_alloc((void **)&c->g_active, (E + 1) * 4, "expert list"));
+    RUN(dev_alloc((void **)&c->g_nact, 16, "expert count"));
+    RUN(dev_alloc((void **)&c->g_rows, rows * 4, "expert rows"));
+    RUN(dev_alloc((void **)&c->g_slot, rows * 4, "expert slots"));
+    CK(cudaMallocHost((void **)&c->h_off, 2 * (E + 1) * 4));
+    size_t aw = 0;
+    for (int t = 1; t <= max_tokens; t++) {
+        const int s = att_splits(c, hp, t);
+        if (s == 1) break;
+        const size_t n = (size_t)t * s * hp->n_head * (hp->head_dim + 2);
+        if (n > aw) aw = n;
+    }
+    c->att_ws_floats = aw;
+    RUN(dev_alloc((void **)&c->att_ws, (aw ? aw : 1) * 4, "attention partials"));
+    c->logit_chunk = max_tokens < 256 ? max_tokens : 256;
+    RUN(dev_alloc((void **)&c->fnorm, (size_t)c->logit_chunk * D * 4, "final norm rows"));
+    RUN(dev_alloc((void **)&c->logits_d, (size_t)c->logit_chunk * hp->n_vocab * 4, "logits"));
+    CK(cudaMallocHost((void **)&c->logits_h, (size_t)c->logit_chunk * hp->n_vocab * 4));
+    return GLM_OK;
+}
+
+static void *cu_alloc(glm_backend *be, size_t n) {
+    cu_impl *c = IMPL(be);
+    if (cudaSetDevice(c->gpu) != cudaSuccess) { cudaGetLastError(); return NULL; }
+    void *p = NULL;
+    if (dev_alloc(&p, n, "activations")) return NULL;
+    if (c->n_allocs == c->cap_allocs) {
+        int cap = c->cap_allocs ? 2 * c->cap_allocs : 32;
+        void **a = realloc(c->allocs, (size_t)cap * sizeof(void *));
+        if (!a) { cudaFree(p); glm_err(GLM_ERR_OOM, "out of memory"); return NULL; }
+        c->allocs = a;
+        c->cap_allocs = cap;
+    }
+    c->allocs[c->n_allocs++] = p;
+    return p;
+}
+
+/* ---- graphs ---- */
+static void graphs_clear(cu_impl *c) {
+    for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
+    c->n_graphs = 0;
+}
+
+/* Ends a capture that an op's error left open. */
+static void capture_abort(cu_impl *c) {
+    if (c->mode != MODE_CAPTURE) return;
+    cudaGraph_t g = NULL;
+    cudaStreamEndCapture(c->st, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    c->mode = MODE_EAGER;
+}
+
+static const int32_t *P_TOK(cu_impl *c) { return c->d_plan; }
+static const int32_t *P_POS(cu_impl *c) { return c->d_plan + c->max_tokens; }
+static const int32_t *P_SEQ(cu_impl *c) { return c->d_plan + 2 * c->max_tokens; }
+static const int32_t *P_OUT(cu_impl *c) { return c->d_plan + 3 * c->max_tokens; }
+static const int32_t *P_PT(cu_impl *c) { return c->d_plan + 4 * c->max_tokens; }
+
+static int cu_begin(glm_backend *be, const glm_plan *p) {
+    cu_impl *c = IMPL(be);
+    CK(cudaSetDevice(c->gpu));
+    capture_abort(c);
+    const int T = p->n_tokens, M = c->max_tokens;
+    if (T <= 0 || T > M) return glm_err(GLM_ERR_ARG, "batch of %d tokens (reserved %d)", T, M);
+    if (p->n_out < 0 || p->n_out > T) return glm_err(GLM_ERR_ARG, "%d logit rows for %d tokens", p->n_out, T);
+    if (!c->kv) return glm_err(GLM_ERR_ARG, "KV cache not initialised");
+    const size_t pt = (size_t)p->n_seq_slots * p->max_pages;
+    const size_t need = 4 * (size_t)M + pt;
+    if (need > c->plan_cap) {  /* grow: graphs hold the old pointers */
+        graphs_clear(c);
+        CK(cudaStreamSynchronize(c->st));
+        cudaFreeHost(c->h_plan);
+        cudaFree(c->d_plan);
+        c->h_plan = NULL; c->d_plan = NULL;
+        c->plan_cap = need + 1024;
+        CK(cudaMallocHost((void **)&c->h_plan, c->plan_cap * 4));
+        RUN(dev_alloc((void **)&c->d_plan, c->plan_cap * 4, "the batch plan"));
+    }
+    int32_t *h = c->h_plan;
+    memcpy(h, p->tokens, (size_t)T * 4);
+    memcpy(h + M, p->pos, (size_t)T * 4);
+    memcpy(h + 2 * M, p->seq, (size_t)T * 4);
+    if (p->n_out) memcpy(h + 3 * M, p->out_rows, (size_t)p->n_out * 4);
+    memcpy(h + 4 * M, p->page_table, pt * 4);
+    for (int t = 0; t < T; t++) {  /* the kernels index pages with these: check them here */
+        if (p->seq[t] < 0 || p->seq[t] >= p->n_seq_slots || p->pos[t] < 0 || p->pos[t] / GLM_PAGE >= p->max_pages)
+            return glm_err(GLM_ERR_ARG, "plan row %d: sequence %d position %d outside the page table", t, p->seq[t], p->pos[t]);
+        const int pg = p->page_table[(size_t)p->seq[t] * p->max_pages + p->pos[t] / GLM_PAGE];
+        if (pg < 0 || pg >= c->n_pages)
+            return glm_err(GLM_ERR_ARG, "plan row %d: page %d outside the cache of %d pages", t, pg, c->n_pages);
+    }
+    c->T = T; c->n_out = p->n_out; c->n_seq_slots = p->n_seq_slots; c->max_pages = p->max_pages;
+    c->hash = 0x243f6a8885a308d3ull;
+    c->cur = NULL;
+    c->mode = MODE_EAGER;
+    if (c->use_graphs && T <= c->graph_max) {
+        for (int i = 0; i < c->n_graphs; i++) {
+            cu_graph *g = &c->graphs[i];
+            if (g->T == T && g->n_out == p->n_out && g->n_seq_slots == p->n_seq_slots && g->max_pages == p->max_pages) {
+                c->cur = g;
+                c->mode = MODE_REPLAY;
+                return GLM_OK;
+            }
+        }
+        if (c->n_graphs < CU_MAX_GRAPHS) {
+            CK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal));
+            c->mode = MODE_CAPTURE;
+        }
+    }
+    const size_t bytes = (4 * (size_t)M + pt) * 4;
+    cudaError_t e = cudaMemcpyAsync(c->d_plan, c->h_plan, bytes, cudaMemcpyHostToDevice, c->st);
+    if (e != cudaSuccess) { capture_abort(c); return glm_err(GLM_ERR_CUDA, "plan upload: %s", cudaGetErrorString(e)); }
+    return GLM_OK;
+}
+
+static glm_cu_plan plan_of(cu_impl *c) {
+    glm_cu_plan p = {P_POS(c), P_SEQ(c), P_PT(c), c->max_pages};
+    return p;
+}
+
+/* ---- ops ---- */
+static int cu_embed(glm_backend *be, float *x) {
+    cu_impl *c = IMPL(be);
+    const glm_model *m = be->model;
+    if (op_skip(c, 1, x, NULL, NULL, c->T)) return GLM_OK;
+    return glm_cu_embed(m->tok_embd.dev, w_dev_dtype(&m->tok_embd), P_TOK(c), c->T, m->hp.n_embd, m->hp.n_vocab, x, c->st);
+}
+
+static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, float *out, int rows) {
+    cu_impl *c = IMPL(be);
+    if (op_skip(c, 2, x, w, out, rows)) return GLM_OK;
+    return glm_cu_rmsnorm(x, NULL, w->dev, out, rows, (int)w->cols, be->model->hp.rms_eps, c->st);
+}
+
+/* y[T, N] = x[T, K] W^T (+bias): GEMV for small T, cuBLASLt above, tiled otherwise. */
+static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T) {
+    if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
+    if (glm_cu_lt_shape_ok(w) && (size_t)T * w->K <= c->xq_bytes) {
+        int rc;
+        if (w->dtype == GLM_CU_FP8) {
+            const int blk = w->scale_kind == GLM_CU_SCALE_BLOCK;
+            const int ld_s = (T + 3) / 4 * 4;
+            RUN(glm_cu_quant_fp8(x, ldx, NULL, T, w->K, blk, c->xq, c->xs, ld_s, c->st));
+            rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, c->xs, ld_s, T, y, ldy, c->st);
+        } else {
+            RUN(glm_cu_to_bf16(x, ldx, NULL, T, w->K, (uint16_t *)c->xq, c->st));
+            rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, NULL, 0, T, y, ldy, c->st);
+        }
+        if (rc == GLM_OK) return bias ? glm_cu_add_bias(y, bias, T, w->N, ldy, c->st) : GLM_OK;
+        if (rc != GLM_ERR_UNSUPPORTED) return rc;
+    }
+    if (T <= 2 * c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
+    return glm_cu_gemm_tiled(w, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
+}
+
+static int cu_linear(glm_backend *be, const glm_weight *w, const glm_weight *bias, const float *x, float *y, int T) {
+    cu_impl *c = IMPL(be);
+    if (op_skip(c, 3, w, x, y, T)) return GLM_OK;
+    const glm_cu_mat m = mat_of(w);
+    return lin(c, &m, bias && !w_empty(bias) ? bias->dev : NULL, x, m.K, y, m.N, T);
+}
+
+static int cu_glu(glm_backend *be, const glm_weight *gate, const glm_weight *up, const float *x, float *y, int T) {
+    cu_impl *c = IMPL(be);
+    if (op_skip(c, 4, gate, x, y, T)) return GLM_OK;
+    const glm_cu_mat g = mat_of(gate), u = mat_of(up);
+    const int F = g.N;
+    if (T <= c->gemv_max) return glm_cu_gemv(&g, &u, x, g.K, NULL, y, F, T, NULL, 0, c->st);
+    if ((size_t)T * 2 * F > c->gtmp_floats) return glm_err(GLM_ERR_ARG, "glu: %d x %d exceeds the scratch", T, 2 * F);
+    glm_cu_mat gu = g;
+    gu.N = 2 * F;
+    const int fused = (const uint8_t *)u.data == (const uint8_t *)g.data + (size_t)F * g.K * dt_size(g.dtype) &&
+                      (g.scale_kind != GLM_CU_SCALE_BLOCK || F % 128 == 0) && glm_cu_lt_shape_ok(&gu);
+    if (fused) {
+        RUN(lin(c, &gu, NULL, x, g.K, c->gtmp, 2 * F, T));
+    } else {
+        RUN(lin(c, &g, NULL, x, g.K, c->gtmp, 2 * F, T));
+        RUN(lin(c, &u, NULL, x, g.K, c->gtmp + F, 2 * F, T));
+    }
+    return glm_cu_swiglu(c->gtmp, 2 * F, y, F, T, F, c->st);
+}
+
+static int cu_attention(glm_backend *be, int il, float *q, float *k, const float *v, float *out) {
+    cu_impl *c = IMPL(be);
+    const glm_hparams *hp = &be->model->hp;
+    const glm_layer *L = &be->model->layers[il];
+    if (op_skip(c, 5, q, k, out, il * 65536 + c->T)) return GLM_OK;
+    const glm_cu_plan p = plan_of(c);
+    const glm_cu_kv *kv = &c->kv[il];
+    RUN(glm_cu_rope_store(q, k, v, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_theta,
+                          hp->use_qk_norm && !w_empty(&L->q_norm) ? L->q_norm.dev : NULL,
+                          hp->use_qk_norm && !w_empty(&L->k_norm) ? L->k_norm.dev : NULL, hp->rms_eps, &p, kv, c->st));
+    return glm_cu_attention(q, out, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv, att_splits(c, hp, c->T),
+                            c->att_ws, c->st);
+}
+
+static int cu_moe_route(glm_backend *be, int il, const float *h, int32_t *ids, float *w) {
+    cu_impl *c = IMPL(be);
+    const glm_hparams *hp = &be->model->hp;
+    const glm_layer *L = &be->model->layers[il];
+    if (op_skip(c, 6, h, ids, w, il * 65536 + c->T)) return GLM_OK;
+    const glm_cu_mat r = mat_of(&L->router);
+    RUN(lin(c, &r, NULL, h, r.K, c->rlog, r.N, c->T));
+    return glm_cu_moe_topk(c->rlog, w_empty(&L->router_bias) ? NULL : L->router_bias.dev, c->T, hp->n_expert,
+                           hp->n_expert_used, hp->norm_topk_prob, hp->routed_scale, ids, w, c->st);
+}
+
+/* Prefill MoE on tensor cores: the expert groups are contiguous in the sorted order,
+ * so one cuBLASLt product per touched expert covers gate and up together, then one
+ * for down. Reads the group offsets back to the host (the only round trip of a
+ * forward pass, taken for batches above graph_max only). */
+static int moe_prefill_lt(cu_impl *c, const cu_moe *m, const float *h, int T, int k, int E, int D, int F) {
+    const int rows = T * k;
+    const int fp8 = m->gate.dtype == GLM_CU_FP8, blk = m->gate.scale_kind == GLM_CU_SCALE_BLOCK;
+    int32_t *off = c->h_off, *off4 = c->h_off + E + 1;
+    CK(cudaMemcpyAsync(off, c->g_off, (size_t)(E + 1) * 4, cudaMemcpyDeviceToHost, c->st));
+    CK(cudaMemcpyAsync(off4, c->g_off4, (size_t)(E + 1) * 4, cudaMemcpyDeviceToHost, c->st));
+    CK(cudaStreamSynchronize(c->st));
+    const size_t esz = fp8 ? 1 : 2;
+    for (int half = 0; half < 2; half++) {
+        const glm_cu_mat *w = half == 0 ? &m->gate_up : &m->down;
+        const int K = half == 0 ? D : F;
+        const float *x = half == 0 ? h : c->mid;
+        const int32_t *gather = half == 0 ? c->g_rows : NULL;
+        if (!fp8) RUN(glm_cu_to_bf16(x, K, gather, rows, K, (uint16_t *)c->xq, c->st));
+        else if (blk) RUN(glm_cu_quant_fp8_grouped(x, K, gather, c->g_off, c->g_off4, E, rows, K, c->xq, c->xs, c->st));
+        else RUN(glm_cu_quant_fp8(x, K, gather, rows, K, 0, c->xq, c->xs, rows, c->st));
+        const int KB = (K + 127) / 128;
+        for (int e = 0; e < E; e++) {
+            const int o = off[e], n = off[e + 1] - o;
+            if (!n) continue;
+            const float *xs = !fp8 ? NULL : blk ? c->xs + (size_t)KB * off4[e] : c->xs + o;
+            const int ld_s = blk ? off4[e + 1] - off4[e] : n;
+            float *y = half == 0 ? c->gtmp + (size_t)o * 2 * F : c->eo + (size_t)o * D;
+            RUN(glm_cu_lt_matmul(c->lt, w, e, c->xq + (size_t)o * K * esz, xs, ld_s, n, y, w->N, c->st));
+        }
+        if (half == 0) RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
+    }
+    return GLM_OK;
+}
+
+static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t *ids, const float *w, float *out) {
+    cu_impl *c = IMPL(be);
+    const glm_hparams *hp = &be->model->hp;
+    if (op_skip(c, 7, h, ids, out, il * 65536 + c->T)) return GLM_OK;
+    const cu_moe *m = &c->moe[il];
+    const int T = c->T, k = hp->n_expert_used, E = hp->n_expert, D = hp->n_embd, F = hp->n_ff_exp;
+    const int rows = T * k;
+    RUN(glm_cu_moe_group(ids, T, k, E, c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st));
+    glm_cu_groups g = {c->g_active, c->g_nact, c->g_off, c->g_rows, rows < E ? rows : E, T};
+    int rc = GLM_ERR_UNSUPPORTED;
+    if (T <= c->graph_max || T <= c->gemv_max) {
+        /* decode: no host round trip; each block row of the grid is one touched expert */
+        glm_cu_groups gv = g;
+        gv.max_count = T < 4 ? T : 4;
+        RUN(glm_cu_gemv(&m->gate, &m->up, h, D, NULL, c->mid, F, T, &gv, 1, c->st));
+        RUN(glm_cu_gemv(&m->down, NULL, c->mid, F, NULL, c->eo, D, T, &gv, 0, c->st));
+        rc = GLM_OK;
+    } else if (m->fused_ok) {
+        rc = moe_prefill_lt(c, m, h, T, k, E, D, F);
+        if (rc && rc != GLM_ERR_UNSUPPORTED) return rc;
+    }
+    if (rc) {
+        /* any format: grouped tiled products, still without a host round trip */
+        RUN(glm_cu_gemm_tiled(&m->gate, h, D, NULL, c->gtmp, 2 * F, T, &g, 1, c->st));
+        RUN(glm_cu_gemm_tiled(&m->up, h, D, NULL, c->gtmp + F, 2 * F, T, &g, 1, c->st));
+        RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
+        RUN(glm_cu_gemm_tiled(&m->down, c->mid, F, NULL, c->eo, D, T, &g, 0, c->st));
+    }
+    return glm_cu_moe_combine(c->eo, c->g_slot, w, T, k, D, out, c->st);
+}
+
+static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {
+    cu_impl *c = IMPL(be);
+    if (op_skip(c, 8, x, y, NULL, (int)n)) return GLM_OK;
+    return glm_cu_add(x, y, n, c->st);
+}
+
+/* Final norm + lm_head for rows [r0, r0+n) of out_rows into logits_d, then to the pinned buffer. */
+static int logits_chunk(glm_backend *be, const float *x, int r0, int n) {
+    cu_impl *c = IMPL(be);
+    const glm_model *m = be->model;
+    const int D = m->hp.n_embd, V = m->hp.n_vocab;
+    RUN(glm_cu_rmsnorm(x, P_OUT(c) + r0, m->out_norm.dev, c->fnorm, n, D, m->hp.rms_eps, c->st));
+    const glm_cu_mat lm = mat_of(&m->lm_head);
+    RUN(lin(c, &lm, NULL, c->fnorm, D, c->logits_d, V, n));
+    CK(cudaMemcpyAsync(c->logits_h, c->logits_d, (size_t)n * V * 4, cudaMemcpyDeviceToHost, c->st));
+    return GLM_OK;
+}
+
+static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
+    cu_impl *c = IMPL(be);
+    const int V = be->model->hp.n_vocab, n_out = c->n_out;
+    op_skip(c, 9, x, logits_host ? (const void *)1 : NULL, NULL, n_out);
+    if (c->mode == MODE_REPLAY) {
+        if (c->hash != c->cur->hash) {
+            c->mode = MODE_EAGER;
+            return glm_err(GLM_ERR_ARG, "CUDA graph for %d tokens was captured from a different op sequence", c->T);
+        }
+        CK(cudaGraphLaunch(c->cur->exec, c->st));
+        CK(cudaStreamSynchronize(c->st));
+        if (n_out && logits_host) memcpy(logits_host, c->logits_h, (size_t)n_out * V * 4);
+        return GLM_OK;
+    }
+    if (c->mode == MODE_CAPTURE) {
+        int rc = n_out ? logits_chunk(be, x, 0, n_out) : GLM_OK;
+        cudaGraph_t graph = NULL;
+        cudaError_t e = cudaStreamEndCapture(c->st, &graph);
+        c->mode = MODE_EAGER;
+        if (rc) { if (graph) cudaGraphDestroy(graph); return rc; }
+        if (e != cudaSuccess) { cudaGetLastError(); return glm_err(GLM_ERR_CUDA, "graph capture failed: %s", cudaGetErrorString(e)); }
+        cu_graph *g = &c->graphs[c->n_graphs];
+        e = cudaGraphInstantiate(&g->exec, graph, 0);
+        cudaGraphDestroy(graph);
+        if (e != cudaSuccess) return glm_err(GLM_ERR_CUDA, "graph instantiate failed: %s", cudaGetErrorString(e));
+        g->T = c->T; g->n_out = n_out; g->n_seq_slots = c->n_seq_slots; g->max_pages = c->max_pages;
+        g->hash = c->hash;
+        c->n_graphs++;
+        CK(cudaGraphLaunch(g->exec, c->st));
+        CK(cudaStreamSynchronize(c->st));
+        if (n_out && logits_host) memcpy(logits_host, c->logits_h, (size_t)n_out * V * 4);
+        return GLM_OK;
+    }
+    for (int r0 = 0; r0 < n_out; r0 += c->logit_chunk) {
+        const int n = n_out - r0 < c->logit_chunk ? n_out - r0 : c->logit_chunk;
+        RUN(logits_chunk(be, x, r0, n));
+        CK(cudaStreamSynchronize(c->st));
+        if (logits_host) memcpy(logits_host + (size_t)r0 * V, c->logits_h, (size_t)n * V * 4);
+    }
+    if (!n_out) CK(cudaStreamSynchronize(c->st));
+    return GLM_OK;
+}
+
+static void cu_destroy(glm_backend *be) {
+    if (!be) return;
+    cu_impl *c = IMPL(be);
+    if (c) {
+        cudaSetDevice(c->gpu);
+        capture_abort(c);
+        if (c->st) cudaStreamSynchronize(c->st);
+        graphs_clear(c);
+        glm_cu_lt_free(c->lt);
+        for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
+        free(c->allocs);
+        void *dv[] = {c->arena, c->lt_ws, c->lt_y, c->kv_mem, c->d_plan, c->xq, c->xs, c->gtmp, c->rlog, c->mid, c->eo,
+                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->att_ws, c->fnorm, c->logits_d};
+        for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) if (dv[i]) cudaFree(dv[i]);
+        if (c->h_plan) cudaFreeHost(c->h_plan);
+        if (c->h_off) cudaFreeHost(c->h_off);
+        if (c->logits_h) cudaFreeHost(c->logits_h);
+        if (c->st) cudaStreamDestroy(c->st);
+        cudaGetLastError();
+        if (c->arena && be->model) clear_model_dev(be->model);
+        free(c->moe);
+        free(c->kv);
+        free(c);
+    }
+    free(be);
+}
+
+static const glm_backend_ops cuda_ops = {
+    .name = "cuda",
+    .load = cu_load,
+    .kv_pages_fit = cu_kv_pages_fit,
+    .kv_init = cu_kv_init,
+    .reserve = cu_reserve,
+    .alloc = cu_alloc,
+    .begin = cu_begin,
+    .embed = cu_embed,
+    .rmsnorm = cu_rmsnorm,
+    .linear = cu_linear,
+    .glu = cu_glu,
+    .attention = cu_attention,
+    .moe_route = cu_moe_route,
+    .moe_experts = cu_moe_experts,
+    .add = cu_add,
+    .logits = cu_logits,
+    .destroy = cu_destroy,
+};
+
+static int env_int(const char *name, int def) {
+    const char *s = getenv(name);
+    return s && *s ? atoi(s) : def;
+}
+
+int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend **out) {
+    *out = NULL;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return glm_err(GLM_ERR_CUDA, "no CUDA device: %s", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    }
+    if (p->gpu < 0 || p->gpu >= n) return glm_err(GLM_ERR_ARG, "GPU %d requested, %d present", p->gpu, n);
+    const glm_hparams *hp = &model->hp;
+    if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hp->n_head / hp->n_head_kv > 16 || hp->head_dim > 256)
+        return glm_err(GLM_ERR_UNSUPPORTED, "CUDA attention needs head_dim <= 256 and <= 16 query heads per KV head (%d/%d, %d)",
+                       hp->n_head, hp->n_head_kv, hp->head_dim);
+    glm_backend *be = calloc(1, sizeof *be);
+    cu_impl *c = calloc(1, sizeof *c);
+    if (!be || !c) { free(be); free(c); return glm_err(GLM_ERR_OOM, "out of memory"); }
+    be->ops = &cuda_ops;
+    be->model = model;
+    be->params = *p;
+    be->impl = c;
+    c->gpu = p->gpu;
+    c->use_graphs = env_int("GLM_CUDA_GRAPHS", 1);
+    c->graph_max = env_int("GLM_CUDA_GRAPH_MAX", 64);
+    c->gemv_max = env_int("GLM_CUDA_GEMV_MAX", 8);
+    int rc = GLM_OK;
+    struct cudaDeviceProp prop;
+    if ((e = cudaSetDevice(c->gpu)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, c->gpu)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) != cudaSuccess) {
+        rc = glm_err(GLM_ERR_CUDA, "CUDA setup on GPU %d failed: %s", c->gpu, cudaGetErrorString(e));
+        goto fail;
+    }
+    c->n_sm = prop.multiProcessorCount;
+    if ((rc = dev_alloc(&c->lt_ws, CU_LT_WS, "the cuBLASLt workspace"))) goto fail;
+    if ((rc = cu_load(be, model))) goto fail;
+    *out = be;
+    return GLM_OK;
+fail:
+    cu_destroy(be);
+    return rc;
+}
