@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmp[256];
+#define tmp test_tmp
 
 static void sh(const char *fmt, const char *a, const char *b) {
     char cmd[2048];
@@ -207,12 +207,4 @@ TEST(tools_exit_nonzero_with_message) {
     CHECK(rc == 2 && strstr(err, "-n") != NULL);
 }
 
-int main(void) {
-    snprintf(tmp, sizeof tmp, "/tmp/glm-bad-input-%d", (int)getpid());
-    mkdir(tmp, 0755);
-    int rc = run_tests_();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", tmp);
-    return rc;
-}
+RUN_TESTS_IN_TMP("glm-bad-input")

@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmp[256];
+#define tmp test_tmp
 
 /* Last-position logits of a short prompt; returns a malloc'd [n_vocab] array or NULL. */
 static float *run_prompt(glm_model *m) {
@@ -113,12 +113,4 @@ TEST(convert_bf16_to_fp8) {
     glm_model_free(ref);
 }
 
-int main(void) {
-    snprintf(tmp, sizeof tmp, "/tmp/glm-synth-%d", (int)getpid());
-    mkdir(tmp, 0755);
-    int rc = run_tests_();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd)) fprintf(stderr, "cannot remove %s\n", tmp);
-    return rc;
-}
+RUN_TESTS_IN_TMP("glm-synth")

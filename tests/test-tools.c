@@ -7,8 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char tmp[256];
-static const char *bin;
+#define tmp test_tmp
+static const char *bin_dir(void) { return getenv("GLM_BIN") ? getenv("GLM_BIN") : "build/bin"; }
+#define bin bin_dir()
 
 /* Runs a shell command; returns its exit status and stdout (malloc'd, NUL-terminated). */
 static int run(const char *cmd, char **out) {
@@ -147,13 +148,4 @@ TEST(help_everywhere) {
     }
 }
 
-int main(void) {
-    bin = getenv("GLM_BIN") ? getenv("GLM_BIN") : "build/bin";
-    snprintf(tmp, sizeof tmp, "/tmp/glm-tools-%d", (int)getpid());
-    mkdir(tmp, 0755);
-    int rc = run_tests_();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-    if (system(cmd)) fprintf(stderr, "cannot remove %s\n", tmp);
-    return rc;
-}
+RUN_TESTS_IN_TMP("glm-tools")

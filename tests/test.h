@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef void (*test_fn)(void);
 static struct { const char *name; test_fn fn; } test_list_[512];
@@ -66,5 +68,19 @@ static inline int run_tests_(void) {
     return failed ? 1 : 0;
 }
 #define RUN_TESTS() int main(void) { return run_tests_(); }
+
+/* A scratch directory /tmp/<prefix>-<pid> for tests that write files: created before
+ * the tests run and removed after. */
+static char test_tmp[256];
+#define RUN_TESTS_IN_TMP(prefix)                                            \
+    int main(void) {                                                        \
+        snprintf(test_tmp, sizeof test_tmp, "/tmp/%s-%d", prefix, (int)getpid()); \
+        mkdir(test_tmp, 0755);                                              \
+        int rc_ = run_tests_();                                             \
+        char cmd_[300];                                                     \
+        snprintf(cmd_, sizeof cmd_, "rm -rf '%s'", test_tmp);               \
+        if (system(cmd_)) fprintf(stderr, "cannot remove %s\n", test_tmp);  \
+        return rc_;                                                         \
+    }
 
 #endif

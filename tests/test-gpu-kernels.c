@@ -1,0 +1,632 @@
+/* test-gpu-kernels.c - every CUDA kernel against a float64/float32 CPU reference on
+ * fresh random inputs, with outputs poisoned (NaN bytes) before each launch so an
+ * unwritten element fails. Error measure: ||out - ref|| / ||ref|| (NaN never passes).
+ * Tolerances: float32 accumulation 1e-5; activations quantised to FP8 are compared
+ * against a reference on the same dequantised values, so the same 1e-5 holds;
+ * BF16/FP8 KV stored values are emulated exactly on the CPU (1e-4). */
+#include "glm.h"
+#include "backend.h"
+#include "test.h"
+#include "../ggml-free-kernels/kernels.h"
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+static uint64_t rs = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return rs; }
+static float frand(void) { return (float)((rnd() >> 40) * (1.0 / 16777216.0)) * 2.f - 1.f; }
+
+#define CU(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) { fprintf(stderr, "  %s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); test_failed_now_ = 1; } } while (0)
+#define OK(call) do { int rc_ = (call); if (rc_) { fprintf(stderr, "  %s:%d: %s: %s\n", __FILE__, __LINE__, #call, glm_last_error()); test_failed_now_ = 1; } } while (0)
+
+static void *dnew(size_t n) { void *p = NULL; CU(cudaMalloc(&p, n ? n : 16)); CU(cudaMemset(p, 0xff, n ? n : 16)); return p; }
+static void *dup_h(const void *h, size_t n) { void *p = dnew(n); CU(cudaMemcpy(p, h, n, cudaMemcpyHostToDevice)); return p; }
+static void poison(void *p, size_t n) { CU(cudaMemset(p, 0xff, n)); }
+static void down(void *h, const void *d, size_t n) { CU(cudaDeviceSynchronize()); CU(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost)); }
+static float *frandv(size_t n, float amp) { float *v = malloc(n * 4); for (size_t i = 0; i < n; i++) v[i] = frand() * amp; return v; }
+
+/* ||a - b|| / ||b||, infinite when a holds a NaN. */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] != a[i]) return INFINITY;
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+#define CHECK_REL(out, ref, n, tol, what)                                                   \
+    do {                                                                                    \
+        double e__ = rel_err(out, ref, n);                                                  \
+        CHECK_MSG(e__ <= (tol), "%s: rel err %.3g > %.3g", what, e__, (double)(tol));       \
+    } while (0)
+
+/* ---- host weights ---- */
+typedef struct {
+    int dtype, sk, N, K, ld;
+    void *data; float *scale; float *wf;   /* host: stored, scales, dequantised [N, K] */
+    size_t data_bytes, scale_floats;
+} hweight;
+
+static size_t esz(int dt) { return dt == GLM_CU_FP8 ? 1 : dt == GLM_CU_BF16 ? 2 : 4; }
+
+static hweight hw_make(int dtype, int sk, int N, int K) {
+    hweight w = {dtype, sk, N, K, glm_cu_block_ld(K), NULL, NULL, NULL, 0, 0};
+    w.data_bytes = (size_t)N * K * esz(dtype);
+    w.data = malloc(w.data_bytes);
+    w.wf = malloc(sizeof(float) * N * K);
+    if (sk == GLM_CU_SCALE_CHANNEL) w.scale_floats = N;
+    if (sk == GLM_CU_SCALE_BLOCK) w.scale_floats = (size_t)((N + 127) / 128) * w.ld;
+    w.scale = calloc(w.scale_floats + 1, sizeof(float));
+    for (size_t i = 0; i < w.scale_floats; i++) w.scale[i] = (0.5f + 0.5f * fabsf(frand())) / 448.f / sqrtf((float)K);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            size_t i = (size_t)n * K + k;
+            if (dtype == GLM_CU_FP8) {
+                uint8_t q = glm_f32_to_fp8e4m3(frand() * 448.f);
+                ((uint8_t *)w.data)[i] = q;
+                float s = sk == GLM_CU_SCALE_CHANNEL ? w.scale[n] : w.scale[(n / 128) * w.ld + k / 128];
+                w.wf[i] = glm_fp8e4m3_to_f32(q) * s;
+            } else if (dtype == GLM_CU_BF16) {
+                uint16_t b = glm_f32_to_bf16(frand() / sqrtf((float)K));
+                ((uint16_t *)w.data)[i] = b;
+                w.wf[i] = glm_bf16_to_f32(b);
+            } else {
+                float f = frand() / sqrtf((float)K);
+                ((float *)w.data)[i] = f;
+                w.wf[i] = f;
+            }
+        }
+    return w;
+}
+
+static glm_cu_mat hw_upload(const hweight *w) {
+    glm_cu_mat m = {0};
+    m.data = dup_h(w->data, w->data_bytes);
+    m.scale = w->scale_floats ? dup_h(w->scale, w->scale_floats * 4) : NULL;
+    m.dtype = w->dtype; m.scale_kind = w->sk; m.N = w->N; m.K = w->K; m.s_ld = w->ld;
+    return m;
+}
+
+static void hw_free(hweight *w, glm_cu_mat *m) {
+    free(w->data); free(w->scale); free(w->wf);
+    if (m) { cudaFree((void *)m->data); cudaFree((void *)m->scale); }
+}
+
+static float silu(float g) { return g / (1.f + expf(-g)); }
+
+/* y[t, n] = sum_k wf[n, k] x[t, k] */
+static void ref_mm(const float *wf, int N, int K, const float *x, int T, float *y, int ldy) {
+    for (int t = 0; t < T; t++)
+        for (int n = 0; n < N; n++) {
+            double a = 0;
+            for (int k = 0; k < K; k++) a += (double)wf[(size_t)n * K + k] * x[(size_t)t * K + k];
+            y[(size_t)t * ldy + n] = (float)a;
+        }
+}
+
+static const int FMTS[4][2] = {{GLM_CU_FP8, GLM_CU_SCALE_CHANNEL}, {GLM_CU_FP8, GLM_CU_SCALE_BLOCK},
+                               {GLM_CU_BF16, GLM_CU_SCALE_NONE}, {GLM_CU_F32, GLM_CU_SCALE_NONE}};
+static const char *FMT_NAMES[4] = {"fp8-channel", "fp8-block", "bf16", "f32"};
+
+TEST(elementwise) {
+    const int T = 7, D = 300, V = 50;
+    float *emb = frandv((size_t)V * D, 1.f);
+    uint16_t *embb = malloc((size_t)V * D * 2);
+    for (int i = 0; i < V * D; i++) { embb[i] = glm_f32_to_bf16(emb[i]); emb[i] = glm_bf16_to_f32(embb[i]); }
+    int32_t tok[7] = {3, 0, 49, 17, 17, 8, 22};
+    void *d_emb = dup_h(embb, (size_t)V * D * 2);
+    int32_t *d_tok = dup_h(tok, sizeof tok);
+    float *d_x = dnew((size_t)T * D * 4), *x = malloc((size_t)T * D * 4), *ref = malloc((size_t)T * D * 4);
+    OK(glm_cu_embed(d_emb, GLM_CU_BF16, d_tok, T, D, V, d_x, 0));
+    down(x, d_x, (size_t)T * D * 4);
+    for (int t = 0; t < T; t++) memcpy(ref + (size_t)t * D, emb + (size_t)tok[t] * D, (size_t)D * 4);
+    CHECK_REL(x, ref, (size_t)T * D, 0, "embed");
+
+    /* rmsnorm over gathered rows */
+    float *w = frandv(D, 1.f);
+    float *d_w = dup_h(w, (size_t)D * 4), *d_o = dnew((size_t)T * D * 4), *o = malloc((size_t)T * D * 4);
+    int32_t idx[3] = {6, 0, 3};
+    int32_t *d_idx = dup_h(idx, sizeof idx);
+    OK(glm_cu_rmsnorm(d_x, d_idx, d_w, d_o, 3, D, 1e-5f, 0));
+    down(o, d_o, (size_t)3 * D * 4);
+    float *oref = malloc((size_t)3 * D * 4);
+    for (int r = 0; r < 3; r++) {
+        const float *xr = ref + (size_t)idx[r] * D;
+        double ss = 0;
+        for (int i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+        const float inv = (float)(1.0 / sqrt(ss / D + 1e-5));
+        for (int i = 0; i < D; i++) oref[(size_t)r * D + i] = xr[i] * inv * w[i];
+    }
+    CHECK_REL(o, oref, (size_t)3 * D, 1e-6, "rmsnorm");
+    free(oref);
+
+    /* add, add_bias, swiglu */
+    const size_t n = (size_t)T * D;
+    float *a = frandv(n, 1.f), *b = frandv(n, 1.f), *r2 = malloc(n * 4);
+    float *d_a = dup_h(a, n * 4), *d_b = dup_h(b, n * 4);
+    OK(glm_cu_add(d_a, d_b, n, 0));
+    down(r2, d_a, n * 4);
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+    CHECK_REL(r2, a, n, 1e-7, "add");
+    OK(glm_cu_add(d_a + 1, d_b + 1, n - 1, 0));  /* unaligned tail path */
+    down(r2, d_a, n * 4);
+    for (size_t i = 1; i < n; i++) a[i] += b[i];
+    CHECK_REL(r2, a, n, 1e-7, "add unaligned");
+    OK(glm_cu_add_bias(d_a, d_w, T, D, D, 0));
+    down(r2, d_a, n * 4);
+    for (int t = 0; t < T; t++) for (int i = 0; i < D; i++) a[(size_t)t * D + i] += w[i];
+    CHECK_REL(r2, a, n, 1e-7, "add_bias");
+    const int F = 150;  /* gu rows [T, 2F] inside a (ld 300) */
+    float *d_y = dnew((size_t)T * F * 4), *y = malloc((size_t)T * F * 4), *yr = malloc((size_t)T * F * 4);
+    OK(glm_cu_swiglu(d_a, 2 * F, d_y, F, T, F, 0));
+    down(y, d_y, (size_t)T * F * 4);
+    for (int t = 0; t < T; t++) for (int i = 0; i < F; i++) yr[t * F + i] = silu(a[(size_t)t * 2 * F + i]) * a[(size_t)t * 2 * F + F + i];
+    CHECK_REL(y, yr, (size_t)T * F, 1e-6, "swiglu");
+    free(emb); free(embb); free(x); free(ref); free(w); free(o); free(a); free(b); free(r2); free(y); free(yr);
+    cudaFree(d_emb); cudaFree(d_tok); cudaFree(d_x); cudaFree(d_w); cudaFree(d_o); cudaFree(d_idx);
+    cudaFree(d_a); cudaFree(d_b); cudaFree(d_y);
+}
+
+TEST(quant_fp8) {
+    const int T = 9, K = 384;
+    float *x = frandv((size_t)T * K, 3.f);
+    x[5] = 0;  /* keep a zero */
+    float *d_x = dup_h(x, (size_t)T * K * 4);
+    for (int blk = 0; blk < 2; blk++) {
+        const int ld = (T + 3) / 4 * 4, nkb = K / 128;
+        uint8_t *d_q = dnew((size_t)T * K), *q = malloc((size_t)T * K);
+        float *d_s = dnew((size_t)ld * nkb * 4), *s = malloc((size_t)ld * nkb * 4);
+        OK(glm_cu_quant_fp8(d_x, K, NULL, T, K, blk, d_q, d_s, ld, 0));
+        down(q, d_q, (size_t)T * K);
+        down(s, d_s, (size_t)ld * nkb * 4);
+        double worst = 0;
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++) {
+                const float sc = blk ? s[(k / 128) * ld + t] : s[t];
+                const float back = glm_fp8e4m3_to_f32(q[(size_t)t * K + k]) * sc;
+                const double e = fabs(back - x[(size_t)t * K + k]) / (448.f * sc);  /* error in units of the range */
+                if (!(e <= worst)) worst = e;
+            }
+        /* e4m3 spacing is 32 in [256, 448]: half of it, 16/448 of the range, is the worst rounding */
+        CHECK_MSG(worst <= 16.0 / 448 + 1e-6, "quant (block=%d): worst error %.4g of range", blk, worst);
+        free(q); free(s); cudaFree(d_q); cudaFree(d_s);
+    }
+    free(x); cudaFree(d_x);
+}
+
+/* Dense GEMV and tiled GEMM in every format, with bias, odd N, T across the chunk sizes. */
+TEST(gemv_dense) {
+    const int Ts[] = {1, 2, 3, 4, 5, 8, 11, 16};
+    for (int f = 0; f < 4; f++) {
+        const int N = 201, K = 384;
+        hweight hw = hw_make(FMTS[f][0], FMTS[f][1], N, K), hu = hw_make(FMTS[f][0], FMTS[f][1], N, K);
+        glm_cu_mat w = hw_upload(&hw), u = hw_upload(&hu);
+        float *bias = frandv(N, 1.f), *d_bias = dup_h(bias, (size_t)N * 4);
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti];
+            float *x = frandv((size_t)T * K, 1.f), *d_x = dup_h(x, (size_t)T * K * 4);
+            float *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4), *ru = malloc((size_t)T * N * 4);
+            float *d_y = dnew((size_t)T * N * 4);
+            ref_mm(hw.wf, N, K, x, T, ref, N);
+            for (int t = 0; t < T; t++) for (int n = 0; n < N; n++) ref[t * N + n] += bias[n];
+            char what[96];
+            OK(glm_cu_gemv(&w, NULL, d_x, K, d_bias, d_y, N, T, NULL, 0, 0));
+            down(y, d_y, (size_t)T * N * 4);
+            snprintf(what, sizeof what, "gemv %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(y, ref, (size_t)T * N, 1e-5, what);
+            poison(d_y, (size_t)T * N * 4);
+            OK(glm_cu_gemm_tiled(&w, d_x, K, d_bias, d_y, N, T, NULL, 0, 0));
+            down(y, d_y, (size_t)T * N * 4);
+            snprintf(what, sizeof what, "gemm_tiled %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(y, ref, (size_t)T * N, 1e-5, what);
+            /* glu */
+            ref_mm(hw.wf, N, K, x, T, ref, N);
+            ref_mm(hu.wf, N, K, x, T, ru, N);
+            for (int i = 0; i < T * N; i++) ref[i] = silu(ref[i]) * ru[i];
+            poison(d_y, (size_t)T * N * 4);
+            OK(glm_cu_gemv(&w, &u, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
+            down(y, d_y, (size_t)T * N * 4);
+            snprintf(what, sizeof what, "gemv glu %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(y, ref, (size_t)T * N, 1e-5, what);
+            free(x); free(y); free(ref); free(ru); cudaFree(d_x); cudaFree(d_y);
+        }
+        free(bias); cudaFree(d_bias);
+        hw_free(&hw, &w); hw_free(&hu, &u);
+    }
+    /* one full-width shape: GLM-4.7 expert down projection */
+    {
+        const int N = 5120, K = 1536, T = 3;
+        hweight hw = hw_make(GLM_CU_FP8, GLM_CU_SCALE_BLOCK, N, K);
+        glm_cu_mat w = hw_upload(&hw);
+        float *x = frandv((size_t)T * K, 1.f), *d_x = dup_h(x, (size_t)T * K * 4);
+        float *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4), *d_y = dnew((size_t)T * N * 4);
+        ref_mm(hw.wf, N, K, x, T, ref, N);
+        OK(glm_cu_gemv(&w, NULL, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
+        down(y, d_y, (size_t)T * N * 4);
+        CHECK_REL(y, ref, (size_t)T * N, 1e-5, "gemv 5120x1536 fp8-block");
+        free(x); free(y); free(ref); cudaFree(d_x); cudaFree(d_y);
+        hw_free(&hw, &w);
+    }
+}
+
+/* Router top-k, grouping by expert, grouped GEMV/GEMM over the groups, combine. */
+TEST(moe_path) {
+    const int E = 12, k = 3, D = 256, F = 96;
+    const int Ts[] = {1, 5, 40};
+    for (int f = 0; f < 4; f++) {
+        /* expert weights contiguous at a stride, like the backend lays them out */
+        hweight *hg = malloc(sizeof(hweight) * E), *hu = malloc(sizeof(hweight) * E), *hd = malloc(sizeof(hweight) * E);
+        for (int e = 0; e < E; e++) {
+            hg[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
+            hu[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
+            hd[e] = hw_make(FMTS[f][0], FMTS[f][1], D, F);
+        }
+        const size_t gb = hg[0].data_bytes, gs = hg[0].scale_floats, db = hd[0].data_bytes, ds = hd[0].scale_floats;
+        uint8_t *gu = malloc(E * 2 * gb), *dn = malloc(E * db);
+        float *gus = calloc(E * 2 * gs + 1, 4), *dns = calloc(E * ds + 1, 4);
+        for (int e = 0; e < E; e++) {
+            memcpy(gu + e * 2 * gb, hg[e].data, gb);
+            memcpy(gu + e * 2 * gb + gb, hu[e].data, gb);
+            memcpy(dn + e * db, hd[e].data, db);
+            if (gs) { memcpy(gus + e * 2 * gs, hg[e].scale, gs * 4); memcpy(gus + e * 2 * gs + gs, hu[e].scale, gs * 4); }
+            if (ds) memcpy(dns + e * ds, hd[e].scale, ds * 4);
+        }
+        uint8_t *d_gu = dup_h(gu, E * 2 * gb), *d_dn = dup_h(dn, E * db);
+        float *d_gus = dup_h(gus, (E * 2 * gs + 1) * 4), *d_dns = dup_h(dns, (E * ds + 1) * 4);
+        glm_cu_mat mg = {d_gu, gs ? d_gus : NULL, (long long)(2 * gb), (long long)(2 * gs), FMTS[f][0], FMTS[f][1], F, D, glm_cu_block_ld(D)};
+        glm_cu_mat mu = mg;
+        mu.data = d_gu + gb;
+        mu.scale = gs ? d_gus + gs : NULL;
+        glm_cu_mat md = {d_dn, ds ? d_dns : NULL, (long long)db, (long long)ds, FMTS[f][0], FMTS[f][1], D, F, glm_cu_block_ld(F)};
+
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti], R = T * k;
+            /* router */
+            float *lg = frandv((size_t)T * E, 3.f), *bias = frandv(E, 0.3f);
+            float *d_lg = dup_h(lg, (size_t)T * E * 4), *d_bias = dup_h(bias, (size_t)E * 4);
+            int32_t *d_ids = dnew((size_t)R * 4), *ids = malloc((size_t)R * 4);
+            float *d_w = dnew((size_t)R * 4), *wv = malloc((size_t)R * 4);
+            OK(glm_cu_moe_topk(d_lg, d_bias, T, E, k, 1, 2.5f, d_ids, d_w, 0));
+            down(ids, d_ids, (size_t)R * 4);
+            down(wv, d_w, (size_t)R * 4);
+            for (int t = 0; t < T; t++) {
+                float sc[64], ch[64];
+                for (int e = 0; e < E; e++) { sc[e] = 1.f / (1.f + expf(-lg[t * E + e])); ch[e] = sc[e] + bias[e]; }
+                float sum = 0, wref[8];
+                int idr[8];
+                for (int j = 0; j < k; j++) {
+                    int b = -1;
+                    for (int e = 0; e < E; e++) if (ch[e] > -1e30f && (b < 0 || ch[e] > ch[b])) b = e;
+                    idr[j] = b; wref[j] = sc[b]; sum += sc[b]; ch[b] = -1e38f;
+                }
+                for (int j = 0; j < k; j++) {
+                    CHECK(ids[t * k + j] == idr[j]);
+                    CHECK_NEAR(wv[t * k + j], wref[j] / sum * 2.5f, 1e-5);
+                }
+            }
+            /* grouping */
+            int32_t *d_off = dnew((E + 1) * 4), *d_off4 = dnew((E + 1) * 4), *d_act = dnew((E + 1) * 4), *d_na = dnew(4);
+            int32_t *d_rows = dnew((size_t)R * 4), *d_slot = dnew((size_t)R * 4);
+            OK(glm_cu_moe_group(d_ids, T, k, E, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
+            int32_t off[64], off4[64], act[64], na = 0, *rows = malloc((size_t)R * 4), *slot = malloc((size_t)R * 4);
+            down(off, d_off, (E + 1) * 4); down(off4, d_off4, (E + 1) * 4); down(act, d_act, (E + 1) * 4); down(&na, d_na, 4);
+            down(rows, d_rows, (size_t)R * 4); down(slot, d_slot, (size_t)R * 4);
+            int cnt[64] = {0}, nact = 0;
+            for (int i = 0; i < R; i++) cnt[ids[i]]++;
+            for (int e = 0, acc = 0; e < E; e++) { CHECK(off[e] == acc); acc += cnt[e]; if (cnt[e]) { CHECK(act[nact] == e); nact++; } }
+            CHECK(off[E] == R);
+            CHECK(na == nact);
+            for (int e = 0, acc = 0; e <= E; e++) { CHECK(off4[e] == acc); if (e < E) acc += (cnt[e] + 3) / 4 * 4; }
+            for (int i = 0; i < R; i++) {
+                const int p = slot[i], e = ids[i];
+                CHECK(p >= off[e] && p < off[e + 1]);
+                CHECK(rows[p] == i / k);
+                if (i > 0) for (int i2 = 0; i2 < i; i2++) if (ids[i2] == e) CHECK(slot[i2] < p);  /* stable */
+            }
+            /* grouped expert products: GEMV (decode path) and tiled (any T) */
+            float *h = frandv((size_t)T * D, 1.f), *d_h = dup_h(h, (size_t)T * D * 4);
+            {   /* grouped block quantisation: expert e's scales a [KB][round4(n_e)] tensor at KB*off4[e] */
+                const int KB = D / 128;
+                uint8_t *d_q = dnew((size_t)R * D), *q = malloc((size_t)R * D);
+                float *d_s = dnew((size_t)KB * off4[E] * 4 + 16), *sc = malloc((size_t)KB * off4[E] * 4 + 16);
+                OK(glm_cu_quant_fp8_grouped(d_h, D, d_rows, d_off, d_off4, E, R, D, d_q, d_s, 0));
+                down(q, d_q, (size_t)R * D);
+                down(sc, d_s, (size_t)KB * off4[E] * 4);
+                double worst = 0;
+                for (int e = 0; e < E; e++)
+                    for (int p = off[e]; p < off[e + 1]; p++)
+                        for (int d = 0; d < D; d++) {
+                            const float s1 = sc[(size_t)KB * off4[e] + (size_t)(d / 128) * (off4[e + 1] - off4[e]) + (p - off[e])];
+                            const double err = fabs(glm_fp8e4m3_to_f32(q[(size_t)p * D + d]) * s1 - h[(size_t)rows[p] * D + d]) / (448.0 * s1);
+                            if (!(err <= worst)) worst = err;
+                        }
+                CHECK_MSG(worst <= 16.0 / 448 + 1e-6, "grouped block quant: worst error %.4g of range", worst);
+                free(q); free(sc); cudaFree(d_q); cudaFree(d_s);
+            }
+            float *mid = malloc((size_t)R * F * 4), *mref = malloc((size_t)R * F * 4), *tmp = malloc((size_t)F * 4), *tmp2 = malloc((size_t)F * 4);
+            float *eo = malloc((size_t)R * D * 4), *eref = malloc((size_t)R * D * 4), *out = malloc((size_t)T * D * 4), *oref = malloc((size_t)T * D * 4);
+            float *d_mid = dnew((size_t)R * F * 4), *d_eo = dnew((size_t)R * D * 4), *d_out = dnew((size_t)T * D * 4);
+            float *d_gt = dnew((size_t)R * 2 * F * 4);
+            for (int i = 0; i < R; i++) {
+                const int t = i / k, e = ids[i];
+                ref_mm(hg[e].wf, F, D, h + (size_t)t * D, 1, tmp, F);
+                ref_mm(hu[e].wf, F, D, h + (size_t)t * D, 1, tmp2, F);
+                for (int n = 0; n < F; n++) mref[(size_t)slot[i] * F + n] = silu(tmp[n]) * tmp2[n];
+            }
+            glm_cu_groups g = {d_act, d_na, d_off, d_rows, R < E ? R : E, T};
+            glm_cu_groups gv = g;
+            gv.max_count = T < 4 ? T : 4;
+            char what[96];
+            OK(glm_cu_gemv(&mg, &mu, d_h, D, NULL, d_mid, F, T, &gv, 1, 0));
+            down(mid, d_mid, (size_t)R * F * 4);
+            snprintf(what, sizeof what, "grouped gemv glu %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(mid, mref, (size_t)R * F, 1e-5, what);
+            for (int i = 0; i < R; i++) {
+                const int e = ids[i], p = slot[i];
+                ref_mm(hd[e].wf, D, F, mid + (size_t)p * F, 1, eref + (size_t)p * D, D);
+            }
+            OK(glm_cu_gemv(&md, NULL, d_mid, F, NULL, d_eo, D, T, &gv, 0, 0));
+            down(eo, d_eo, (size_t)R * D * 4);
+            snprintf(what, sizeof what, "grouped gemv down %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(eo, eref, (size_t)R * D, 1e-5, what);
+            /* tiled: gate and up into [R, 2F], then down */
+            OK(glm_cu_gemm_tiled(&mg, d_h, D, NULL, d_gt, 2 * F, T, &g, 1, 0));
+            OK(glm_cu_gemm_tiled(&mu, d_h, D, NULL, d_gt + F, 2 * F, T, &g, 1, 0));
+            poison(d_mid, (size_t)R * F * 4);
+            OK(glm_cu_swiglu(d_gt, 2 * F, d_mid, F, R, F, 0));
+            down(mid, d_mid, (size_t)R * F * 4);
+            snprintf(what, sizeof what, "grouped tiled glu %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(mid, mref, (size_t)R * F, 1e-5, what);
+            poison(d_eo, (size_t)R * D * 4);
+            OK(glm_cu_gemm_tiled(&md, d_mid, F, NULL, d_eo, D, T, &g, 0, 0));
+            down(eo, d_eo, (size_t)R * D * 4);
+            for (int i = 0; i < R; i++) {
+                const int e = ids[i], p = slot[i];
+                ref_mm(hd[e].wf, D, F, mid + (size_t)p * F, 1, eref + (size_t)p * D, D);
+            }
+            snprintf(what, sizeof what, "grouped tiled down %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(eo, eref, (size_t)R * D, 1e-5, what);
+            /* combine */
+            OK(glm_cu_moe_combine(d_eo, d_slot, d_w, T, k, D, d_out, 0));
+            down(out, d_out, (size_t)T * D * 4);
+            for (int t = 0; t < T; t++)
+                for (int d = 0; d < D; d++) {
+                    double a = 0;
+                    for (int j = 0; j < k; j++) a += (double)wv[t * k + j] * eo[(size_t)slot[t * k + j] * D + d];
+                    oref[(size_t)t * D + d] = (float)a;
+                }
+            CHECK_REL(out, oref, (size_t)T * D, 1e-6, "moe combine");
+            free(lg); free(bias); free(ids); free(wv); free(rows); free(slot); free(h); free(mid); free(mref);
+            free(tmp); free(tmp2); free(eo); free(eref); free(out); free(oref);
+            cudaFree(d_lg); cudaFree(d_bias); cudaFree(d_ids); cudaFree(d_w); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act);
+            cudaFree(d_na); cudaFree(d_rows); cudaFree(d_slot); cudaFree(d_h); cudaFree(d_mid); cudaFree(d_eo);
+            cudaFree(d_out); cudaFree(d_gt);
+        }
+        for (int e = 0; e < E; e++) { hw_free(&hg[e], NULL); hw_free(&hu[e], NULL); hw_free(&hd[e], NULL); }
+        free(hg); free(hu); free(hd); free(gu); free(dn); free(gus); free(dns);
+        cudaFree(d_gu); cudaFree(d_dn); cudaFree(d_gus); cudaFree(d_dns);
+    }
+}
+
+/* cuBLASLt: FP8 outer-vector and block scales, BF16; references on the dequantised
+ * activations the device produced. For block scales the layouts are probed: the test
+ * reports which layout of activation and weight scales cuBLASLt reads. */
+TEST(cublaslt) {
+    void *ws = dnew(32u << 20), *yb = dnew(8u << 20);
+    glm_cu_lt *lt = NULL;
+    OK(glm_cu_lt_new(&lt, ws, 32u << 20, yb, 8u << 20));
+    if (!lt) return;
+    const int N = 384, K = 512, Ts[] = {13, 16, 40, 256};
+    for (int f = 0; f < 3; f++) {
+        hweight hw = hw_make(FMTS[f][0], FMTS[f][1], N, K);
+        glm_cu_mat w = hw_upload(&hw);
+        CHECK(glm_cu_lt_shape_ok(&w));
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti], ld = (T + 3) / 4 * 4, nkb = K / 128;
+            float *x = frandv((size_t)T * K, 2.f), *d_x = dup_h(x, (size_t)T * K * 4);
+            uint8_t *d_q = dnew((size_t)T * K * 2), *q = malloc((size_t)T * K * 2);
+            float *d_s = dnew((size_t)ld * nkb * 4), *s = malloc((size_t)ld * nkb * 4);
+            float *xd = malloc((size_t)T * K * 4), *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4);
+            float *d_y = dnew((size_t)T * N * 4);
+            if (FMTS[f][0] == GLM_CU_FP8) {
+                const int blk = FMTS[f][1] == GLM_CU_SCALE_BLOCK;
+                OK(glm_cu_quant_fp8(d_x, K, NULL, T, K, blk, d_q, d_s, ld, 0));
+                down(q, d_q, (size_t)T * K);
+                down(s, d_s, (size_t)ld * nkb * 4);
+                for (int t = 0; t < T; t++)
+                    for (int kk = 0; kk < K; kk++)
+                        xd[(size_t)t * K + kk] = glm_fp8e4m3_to_f32(q[(size_t)t * K + kk]) * (blk ? s[(kk / 128) * ld + t] : s[t]);
+            } else {
+                OK(glm_cu_to_bf16(d_x, K, NULL, T, K, (uint16_t *)d_q, 0));
+                down(q, d_q, (size_t)T * K * 2);
+                for (int i = 0; i < T * K; i++) xd[i] = glm_bf16_to_f32(((uint16_t *)q)[i]);
+            }
+            ref_mm(hw.wf, N, K, xd, T, ref, N);
+            int rc = glm_cu_lt_matmul(lt, &w, 0, d_q, d_s, ld, T, d_y, N, 0);
+            char what[96];
+            snprintf(what, sizeof what, "cuBLASLt %s T=%d", FMT_NAMES[f], T);
+            CHECK_MSG(rc == 0, "%s: %s", what, glm_last_error());
+            if (!rc) {
+                down(y, d_y, (size_t)T * N * 4);
+                const double e = rel_err(y, ref, (size_t)T * N);
+                CHECK_MSG(e <= 1e-5, "%s: rel err %.3g", what, e);
+                if (e > 1e-5 && FMTS[f][1] == GLM_CU_SCALE_BLOCK) {
+                    /* probe the other scale layouts to say which one cuBLASLt reads */
+                    const int nb = N / 128, ldw = (nb + 3) / 4 * 4;
+                    float *st = calloc((size_t)nkb * ld + (size_t)T * 4, 4), *wt = calloc((size_t)nkb * ldw, 4);
+                    for (int t = 0; t < T; t++) for (int b = 0; b < nkb; b++) st[t * nkb + b] = s[b * ld + t];
+                    for (int i = 0; i < nb; i++) for (int j = 0; j < nkb; j++) wt[j * ldw + i] = hw.scale[i * hw.ld + j];
+                    float *d_st = dup_h(st, ((size_t)nkb * ld + T * 4) * 4), *d_wt = dup_h(wt, (size_t)nkb * ldw * 4);
+                    for (int v = 1; v < 4; v++) {
+                        glm_cu_mat w2 = w;
+                        if (v & 2) w2.scale = d_wt;
+                        poison(d_y, (size_t)T * N * 4);
+                        if (glm_cu_lt_matmul(lt, &w2, 0, d_q, (v & 1) ? d_st : d_s, ld, T, d_y, N, 0)) continue;
+                        down(y, d_y, (size_t)T * N * 4);
+                        fprintf(stderr, "  probe: activation scales %s, weight scales %s: rel err %.3g\n",
+                                (v & 1) ? "[T][kb]" : "[kb][T]", (v & 2) ? "[kb][nb]" : "[nb][kb]", rel_err(y, ref, (size_t)T * N));
+                    }
+                    free(st); free(wt); cudaFree(d_st); cudaFree(d_wt);
+                }
+            }
+            free(x); free(q); free(s); free(xd); free(y); free(ref);
+            cudaFree(d_x); cudaFree(d_q); cudaFree(d_s); cudaFree(d_y);
+        }
+        hw_free(&hw, &w);
+    }
+    glm_cu_lt_free(lt);
+    cudaFree(ws);
+    cudaFree(yb);
+}
+
+/* q/k norm + RoPE + paged store, then attention over pages, against a CPU model of
+ * the same cache (values rounded exactly as stored). Two passes: a prefill of two
+ * sequences, then a decode step of three (one new), with 1 and several splits. */
+static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
+    const int n_pages = 24, max_pages = 8, n_seq = 3, P = GLM_PAGE;
+    const float theta = 10000.f, eps = 1e-5f;
+    const size_t page_el = (size_t)n_kv * P * hd;
+    void *d_k = dnew((size_t)n_pages * page_el * (fp8 ? 1 : 2)), *d_v = dnew((size_t)n_pages * page_el * (fp8 ? 1 : 2));
+    float *d_ks = fp8 ? dnew((size_t)n_pages * n_kv * P * 4) : NULL, *d_vs = fp8 ? dnew((size_t)n_pages * n_kv * P * 4) : NULL;
+    glm_cu_kv kv = {d_k, d_v, d_ks, d_vs, fp8};
+    /* page table: pages assigned out of order */
+    int32_t pt[3 * 8];
+    for (int i = 0; i < n_seq * max_pages; i++) pt[i] = -1;
+    int next = n_pages - 1;
+    float *qn = frandv(hd, 1.f), *kn = frandv(hd, 1.f);
+    for (int i = 0; i < hd; i++) { qn[i] += 1.5f; kn[i] += 1.5f; }
+    float *d_qn = dup_h(qn, (size_t)hd * 4), *d_kn = dup_h(kn, (size_t)hd * 4);
+    /* CPU cache: [seq][pos][n_kv][hd] as stored */
+    const int maxlen = max_pages * P;
+    float *ck = calloc((size_t)n_seq * maxlen * n_kv * hd, 4), *cv = calloc((size_t)n_seq * maxlen * n_kv * hd, 4);
+    int len[3] = {0, 0, 0};
+    const int passes[2][3] = {{37, 5, 0}, {1, 1, 1}};
+    for (int pass = 0; pass < 2; pass++) {
+        int T = 0;
+        int32_t seq[64], pos[64];
+        for (int s = 0; s < n_seq; s++)
+            for (int i = 0; i < passes[pass][s]; i++) { seq[T] = s; pos[T] = len[s] + i; T++; }
+        for (int t = 0; t < T; t++) {
+            int32_t *slot = &pt[seq[t] * max_pages + pos[t] / P];
+            if (*slot < 0) *slot = next--;
+        }
+        const int Q = n_head * hd, KV = n_kv * hd;
+        float *q = frandv((size_t)T * Q, 2.f), *k = frandv((size_t)T * KV, 2.f), *v = frandv((size_t)T * KV, 2.f);
+        float *d_q = dup_h(q, (size_t)T * Q * 4), *d_kk = dup_h(k, (size_t)T * KV * 4), *d_vv = dup_h(v, (size_t)T * KV * 4);
+        int32_t *d_pos = dup_h(pos, (size_t)T * 4), *d_seq = dup_h(seq, (size_t)T * 4), *d_pt = dup_h(pt, sizeof pt);
+        glm_cu_plan plan = {d_pos, d_seq, d_pt, max_pages};
+        OK(glm_cu_rope_store(d_q, d_kk, d_vv, T, n_head, n_kv, hd, n_rot, theta, d_qn, d_kn, eps, &plan, &kv, 0));
+        /* CPU: norm + rope on q and k, store k and v as the device rounds them */
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < n_head + n_kv; h++) {
+                float *vec = h < n_head ? q + ((size_t)t * n_head + h) * hd : k + ((size_t)t * n_kv + h - n_head) * hd;
+                const float *nw = h < n_head ? qn : kn;
+                double ss = 0;
+                for (int d = 0; d < hd; d++) ss += (double)vec[d] * vec[d];
+                const float inv = (float)(1.0 / sqrt(ss / hd + eps));
+                float tmp[256];
+                for (int d = 0; d < hd; d++) tmp[d] = vec[d] * inv * nw[d];
+                for (int d = 0; d < hd; d++) {
+                    float x = tmp[d];
+                    if (d < n_rot) {
+                        const int half = n_rot / 2, i = d < half ? d : d - half;
+                        const float ang = (float)pos[t] * powf(theta, -2.f * i / n_rot);
+                        x = d < half ? tmp[d] * cosf(ang) - tmp[d + half] * sinf(ang) : tmp[d] * cosf(ang) + tmp[d - half] * sinf(ang);
+                    }
+                    vec[d] = x;
+                }
+            }
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < n_kv; j++) {
+                const float *kr = k + ((size_t)t * n_kv + j) * hd, *vr = v + ((size_t)t * n_kv + j) * hd;
+                float *ckr = ck + (((size_t)seq[t] * maxlen + pos[t]) * n_kv + j) * hd;
+                float *cvr = cv + (((size_t)seq[t] * maxlen + pos[t]) * n_kv + j) * hd;
+                float ka = 0, va = 0;
+                for (int d = 0; d < hd; d++) { ka = fmaxf(ka, fabsf(kr[d])); va = fmaxf(va, fabsf(vr[d])); }
+                const float ks = ka > 0 ? ka / 448.f : 1.f, vs = va > 0 ? va / 448.f : 1.f;
+                for (int d = 0; d < hd; d++) {
+                    if (fp8) {
+                        ckr[d] = glm_fp8e4m3_to_f32(glm_f32_to_fp8e4m3(kr[d] / ks)) * ks;
+                        cvr[d] = glm_fp8e4m3_to_f32(glm_f32_to_fp8e4m3(vr[d] / vs)) * vs;
+                    } else {
+                        ckr[d] = glm_bf16_to_f32(glm_f32_to_bf16(kr[d]));
+                        cvr[d] = glm_bf16_to_f32(glm_f32_to_bf16(vr[d]));
+                    }
+                }
+            }
+        float *qg = malloc((size_t)T * Q * 4), *kg = malloc((size_t)T * KV * 4);
+        down(qg, d_q, (size_t)T * Q * 4);
+        down(kg, d_kk, (size_t)T * KV * 4);
+        char what[128];
+        snprintf(what, sizeof what, "rope q (heads %d/%d hd %d fp8 %d)", n_head, n_kv, hd, fp8);
+        CHECK_REL(qg, q, (size_t)T * Q, 2e-5, what);
+        snprintf(what, sizeof what, "rope k (heads %d/%d hd %d fp8 %d)", n_head, n_kv, hd, fp8);
+        CHECK_REL(kg, k, (size_t)T * KV, 2e-5, what);
+        /* reference attention */
+        float *ref = malloc((size_t)T * Q * 4), *out = malloc((size_t)T * Q * 4), *d_out = dnew((size_t)T * Q * 4);
+        const int G = n_head / n_kv;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < n_head; h++) {
+                const int j = h / G, L = pos[t] + 1;
+                const float *qq = q + ((size_t)t * n_head + h) * hd;
+                double *sc = malloc(sizeof(double) * L), mx = -1e300, sum = 0;
+                for (int i = 0; i < L; i++) {
+                    const float *kk = ck + (((size_t)seq[t] * maxlen + i) * n_kv + j) * hd;
+                    double a = 0;
+                    for (int d = 0; d < hd; d++) a += (double)qq[d] * kk[d];
+                    sc[i] = a / sqrt((double)hd);
+                    if (sc[i] > mx) mx = sc[i];
+                }
+                for (int i = 0; i < L; i++) { sc[i] = exp(sc[i] - mx); sum += sc[i]; }
+                for (int d = 0; d < hd; d++) {
+                    double a = 0;
+                    for (int i = 0; i < L; i++) a += sc[i] * cv[(((size_t)seq[t] * maxlen + i) * n_kv + j) * hd + d];
+                    ref[((size_t)t * n_head + h) * hd + d] = (float)(a / sum);
+                }
+                free(sc);
+            }
+        const int splits[3] = {1, 3, 8};
+        for (int si = 0; si < 3; si++) {
+            const int ns = splits[si];
+            float *d_ws = dnew((size_t)T * n_head * ns * (hd + 2) * 4);
+            poison(d_out, (size_t)T * Q * 4);
+            OK(glm_cu_attention(d_q, d_out, T, n_head, n_kv, hd, &plan, &kv, ns, d_ws, 0));
+            down(out, d_out, (size_t)T * Q * 4);
+            snprintf(what, sizeof what, "attention pass %d split %d (heads %d/%d hd %d fp8 %d)", pass, ns, n_head, n_kv, hd, fp8);
+            CHECK_REL(out, ref, (size_t)T * Q, 1e-4, what);
+            cudaFree(d_ws);
+        }
+        for (int s = 0; s < n_seq; s++) len[s] += passes[pass][s];
+        free(q); free(k); free(v); free(qg); free(kg); free(ref); free(out);
+        cudaFree(d_q); cudaFree(d_kk); cudaFree(d_vv); cudaFree(d_pos); cudaFree(d_seq); cudaFree(d_pt); cudaFree(d_out);
+    }
+    free(qn); free(kn); free(ck); free(cv);
+    cudaFree(d_k); cudaFree(d_v); cudaFree(d_ks); cudaFree(d_vs); cudaFree(d_qn); cudaFree(d_kn);
+}
+
+TEST(attention) {
+    attention_case(6, 2, 32, 16, 0);
+    attention_case(6, 2, 32, 16, 1);
+    attention_case(12, 1, 128, 64, 0);
+    attention_case(12, 1, 128, 64, 1);
+}
+
+TEST(probes) {
+    double bw = 0, fl = 0;
+    OK(glm_cu_probe_copy(64u << 20, 5, &bw));
+    OK(glm_cu_probe_fp8_gemm(1024, 3, &fl));
+    CHECK(bw > 1e9);
+    CHECK(fl > 1e12);
+    fprintf(stderr, "  copy %.0f GB/s, fp8 1024^3 %.1f TFLOP/s\n", bw / 1e9, fl / 1e12);
+}
+
+int main(void) {
+    glm_numbers_init();
+    if (!glm_cuda_available()) {
+        printf("no CUDA device\n0 passed, 1 failed\n");
+        return 1;
+    }
+    return run_tests_();
+}
