@@ -37,6 +37,7 @@ GPU_TEST_BIN := $(GPU_TESTS_C:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/lib/libglm.a
 
 .PHONY: all test test-gpu clean deps check-deps info
+.SECONDARY:
 all: check-deps info $(LIB) $(TOOL_BIN)
 
 info:

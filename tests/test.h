@@ -71,7 +71,7 @@ static inline int run_tests_(void) {
 
 /* A scratch directory /tmp/<prefix>-<pid> for tests that write files: created before
  * the tests run and removed after. */
-static char test_tmp[256];
+static char test_tmp[256] __attribute__((unused));
 #define RUN_TESTS_IN_TMP(prefix)                                            \
     int main(void) {                                                        \
         snprintf(test_tmp, sizeof test_tmp, "/tmp/%s-%d", prefix, (int)getpid()); \
