@@ -138,6 +138,20 @@ TEST(run_seed_stop_and_ids) {
     free(a);
 }
 
+TEST(run_chat_from_a_pipe) {
+    char cmd[2048], *out;
+    snprintf(cmd, sizeof cmd, "printf 'Tell me about the jury.\\nAnd the court?\\n/exit\\nnot read\\n' | "
+             "%s/glm-run --chat -n 12 -s 3 --device cpu --no-think -sys 'Be brief.'", bin);
+    CHECK(run(cmd, &out) == 0);
+    CHECK(strlen(out) > 20);
+    free(out);
+    /* /exit first: nothing generated */
+    snprintf(cmd, sizeof cmd, "printf '/exit\\nHello\\n' | %s/glm-run --chat -n 12 --device cpu", bin);
+    CHECK(run(cmd, &out) == 0);
+    CHECK(out[0] == 0);
+    free(out);
+}
+
 TEST(help_everywhere) {
     const char *tools[] = { "glm-run", "glm-bench", "glm-perplexity", "glm-tokenize", "glm-convert" };
     for (int i = 0; i < 5; i++) {
