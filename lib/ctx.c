@@ -114,8 +114,9 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
     const int T = b->n_tokens, V = c->model->hp.n_vocab;
     if (T < 1 || !b->tokens) return glm_err(GLM_ERR_ARG, "empty batch");
     /* validate and count the pages the batch needs, before touching any state */
-    int *add = calloc((size_t)c->p.n_seq_max, sizeof(int));
+    int *add = calloc((size_t)c->p.n_seq_max * 2, sizeof(int)), *old_len = add + c->p.n_seq_max;
     if (!add) return glm_err(GLM_ERR_OOM, "out of memory");
+    memcpy(old_len, c->seq_len, sizeof(int) * (size_t)c->p.n_seq_max);
     int need = 0, rc = GLM_OK;
     for (int t = 0; t < T; t++) {
         int s = b->seq ? b->seq[t] : 0;
@@ -172,7 +173,20 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
             .n_out = n_out, .out_rows = c->out_rows,
         };
         rc = glm4moe_forward(c->be, &plan, c->logits + (size_t)(out_i - n_out) * V);
-        if (rc) goto done;
+        if (rc) goto undo;
+    }
+    goto done;
+undo:
+    /* a failed pass leaves the sequences as they were before this call */
+    for (int s = 0; s < c->p.n_seq_max; s++) {
+        if (!add[s]) continue;
+        int old = old_len[s];
+        int32_t *pt = c->page_table + (size_t)s * c->max_pages;
+        for (int i = (old + GLM_PAGE - 1) / GLM_PAGE; i < (old + add[s] + GLM_PAGE - 1) / GLM_PAGE; i++) {
+            c->free_pages[c->n_free++] = pt[i];
+            pt[i] = -1;
+        }
+        c->seq_len[s] = old;
     }
 done:
     free(add);
