@@ -9,12 +9,16 @@
  * of them. The KV cache is paged in device memory (BF16, or FP8 E4M3 with a scale per
  * token and head).
  *
- * A forward pass never comes back to the host until logits(): small batches stream
- * the weights through the GEMV kernels and MoE tokens are grouped by expert on the
- * device; larger batches use cuBLASLt (FP8 with dynamic per-token activation scales).
- * Passes of up to graph_max tokens are captured into a CUDA graph on first sight of
- * their shape and replayed afterwards: begin() copies the plan into fixed device
- * buffers, so a replay sees the new plan. */
+ * Decode passes never come back to the host until logits(): up to gemv_max tokens
+ * the weights stream through the GEMV kernels (q/k/v in one launch); MoE tokens are
+ * grouped by expert on the device and each touched expert is read once, by the GEMV
+ * for a few tokens or the FP8 tensor-core kernel (moe-mma.cu) above mma_min. Larger
+ * dense products use cuBLASLt FP8 with dynamic per-token (or 1x128) activation
+ * scales; prefill MoE (above graph_max tokens) reads the group offsets back once a
+ * layer and runs one cuBLASLt product per touched expert. Passes of up to graph_max
+ * tokens are captured into a CUDA graph on first sight of their shape and replayed
+ * afterwards: begin() copies the plan into fixed device buffers, so a replay sees the
+ * new plan. GLM_CUDA_* environment variables (read at creation) tune the thresholds. */
 #include "backend.h"
 #include "../ggml-free-kernels/kernels.h"
 
@@ -96,7 +100,93 @@ typedef struct {
 
     /* thresholds */
     int gemv_max;                /* dense products use the GEMV kernels up to this T */
+    int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
+
+    /* deferred work: dense GEMVs over one x wait so q, k and v go in one launch; a
+     * residual add waits to be fused with the RMSNorm that follows it */
+    struct { glm_cu_mat m; const float *bias; float *y; } pl[4];
+    int n_pl, pl_T;
+    const float *pl_x;
+    float *pa_x;
+    const float *pa_y;
+    size_t pa_n;
+    int fuse;                    /* GLM_CUDA_FUSE (default 1) */
+
+    /* profiling (GLM_CUDA_PROFILE=1): an event before each op, graphs off */
+    int prof;
+    cudaEvent_t *ev;
+    int *ev_label;
+    int n_ev, cap_ev;
 } cu_impl;
+
+/* ---- profile: time per op label, accumulated over passes ---- */
+#define PROF_MAX 256
+static struct { char name[64]; double ms, bytes; long calls; } prof_tab[PROF_MAX];
+static int prof_n;
+
+static int prof_label(const char *name) {
+    for (int i = 0; i < prof_n; i++) if (!strcmp(prof_tab[i].name, name)) return i;
+    if (prof_n == PROF_MAX) return PROF_MAX - 1;
+    snprintf(prof_tab[prof_n].name, sizeof prof_tab[0].name, "%s", name);
+    return prof_n++;
+}
+
+/* Marks the start of an op labelled name that moves bytes of weights. */
+static void prof_mark(cu_impl *c, const char *name, double bytes) {
+    if (!c->prof) return;
+    if (c->n_ev == c->cap_ev) {
+        int cap = c->cap_ev ? 2 * c->cap_ev : 1024;
+        cudaEvent_t *ev = realloc(c->ev, (size_t)cap * sizeof *ev);
+        if (!ev) return;
+        c->ev = ev;
+        int *lb = realloc(c->ev_label, (size_t)cap * sizeof *lb);
+        if (!lb) return;
+        c->ev_label = lb;
+        for (int i = c->cap_ev; i < cap; i++) cudaEventCreate(&c->ev[i]);
+        c->cap_ev = cap;
+    }
+    const int l = prof_label(name);
+    prof_tab[l].bytes += bytes;
+    prof_tab[l].calls++;
+    c->ev_label[c->n_ev] = l;
+    cudaEventRecord(c->ev[c->n_ev++], c->st);
+}
+
+/* After the pass has synchronised: folds the event gaps into the table. */
+static void prof_collect(cu_impl *c) {
+    if (!c->prof || c->n_ev < 2) { c->n_ev = 0; return; }
+    for (int i = 0; i + 1 < c->n_ev; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, c->ev[i], c->ev[i + 1]) == cudaSuccess) prof_tab[c->ev_label[i]].ms += ms;
+    }
+    cudaGetLastError();
+    c->n_ev = 0;
+}
+
+static int prof_cmp(const void *a, const void *b) {
+    const double x = prof_tab[*(const int *)a].ms, y = prof_tab[*(const int *)b].ms;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+int glm_cuda_profile_text(char *buf, size_t cap) {
+    int idx[PROF_MAX];
+    double total = 0;
+    for (int i = 0; i < prof_n; i++) { idx[i] = i; total += prof_tab[i].ms; }
+    qsort(idx, (size_t)prof_n, sizeof idx[0], prof_cmp);
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, o < cap ? cap - o : 0, "%-40s %8s %10s %9s %6s %9s\n", "op", "calls", "total ms", "avg us", "share", "GB/s");
+    for (int j = 0; j < prof_n; j++) {
+        const int i = idx[j];
+        char bw[32] = "";
+        if (prof_tab[i].bytes > 0 && prof_tab[i].ms > 0) snprintf(bw, sizeof bw, "%9.0f", prof_tab[i].bytes / (prof_tab[i].ms * 1e-3) / 1e9);
+        o += (size_t)snprintf(buf + o, o < cap ? cap - o : 0, "%-40s %8ld %10.3f %9.2f %5.1f%% %9s\n", prof_tab[i].name, prof_tab[i].calls,
+                              prof_tab[i].ms, 1e3 * prof_tab[i].ms / (prof_tab[i].calls ? prof_tab[i].calls : 1),
+                              total > 0 ? 100 * prof_tab[i].ms / total : 0, bw);
+    }
+    return (int)o;
+}
+
+void glm_cuda_profile_reset(void) { prof_n = 0; memset(prof_tab, 0, sizeof prof_tab); }
 
 static cu_impl *IMPL(glm_backend *be) { return (cu_impl *)be->impl; }
 
@@ -515,17 +605,17 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     CK(cudaMallocHost((void **)&c->h_plan, c->plan_cap * 4));
     RUN(dev_alloc((void **)&c->d_plan, c->plan_cap * 4, "the batch plan"));
 
-    c->xq_bytes = rows * kmax * 2;  /* bf16 needs two bytes an element */
+    c->xq_bytes = (rows + 4) * kmax * 2;  /* bf16 needs two bytes an element; 4 spare rows */
     RUN(dev_alloc((void **)&c->xq, c->xq_bytes, "quantised activations"));
     c->xs_floats = (rows + 4 * E + 4) * ((kmax + 127) / 128) + 16;
     RUN(dev_alloc((void **)&c->xs, c->xs_floats * 4, "activation scales"));
     size_t g = T * 2 * F;
-    if (rows * 2 * Fe > g) g = rows * 2 * Fe;
+    if ((rows + 4) * 2 * Fe > g) g = (rows + 4) * 2 * Fe;
     c->gtmp_floats = g;
     RUN(dev_alloc((void **)&c->gtmp, g * 4, "GEMM scratch"));
     RUN(dev_alloc((void **)&c->rlog, T * E * 4, "router logits"));
     RUN(dev_alloc((void **)&c->mid, rows * Fe * 4, "expert activations"));
-    RUN(dev_alloc((void **)&c->eo, rows * D * 4, "expert outputs"));
+    RUN(dev_alloc((void **)&c->eo, (rows + 4) * D * 4, "expert outputs"));
     RUN(dev_alloc((void **)&c->g_off, (E + 1) * 4, "expert offsets"));
     RUN(dev_alloc((void **)&c->g_off4, (E + 1) * 4, "expert offsets"));
     RUN(dev_alloc((void **)&c->g_active, (E + 1) * 4, "expert list"));
@@ -623,6 +713,9 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->T = T; c->n_out = p->n_out; c->n_seq_slots = p->n_seq_slots; c->max_pages = p->max_pages;
     c->hash = 0x243f6a8885a308d3ull;
     c->cur = NULL;
+    c->n_pl = 0;
+    c->pa_x = NULL;
+    c->n_ev = 0;
     c->mode = MODE_EAGER;
     if (c->use_graphs && T <= c->graph_max) {
         for (int i = 0; i < c->n_graphs; i++) {
@@ -649,17 +742,82 @@ static glm_cu_plan plan_of(cu_impl *c) {
     return p;
 }
 
+static const char *dt_name(const glm_cu_mat *m) {
+    if (m->dtype == GLM_CU_FP8) return m->scale_kind == GLM_CU_SCALE_BLOCK ? "fp8b" : "fp8c";
+    return m->dtype == GLM_CU_BF16 ? "bf16" : "f32";
+}
+
+static void prof_mat(cu_impl *c, const char *op, const glm_cu_mat *m, int mult) {
+    if (!c->prof) return;
+    char name[64];
+    snprintf(name, sizeof name, "%s %dx%d %s %s", op, m->N, m->K, dt_name(m), c->T <= c->graph_max ? "dec" : "pre");
+    prof_mark(c, name, (double)mult * m->N * m->K * dt_size(m->dtype));
+}
+
+static void prof_op(cu_impl *c, const char *op) {
+    if (!c->prof) return;
+    char name[64];
+    snprintf(name, sizeof name, "%s %s", op, c->T <= c->graph_max ? "dec" : "pre");
+    prof_mark(c, name, 0);
+}
+
+/* Launches the deferred GEMVs and add. */
+static int flush(cu_impl *c) {
+    if (c->n_pl) {
+        const int n = c->n_pl;
+        c->n_pl = 0;
+        if (n == 1) {
+            prof_mat(c, "linear", &c->pl[0].m, 1);
+            RUN(glm_cu_gemv(&c->pl[0].m, NULL, c->pl_x, c->pl[0].m.K, c->pl[0].bias, c->pl[0].y, c->pl[0].m.N, c->pl_T, NULL, 0, c->st));
+        } else {
+            glm_cu_mat ws[4] = {0};
+            const float *bs[4] = {0};
+            float *ys[4] = {0};
+            int ld[4] = {0};
+            for (int i = 0; i < n; i++) { ws[i] = c->pl[i].m; bs[i] = c->pl[i].bias; ys[i] = c->pl[i].y; ld[i] = c->pl[i].m.N; }
+            if (c->prof) {
+                glm_cu_mat all = ws[0];
+                for (int i = 1; i < n; i++) all.N += ws[i].N;
+                prof_mat(c, "linear xN", &all, 1);
+            }
+            int rc = glm_cu_gemv_multi(ws, bs, ys, ld, n, c->pl_x, ws[0].K, c->pl_T, c->st);
+            if (rc == GLM_ERR_UNSUPPORTED) {  /* unaligned: one launch each */
+                rc = GLM_OK;
+                for (int i = 0; i < n && !rc; i++)
+                    rc = glm_cu_gemv(&ws[i], NULL, c->pl_x, ws[i].K, bs[i], ys[i], ld[i], c->pl_T, NULL, 0, c->st);
+            }
+            RUN(rc);
+        }
+    }
+    if (c->pa_x) {
+        float *x = c->pa_x;
+        c->pa_x = NULL;
+        prof_op(c, "add");
+        RUN(glm_cu_add(x, c->pa_y, c->pa_n, c->st));
+    }
+    return GLM_OK;
+}
+
 /* ---- ops ---- */
 static int cu_embed(glm_backend *be, float *x) {
     cu_impl *c = IMPL(be);
     const glm_model *m = be->model;
     if (op_skip(c, 1, x, NULL, NULL, c->T)) return GLM_OK;
+    RUN(flush(c));
+    prof_op(c, "embed");
     return glm_cu_embed(m->tok_embd.dev, w_dev_dtype(&m->tok_embd), P_TOK(c), c->T, m->hp.n_embd, m->hp.n_vocab, x, c->st);
 }
 
 static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, float *out, int rows) {
     cu_impl *c = IMPL(be);
     if (op_skip(c, 2, x, w, out, rows)) return GLM_OK;
+    if (c->pa_x == x && c->pa_n == (size_t)rows * w->cols && !c->n_pl && c->pa_y != out) {
+        c->pa_x = NULL;
+        prof_op(c, "add+rmsnorm");
+        return glm_cu_add_rmsnorm((float *)x, c->pa_y, w->dev, out, rows, (int)w->cols, be->model->hp.rms_eps, c->st);
+    }
+    RUN(flush(c));
+    prof_op(c, "rmsnorm");
     return glm_cu_rmsnorm(x, NULL, w->dev, out, rows, (int)w->cols, be->model->hp.rms_eps, c->st);
 }
 
@@ -670,9 +828,15 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
         int rc;
         if (w->dtype == GLM_CU_FP8) {
             const int blk = w->scale_kind == GLM_CU_SCALE_BLOCK;
-            const int ld_s = (T + 3) / 4 * 4;
-            RUN(glm_cu_quant_fp8(x, ldx, NULL, T, w->K, blk, c->xq, c->xs, ld_s, c->st));
-            rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, c->xs, ld_s, T, y, ldy, c->st);
+            /* 1x128 activation scales need a multiple of 4 tokens: the rest go through the GEMV */
+            const int T4 = blk ? T & ~3 : T;
+            if (T4 < T) RUN(glm_cu_gemv(w, NULL, x + (size_t)T4 * ldx, ldx, bias, y + (size_t)T4 * ldy, ldy, T - T4, NULL, 0, c->st));
+            if (!T4) return GLM_OK;
+            RUN(glm_cu_quant_fp8(x, ldx, NULL, T4, w->K, blk, c->xq, c->xs, T4, c->st));
+            rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, c->xs, T4, T4, y, ldy, c->st);
+            if (rc == GLM_OK) return bias ? glm_cu_add_bias(y, bias, T4, w->N, ldy, c->st) : GLM_OK;
+            if (rc != GLM_ERR_UNSUPPORTED) return rc;
+            T = T4;  /* the GEMV above already did the rest */
         } else {
             RUN(glm_cu_to_bf16(x, ldx, NULL, T, w->K, (uint16_t *)c->xq, c->st));
             rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, NULL, 0, T, y, ldy, c->st);
@@ -680,7 +844,9 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
         if (rc == GLM_OK) return bias ? glm_cu_add_bias(y, bias, T, w->N, ldy, c->st) : GLM_OK;
         if (rc != GLM_ERR_UNSUPPORTED) return rc;
     }
-    if (T <= 2 * c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
+    /* up to graph_max tokens the GEMV in chunks of 8 (weights re-read from L2) beats the
+     * tiled kernel, whose grid is a handful of blocks for small weights like the router */
+    if (T <= c->graph_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
     return glm_cu_gemm_tiled(w, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
 }
 
@@ -688,14 +854,33 @@ static int cu_linear(glm_backend *be, const glm_weight *w, const glm_weight *bia
     cu_impl *c = IMPL(be);
     if (op_skip(c, 3, w, x, y, T)) return GLM_OK;
     const glm_cu_mat m = mat_of(w);
-    return lin(c, &m, bias && !w_empty(bias) ? bias->dev : NULL, x, m.K, y, m.N, T);
+    const float *b = bias && !w_empty(bias) ? bias->dev : NULL;
+    if (c->fuse && T <= c->gemv_max && m.K % 16 == 0) {
+        if (c->pa_x || (c->n_pl && (c->pl_x != x || c->pl_T != T || c->n_pl == 4 || c->pl[0].m.dtype != m.dtype ||
+                                    c->pl[0].m.scale_kind != m.scale_kind || c->pl[0].m.K != m.K)))
+            RUN(flush(c));
+        for (int i = 0; i < c->n_pl; i++)  /* a queued product must not read what this one writes */
+            if ((const float *)c->pl[i].y == x) RUN(flush(c));
+        c->pl[c->n_pl].m = m;
+        c->pl[c->n_pl].bias = b;
+        c->pl[c->n_pl].y = y;
+        c->pl_x = x;
+        c->pl_T = T;
+        c->n_pl++;
+        return GLM_OK;
+    }
+    RUN(flush(c));
+    prof_mat(c, "linear", &m, 1);
+    return lin(c, &m, b, x, m.K, y, m.N, T);
 }
 
 static int cu_glu(glm_backend *be, const glm_weight *gate, const glm_weight *up, const float *x, float *y, int T) {
     cu_impl *c = IMPL(be);
     if (op_skip(c, 4, gate, x, y, T)) return GLM_OK;
+    RUN(flush(c));
     const glm_cu_mat g = mat_of(gate), u = mat_of(up);
     const int F = g.N;
+    prof_mat(c, "glu", &g, 2);
     if (T <= c->gemv_max) return glm_cu_gemv(&g, &u, x, g.K, NULL, y, F, T, NULL, 0, c->st);
     if ((size_t)T * 2 * F > c->gtmp_floats) return glm_err(GLM_ERR_ARG, "glu: %d x %d exceeds the scratch", T, 2 * F);
     glm_cu_mat gu = g;
@@ -716,6 +901,8 @@ static int cu_attention(glm_backend *be, int il, float *q, float *k, const float
     const glm_hparams *hp = &be->model->hp;
     const glm_layer *L = &be->model->layers[il];
     if (op_skip(c, 5, q, k, out, il * 65536 + c->T)) return GLM_OK;
+    RUN(flush(c));
+    prof_op(c, "attention");
     const glm_cu_plan p = plan_of(c);
     const glm_cu_kv *kv = &c->kv[il];
     RUN(glm_cu_rope_store(q, k, v, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_theta,
@@ -730,6 +917,8 @@ static int cu_moe_route(glm_backend *be, int il, const float *h, int32_t *ids, f
     const glm_hparams *hp = &be->model->hp;
     const glm_layer *L = &be->model->layers[il];
     if (op_skip(c, 6, h, ids, w, il * 65536 + c->T)) return GLM_OK;
+    RUN(flush(c));
+    prof_op(c, "moe route");
     const glm_cu_mat r = mat_of(&L->router);
     RUN(lin(c, &r, NULL, h, r.K, c->rlog, r.N, c->T));
     return glm_cu_moe_topk(c->rlog, w_empty(&L->router_bias) ? NULL : L->router_bias.dev, c->T, hp->n_expert,
@@ -754,16 +943,17 @@ static int moe_prefill_lt(cu_impl *c, const cu_moe *m, const float *h, int T, in
         const float *x = half == 0 ? h : c->mid;
         const int32_t *gather = half == 0 ? c->g_rows : NULL;
         if (!fp8) RUN(glm_cu_to_bf16(x, K, gather, rows, K, (uint16_t *)c->xq, c->st));
-        else if (blk) RUN(glm_cu_quant_fp8_grouped(x, K, gather, c->g_off, c->g_off4, E, rows, K, c->xq, c->xs, c->st));
-        else RUN(glm_cu_quant_fp8(x, K, gather, rows, K, 0, c->xq, c->xs, rows, c->st));
+        else RUN(glm_cu_quant_fp8_grouped(x, K, gather, c->g_off, c->g_off4, E, rows, K, !blk, c->xq, c->xs, c->st));
         const int KB = (K + 127) / 128;
         for (int e = 0; e < E; e++) {
             const int o = off[e], n = off[e + 1] - o;
             if (!n) continue;
-            const float *xs = !fp8 ? NULL : blk ? c->xs + (size_t)KB * off4[e] : c->xs + o;
-            const int ld_s = blk ? off4[e + 1] - off4[e] : n;
+            /* rounded up to 4 rows: the extra rows read the next expert's (or spare) rows and
+             * write rows that the next expert, processed after, overwrites (or spare rows) */
+            const int n4 = off4[e + 1] - off4[e];
+            const float *xs = !fp8 ? NULL : blk ? c->xs + (size_t)KB * off4[e] : c->xs + off4[e];
             float *y = half == 0 ? c->gtmp + (size_t)o * 2 * F : c->eo + (size_t)o * D;
-            RUN(glm_cu_lt_matmul(c->lt, w, e, c->xq + (size_t)o * K * esz, xs, ld_s, n, y, w->N, c->st));
+            RUN(glm_cu_lt_matmul(c->lt, w, e, c->xq + (size_t)o * K * esz, xs, n4, n4, y, w->N, c->st));
         }
         if (half == 0) RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
     }
@@ -774,13 +964,26 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
     cu_impl *c = IMPL(be);
     const glm_hparams *hp = &be->model->hp;
     if (op_skip(c, 7, h, ids, out, il * 65536 + c->T)) return GLM_OK;
+    RUN(flush(c));
+    prof_op(c, "moe experts");
     const cu_moe *m = &c->moe[il];
     const int T = c->T, k = hp->n_expert_used, E = hp->n_expert, D = hp->n_embd, F = hp->n_ff_exp;
     const int rows = T * k;
     RUN(glm_cu_moe_group(ids, T, k, E, c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st));
     glm_cu_groups g = {c->g_active, c->g_nact, c->g_off, c->g_rows, rows < E ? rows : E, T};
     int rc = GLM_ERR_UNSUPPORTED;
-    if (T <= c->graph_max || T <= c->gemv_max) {
+    if ((T <= c->graph_max || T <= c->gemv_max) && T > c->mma_min && glm_cu_mma_ok(&m->gate) &&
+        glm_cu_mma_ok(&m->up) && glm_cu_mma_ok(&m->down)) {
+        /* decode, more tokens than the CUDA cores keep up with: FP8 tensor cores, activations
+         * quantised per token and 128 columns; still no host round trip */
+        glm_cu_groups gm = g;
+        gm.max_count = T < 8 ? T : 8;
+        RUN(glm_cu_quant_fp8(h, D, NULL, T, D, 2, c->xq, c->xs, 0, c->st));
+        RUN(glm_cu_gemm_fp8_mma(&m->gate, &m->up, c->xq, c->xs, c->mid, F, T, &gm, 1, c->st));
+        RUN(glm_cu_quant_fp8(c->mid, F, NULL, rows, F, 2, c->xq, c->xs, 0, c->st));
+        RUN(glm_cu_gemm_fp8_mma(&m->down, NULL, c->xq, c->xs, c->eo, D, T, &gm, 0, c->st));
+        rc = GLM_OK;
+    } else if (T <= c->graph_max || T <= c->gemv_max) {
         /* decode: no host round trip; each block row of the grid is one touched expert */
         glm_cu_groups gv = g;
         gv.max_count = T < 4 ? T : 4;
@@ -804,6 +1007,14 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
 static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {
     cu_impl *c = IMPL(be);
     if (op_skip(c, 8, x, y, NULL, (int)n)) return GLM_OK;
+    RUN(flush(c));
+    if (c->fuse) {
+        c->pa_x = x;
+        c->pa_y = y;
+        c->pa_n = n;
+        return GLM_OK;
+    }
+    prof_op(c, "add");
     return glm_cu_add(x, y, n, c->st);
 }
 
@@ -823,6 +1034,10 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
     cu_impl *c = IMPL(be);
     const int V = be->model->hp.n_vocab, n_out = c->n_out;
     op_skip(c, 9, x, logits_host ? (const void *)1 : NULL, NULL, n_out);
+    if (c->mode != MODE_REPLAY) {
+        int rc = flush(c);
+        if (rc) { capture_abort(c); return rc; }
+    }
     if (c->mode == MODE_REPLAY) {
         if (c->hash != c->cur->hash) {
             c->mode = MODE_EAGER;
@@ -854,11 +1069,18 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
     }
     for (int r0 = 0; r0 < n_out; r0 += c->logit_chunk) {
         const int n = n_out - r0 < c->logit_chunk ? n_out - r0 : c->logit_chunk;
+        prof_op(c, "logits");
         RUN(logits_chunk(be, x, r0, n));
+        prof_op(c, "(end)");
         CK(cudaStreamSynchronize(c->st));
+        prof_collect(c);
         if (logits_host) memcpy(logits_host + (size_t)r0 * V, c->logits_h, (size_t)n * V * 4);
     }
-    if (!n_out) CK(cudaStreamSynchronize(c->st));
+    if (!n_out) {
+        prof_op(c, "(end)");
+        CK(cudaStreamSynchronize(c->st));
+        prof_collect(c);
+    }
     return GLM_OK;
 }
 
@@ -870,6 +1092,9 @@ static void cu_destroy(glm_backend *be) {
         capture_abort(c);
         if (c->st) cudaStreamSynchronize(c->st);
         graphs_clear(c);
+        for (int i = 0; i < c->cap_ev; i++) cudaEventDestroy(c->ev[i]);
+        free(c->ev);
+        free(c->ev_label);
         glm_cu_lt_free(c->lt);
         for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
         free(c->allocs);
@@ -938,6 +1163,10 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
     c->use_graphs = env_int("GLM_CUDA_GRAPHS", 1);
     c->graph_max = env_int("GLM_CUDA_GRAPH_MAX", 64);
     c->gemv_max = env_int("GLM_CUDA_GEMV_MAX", 8);
+    c->mma_min = env_int("GLM_CUDA_MMA_MIN", 4);
+    c->prof = env_int("GLM_CUDA_PROFILE", 0);
+    c->fuse = env_int("GLM_CUDA_FUSE", 1);
+    if (c->prof) c->use_graphs = 0;
     int rc = GLM_OK;
     struct cudaDeviceProp prop;
     if ((e = cudaSetDevice(c->gpu)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, c->gpu)) != cudaSuccess ||

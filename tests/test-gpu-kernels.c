@@ -251,6 +251,61 @@ TEST(gemv_dense) {
     }
 }
 
+/* q, k and v in one launch; the residual add fused with RMSNorm. */
+TEST(gemv_multi_and_add_norm) {
+    const int K = 512, Ns[3] = {1536, 128, 128}, Ts[] = {1, 3, 8};
+    for (int f = 0; f < 4; f++) {
+        hweight hw[3];
+        glm_cu_mat m[3];
+        float *bias[3], *d_bias[3];
+        for (int i = 0; i < 3; i++) {
+            hw[i] = hw_make(FMTS[f][0], FMTS[f][1], Ns[i], K);
+            m[i] = hw_upload(&hw[i]);
+            bias[i] = frandv(Ns[i], 1.f);
+            d_bias[i] = dup_h(bias[i], (size_t)Ns[i] * 4);
+        }
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti];
+            float *x = frandv((size_t)T * K, 1.f), *d_x = dup_h(x, (size_t)T * K * 4);
+            float *d_y[3], *ys[3];
+            int ld[3];
+            const float *bs[3] = {d_bias[0], NULL, d_bias[2]};
+            for (int i = 0; i < 3; i++) { d_y[i] = dnew((size_t)T * Ns[i] * 4); ys[i] = d_y[i]; ld[i] = Ns[i]; }
+            OK(glm_cu_gemv_multi(m, bs, ys, ld, 3, d_x, K, T, 0));
+            for (int i = 0; i < 3; i++) {
+                float *y = malloc((size_t)T * Ns[i] * 4), *ref = malloc((size_t)T * Ns[i] * 4);
+                ref_mm(hw[i].wf, Ns[i], K, x, T, ref, Ns[i]);
+                if (bs[i]) for (int t = 0; t < T; t++) for (int n = 0; n < Ns[i]; n++) ref[t * Ns[i] + n] += bias[i][n];
+                down(y, d_y[i], (size_t)T * Ns[i] * 4);
+                char what[96];
+                snprintf(what, sizeof what, "gemv_multi %s T=%d weight %d", FMT_NAMES[f], T, i);
+                CHECK_REL(y, ref, (size_t)T * Ns[i], 1e-5, what);
+                free(y); free(ref); cudaFree(d_y[i]);
+            }
+            free(x); cudaFree(d_x);
+        }
+        for (int i = 0; i < 3; i++) { hw_free(&hw[i], &m[i]); free(bias[i]); cudaFree(d_bias[i]); }
+    }
+    /* add + rmsnorm */
+    const int R = 5, D = 5120;
+    float *x = frandv((size_t)R * D, 1.f), *y = frandv((size_t)R * D, 1.f), *w = frandv(D, 1.f);
+    float *d_x = dup_h(x, (size_t)R * D * 4), *d_y = dup_h(y, (size_t)R * D * 4), *d_w = dup_h(w, (size_t)D * 4);
+    float *d_o = dnew((size_t)R * D * 4), *o = malloc((size_t)R * D * 4), *xo = malloc((size_t)R * D * 4), *ref = malloc((size_t)R * D * 4);
+    OK(glm_cu_add_rmsnorm(d_x, d_y, d_w, d_o, R, D, 1e-5f, 0));
+    down(o, d_o, (size_t)R * D * 4);
+    down(xo, d_x, (size_t)R * D * 4);
+    for (int r = 0; r < R; r++) {
+        double ss = 0;
+        for (int i = 0; i < D; i++) { x[r * D + i] += y[r * D + i]; ss += (double)x[r * D + i] * x[r * D + i]; }
+        const float inv = (float)(1.0 / sqrt(ss / D + 1e-5));
+        for (int i = 0; i < D; i++) ref[r * D + i] = x[r * D + i] * inv * w[i];
+    }
+    CHECK_REL(xo, x, (size_t)R * D, 1e-7, "add_rmsnorm residual");
+    CHECK_REL(o, ref, (size_t)R * D, 1e-6, "add_rmsnorm output");
+    free(x); free(y); free(w); free(o); free(xo); free(ref);
+    cudaFree(d_x); cudaFree(d_y); cudaFree(d_w); cudaFree(d_o);
+}
+
 /* Router top-k, grouping by expert, grouped GEMV/GEMM over the groups, combine. */
 TEST(moe_path) {
     const int E = 12, k = 3, D = 256, F = 96;
@@ -331,7 +386,7 @@ TEST(moe_path) {
                 const int KB = D / 128;
                 uint8_t *d_q = dnew((size_t)R * D), *q = malloc((size_t)R * D);
                 float *d_s = dnew((size_t)KB * off4[E] * 4 + 16), *sc = malloc((size_t)KB * off4[E] * 4 + 16);
-                OK(glm_cu_quant_fp8_grouped(d_h, D, d_rows, d_off, d_off4, E, R, D, d_q, d_s, 0));
+                OK(glm_cu_quant_fp8_grouped(d_h, D, d_rows, d_off, d_off4, E, R, D, 0, d_q, d_s, 0));
                 down(q, d_q, (size_t)R * D);
                 down(sc, d_s, (size_t)KB * off4[E] * 4);
                 double worst = 0;
@@ -343,6 +398,19 @@ TEST(moe_path) {
                             if (!(err <= worst)) worst = err;
                         }
                 CHECK_MSG(worst <= 16.0 / 448 + 1e-6, "grouped block quant: worst error %.4g of range", worst);
+                /* per-row scales at off4[e] + p - off[e] */
+                OK(glm_cu_quant_fp8_grouped(d_h, D, d_rows, d_off, d_off4, E, R, D, 1, d_q, d_s, 0));
+                down(q, d_q, (size_t)R * D);
+                down(sc, d_s, (size_t)off4[E] * 4);
+                worst = 0;
+                for (int e = 0; e < E; e++)
+                    for (int p = off[e]; p < off[e + 1]; p++)
+                        for (int d = 0; d < D; d++) {
+                            const float s1 = sc[off4[e] + p - off[e]];
+                            const double err = fabs(glm_fp8e4m3_to_f32(q[(size_t)p * D + d]) * s1 - h[(size_t)rows[p] * D + d]) / (448.0 * s1);
+                            if (!(err <= worst)) worst = err;
+                        }
+                CHECK_MSG(worst <= 16.0 / 448 + 1e-6, "grouped channel quant: worst error %.4g of range", worst);
                 free(q); free(sc); cudaFree(d_q); cudaFree(d_s);
             }
             float *mid = malloc((size_t)R * F * 4), *mref = malloc((size_t)R * F * 4), *tmp = malloc((size_t)F * 4), *tmp2 = malloc((size_t)F * 4);
@@ -410,6 +478,109 @@ TEST(moe_path) {
     }
 }
 
+/* The FP8 tensor-core expert kernel: grouped glu and down, and dense, against
+ * references on the dequantised FP8 activations the device produced. Hopper's FP8
+ * MMA accumulates with fewer bits than float32: tolerance 2e-3. */
+static void dequant_rows(const uint8_t *q, const float *s, int R, int K, float *out) {
+    const int KB = K / 128;
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < K; k++) out[(size_t)r * K + k] = glm_fp8e4m3_to_f32(q[(size_t)r * K + k]) * s[(size_t)r * KB + k / 128];
+}
+
+TEST(moe_mma) {
+    const int E = 12, k = 3, D = 256, F = 128, Ts[] = {5, 13, 40};
+    for (int f = 0; f < 2; f++) {
+        hweight *hg = malloc(sizeof(hweight) * E), *hu = malloc(sizeof(hweight) * E), *hd = malloc(sizeof(hweight) * E);
+        for (int e = 0; e < E; e++) {
+            hg[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
+            hu[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
+            hd[e] = hw_make(FMTS[f][0], FMTS[f][1], D, F);
+        }
+        const size_t gb = hg[0].data_bytes, gs = hg[0].scale_floats, db = hd[0].data_bytes, ds = hd[0].scale_floats;
+        uint8_t *gu = malloc(E * 2 * gb), *dn = malloc(E * db);
+        float *gus = calloc(E * 2 * gs + 1, 4), *dns = calloc(E * ds + 1, 4);
+        for (int e = 0; e < E; e++) {
+            memcpy(gu + e * 2 * gb, hg[e].data, gb);
+            memcpy(gu + e * 2 * gb + gb, hu[e].data, gb);
+            memcpy(dn + e * db, hd[e].data, db);
+            memcpy(gus + e * 2 * gs, hg[e].scale, gs * 4);
+            memcpy(gus + e * 2 * gs + gs, hu[e].scale, gs * 4);
+            memcpy(dns + e * ds, hd[e].scale, ds * 4);
+        }
+        uint8_t *d_gu = dup_h(gu, E * 2 * gb), *d_dn = dup_h(dn, E * db);
+        float *d_gus = dup_h(gus, (E * 2 * gs + 1) * 4), *d_dns = dup_h(dns, (E * ds + 1) * 4);
+        glm_cu_mat mg = {d_gu, d_gus, (long long)(2 * gb), (long long)(2 * gs), FMTS[f][0], FMTS[f][1], F, D, glm_cu_block_ld(D)};
+        glm_cu_mat mu = mg;
+        mu.data = d_gu + gb;
+        mu.scale = d_gus + gs;
+        glm_cu_mat md = {d_dn, d_dns, (long long)db, (long long)ds, FMTS[f][0], FMTS[f][1], D, F, glm_cu_block_ld(F)};
+        CHECK(glm_cu_mma_ok(&mg) && glm_cu_mma_ok(&md));
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti], R = T * k;
+            int32_t *ids = malloc((size_t)R * 4);
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < k; j++) {
+                    int e;
+                    do { e = (int)(rnd() % E); } while ((j > 0 && ids[t * k] == e) || (j > 1 && ids[t * k + 1] == e));
+                    ids[t * k + j] = e;
+                }
+            int32_t *d_ids = dup_h(ids, (size_t)R * 4);
+            int32_t *d_off = dnew((E + 1) * 4), *d_off4 = dnew((E + 1) * 4), *d_act = dnew((E + 1) * 4), *d_na = dnew(4);
+            int32_t *d_rows = dnew((size_t)R * 4), *d_slot = dnew((size_t)R * 4), *slot = malloc((size_t)R * 4);
+            OK(glm_cu_moe_group(d_ids, T, k, E, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
+            down(slot, d_slot, (size_t)R * 4);
+            float *h = frandv((size_t)T * D, 2.f), *d_h = dup_h(h, (size_t)T * D * 4);
+            uint8_t *d_q = dnew((size_t)R * D), *q = malloc((size_t)R * D);
+            float *d_s = dnew((size_t)R * (D / 128) * 4), *sc = malloc((size_t)R * (D / 128) * 4);
+            float *hd_ = malloc((size_t)T * D * 4), *mref = malloc((size_t)R * F * 4), *mid = malloc((size_t)R * F * 4);
+            float *tmp = malloc((size_t)F * 4), *tmp2 = malloc((size_t)F * 4);
+            float *d_mid = dnew((size_t)R * F * 4), *d_eo = dnew((size_t)R * D * 4), *eo = malloc((size_t)R * D * 4), *eref = malloc((size_t)R * D * 4);
+            OK(glm_cu_quant_fp8(d_h, D, NULL, T, D, 2, d_q, d_s, 0, 0));
+            down(q, d_q, (size_t)T * D);
+            down(sc, d_s, (size_t)T * (D / 128) * 4);
+            dequant_rows(q, sc, T, D, hd_);
+            for (int i = 0; i < R; i++) {
+                const int t = i / k, e = ids[i];
+                ref_mm(hg[e].wf, F, D, hd_ + (size_t)t * D, 1, tmp, F);
+                ref_mm(hu[e].wf, F, D, hd_ + (size_t)t * D, 1, tmp2, F);
+                for (int n = 0; n < F; n++) mref[(size_t)slot[i] * F + n] = silu(tmp[n]) * tmp2[n];
+            }
+            glm_cu_groups g = {d_act, d_na, d_off, d_rows, R < E ? R : E, T < 8 ? T : 8};
+            OK(glm_cu_gemm_fp8_mma(&mg, &mu, d_q, d_s, d_mid, F, T, &g, 1, 0));
+            down(mid, d_mid, (size_t)R * F * 4);
+            char what[96];
+            snprintf(what, sizeof what, "mma glu %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(mid, mref, (size_t)R * F, 2e-3, what);
+            /* down over the device's mid, requantised per position */
+            OK(glm_cu_quant_fp8(d_mid, F, NULL, R, F, 2, d_q, d_s, 0, 0));
+            down(q, d_q, (size_t)R * F);
+            down(sc, d_s, (size_t)R * (F / 128) * 4);
+            float *midd = malloc((size_t)R * F * 4);
+            dequant_rows(q, sc, R, F, midd);
+            for (int i = 0; i < R; i++) ref_mm(hd[ids[i]].wf, D, F, midd + (size_t)slot[i] * F, 1, eref + (size_t)slot[i] * D, D);
+            OK(glm_cu_gemm_fp8_mma(&md, NULL, d_q, d_s, d_eo, D, T, &g, 0, 0));
+            down(eo, d_eo, (size_t)R * D * 4);
+            snprintf(what, sizeof what, "mma down %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(eo, eref, (size_t)R * D, 2e-3, what);
+            /* dense: expert 0's down weight over the first T positions */
+            glm_cu_mat m0 = md;
+            poison(d_eo, (size_t)R * D * 4);
+            OK(glm_cu_gemm_fp8_mma(&m0, NULL, d_q, d_s, d_eo, D, T, NULL, 0, 0));
+            down(eo, d_eo, (size_t)T * D * 4);
+            ref_mm(hd[0].wf, D, F, midd, T, eref, D);
+            snprintf(what, sizeof what, "mma dense %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(eo, eref, (size_t)T * D, 2e-3, what);
+            free(ids); free(slot); free(h); free(q); free(sc); free(hd_); free(mref); free(mid); free(tmp); free(tmp2);
+            free(eo); free(eref); free(midd);
+            cudaFree(d_ids); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act); cudaFree(d_na); cudaFree(d_rows);
+            cudaFree(d_slot); cudaFree(d_h); cudaFree(d_q); cudaFree(d_s); cudaFree(d_mid); cudaFree(d_eo);
+        }
+        for (int e = 0; e < E; e++) { hw_free(&hg[e], NULL); hw_free(&hu[e], NULL); hw_free(&hd[e], NULL); }
+        free(hg); free(hu); free(hd); free(gu); free(dn); free(gus); free(dns);
+        cudaFree(d_gu); cudaFree(d_dn); cudaFree(d_gus); cudaFree(d_dns);
+    }
+}
+
 /* cuBLASLt: FP8 outer-vector and block scales, BF16; references on the dequantised
  * activations the device produced. For block scales the layouts are probed: the test
  * reports which layout of activation and weight scales cuBLASLt reads. */
@@ -447,12 +618,20 @@ TEST(cublaslt) {
             int rc = glm_cu_lt_matmul(lt, &w, 0, d_q, d_s, ld, T, d_y, N, 0);
             char what[96];
             snprintf(what, sizeof what, "cuBLASLt %s T=%d", FMT_NAMES[f], T);
+            if (FMTS[f][1] == GLM_CU_SCALE_BLOCK && T % 4) {  /* 1x128 scales: cuBLASLt wants 4k tokens; the backend splits */
+                CHECK_MSG(rc == 0 || rc == GLM_ERR_UNSUPPORTED, "%s: %s", what, glm_last_error());
+                fprintf(stderr, "  %s: %s\n", what, rc ? "no algorithm (expected; the backend sends the tail rows to the GEMV)" : "ok");
+                if (rc) goto next;
+            }
             CHECK_MSG(rc == 0, "%s: %s", what, glm_last_error());
             if (!rc) {
+                fprintf(stderr, "  %s: cuBLASLt route %d\n", what, glm_cu_lt_variant(lt, &w, T, N));
                 down(y, d_y, (size_t)T * N * 4);
                 const double e = rel_err(y, ref, (size_t)T * N);
-                CHECK_MSG(e <= 1e-5, "%s: rel err %.3g", what, e);
-                if (e > 1e-5 && FMTS[f][1] == GLM_CU_SCALE_BLOCK) {
+                /* BF16 output: 2^-9 rounding; FP8 MMA accumulates with fewer bits than float32 */
+                const double tol = glm_cu_lt_variant(lt, &w, T, N) == 1 ? 4e-3 : FMTS[f][0] == GLM_CU_FP8 ? 5e-4 : 1e-5;
+                CHECK_MSG(e <= tol, "%s: rel err %.3g", what, e);
+                if (e > tol && FMTS[f][1] == GLM_CU_SCALE_BLOCK) {
                     /* probe the other scale layouts to say which one cuBLASLt reads */
                     const int nb = N / 128, ldw = (nb + 3) / 4 * 4;
                     float *st = calloc((size_t)nkb * ld + (size_t)T * 4, 4), *wt = calloc((size_t)nkb * ldw, 4);
@@ -471,6 +650,7 @@ TEST(cublaslt) {
                     free(st); free(wt); cudaFree(d_st); cudaFree(d_wt);
                 }
             }
+        next:
             free(x); free(q); free(s); free(xd); free(y); free(ref);
             cudaFree(d_x); cudaFree(d_q); cudaFree(d_s); cudaFree(d_y);
         }

@@ -1,0 +1,205 @@
+// moe.cu - routing for the MoE layers on the device: sigmoid router with the
+// correction bias and top-k, the sort of (token, slot) pairs by expert that lets
+// the expert GEMMs read each touched expert once, and the weighted combine.
+#include "common.cuh"
+
+#define TOPK_MAXPER 16  // experts per lane: n_expert <= 512
+
+__global__ void moe_topk_kernel(const float *logits, const float *bias, int T, int n_expert, int k, int norm,
+                                float scale, int32_t *ids, float *w) {
+    const int lane = threadIdx.x & 31;
+    const int t = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (t >= T) return;
+    const float *lr = logits + (size_t)t * n_expert;
+    float sc[TOPK_MAXPER], ch[TOPK_MAXPER];
+#pragma unroll
+    for (int i = 0; i < TOPK_MAXPER; i++) {
+        const int e = lane + 32 * i;
+        if (e < n_expert) {
+            const float s = 1.f / (1.f + expf(-lr[e]));
+            sc[i] = s;
+            ch[i] = s + (bias ? bias[e] : 0.f);
+        } else {
+            sc[i] = 0.f;
+            ch[i] = -INFINITY;
+        }
+    }
+    float sum = 0.f, mine = 0.f;
+    int myid = 0;
+    for (int r = 0; r < k; r++) {
+        float best = -INFINITY;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < TOPK_MAXPER; i++)
+            if (ch[i] > best) { best = ch[i]; bi = lane + 32 * i; }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+        }
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < TOPK_MAXPER; i++)
+            if (lane + 32 * i == bi) { s = sc[i]; ch[i] = -INFINITY; }
+        s = __shfl_sync(0xffffffffu, s, bi & 31);
+        sum += s;
+        if (lane == r) { mine = s; myid = bi; }
+    }
+    if (lane < k) {
+        float wv = mine;
+        if (norm) wv = wv / (sum + 1e-20f);
+        ids[(size_t)t * k + lane] = myid;
+        w[(size_t)t * k + lane] = wv * scale;
+    }
+}
+
+extern "C" int glm_cu_moe_topk(const float *logits, const float *bias, int T, int n_expert, int k, int norm,
+                               float scale, int32_t *ids, float *w, cudaStream_t st) {
+    if (T <= 0) return 0;
+    if (n_expert > 32 * TOPK_MAXPER || k > 32 || k > n_expert)
+        return glm_err(-7, "router: %d experts, top-%d not supported (<= %d experts, k <= 32)", n_expert, k, 32 * TOPK_MAXPER);
+    moe_topk_kernel<<<(T + 3) / 4, 128, 0, st>>>(logits, bias, T, n_expert, k, norm, scale, ids, w);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+// One block of 1024 threads. Shared: cnt[E] run[E] wcnt[32][E].
+__global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int n, int k, int E, int32_t *off,
+                                                         int32_t *off4, int32_t *active, int32_t *n_active,
+                                                         int32_t *rows, int32_t *slot_of) {
+    extern __shared__ int smi[];
+    int *cnt = smi, *run = smi + E, *wcnt = smi + 2 * E;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = tid; i < n; i += blockDim.x) {
+        const int e = ids[i];
+        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (tid == 0) {
+        int acc = 0, acc4 = 0, na = 0;
+        for (int e = 0; e < E; e++) {
+            off[e] = acc;
+            off4[e] = acc4;
+            run[e] = acc;
+            if (cnt[e] > 0) active[na++] = e;
+            acc += cnt[e];
+            acc4 += (cnt[e] + 3) & ~3;
+        }
+        off[E] = acc;
+        off4[E] = acc4;
+        *n_active = na;
+    }
+    __syncthreads();
+    for (int base = 0; base < n; base += blockDim.x) {
+        for (int i = tid; i < 32 * E; i += blockDim.x) wcnt[i] = 0;
+        __syncthreads();
+        const int i = base + tid;
+        int e = i < n ? ids[i] : -1;
+        if (e >= E) e = -1;
+        const unsigned mask = __match_any_sync(0xffffffffu, e);
+        const int rank = __popc(mask & ((1u << lane) - 1));
+        if (e >= 0 && rank == 0) wcnt[warp * E + e] = __popc(mask);
+        __syncthreads();
+        if (e >= 0) {
+            int pos = run[e] + rank;
+            for (int w2 = 0; w2 < warp; w2++) pos += wcnt[w2 * E + e];
+            rows[pos] = i / k;
+            slot_of[i] = pos;
+        }
+        __syncthreads();
+        for (int e2 = tid; e2 < E; e2 += blockDim.x) {
+            int s = 0;
+            for (int w2 = 0; w2 < 32; w2++) s += wcnt[w2 * E + e2];
+            run[e2] += s;
+        }
+        __syncthreads();
+    }
+}
+
+extern "C" int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int32_t *off, int32_t *off4,
+                                int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
+                                cudaStream_t st) {
+    const size_t smem = sizeof(int) * (size_t)34 * n_expert;
+    if (smem > 48 * 1024) return glm_err(-7, "moe: %d experts exceed the grouping kernel's shared memory", n_expert);
+    moe_group_kernel<<<1, 1024, smem, st>>>(ids, T * k, k, n_expert, off, off4, active, n_active, rows, slot_of);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+__global__ void moe_combine_kernel(const float *eo, const int32_t *slot_of, const float *w, int k, int D,
+                                   float *out) {
+    const int t = blockIdx.y;
+    const int d = blockIdx.x * blockDim.x + threadIdx.x;
+    if (d >= D) return;
+    float a = 0.f;
+    for (int j = 0; j < k; j++) {
+        const int s = slot_of[(size_t)t * k + j];
+        a = fmaf(w[(size_t)t * k + j], eo[(size_t)s * D + d], a);
+    }
+    out[(size_t)t * D + d] = a;
+}
+
+extern "C" int glm_cu_moe_combine(const float *eo, const int32_t *slot_of, const float *w, int T, int k, int D,
+                                  float *out, cudaStream_t st) {
+    if (T <= 0) return 0;
+    moe_combine_kernel<<<dim3((D + 255) / 256, T), 256, 0, st>>>(eo, slot_of, w, k, D, out);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+// Block-scaled FP8 quantisation of the sorted rows, each expert's scales a dense
+// [ceil(K/128)][round4(n_e)] tensor at KB*off4[e], the layout one cuBLASLt call per
+// expert reads. One block of 128 threads per sorted position.
+__global__ void quant_fp8_grouped_kernel(const float *x, int ldx, const int32_t *rows, const int32_t *off,
+                                         const int32_t *off4, int E, int K, int channel, uint8_t *q, float *s) {
+    __shared__ float red[32];
+    const int p = blockIdx.x;
+    int lo = 0, hi = E - 1;  // the expert e with off[e] <= p < off[e+1]
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (off[mid] <= p) lo = mid; else hi = mid - 1;
+    }
+    while (lo < E - 1 && off[lo + 1] <= p) lo++;
+    const int e = lo;
+    const float *xr = x + (size_t)(rows ? rows[p] : p) * ldx;
+    uint8_t *qr = q + (size_t)p * K;
+    if (channel) {  // one scale per row at off4[e] + (p - off[e]): 16-byte aligned per expert
+        float amax = 0.f;
+        for (int i = threadIdx.x; i < K; i += blockDim.x) amax = fmaxf(amax, fabsf(xr[i]));
+        amax = warp_max(amax);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+        __syncthreads();
+        amax = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+        const float sc = amax > 0.f ? amax / 448.f : 1.f, inv = 1.f / sc;
+        for (int i = threadIdx.x; i < K; i += blockDim.x) qr[i] = f_to_fp8(xr[i] * inv);
+        if (threadIdx.x == 0) s[off4[e] + (p - off[e])] = sc;
+        return;
+    }
+    const int KB = (K + 127) / 128, ld = off4[e + 1] - off4[e];
+    float *se = s + (size_t)KB * off4[e];
+    for (int kb = 0; kb < KB; kb++) {
+        const int i = kb * 128 + threadIdx.x;
+        const float v = i < K ? xr[i] : 0.f;
+        float amax = fabsf(v);
+        amax = warp_max(amax);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+        __syncthreads();
+        amax = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+        __syncthreads();
+        const float sc = amax > 0.f ? amax / 448.f : 1.f;
+        if (i < K) qr[i] = f_to_fp8(v / sc);
+        if (threadIdx.x == 0) se[(size_t)kb * ld + (p - off[e])] = sc;
+    }
+}
+
+extern "C" int glm_cu_quant_fp8_grouped(const float *x, int ldx, const int32_t *rows, const int32_t *off,
+                                        const int32_t *off4, int n_expert, int R, int K, int channel, uint8_t *q,
+                                        float *s, cudaStream_t st) {
+    if (R <= 0) return 0;
+    quant_fp8_grouped_kernel<<<R, 128, 0, st>>>(x, ldx, rows, off, off4, n_expert, K, channel, q, s);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}

@@ -1,0 +1,82 @@
+#!/bin/sh
+# gpu-check.sh - the one script the GPU machine runs: build with CUDA, run the GPU
+# tests, compute-sanitizer (memcheck) on the tiny checkpoints, and glm-bench on a
+# synthetic full-width GLM-4.7 slice. Logs go to $OUT (default ./gpu-out); a short
+# table is printed last.
+#
+# usage: scripts/gpu-check.sh [quick]     quick: skip the benchmark
+# env:   GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
+#        GLM_U8=DIR  a utf8proc include/ + lib/ tree when the machine has none
+set -u
+OUT=${OUT:-./gpu-out}
+mkdir -p "$OUT"
+MODE=${1:-full}
+LAYERS=${GLM_BENCH_LAYERS:-13}
+if [ -n "${GLM_U8:-}" ]; then
+  export CPATH="$GLM_U8/include${CPATH:+:$CPATH}" LIBRARY_PATH="$GLM_U8/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+fi
+J=$(nproc 2>/dev/null || echo 8)
+summary="$OUT/summary.txt"
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+
+note "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 | head -1); $(nvcc --version | tail -1)"
+
+# 1. build: the library, the GPU tests and glm-bench (the whole tree when it builds)
+t0=$(date +%s)
+if ! make -j"$J" all > "$OUT/build.log" 2>&1; then
+  echo "== make all failed; building the GPU targets alone" >> "$OUT/build.log"
+fi
+make -j"$J" build/lib/libglm.a build/tests/test-gpu-kernels build/tests/test-gpu-model build/bin/glm-bench >> "$OUT/build.log" 2>&1
+if [ ! -x build/bin/glm-bench ] && [ -f build/tools/glm-bench.o ]; then
+  make build/tools/common.o >> "$OUT/build.log" 2>&1
+  cc -o build/bin/glm-bench build/tools/glm-bench.o build/tools/common.o build/lib/libglm.a -lutf8proc -lm -pthread \
+     -L/usr/local/cuda/lib64 -lcublasLt -lcudart -lstdc++ -ldl -lrt >> "$OUT/build.log" 2>&1
+fi
+note "build: $(( $(date +%s) - t0 )) s, $(grep -c -E 'error' "$OUT/build.log") error lines"
+for b in build/tests/test-gpu-kernels build/tests/test-gpu-model build/bin/glm-bench; do
+  [ -x "$b" ] || note "MISSING: $b (see build.log)"
+done
+# spills and 16-byte loads of the decode kernels, from the compiler's side
+if command -v cuobjdump >/dev/null && [ -f build/ggml-free-kernels/gemv.cu.o ]; then
+  sass=$(cuobjdump --dump-sass build/ggml-free-kernels/gemv.cu.o 2>/dev/null)
+  note "gemv.cu SASS: $(echo "$sass" | grep -c 'LDG.E.128') LDG.E.128, $(echo "$sass" | grep -c -E 'LDL|STL') LDL/STL"
+  note "gemm-lt/attention SASS: $(cuobjdump --dump-sass build/ggml-free-kernels/attention.cu.o 2>/dev/null | grep -c -E 'HMMA|QGMMA|HGMMA') MMA instructions in attention.cu"
+fi
+
+# 2. GPU tests
+t0=$(date +%s)
+sh tests/run-tests.sh build/tests/test-gpu-kernels build/tests/test-gpu-model > "$OUT/test-gpu.log" 2>&1
+note "test-gpu: $(tail -n 1 "$OUT/test-gpu.log") ($(( $(date +%s) - t0 )) s)"
+grep -E 'FAIL|failed:|rel err|probe:|max \|diff\||argmax|greedy|graphs off|together|asked for|copy ' "$OUT/test-gpu.log" | head -60 >> "$summary"
+
+# 3. compute-sanitizer memcheck on the tiny checkpoints
+if command -v compute-sanitizer >/dev/null; then
+  t0=$(date +%s)
+  GLM_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 3 build/tests/test-gpu-model > "$OUT/sanitizer.log" 2>&1
+  rc=$?
+  note "memcheck (tiny checkpoints): exit $rc, $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' "$OUT/sanitizer.log") problem lines, $(grep 'ERROR SUMMARY' "$OUT/sanitizer.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
+fi
+
+# 4. benchmark on the synthetic slice
+if [ "$MODE" != quick ] && [ -x build/bin/glm-bench ]; then
+  t0=$(date +%s)
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch -p 512,2048 -n 128 -b 1,8,32,64 -r 3 -o md \
+    > "$OUT/bench.md" 2> "$OUT/bench.err"
+  note "bench fp8ch: exit $? ($(( $(date +%s) - t0 )) s)"
+  t0=$(date +%s)
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8blk --no-probe -p 2048 -n 32 -b 1,64 -r 2 -o md \
+    > "$OUT/bench-blk.md" 2>> "$OUT/bench.err"
+  note "bench fp8blk: exit $? ($(( $(date +%s) - t0 )) s)"
+  grep -v '^profile\|^ ' "$OUT/bench.err" | tail -n 4 >> "$summary"
+  # where the time goes: GPU time per op, graphs off (appended to bench.err)
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe -p 2048 -n 8 -b 1,8,64 -r 1 --profile -o md \
+    >> "$OUT/bench.err" 2>&1
+  note "profile run: exit $?"
+fi
+
+echo
+cat "$summary"
+[ -f "$OUT/bench.md" ] && { echo; cat "$OUT/bench.md"; }
+[ -f "$OUT/bench-blk.md" ] && { echo; cat "$OUT/bench-blk.md"; }
+exit 0

@@ -1,0 +1,328 @@
+/* glm-bench - prefill and decode throughput, like llama-bench: a checkpoint (-m) or a
+ * synthetic GLM-4.7 slice whose random weights are made on the GPU (--synthetic), on
+ * the CPU or CUDA backend. Each test is repeated -r times and reported as mean ± stddev
+ * tokens per second. On CUDA the same run measures the GPU's copy bandwidth and its
+ * FP8 GEMM rate and prints, for every test, the floor those allow and the fraction of
+ * it achieved: decode moves the weights a step touches (the routed experts expected
+ * to be hit) plus the KV cache it reads; prefill does the FLOPs of the batch. */
+#include "common.h"
+
+#ifdef GLM_CUDA
+#include "../ggml-free-kernels/kernels.h"
+#endif
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: glm-bench [-m DIR | --synthetic NAME [--layers L] [--fmt F]] [options]\n"
+        "\n"
+        "  -m, --model DIR          checkpoint directory (default: %s)\n"
+        "  --synthetic NAME         random-weight model from a preset (glm-4.7, tiny); on CUDA\n"
+        "                           the weights are generated on the GPU, nothing is loaded\n"
+        "  --layers L               layers of the synthetic model (default: the preset's)\n"
+        "  --fmt bf16|fp8ch|fp8blk  synthetic weight format (default fp8ch)\n"
+        "  -p, --n-prompt LIST      prefill tests, tokens (default 512)\n"
+        "  -n, --n-gen LIST         decode tests, steps (default 128)\n"
+        "  -b, --batch LIST         sequences decoding together (default 1)\n"
+        "  -r, --repetitions N      repetitions of each test (default 3)\n"
+        "  -o, --output md|json|csv (default md)\n"
+        "  --device cpu|cuda        backend (default: cuda when usable, else cpu)\n"
+        "  -t, --threads N          CPU threads (default: all cores)\n"
+        "  --kv-type bf16|fp8       CUDA KV cache type (default bf16)\n"
+        "  --no-probe               skip the bandwidth and FP8 GEMM measurements\n"
+        "  --profile                CUDA: GPU time per op after each test on stderr (graphs off)\n"
+        "  -h, --help               this text\n",
+        tool_default_model());
+}
+
+typedef struct {
+    char name[32];
+    int n_tok;          /* tokens processed per repetition */
+    double mean, sd;    /* tokens per second */
+    double ms_step;     /* decode: milliseconds per step */
+    double floor_tps;   /* tokens per second the floor allows, 0 if unknown */
+    double floor_detail;/* decode: bytes per step; prefill: FLOPs */
+} result;
+
+static void stats(const double *v, int n, double *mean, double *sd) {
+    double s = 0, q = 0;
+    for (int i = 0; i < n; i++) s += v[i];
+    *mean = s / n;
+    for (int i = 0; i < n; i++) q += (v[i] - *mean) * (v[i] - *mean);
+    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
+}
+
+/* The CUDA backend's time per op for the test just run (warm-up included). */
+static void print_profile(int on, const char *test) {
+#ifdef GLM_CUDA
+    if (!on) return;
+    static char buf[1 << 16];
+    glm_cuda_profile_text(buf, sizeof buf);
+    fprintf(stderr, "profile of %s:\n%s\n", test, buf);
+    glm_cuda_profile_reset();
+#else
+    (void)on; (void)test;
+#endif
+}
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+static int32_t rand_token(int n_vocab) {
+    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
+    return (int32_t)(rng_state % (uint64_t)n_vocab);
+}
+
+/* Bytes of one weight matrix of rows x cols in the model's format. */
+static double mat_bytes(double rows, double cols, int fmt) {
+    if (fmt == GLM_FMT_BF16) return rows * cols * 2;
+    if (fmt == GLM_FMT_FP8_BLOCK) return rows * cols + ceil(rows / 128) * ceil(cols / 128) * 4;
+    return rows * cols + rows * 4;
+}
+
+typedef struct {
+    double dense_bytes;     /* every non-expert matrix a step reads (lm_head included) */
+    double expert_bytes;    /* one routed expert (gate, up, down) */
+    double active_params;   /* multiply-adds per token in the linear layers (k experts) */
+    int n_moe;
+} model_cost;
+
+static model_cost cost_of(const glm_hparams *hp, int fmt) {
+    model_cost c = {0};
+    const double D = hp->n_embd, Q = (double)hp->n_head * hp->head_dim, KV = (double)hp->n_head_kv * hp->head_dim;
+    const double F = hp->n_ff, Fe = hp->n_ff_exp, Fs = (double)hp->n_ff_exp * hp->n_expert_shared;
+    const double attn = mat_bytes(Q, D, fmt) + 2 * mat_bytes(KV, D, fmt) + mat_bytes(D, Q, fmt);
+    const double attn_p = Q * D + 2 * KV * D + D * Q;
+    c.n_moe = hp->n_layer - hp->n_dense_layer;
+    c.expert_bytes = 3 * mat_bytes(Fe, D, fmt);
+    for (int il = 0; il < hp->n_layer; il++) {
+        c.dense_bytes += attn;
+        c.active_params += attn_p;
+        if (il < hp->n_dense_layer) {
+            c.dense_bytes += 3 * mat_bytes(F, D, fmt);
+            c.active_params += 3 * F * D;
+        } else {
+            c.dense_bytes += (double)hp->n_expert * D * 4;  /* router, float32 */
+            if (hp->n_expert_shared > 0) c.dense_bytes += 3 * mat_bytes(Fs, D, fmt);
+            c.active_params += (double)hp->n_expert * D + 3 * Fs * D + (double)hp->n_expert_used * 3 * Fe * D;
+        }
+    }
+    c.dense_bytes += (double)hp->n_vocab * D * 2;  /* lm_head, BF16 */
+    return c;
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL, *synth = NULL, *out_fmt = "md";
+    int layers = 0, fmt = GLM_FMT_FP8_CHANNEL, reps = 3, n_threads = 0, probe = 1, profile = 0;
+    glm_kv_type kv_type = GLM_KV_BF16;
+    int *P = NULL, *N = NULL, *B = NULL, nP = 0, nN = 0, nB = 0;
+    glm_device dev = tool_default_device();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return EXIT_OK; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_dir = tool_arg(argc, argv, &i);
+        else if (!strcmp(a, "--synthetic")) synth = tool_arg(argc, argv, &i);
+        else if (!strcmp(a, "--layers")) layers = tool_int(a, tool_arg(argc, argv, &i), 1, 1000);
+        else if (!strcmp(a, "--fmt")) {
+            const char *v = tool_arg(argc, argv, &i);
+            if (!strcmp(v, "bf16")) fmt = GLM_FMT_BF16;
+            else if (!strcmp(v, "fp8ch")) fmt = GLM_FMT_FP8_CHANNEL;
+            else if (!strcmp(v, "fp8blk")) fmt = GLM_FMT_FP8_BLOCK;
+            else { fprintf(stderr, "error: --fmt expects bf16, fp8ch or fp8blk\n"); return EXIT_USAGE; }
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--n-prompt") || !strcmp(a, "-n") || !strcmp(a, "--n-gen") ||
+                   !strcmp(a, "-b") || !strcmp(a, "--batch")) {
+            int **dst = a[1] == 'p' || !strcmp(a, "--n-prompt") ? &P : (a[1] == 'n' || !strcmp(a, "--n-gen")) ? &N : &B;
+            int *cnt = dst == &P ? &nP : dst == &N ? &nN : &nB;
+            free(*dst);
+            if (tool_parse_int_list(tool_arg(argc, argv, &i), dst, cnt)) {
+                fprintf(stderr, "error: %s expects a list like 512,2048\n", a);
+                return EXIT_USAGE;
+            }
+            for (int j = 0; j < *cnt; j++)
+                if ((*dst)[j] < (dst == &B ? 1 : 0)) { fprintf(stderr, "error: %s: values must be positive\n", a); return EXIT_USAGE; }
+        } else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) reps = tool_int(a, tool_arg(argc, argv, &i), 1, 1000);
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            out_fmt = tool_arg(argc, argv, &i);
+            if (strcmp(out_fmt, "md") && strcmp(out_fmt, "json") && strcmp(out_fmt, "csv")) {
+                fprintf(stderr, "error: -o expects md, json or csv\n");
+                return EXIT_USAGE;
+            }
+        } else if (!strcmp(a, "--device")) dev = tool_device(tool_arg(argc, argv, &i));
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) n_threads = tool_int(a, tool_arg(argc, argv, &i), 1, 4096);
+        else if (!strcmp(a, "--kv-type")) {
+            const char *v = tool_arg(argc, argv, &i);
+            if (!strcmp(v, "bf16")) kv_type = GLM_KV_BF16;
+            else if (!strcmp(v, "fp8")) kv_type = GLM_KV_FP8;
+            else { fprintf(stderr, "error: --kv-type expects bf16 or fp8\n"); return EXIT_USAGE; }
+        } else if (!strcmp(a, "--no-probe")) probe = 0;
+        else if (!strcmp(a, "--profile")) profile = 1;
+        else { fprintf(stderr, "error: unknown argument '%s' (see --help)\n", a); return EXIT_USAGE; }
+    }
+    if (!nP && !P) { P = malloc(sizeof(int)); P[0] = 512; nP = 1; }
+    if (!nN && !N) { N = malloc(sizeof(int)); N[0] = 128; nN = 1; }
+    if (!nB && !B) { B = malloc(sizeof(int)); B[0] = 1; nB = 1; }
+
+    /* ceilings first, while the GPU is empty */
+    double bw = 0, fp8_rate = 0;
+#ifndef GLM_CUDA
+    (void)probe;
+#else
+    if (dev == GLM_DEVICE_CUDA && probe) {
+        if (glm_cu_probe_copy((size_t)1 << 30, 20, &bw))
+            fprintf(stderr, "glm-bench: copy probe failed: %s\n", glm_last_error());
+        if (glm_cu_probe_fp8_gemm(8192, 20, &fp8_rate))
+            fprintf(stderr, "glm-bench: FP8 GEMM probe failed: %s\n", glm_last_error());
+        fprintf(stderr, "glm-bench: copy bandwidth %.0f GB/s (read+write), FP8 GEMM %.0f TFLOP/s (8192^3, cuBLASLt)\n",
+                bw / 1e9, fp8_rate / 1e12);
+    }
+#endif
+
+    glm_model *m = NULL;
+    glm_hparams hp;
+    if (synth) {
+        int rc = glm_preset(synth, layers, &hp);
+        if (!rc) rc = glm_model_synthetic(&hp, (glm_weight_format)fmt, dev == GLM_DEVICE_CPU, 1234, &m);
+        if (rc) { fprintf(stderr, "glm-bench: %s\n", glm_last_error()); return EXIT_FAIL; }
+    } else {
+        m = tool_load_model("glm-bench", model_dir ? model_dir : tool_default_model());
+        if (!m) return EXIT_FAIL;
+        const char *d = glm_model_desc(m);
+        fmt = strstr(d, "fp8-block") ? GLM_FMT_FP8_BLOCK : strstr(d, "fp8") ? GLM_FMT_FP8_CHANNEL : GLM_FMT_BF16;
+    }
+    hp = *glm_model_hparams(m);
+
+    int maxP = 0, maxN = 0, maxB = 1;
+    for (int i = 0; i < nP; i++) if (P[i] > maxP) maxP = P[i];
+    for (int i = 0; i < nN; i++) if (N[i] > maxN) maxN = N[i];
+    for (int i = 0; i < nB; i++) if (B[i] > maxB) maxB = B[i];
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.device = dev;
+    cp.n_threads = n_threads;
+    cp.n_ctx = (maxP > maxN ? maxP : maxN) + 16;
+    cp.n_seq_max = maxB;
+    cp.n_batch = maxP > maxB ? maxP : maxB;
+    cp.kv_type = dev == GLM_DEVICE_CPU ? GLM_KV_F32 : kv_type;
+    glm_ctx *ctx = NULL;
+#ifdef GLM_CUDA
+    if (profile) setenv("GLM_CUDA_PROFILE", "1", 1);
+#endif
+    double t0 = tool_now();
+    int rc = glm_ctx_new(m, &cp, &ctx);
+    if (rc) { fprintf(stderr, "glm-bench: %s\n", glm_last_error()); glm_model_free(m); return EXIT_FAIL; }
+    fprintf(stderr, "glm-bench: %s on %s, ready in %.1f s, %d KV pages\n", glm_model_desc(m),
+            dev == GLM_DEVICE_CUDA ? "cuda" : "cpu", tool_now() - t0, glm_ctx_kv_pages_total(ctx));
+
+    const model_cost mc = cost_of(&hp, fmt);
+    const double kv_tok = (double)hp.n_layer * 2 * hp.n_head_kv * hp.head_dim * (kv_type == GLM_KV_FP8 ? 1.0 : 2.0);
+    result *res = calloc((size_t)(nP + nN * nB), sizeof(result));
+    int nres = 0;
+    double *tv = calloc((size_t)reps, sizeof(double));
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)(cp.n_batch > maxB ? cp.n_batch : maxB));
+    int32_t *seqs = malloc(sizeof(int32_t) * (size_t)maxB);
+    int8_t *want = malloc((size_t)maxB);
+
+    for (int ip = 0; ip < nP; ip++) {
+        const int n = P[ip];
+        if (!n) continue;
+        result *r = &res[nres++];
+        snprintf(r->name, sizeof r->name, "pp%d", n);
+        r->n_tok = n;
+        for (int rep = -1; rep < reps; rep++) {  /* rep -1 warms up */
+            glm_ctx_seq_clear(ctx, 0);
+            for (int i = 0; i < n; i++) toks[i] = rand_token(hp.n_vocab);
+            glm_batch b = {n, toks, NULL, NULL};
+            double s = tool_now();
+            if ((rc = glm_ctx_decode(ctx, &b))) goto fail;
+            if (rep >= 0) tv[rep] = n / (tool_now() - s);
+        }
+        stats(tv, reps, &r->mean, &r->sd);
+        print_profile(profile, r->name);
+        const double flops = 2.0 * mc.active_params * n + 4.0 * hp.n_layer * hp.n_head * hp.head_dim * 0.5 * (double)n * n +
+                             2.0 * hp.n_vocab * hp.n_embd;
+        r->floor_detail = flops;
+        r->floor_tps = fp8_rate > 0 ? n / (flops / fp8_rate) : 0;
+    }
+    glm_ctx_seq_clear(ctx, 0);
+
+    for (int in = 0; in < nN; in++) {
+        for (int ib = 0; ib < nB; ib++) {
+            const int n = N[in], nb = B[ib];
+            if (!n) continue;
+            result *r = &res[nres++];
+            snprintf(r->name, sizeof r->name, "tg%d b%d", n, nb);
+            r->n_tok = n * nb;
+            for (int s = 0; s < nb; s++) { seqs[s] = s; want[s] = 1; }
+            for (int rep = -1; rep < reps; rep++) {
+                for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
+                const int steps = rep < 0 ? 2 : n;
+                double s0 = tool_now();
+                for (int st = 0; st < steps; st++) {
+                    for (int s = 0; s < nb; s++) toks[s] = rand_token(hp.n_vocab);
+                    glm_batch b = {nb, toks, seqs, want};
+                    if ((rc = glm_ctx_decode(ctx, &b))) goto fail;
+                }
+                if (rep >= 0) tv[rep] = (double)n * nb / (tool_now() - s0);
+            }
+            for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
+            stats(tv, reps, &r->mean, &r->sd);
+            print_profile(profile, r->name);
+            r->ms_step = 1000.0 * nb / r->mean;
+            const double E = hp.n_expert, k = hp.n_expert_used;
+            const double uniq = E > 0 ? E * (1.0 - pow(1.0 - k / E, nb)) : 0;
+            const double bytes = mc.dense_bytes + mc.n_moe * uniq * mc.expert_bytes + nb * kv_tok * (n / 2.0);
+            r->floor_detail = bytes;
+            r->floor_tps = bw > 0 ? nb / (bytes / bw) : 0;
+        }
+    }
+
+    /* report */
+    const char *desc = glm_model_desc(m);
+    const char *dname = dev == GLM_DEVICE_CUDA ? "cuda" : "cpu";
+    if (!strcmp(out_fmt, "md")) {
+        printf("| model | device | test | t/s | ms/step | floor t/s | of floor |\n");
+        printf("| --- | --- | --- | ---: | ---: | ---: | ---: |\n");
+        for (int i = 0; i < nres; i++) {
+            const result *r = &res[i];
+            char ms[32] = "", fl[32] = "n/a", fr[32] = "n/a";
+            if (r->ms_step > 0) snprintf(ms, sizeof ms, "%.2f", r->ms_step);
+            if (r->floor_tps > 0) {
+                snprintf(fl, sizeof fl, "%.1f", r->floor_tps);
+                snprintf(fr, sizeof fr, "%.1f%%", 100.0 * r->mean / r->floor_tps);
+            }
+            printf("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s |\n", desc, dname, r->name, r->mean, r->sd, ms, fl, fr);
+        }
+        if (bw > 0 || fp8_rate > 0)
+            printf("\ncopy bandwidth %.0f GB/s (read+write); FP8 GEMM %.0f TFLOP/s (cuBLASLt 8192^3). "
+                   "Decode floor: weights touched (expected unique experts) + KV read over the bandwidth; "
+                   "prefill floor: FLOPs over the FP8 rate.\n", bw / 1e9, fp8_rate / 1e12);
+    } else if (!strcmp(out_fmt, "csv")) {
+        printf("model,device,test,n_tokens,tps_mean,tps_sd,ms_step,floor_tps,floor_fraction,floor_bytes_or_flops,copy_gbps,fp8_tflops\n");
+        for (int i = 0; i < nres; i++) {
+            const result *r = &res[i];
+            printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f\n", desc, dname, r->name, r->n_tok, r->mean, r->sd,
+                   r->ms_step, r->floor_tps, r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, bw / 1e9,
+                   fp8_rate / 1e12);
+        }
+    } else {
+        printf("{\n  \"model\": \"%s\",\n  \"device\": \"%s\",\n  \"copy_gbps\": %.1f,\n  \"fp8_tflops\": %.1f,\n  \"tests\": [\n",
+               desc, dname, bw / 1e9, fp8_rate / 1e12);
+        for (int i = 0; i < nres; i++) {
+            const result *r = &res[i];
+            printf("    {\"test\": \"%s\", \"n_tokens\": %d, \"tps_mean\": %.4f, \"tps_sd\": %.4f, \"ms_step\": %.4f, "
+                   "\"floor_tps\": %.4f, \"floor_fraction\": %.4f, \"floor_bytes_or_flops\": %.6g}%s\n",
+                   r->name, r->n_tok, r->mean, r->sd, r->ms_step, r->floor_tps,
+                   r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, i + 1 < nres ? "," : "");
+        }
+        printf("  ]\n}\n");
+    }
+    glm_ctx_free(ctx);
+    glm_model_free(m);
+    free(res); free(tv); free(toks); free(seqs); free(want); free(P); free(N); free(B);
+    return EXIT_OK;
+fail:
+    fprintf(stderr, "glm-bench: %s\n", glm_last_error());
+    glm_ctx_free(ctx);
+    glm_model_free(m);
+    return EXIT_FAIL;
+}
