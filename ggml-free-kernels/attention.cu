@@ -237,3 +237,237 @@ extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, i
     }
     return 0;
 }
+
+// ---- prefill: tensor-core flash attention ----
+// One block serves one tile of up to FA_ROWS query rows of one sequence (consecutive
+// plan rows, cut by glm_cu_attention_tiles) and one query head. Four warps of 16 rows
+// run mma.sync m16n8k16 (BF16 operands, FP32 accumulators): S = Q K^T over FA_KEYS
+// keys at a time, an online softmax in registers (base-2, the scale folded into Q),
+// then O += P V with P re-packed from the S accumulators. The pages of the tile's
+// sequence are read up to its last position; slots past it are zero-filled (they
+// hold stale bytes) and masked, as are keys past each row's own position.
+#define FA_ROWS 64
+#define FA_KEYS 64
+#define FA_THREADS 128
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// c += a (16x16, row) * b (16x8, col), BF16 in, FP32 accumulate.
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 BF16 matrices from shared memory; lane l gives the address of row l % 8 of
+// matrix l / 8. trans: each lane receives column elements (the B operand of a
+// row-major [k][n] tile).
+template <bool TRANS>
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// Eight FP8 codes times a scale, as eight BF16 values.
+__device__ __forceinline__ uint4 fp8x8_to_bf16x8(uint2 v, float s) {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 f = fp8x2_to_f2((uint16_t)(((i < 2) ? v.x : v.y) >> (16 * (i & 1))));
+        w[i] = pack_bf16(f.x * s, f.y * s);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const float *q, float *out, int n_head,
+                                                                       int n_kv, glm_cu_plan p, glm_cu_kv kv,
+                                                                       const int32_t *tiles, int n_tiles) {
+    constexpr int LD = HD + 8;  // BF16 row stride: 16-byte rows, ldmatrix conflict-free
+    __shared__ __align__(16) uint16_t Ks[FA_KEYS * LD], Vs[FA_KEYS * LD];
+    __shared__ int s_pos[FA_ROWS];
+    __shared__ int s_max;
+    const int h = blockIdx.x, tile = n_tiles - 1 - (int)blockIdx.y;  // long tiles first
+    const int j = h / (n_head / n_kv);
+    const int t0 = tiles[tile], nr = tiles[tile + 1] - t0;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int seq = p.seq[t0];
+
+    if (threadIdx.x < FA_ROWS) s_pos[threadIdx.x] = (int)threadIdx.x < nr ? p.pos[t0 + threadIdx.x] : -1;
+    __syncthreads();
+    if (warp == 0) {
+        int m = max(s_pos[lane], s_pos[lane + 32]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if (lane == 0) s_max = m;
+    }
+    // this thread's two rows of the warp's 16: r0 and r0 + 8
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const int pos0 = s_pos[r0], pos1 = s_pos[r1];
+    int wmax = max(pos0, pos1);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, o));
+
+    // Q as A fragments [HD/16][4], times log2(e)/sqrt(HD)
+    const float qscale = 1.4426950408889634f * rsqrtf((float)HD);
+    uint32_t qa[HD / 16][4];
+    const float *q0 = q + ((size_t)(t0 + r0) * n_head + h) * HD, *q1 = q + ((size_t)(t0 + r1) * n_head + h) * HD;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        const int d = ks * 16 + 2 * c;
+        const float2 z = make_float2(0.f, 0.f);
+        const float2 a = r0 < nr ? *(const float2 *)(q0 + d) : z, b = r1 < nr ? *(const float2 *)(q1 + d) : z;
+        const float2 a8 = r0 < nr ? *(const float2 *)(q0 + d + 8) : z, b8 = r1 < nr ? *(const float2 *)(q1 + d + 8) : z;
+        qa[ks][0] = pack_bf16(a.x * qscale, a.y * qscale);
+        qa[ks][1] = pack_bf16(b.x * qscale, b.y * qscale);
+        qa[ks][2] = pack_bf16(a8.x * qscale, a8.y * qscale);
+        qa[ks][3] = pack_bf16(b8.x * qscale, b8.y * qscale);
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    __syncthreads();
+    const int maxpos = s_max;
+
+    for (int kb = 0; kb * FA_KEYS <= maxpos; kb++) {
+        if (kb) __syncthreads();  // the previous block of keys is consumed
+        for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += FA_THREADS) {
+            const int r = i / (HD / 8), c8 = (i - r * (HD / 8)) * 8;
+            const int kp = kb * FA_KEYS + r;
+            uint4 kk = make_uint4(0, 0, 0, 0), vv = kk;
+            if (kp <= maxpos) {
+                const int page = p.page_table[(size_t)seq * p.max_pages + kp / 16];
+                const size_t slot = ((size_t)page * n_kv + j) * 16 + (kp & 15);
+                if (kv.fp8) {
+                    kk = fp8x8_to_bf16x8(*(const uint2 *)((const uint8_t *)kv.k + slot * HD + c8), kv.ks[slot]);
+                    vv = fp8x8_to_bf16x8(*(const uint2 *)((const uint8_t *)kv.v + slot * HD + c8), kv.vs[slot]);
+                } else {
+                    kk = *(const uint4 *)((const uint16_t *)kv.k + slot * HD + c8);
+                    vv = *(const uint4 *)((const uint16_t *)kv.v + slot * HD + c8);
+                }
+            }
+            *(uint4 *)&Ks[r * LD + c8] = kk;
+            *(uint4 *)&Vs[r * LD + c8] = vv;
+        }
+        __syncthreads();
+        if (kb * FA_KEYS > wmax) continue;  // every key here is in the future of the warp's rows
+
+        // S = Q K^T: [16 rows][FA_KEYS] per warp, n-tiles of 8 keys
+        float s[FA_KEYS / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+#pragma unroll
+            for (int nt = 0; nt < FA_KEYS / 8; nt += 2) {
+                // matrices: keys nt*8.. x d ks*16.., +8 cols; keys (nt+1)*8.. likewise
+                uint32_t b[4];
+                const int mi = lane >> 3;
+                ldsm_x4<false>(b, &Ks[((nt + (mi >> 1)) * 8 + (lane & 7)) * LD + ks * 16 + (mi & 1) * 8]);
+                mma_bf16(s[nt], qa[ks], b[0], b[1]);
+                mma_bf16(s[nt + 1], qa[ks], b[2], b[3]);
+            }
+        }
+        // causal mask, running max over the 4 lanes that share a row
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int kp = kb * FA_KEYS + nt * 8 + 2 * c + e;
+                if (kp > pos0) s[nt][e] = -INFINITY;
+                if (kp > pos1) s[nt][2 + e] = -INFINITY;
+                mx0 = fmaxf(mx0, s[nt][e]);
+                mx1 = fmaxf(mx1, s[nt][2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float base0 = mx0 == -INFINITY ? 0.f : mx0, base1 = mx1 == -INFINITY ? 0.f : mx1;
+        const float a0 = exp2f(m0 - base0), a1 = exp2f(m1 - base1);  // 0 while nothing was seen
+        m0 = mx0;
+        m1 = mx1;
+        float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - base0); s[nt][1] = exp2f(s[nt][1] - base0);
+            s[nt][2] = exp2f(s[nt][2] - base1); s[nt][3] = exp2f(s[nt][3] - base1);
+            sum0 += s[nt][0] + s[nt][1];
+            sum1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * a0 + sum0;  // per-lane partial sums; the 4 lanes are added at the end
+        l1 = l1 * a1 + sum1;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) { o[dt][0] *= a0; o[dt][1] *= a0; o[dt][2] *= a1; o[dt][3] *= a1; }
+
+        // O += P V: P [16][16 keys] from two S n-tiles, V B-fragments by ldmatrix.trans
+#pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+            uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t b[4];
+                ldsm_x4<true>(b, &Vs[(kk * 16 + (lane & 15)) * LD + dp * 16 + (lane >> 4) * 8]);
+                mma_bf16(o[2 * dp], pa, b[0], b[1]);
+                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    float *y0 = out + ((size_t)(t0 + r0) * n_head + h) * HD + 2 * c, *y1 = out + ((size_t)(t0 + r1) * n_head + h) * HD + 2 * c;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        if (r0 < nr) *(float2 *)(y0 + dt * 8) = make_float2(o[dt][0] * inv0, o[dt][1] * inv0);
+        if (r1 < nr) *(float2 *)(y1 + dt * 8) = make_float2(o[dt][2] * inv1, o[dt][3] * inv1);
+    }
+}
+
+extern "C" int glm_cu_attention_tiles(const int32_t *seq, int T, int32_t *start) {
+    int n = 0;
+    for (int t = 0; t < T; t++)
+        if (t == 0 || seq[t] != seq[t - 1] || t - start[n - 1] == FA_ROWS) start[n++] = t;
+    start[n] = T;
+    return n;
+}
+
+extern "C" int glm_cu_attention_prefill_ok(int n_head, int n_kv, int hd) {
+    return n_kv > 0 && n_head % n_kv == 0 && (hd == 32 || hd == 64 || hd == 128);
+}
+
+extern "C" int glm_cu_attention_prefill(const float *q, float *out, int n_head, int n_kv, int hd,
+                                        const glm_cu_plan *p, const glm_cu_kv *kv, const int32_t *tiles,
+                                        int n_tiles, cudaStream_t st) {
+    if (n_tiles <= 0) return 0;
+    if (!glm_cu_attention_prefill_ok(n_head, n_kv, hd) || n_tiles > 65535)
+        return glm_err(-7, "prefill attention: %d heads over %d KV heads, head_dim %d, %d tiles not supported",
+                       n_head, n_kv, hd, n_tiles);
+    dim3 grid(n_head, n_tiles);
+    if (hd == 32)
+        attention_prefill_kernel<32><<<grid, FA_THREADS, 0, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
+    else if (hd == 64)
+        attention_prefill_kernel<64><<<grid, FA_THREADS, 0, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
+    else
+        attention_prefill_kernel<128><<<grid, FA_THREADS, 0, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}

@@ -1,6 +1,7 @@
 // gemm-lt.cu - tensor-core products through cuBLASLt for prefill-sized batches:
 // FP8 E4M3 x E4M3 with per-token x per-channel outer-vector scales, or 1x128
-// activation x 128x128 weight block scales; BF16 x BF16 for unquantised weights.
+// activation x 128x128 weight block scales; BF16 x BF16 for unquantised weights;
+// float32 x float32 (full-precision compute) for float32 weights such as the router.
 // Output float32. FP8 on sm_90 is TN only, so the weight W[N, K] row-major is the
 // transposed A operand and the activations X[T, K] the B operand: D[N, T] column-
 // major is Y[T, N] row-major. Descriptors and the chosen algorithm are cached per
@@ -82,7 +83,7 @@ extern "C" int glm_cu_lt_shape_ok(const glm_cu_mat *w) {
         if (w->scale_kind == GLM_CU_SCALE_BLOCK) return w->K % 128 == 0 && w->N % 128 == 0;
         return w->scale_kind == GLM_CU_SCALE_CHANNEL;
     }
-    return w->dtype == GLM_CU_BF16;
+    return w->dtype == GLM_CU_BF16 || w->dtype == GLM_CU_F32;
 }
 
 static uint32_t key_hash(int dt, int sk, int N, int K, int T, int ldy) {
@@ -103,7 +104,7 @@ static int entry_build(glm_cu_lt *lt, lt_entry *e, const glm_cu_mat *w, int T, i
     e->used = 1; e->dtype = w->dtype; e->scale_kind = w->scale_kind;
     e->N = w->N; e->K = w->K; e->T = T; e->ldy = ldy;
     e->variant = -1;
-    const cudaDataType_t in_t = w->dtype == GLM_CU_FP8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    const cudaDataType_t in_t = w->dtype == GLM_CU_FP8 ? CUDA_R_8F_E4M3 : w->dtype == GLM_CU_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     LT_CHECK(cublasLtMatrixLayoutCreate(&e->la, in_t, w->K, w->N, w->K));
     LT_CHECK(cublasLtMatrixLayoutCreate(&e->lb, in_t, w->K, T, w->K));
     cublasLtMatmulPreference_t pref;

@@ -139,7 +139,8 @@ int glm_cu_lt_new(glm_cu_lt **out, void *workspace, size_t ws_bytes, void *ybuf,
 void glm_cu_lt_free(glm_cu_lt *lt);
 /* y[T, N] (fp32, row stride ldy) = X[T, K] · W[N, K]^T on tensor cores.
  * FP8 weights: xq [T, K] e4m3 from glm_cu_quant_fp8 with its scales xs (channel: [T];
- * block: [ceil(K/128), ld_s]). BF16 weights: xq holds bf16 [T, K], xs unused.
+ * block: [ceil(K/128), ld_s]). BF16 weights: xq holds bf16 [T, K], xs unused. F32
+ * weights: xq is the float32 activations [T, K] themselves (full fp32 compute).
  * Returns GLM_ERR_UNSUPPORTED (-7) when cuBLASLt has no algorithm for the case. */
 int glm_cu_lt_matmul(glm_cu_lt *lt, const glm_cu_mat *w, int expert, const void *xq,
                      const float *xs, int ld_s, int T, float *y, int ldy, cudaStream_t st);
@@ -171,6 +172,15 @@ int glm_cu_rope_store(float *q, float *k, const float *v, int T, int n_head, int
 int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
                      const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws,
                      cudaStream_t st);
+
+/* Prefill attention on tensor cores (BF16 mma, FP32 softmax and accumulators) for
+ * head_dim 32, 64 or 128: the same function as glm_cu_attention, for tiles of plan rows.
+ * glm_cu_attention_tiles cuts T plan rows into runs of one sequence of at most 64 rows:
+ * start[0..n] (n + 1 entries, start[n] = T), returns n. */
+int glm_cu_attention_tiles(const int32_t *seq, int T, int32_t *start);
+int glm_cu_attention_prefill_ok(int n_head, int n_kv, int hd);
+int glm_cu_attention_prefill(const float *q, float *out, int n_head, int n_kv, int hd, const glm_cu_plan *p,
+                             const glm_cu_kv *kv, const int32_t *tiles, int n_tiles, cudaStream_t st);
 
 /* ---- MoE ---- */
 /* Router: scores = sigmoid(logits[T, n_expert]); top-k by scores + bias; weights =

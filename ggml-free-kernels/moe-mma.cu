@@ -44,7 +44,7 @@ __device__ __forceinline__ uint4 ldg_stream16(const void *p) {
 }
 
 template <int SK, int GLU, int NT>
-__global__ void __launch_bounds__(MMA_WARPS * 32) moe_mma_kernel(const mma_args a) {
+__global__ void __launch_bounds__(MMA_WARPS * 32, NT == 1 ? 4 : 1) moe_mma_kernel(const mma_args a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3;
     int e = 0, row0 = 0, cnt = a.T;
@@ -96,16 +96,34 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) moe_mma_kernel(const mma_args 
 #pragma unroll
             for (int i = 0; i < 4; i++) { acc[j][i] = 0.f; accu[j][i] = 0.f; }
 
+        // weights of block kb in ag/au while block kb + 1 is in flight in ng/nu
+        uint4 ag[2][2], au[2][2], ng[2][2], nu[2][2];  // [span][row g / g+8]
+#pragma unroll
+        for (int sp = 0; sp < 2; sp++) {
+            ng[sp][0] = ldg_stream16(pg0 + sp * 64);
+            ng[sp][1] = ldg_stream16(pg8 + sp * 64);
+            if (GLU) {
+                nu[sp][0] = ldg_stream16(pu0 + sp * 64);
+                nu[sp][1] = ldg_stream16(pu8 + sp * 64);
+            }
+        }
+#pragma unroll 1
         for (int kb = 0; kb < KB; kb++) {
             const int k0 = kb * 128;
-            uint4 ag[2][2], au[2][2];  // [span][row g / g+8]
 #pragma unroll
             for (int sp = 0; sp < 2; sp++) {
-                ag[sp][0] = ldg_stream16(pg0 + k0 + sp * 64);
-                ag[sp][1] = ldg_stream16(pg8 + k0 + sp * 64);
-                if (GLU) {
-                    au[sp][0] = ldg_stream16(pu0 + k0 + sp * 64);
-                    au[sp][1] = ldg_stream16(pu8 + k0 + sp * 64);
+                ag[sp][0] = ng[sp][0]; ag[sp][1] = ng[sp][1];
+                if (GLU) { au[sp][0] = nu[sp][0]; au[sp][1] = nu[sp][1]; }
+            }
+            if (kb + 1 < KB) {
+#pragma unroll
+                for (int sp = 0; sp < 2; sp++) {
+                    ng[sp][0] = ldg_stream16(pg0 + k0 + 128 + sp * 64);
+                    ng[sp][1] = ldg_stream16(pg8 + k0 + 128 + sp * 64);
+                    if (GLU) {
+                        nu[sp][0] = ldg_stream16(pu0 + k0 + 128 + sp * 64);
+                        nu[sp][1] = ldg_stream16(pu8 + k0 + 128 + sp * 64);
+                    }
                 }
             }
             float wsg = 1.f, wsu = 1.f;

@@ -31,6 +31,8 @@
 #define CU_LT_WS (32u << 20)     /* cuBLASLt workspace */
 #define CU_MAX_SPLIT 64          /* attention context splits */
 #define CU_MAX_GRAPHS 256
+#define CU_MAX_AUX 8             /* side streams for the prefill experts */
+#define CU_AUX_WS (8u << 20)     /* cuBLASLt workspace of each side stream */
 #define CU_ALIGN 256
 
 enum { MODE_EAGER, MODE_CAPTURE, MODE_REPLAY };
@@ -54,6 +56,13 @@ typedef struct {
     glm_cu_lt *lt;
     void *lt_ws;
     void *lt_y;                  /* BF16 outputs of cuBLASLt before widening */
+    /* prefill experts (channel scales): one cuBLASLt product per expert, spread over
+     * side streams so that the small products fill the GPU together */
+    int n_aux;                   /* GLM_CUDA_MOE_STREAMS (default 4, 0 = main stream only) */
+    cudaStream_t aux[CU_MAX_AUX];
+    glm_cu_lt *aux_lt[CU_MAX_AUX];
+    void *aux_ws[CU_MAX_AUX];
+    cudaEvent_t ev_fork, ev_join[CU_MAX_AUX];
 
     /* weights */
     uint8_t *arena;
@@ -71,11 +80,13 @@ typedef struct {
     int kv_fp8;
     glm_cu_kv *kv;               /* [n_layer] */
 
-    /* plan: [tokens | pos | seq | out_rows] x max_tokens, then the page table */
+    /* plan: [tokens | pos | seq | out_rows] x max_tokens, the page table, then the
+     * prefill attention tiles (n_tiles + 1 starts; eager passes above graph_max only) */
     int max_tokens;
     int32_t *h_plan, *d_plan;    /* pinned host staging, device copy */
     size_t plan_cap;             /* int32 elements */
     int T, n_out, n_seq_slots, max_pages;
+    int n_tiles, tile_off;       /* tensor-core prefill attention: tiles, their offset in the plan */
 
     /* scratch */
     uint8_t *xq;  size_t xq_bytes;
@@ -111,6 +122,7 @@ typedef struct {
     const float *pa_y;
     size_t pa_n;
     int fuse;                    /* GLM_CUDA_FUSE (default 1) */
+    int fa;                      /* GLM_CUDA_FA: tensor-core prefill attention (default 1) */
 
     /* profiling (GLM_CUDA_PROFILE=1): an event before each op, graphs off */
     int prof;
@@ -686,7 +698,7 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     if (p->n_out < 0 || p->n_out > T) return glm_err(GLM_ERR_ARG, "%d logit rows for %d tokens", p->n_out, T);
     if (!c->kv) return glm_err(GLM_ERR_ARG, "KV cache not initialised");
     const size_t pt = (size_t)p->n_seq_slots * p->max_pages;
-    const size_t need = 4 * (size_t)M + pt;
+    const size_t need = 5 * (size_t)M + 1 + pt;
     if (need > c->plan_cap) {  /* grow: graphs hold the old pointers */
         graphs_clear(c);
         CK(cudaStreamSynchronize(c->st));
@@ -717,6 +729,7 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->pa_x = NULL;
     c->n_ev = 0;
     c->mode = MODE_EAGER;
+    c->n_tiles = 0;
     if (c->use_graphs && T <= c->graph_max) {
         for (int i = 0; i < c->n_graphs; i++) {
             cu_graph *g = &c->graphs[i];
@@ -731,7 +744,18 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
             c->mode = MODE_CAPTURE;
         }
     }
-    const size_t bytes = (4 * (size_t)M + pt) * 4;
+    size_t bytes = (4 * (size_t)M + pt) * 4;
+    /* above graph_max (the same route with graphs on or off): tensor-core attention when
+     * the tiles are full enough (16 rows or more on average) */
+    const glm_hparams *hp = &be->model->hp;
+    if (T > c->graph_max && c->fa && glm_cu_attention_prefill_ok(hp->n_head, hp->n_head_kv, hp->head_dim)) {
+        c->tile_off = (int)(4 * (size_t)M + pt);
+        const int n = glm_cu_attention_tiles(p->seq, T, h + c->tile_off);
+        if (16 * n <= T) {
+            c->n_tiles = n;
+            bytes += (size_t)(n + 1) * 4;
+        }
+    }
     cudaError_t e = cudaMemcpyAsync(c->d_plan, c->h_plan, bytes, cudaMemcpyHostToDevice, c->st);
     if (e != cudaSuccess) { capture_abort(c); return glm_err(GLM_ERR_CUDA, "plan upload: %s", cudaGetErrorString(e)); }
     return GLM_OK;
@@ -837,9 +861,13 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
             if (rc == GLM_OK) return bias ? glm_cu_add_bias(y, bias, T4, w->N, ldy, c->st) : GLM_OK;
             if (rc != GLM_ERR_UNSUPPORTED) return rc;
             T = T4;  /* the GEMV above already did the rest */
-        } else {
+        } else if (w->dtype == GLM_CU_BF16) {
             RUN(glm_cu_to_bf16(x, ldx, NULL, T, w->K, (uint16_t *)c->xq, c->st));
             rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, NULL, 0, T, y, ldy, c->st);
+        } else if (ldx == w->K) {  /* float32 (the router): as it is */
+            rc = glm_cu_lt_matmul(c->lt, w, 0, x, NULL, 0, T, y, ldy, c->st);
+        } else {
+            rc = GLM_ERR_UNSUPPORTED;
         }
         if (rc == GLM_OK) return bias ? glm_cu_add_bias(y, bias, T, w->N, ldy, c->st) : GLM_OK;
         if (rc != GLM_ERR_UNSUPPORTED) return rc;
@@ -908,6 +936,9 @@ static int cu_attention(glm_backend *be, int il, float *q, float *k, const float
     RUN(glm_cu_rope_store(q, k, v, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_theta,
                           hp->use_qk_norm && !w_empty(&L->q_norm) ? L->q_norm.dev : NULL,
                           hp->use_qk_norm && !w_empty(&L->k_norm) ? L->k_norm.dev : NULL, hp->rms_eps, &p, kv, c->st));
+    if (c->n_tiles)
+        return glm_cu_attention_prefill(q, out, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv,
+                                        c->d_plan + c->tile_off, c->n_tiles, c->st);
     return glm_cu_attention(q, out, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv, att_splits(c, hp, c->T),
                             c->att_ws, c->st);
 }
@@ -937,6 +968,10 @@ static int moe_prefill_lt(cu_impl *c, const cu_moe *m, const float *h, int T, in
     CK(cudaMemcpyAsync(off4, c->g_off4, (size_t)(E + 1) * 4, cudaMemcpyDeviceToHost, c->st));
     CK(cudaStreamSynchronize(c->st));
     const size_t esz = fp8 ? 1 : 2;
+    /* channel scales take each expert's exact row count, so the products write disjoint
+     * rows and may run side by side; the block format rounds to 4 rows (VEC128) and
+     * runs in order on the main stream */
+    const int side = fp8 && !blk && c->n_aux > 0;
     for (int half = 0; half < 2; half++) {
         const glm_cu_mat *w = half == 0 ? &m->gate_up : &m->down;
         const int K = half == 0 ? D : F;
@@ -945,16 +980,33 @@ static int moe_prefill_lt(cu_impl *c, const cu_moe *m, const float *h, int T, in
         if (!fp8) RUN(glm_cu_to_bf16(x, K, gather, rows, K, (uint16_t *)c->xq, c->st));
         else RUN(glm_cu_quant_fp8_grouped(x, K, gather, c->g_off, c->g_off4, E, rows, K, !blk, c->xq, c->xs, c->st));
         const int KB = (K + 127) / 128;
-        for (int e = 0; e < E; e++) {
+        if (side) {
+            CK(cudaEventRecord(c->ev_fork, c->st));
+            for (int i = 0; i < c->n_aux; i++) CK(cudaStreamWaitEvent(c->aux[i], c->ev_fork, 0));
+        }
+        int rc = GLM_OK;
+        for (int e = 0, j = 0; e < E && rc == GLM_OK; e++) {
             const int o = off[e], n = off[e + 1] - o;
             if (!n) continue;
-            /* rounded up to 4 rows: the extra rows read the next expert's (or spare) rows and
-             * write rows that the next expert, processed after, overwrites (or spare rows) */
-            const int n4 = off4[e + 1] - off4[e];
             const float *xs = !fp8 ? NULL : blk ? c->xs + (size_t)KB * off4[e] : c->xs + off4[e];
             float *y = half == 0 ? c->gtmp + (size_t)o * 2 * F : c->eo + (size_t)o * D;
-            RUN(glm_cu_lt_matmul(c->lt, w, e, c->xq + (size_t)o * K * esz, xs, n4, n4, y, w->N, c->st));
+            const uint8_t *xq = c->xq + (size_t)o * K * esz;
+            if (side) {
+                const int s = j++ % c->n_aux;
+                rc = glm_cu_lt_matmul(c->aux_lt[s], w, e, xq, xs, n, n, y, w->N, c->aux[s]);
+            } else {
+                /* rounded up to 4 rows: the extra rows read the next expert's (or spare) rows
+                 * and write rows that the next expert, processed after, overwrites (or spare) */
+                const int n4 = off4[e + 1] - off4[e];
+                rc = glm_cu_lt_matmul(c->lt, w, e, xq, xs, n4, n4, y, w->N, c->st);
+            }
         }
+        if (side)  /* joined even after a failure: nothing may still write when we return */
+            for (int i = 0; i < c->n_aux; i++) {
+                CK(cudaEventRecord(c->ev_join[i], c->aux[i]));
+                CK(cudaStreamWaitEvent(c->st, c->ev_join[i], 0));
+            }
+        if (rc) return rc;
         if (half == 0) RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
     }
     return GLM_OK;
@@ -1096,6 +1148,14 @@ static void cu_destroy(glm_backend *be) {
         free(c->ev);
         free(c->ev_label);
         glm_cu_lt_free(c->lt);
+        for (int i = 0; i < CU_MAX_AUX; i++) {
+            if (c->aux[i]) cudaStreamSynchronize(c->aux[i]);
+            glm_cu_lt_free(c->aux_lt[i]);
+            if (c->aux_ws[i]) cudaFree(c->aux_ws[i]);
+            if (c->aux[i]) cudaStreamDestroy(c->aux[i]);
+            if (c->ev_join[i]) cudaEventDestroy(c->ev_join[i]);
+        }
+        if (c->ev_fork) cudaEventDestroy(c->ev_fork);
         for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
         free(c->allocs);
         void *dv[] = {c->arena, c->lt_ws, c->lt_y, c->kv_mem, c->d_plan, c->xq, c->xs, c->gtmp, c->rlog, c->mid, c->eo,
@@ -1162,10 +1222,11 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
     c->gpu = p->gpu;
     c->use_graphs = env_int("GLM_CUDA_GRAPHS", 1);
     c->graph_max = env_int("GLM_CUDA_GRAPH_MAX", 64);
-    c->gemv_max = env_int("GLM_CUDA_GEMV_MAX", 8);
+    c->gemv_max = env_int("GLM_CUDA_GEMV_MAX", 4);
     c->mma_min = env_int("GLM_CUDA_MMA_MIN", 4);
     c->prof = env_int("GLM_CUDA_PROFILE", 0);
     c->fuse = env_int("GLM_CUDA_FUSE", 1);
+    c->fa = env_int("GLM_CUDA_FA", 1);
     if (c->prof) c->use_graphs = 0;
     int rc = GLM_OK;
     struct cudaDeviceProp prop;
@@ -1176,6 +1237,22 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
     }
     c->n_sm = prop.multiProcessorCount;
     if ((rc = dev_alloc(&c->lt_ws, CU_LT_WS, "the cuBLASLt workspace"))) goto fail;
+    c->n_aux = env_int("GLM_CUDA_MOE_STREAMS", 4);
+    if (c->n_aux < 0) c->n_aux = 0;
+    if (c->n_aux > CU_MAX_AUX) c->n_aux = CU_MAX_AUX;
+    if (c->n_aux && (e = cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming)) != cudaSuccess) {
+        rc = glm_err(GLM_ERR_CUDA, "CUDA event: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    for (int i = 0; i < c->n_aux; i++) {
+        if ((e = cudaStreamCreateWithFlags(&c->aux[i], cudaStreamNonBlocking)) != cudaSuccess ||
+            (e = cudaEventCreateWithFlags(&c->ev_join[i], cudaEventDisableTiming)) != cudaSuccess) {
+            rc = glm_err(GLM_ERR_CUDA, "CUDA side stream %d: %s", i, cudaGetErrorString(e));
+            goto fail;
+        }
+        if ((rc = dev_alloc(&c->aux_ws[i], CU_AUX_WS, "a side-stream cuBLASLt workspace"))) goto fail;
+        if ((rc = glm_cu_lt_new(&c->aux_lt[i], c->aux_ws[i], CU_AUX_WS, NULL, 0))) goto fail;
+    }
     if ((rc = cu_load(be, model))) goto fail;
     *out = be;
     return GLM_OK;

@@ -37,6 +37,16 @@ static const struct { const char *name; glm_dtype t; size_t size; } dtypes[] = {
     {"F8_E4M3", GLM_DT_F8E4M3, 1}, {"I64", GLM_DT_I64, 8}, {"I32", GLM_DT_I32, 4},
 };
 
+/* Returns arr with room for element n of an array of *cap elements of elem bytes
+ * (doubling, first when empty), or NULL when out of memory (arr is then untouched). */
+static void *room_for(void *arr, size_t *cap, size_t n, size_t elem, size_t first) {
+    if (n < *cap) return arr;
+    size_t nc = *cap ? *cap * 2 : first;
+    void *na = realloc(arr, nc * elem);
+    if (na) *cap = nc;
+    return na;
+}
+
 const char *glm_dtype_name(glm_dtype t) {
     for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
         if (dtypes[i].t == t) return dtypes[i].name;
@@ -200,13 +210,9 @@ static int st_add_file(glm_st_set *s, const char *path) {
         t.data = base + t.begin;
         t.name = strdup(m->key);
         if (!t.name) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto done; }
-        if (s->n_tensors == s->cap_tensors) {
-            size_t nc = s->cap_tensors ? s->cap_tensors * 2 : 256;
-            glm_st_tensor *nt = realloc(s->tensors, nc * sizeof *nt);
-            if (!nt) { free(t.name); rc = glm_err(GLM_ERR_OOM, "out of memory"); goto done; }
-            s->tensors = nt;
-            s->cap_tensors = nc;
-        }
+        glm_st_tensor *nt = room_for(s->tensors, &s->cap_tensors, s->n_tensors, sizeof *nt, 256);
+        if (!nt) { free(t.name); rc = glm_err(GLM_ERR_OOM, "out of memory"); goto done; }
+        s->tensors = nt;
         s->tensors[s->n_tensors++] = t;
         s->total_bytes += t.end - t.begin;
     }
@@ -344,13 +350,9 @@ glm_st_set *glm_st_new_memory(void) { return calloc(1, sizeof(glm_st_set)); }
 
 int glm_st_add_memory(glm_st_set *s, const char *name, glm_dtype dtype, int n_dims,
                       const int64_t *shape, const void *data) {
-    if (s->n_tensors == s->cap_tensors) {
-        size_t nc = s->cap_tensors ? s->cap_tensors * 2 : 256;
-        glm_st_tensor *nt = realloc(s->tensors, nc * sizeof *nt);
-        if (!nt) return glm_err(GLM_ERR_OOM, "out of memory");
-        s->tensors = nt;
-        s->cap_tensors = nc;
-    }
+    glm_st_tensor *nt = room_for(s->tensors, &s->cap_tensors, s->n_tensors, sizeof *nt, 256);
+    if (!nt) return glm_err(GLM_ERR_OOM, "out of memory");
+    s->tensors = nt;
     glm_st_tensor *t = &s->tensors[s->n_tensors];
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
@@ -401,13 +403,9 @@ int glm_st_writer_add(glm_st_writer *w, const char *name, glm_dtype dtype, int n
     if (numel * glm_dtype_size(dtype) != nbytes)
         return glm_err(GLM_ERR_ARG, "tensor '%s': %zu bytes for a shape that needs %llu", name, nbytes,
                        (unsigned long long)(numel * glm_dtype_size(dtype)));
-    if (w->n == w->cap) {
-        size_t nc = w->cap ? w->cap * 2 : 64;
-        st_entry *ne = realloc(w->e, nc * sizeof *ne);
-        if (!ne) return glm_err(GLM_ERR_OOM, "out of memory");
-        w->e = ne;
-        w->cap = nc;
-    }
+    st_entry *ne = room_for(w->e, &w->cap, w->n, sizeof *ne, 64);
+    if (!ne) return glm_err(GLM_ERR_OOM, "out of memory");
+    w->e = ne;
     st_entry *e = &w->e[w->n];
     e->name = strdup(name);
     if (!e->name) return glm_err(GLM_ERR_OOM, "out of memory");

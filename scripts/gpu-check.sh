@@ -4,7 +4,7 @@
 # synthetic full-width GLM-4.7 slice. Logs go to $OUT (default ./gpu-out); a short
 # table is printed last.
 #
-# usage: scripts/gpu-check.sh [quick]     quick: skip the benchmark
+# usage: scripts/gpu-check.sh [quick|fast]  quick: no benchmark; fast: a shorter one
 # env:   GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
 #        GLM_U8=DIR  a utf8proc include/ + lib/ tree when the machine has none
 set -u
@@ -56,18 +56,42 @@ if command -v compute-sanitizer >/dev/null; then
   GLM_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 3 build/tests/test-gpu-model > "$OUT/sanitizer.log" 2>&1
   rc=$?
   note "memcheck (tiny checkpoints): exit $rc, $(grep -c 'Invalid\|ERROR SUMMARY: [1-9]' "$OUT/sanitizer.log") problem lines, $(grep 'ERROR SUMMARY' "$OUT/sanitizer.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
+  t0=$(date +%s)
+  GLM_TEST_ONLY=attention compute-sanitizer --tool memcheck --error-exitcode 3 build/tests/test-gpu-kernels > "$OUT/sanitizer-att.log" 2>&1
+  rc=$?
+  note "memcheck (attention kernels): exit $rc, $(grep 'ERROR SUMMARY' "$OUT/sanitizer-att.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
 fi
 
-# 4. benchmark on the synthetic slice
+# 4. GPU vs CPU on the tiny default model: perplexity and KL divergence over the held-out text
+t0=$(date +%s)
+kb="$OUT/kld-cpu.bin"
+build/bin/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 256 --device cpu --kl-divergence-base "$kb" \
+  > "$OUT/kld.log" 2>&1
+build/bin/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 256 --device cuda --kl-divergence-base "$kb" --kl-divergence \
+  >> "$OUT/kld.log" 2>&1
+note "kld (glm-tiny, heldout, c=256, cuda vs cpu): exit $? ($(( $(date +%s) - t0 )) s)"
+grep -i -E 'ppl =|kld|dp:|same top|tok/s' "$OUT/kld.log" | tail -n 12 >> "$summary"
+rm -f "$kb"
+
+# 5. benchmark on the synthetic slice (quick: skipped; fast: one repetition of the
+# main tests, no fp8blk run)
 if [ "$MODE" != quick ] && [ -x build/bin/glm-bench ]; then
+  B="-p 512,2048 -n 128 -b 1,8,32,64 -r 3"
+  [ "$MODE" = fast ] && B="-p 2048 -n 32 -b 1,8,64 -r 2"
   t0=$(date +%s)
-  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch -p 512,2048 -n 128 -b 1,8,32,64 -r 3 -o md \
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch $B -o md \
     > "$OUT/bench.md" 2> "$OUT/bench.err"
   note "bench fp8ch: exit $? ($(( $(date +%s) - t0 )) s)"
-  t0=$(date +%s)
-  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8blk --no-probe -p 2048 -n 32 -b 1,64 -r 2 -o md \
-    > "$OUT/bench-blk.md" 2>> "$OUT/bench.err"
-  note "bench fp8blk: exit $? ($(( $(date +%s) - t0 )) s)"
+  if [ "$MODE" != fast ]; then
+    t0=$(date +%s)
+    build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8blk --no-probe -p 2048 -n 32 -b 1,64 -r 2 -o md \
+      > "$OUT/bench-blk.md" 2>> "$OUT/bench.err"
+    note "bench fp8blk: exit $? ($(( $(date +%s) - t0 )) s)"
+  fi
+  if [ "$MODE" = fast ]; then  # batch 8 with the dense products on cuBLASLt above 4 tokens
+    GLM_CUDA_GEMV_MAX=4 build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe -p 0 -n 32 -b 8 -r 2 \
+      -o md 2>> "$OUT/bench.err" | tail -n 1 | sed 's/^/GEMV_MAX=4: /' >> "$OUT/bench.md"
+  fi
   grep -v '^profile\|^ ' "$OUT/bench.err" | tail -n 4 >> "$summary"
   # where the time goes: GPU time per op, graphs off (appended to bench.err)
   build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe -p 2048 -n 8 -b 1,8,64 -r 1 --profile -o md \

@@ -46,6 +46,8 @@ import sys
 
 import torch
 
+from glm_tiny_common import eager_reference_config, fp8_channel_quantization_config
+
 # --------------------------------------------------------------------------- config
 
 VOCAB = 512
@@ -118,20 +120,8 @@ def make_config(rope_style, quant):
         cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": ROPE_THETA,
                                   "partial_rotary_factor": PARTIAL_ROTARY}
     if quant == "channel":
-        cfg["quantization_config"] = {
-            "quant_method": "compressed-tensors",
-            "format": "float-quantized",
-            "quantization_status": "compressed",
-            "config_groups": {"group_0": {
-                "targets": ["Linear"],
-                "weights": {"num_bits": 8, "type": "float", "strategy": "channel",
-                            "symmetric": True, "dynamic": False},
-                "input_activations": {"num_bits": 8, "type": "float", "strategy": "token",
-                                      "symmetric": True, "dynamic": True},
-            }},
-            "ignore": ["lm_head"] + ["model.layers.%d.mlp.gate" % l
-                                     for l in range(FIRST_DENSE, N_LAYERS + 1)],
-        }
+        cfg["quantization_config"] = fp8_channel_quantization_config(
+            ["lm_head"] + ["model.layers.%d.mlp.gate" % l for l in range(FIRST_DENSE, N_LAYERS + 1)])
     elif quant == "block":
         cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3",
                                       "activation_scheme": "dynamic",
@@ -433,19 +423,8 @@ def plain_forward(W, ids, routes=None):
 # --------------------------------------------------------------------------- transformers model
 
 def build_hf_model(d, W):
-    from transformers import AutoConfig, Glm4MoeForCausalLM
-    cfg = AutoConfig.from_pretrained(d)
-    if getattr(cfg, "quantization_config", None) is not None:
-        try:
-            delattr(cfg, "quantization_config")
-        except Exception:
-            cfg.quantization_config = None
-    for attr, val in (("_attn_implementation", "eager"), ("_experts_implementation", "eager")):
-        try:
-            setattr(cfg, attr, val)
-        except Exception as e:  # an older or newer config may not take it
-            print("  note: could not set %s: %s" % (attr, e))
-    model = Glm4MoeForCausalLM(cfg).float().eval()
+    from transformers import Glm4MoeForCausalLM
+    model = Glm4MoeForCausalLM(eager_reference_config(d)).float().eval()
 
     # rotary and qk-norm really as intended
     rd = int(HEAD_DIM * PARTIAL_ROTARY)

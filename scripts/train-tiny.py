@@ -60,6 +60,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+from glm_tiny_common import eager_reference_config, fp8_channel_quantization_config
+
 # --------------------------------------------------------------------------- model shape
 
 VOCAB = 8192
@@ -130,19 +132,7 @@ def model_config(tok_ids, quantized):
     }
     if quantized:
         ignore = ["lm_head"] + ["model.layers.%d.mlp.gate" % l for l in range(FIRST_DENSE, N_LAYERS)]
-        cfg["quantization_config"] = {
-            "quant_method": "compressed-tensors",
-            "format": "float-quantized",
-            "quantization_status": "compressed",
-            "config_groups": {"group_0": {
-                "targets": ["Linear"],
-                "weights": {"num_bits": 8, "type": "float", "strategy": "channel",
-                            "symmetric": True, "dynamic": False},
-                "input_activations": {"num_bits": 8, "type": "float", "strategy": "token",
-                                      "symmetric": True, "dynamic": True},
-            }},
-            "ignore": ignore,
-        }
+        cfg["quantization_config"] = fp8_channel_quantization_config(ignore)
     return cfg
 
 
@@ -383,19 +373,8 @@ def dequantized(tensors):
 # --------------------------------------------------------------------------- reference model
 
 def build_reference(cfg_dir, W, device):
-    from transformers import AutoConfig, Glm4MoeForCausalLM
-    cfg = AutoConfig.from_pretrained(cfg_dir)
-    if getattr(cfg, "quantization_config", None) is not None:
-        try:
-            delattr(cfg, "quantization_config")
-        except Exception:
-            cfg.quantization_config = None
-    for attr, val in (("_attn_implementation", "eager"), ("_experts_implementation", "eager")):
-        try:
-            setattr(cfg, attr, val)
-        except Exception as e:
-            log("  note: could not set %s: %s" % (attr, e))
-    model = Glm4MoeForCausalLM(cfg).float()
+    from transformers import Glm4MoeForCausalLM
+    model = Glm4MoeForCausalLM(eager_reference_config(cfg_dir, note=log)).float()
     check_shape(model)
     new = {}
     for k, v in model.state_dict().items():

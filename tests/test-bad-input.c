@@ -12,9 +12,10 @@
 
 #define tmp test_tmp
 
-static void sh(const char *fmt, const char *a, const char *b) {
+/* Runs a shell command; each %s in fmt (at most two) stands for dir. */
+static void sh(const char *fmt, const char *dir) {
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, fmt, a, b);
+    snprintf(cmd, sizeof cmd, fmt, dir, dir);
     if (system(cmd) != 0) fprintf(stderr, "  command failed: %s\n", cmd);
 }
 
@@ -51,6 +52,15 @@ static void write_st(const char *dir, const char *header, size_t n_data) {
     fwrite(header, 1, hl, f);
     for (size_t i = 0; i < n_data; i++) fputc(0x11, f);
     fclose(f);
+}
+
+/* Copies tests/data/<src> to tmp/<name>, edits the copy with the shell command edit
+ * (as sh runs it), and expects the load to fail with a message containing n1 and n2. */
+static void expect_fail_edited(const char *src, const char *name, const char *edit,
+                               const char *n1, const char *n2) {
+    const char *d = fresh(src, name);
+    sh(edit, d);
+    expect_fail(d, n1, n2);
 }
 
 /* A directory with the tiny bf16 config and a hand-made weights file. */
@@ -107,62 +117,58 @@ TEST(bad_header_json) {
 }
 
 TEST(shape_disagrees_with_config) {
-    const char *d = fresh("tiny-bf16", "shape");
-    sh("sed -i 's/\"intermediate_size\": 192/\"intermediate_size\": 200/' '%s/config.json'%s", d, "");
-    expect_fail(d, "model.layers.0.mlp.gate_proj.weight", "config.json implies [200, 160]");
+    expect_fail_edited("tiny-bf16", "shape",
+                       "sed -i 's/\"intermediate_size\": 192/\"intermediate_size\": 200/' '%s/config.json'",
+                       "model.layers.0.mlp.gate_proj.weight", "config.json implies [200, 160]");
 }
 
 TEST(missing_shard) {
-    const char *d = fresh("tiny-fp8blk", "noshard");
-    sh("rm '%s/model-00002-of-00002.safetensors'%s", d, "");
-    expect_fail(d, "model-00002-of-00002.safetensors", "missing");
+    expect_fail_edited("tiny-fp8blk", "noshard", "rm '%s/model-00002-of-00002.safetensors'",
+                       "model-00002-of-00002.safetensors", "missing");
 }
 
 TEST(missing_tensor) {
-    const char *d = fresh("tiny-bf16", "notensor");
     /* ask for 5 layers: layer 3 exists (the MTP tensors), layer 4 does not */
-    sh("sed -i 's/\"num_hidden_layers\": 3/\"num_hidden_layers\": 5/' '%s/config.json'%s", d, "");
-    expect_fail(d, "model.layers.", "is missing");
+    expect_fail_edited("tiny-bf16", "notensor",
+                       "sed -i 's/\"num_hidden_layers\": 3/\"num_hidden_layers\": 5/' '%s/config.json'",
+                       "model.layers.", "is missing");
 }
 
 TEST(missing_scale) {
-    const char *d = fresh("tiny-fp8ch", "noscale");
     /* rename one scale in the index and in its shard header (same length keeps offsets valid) */
-    sh("sed -i 's/layers.0.self_attn.q_proj.weight_scale\"/layers.0.self_attn.q_proj.weight_scalX\"/' '%s/model.safetensors.index.json' && "
-       "sed -i 's/layers.0.self_attn.q_proj.weight_scale\"/layers.0.self_attn.q_proj.weight_scalX\"/' '%s'/model-0000*-of-00002.safetensors", d, d);
-    expect_fail(d, "model.layers.0.self_attn.q_proj.weight", "neither");
+    expect_fail_edited("tiny-fp8ch", "noscale",
+                       "sed -i 's/layers.0.self_attn.q_proj.weight_scale\"/layers.0.self_attn.q_proj.weight_scalX\"/' '%s/model.safetensors.index.json' && "
+                       "sed -i 's/layers.0.self_attn.q_proj.weight_scale\"/layers.0.self_attn.q_proj.weight_scalX\"/' '%s'/model-0000*-of-00002.safetensors",
+                       "model.layers.0.self_attn.q_proj.weight", "neither");
 }
 
 TEST(index_names_wrong_shard) {
-    const char *d = fresh("tiny-fp8ch", "wrongshard");
     /* point model.norm.weight at the other shard */
-    sh("sed -i -e 's/\\(\"model.norm.weight\": \"model-0000\\)1/\\12/;t' -e 's/\\(\"model.norm.weight\": \"model-0000\\)2/\\11/' "
-       "'%s/model.safetensors.index.json'%s", d, "");
-    expect_fail(d, "model.norm.weight", "is listed in");
+    expect_fail_edited("tiny-fp8ch", "wrongshard",
+                       "sed -i -e 's/\\(\"model.norm.weight\": \"model-0000\\)1/\\12/;t' -e 's/\\(\"model.norm.weight\": \"model-0000\\)2/\\11/' "
+                       "'%s/model.safetensors.index.json'",
+                       "model.norm.weight", "is listed in");
 }
 
 TEST(broken_config) {
-    const char *d = fresh("tiny-bf16", "badcfg");
-    sh("printf '{\"model_type\": \"glm4_moe\", \"hidden_size\": 160,' > '%s/config.json'%s", d, "");
-    expect_fail(d, "config.json", "line 1");
+    expect_fail_edited("tiny-bf16", "badcfg",
+                       "printf '{\"model_type\": \"glm4_moe\", \"hidden_size\": 160,' > '%s/config.json'",
+                       "config.json", "line 1");
 }
 
 TEST(incomplete_config) {
-    const char *d = fresh("tiny-bf16", "nocfgfield");
-    sh("sed -i '/\"hidden_size\"/d' '%s/config.json'%s", d, "");
-    expect_fail(d, "config.json", "\"hidden_size\"");
+    expect_fail_edited("tiny-bf16", "nocfgfield", "sed -i '/\"hidden_size\"/d' '%s/config.json'",
+                       "config.json", "\"hidden_size\"");
 }
 
 TEST(wrong_architecture) {
-    const char *d = fresh("tiny-bf16", "arch");
-    sh("sed -i 's/Glm4MoeForCausalLM/LlamaForCausalLM/; s/\"glm4_moe\"/\"llama\"/' '%s/config.json'%s", d, "");
-    expect_fail(d, "config.json", "glm4_moe");
+    expect_fail_edited("tiny-bf16", "arch",
+                       "sed -i 's/Glm4MoeForCausalLM/LlamaForCausalLM/; s/\"glm4_moe\"/\"llama\"/' '%s/config.json'",
+                       "config.json", "glm4_moe");
 }
 
 TEST(missing_config) {
-    const char *d = fresh("tiny-bf16", "nocfg");
-    sh("rm '%s/config.json'%s", d, "");
-    expect_fail(d, "config.json", NULL);
+    expect_fail_edited("tiny-bf16", "nocfg", "rm '%s/config.json'", "config.json", NULL);
 }
 
 TEST(missing_directory) {
@@ -186,7 +192,7 @@ static int run_tool(const char *args, char *err, size_t cap) {
 TEST(tools_exit_nonzero_with_message) {
     char err[4096], args[1024];
     const char *d = fresh("tiny-fp8ch", "tooltrunc");
-    sh("truncate -s 5000 '%s/model-00001-of-00002.safetensors'%s", d, "");
+    sh("truncate -s 5000 '%s/model-00001-of-00002.safetensors'", d);
     snprintf(args, sizeof args, "glm-run -m '%s' --prompt-ids 1,2,3 --print-ids -n 2 --device cpu", d);
     int rc = run_tool(args, err, sizeof err);
     CHECK(rc != 0 && rc < 128);

@@ -18,6 +18,13 @@ static glm_ctx *new_ctx(glm_model *m, int n_seq, int n_batch, int n_pages) {
     return c;
 }
 
+/* Loads the test checkpoint; a failed load fails the test (NULL). */
+static glm_model *load_model(void) {
+    glm_model *m = NULL;
+    CHECK_MSG(glm_model_load(DIR, NULL, &m) == GLM_OK, "%s: %s", DIR, glm_last_error());
+    return m;
+}
+
 static float max_diff(const float *a, const float *b, int n) {
     float d = 0;
     for (int i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
@@ -25,8 +32,7 @@ static float max_diff(const float *a, const float *b, int n) {
 }
 
 TEST(batched_sequences_equal_single) {
-    glm_model *m = NULL;
-    CHECK(glm_model_load(DIR, NULL, &m) == GLM_OK);
+    glm_model *m = load_model();
     if (!m) return;
     const int V = glm_model_hparams(m)->n_vocab, n0 = 23, n1 = 37;
     int32_t a[40], b[40];
@@ -66,8 +72,7 @@ TEST(batched_sequences_equal_single) {
 }
 
 TEST(kv_full_is_a_warning) {
-    glm_model *m = NULL;
-    CHECK(glm_model_load(DIR, NULL, &m) == GLM_OK);
+    glm_model *m = load_model();
     if (!m) return;
     glm_ctx *c = new_ctx(m, 2, 64, 3); /* 3 pages = 48 tokens */
     int32_t t[40];
@@ -93,8 +98,7 @@ TEST(kv_full_is_a_warning) {
 }
 
 TEST(context_limit) {
-    glm_model *m = NULL;
-    CHECK(glm_model_load(DIR, NULL, &m) == GLM_OK);
+    glm_model *m = load_model();
     if (!m) return;
     glm_ctx *c = new_ctx(m, 1, 128, 0);
     int32_t t[100] = {0};

@@ -590,7 +590,7 @@ TEST(cublaslt) {
     OK(glm_cu_lt_new(&lt, ws, 32u << 20, yb, 8u << 20));
     if (!lt) return;
     const int N = 384, K = 512, Ts[] = {13, 16, 40, 256};
-    for (int f = 0; f < 3; f++) {
+    for (int f = 0; f < 4; f++) {
         hweight hw = hw_make(FMTS[f][0], FMTS[f][1], N, K);
         glm_cu_mat w = hw_upload(&hw);
         CHECK(glm_cu_lt_shape_ok(&w));
@@ -609,13 +609,15 @@ TEST(cublaslt) {
                 for (int t = 0; t < T; t++)
                     for (int kk = 0; kk < K; kk++)
                         xd[(size_t)t * K + kk] = glm_fp8e4m3_to_f32(q[(size_t)t * K + kk]) * (blk ? s[(kk / 128) * ld + t] : s[t]);
-            } else {
+            } else if (FMTS[f][0] == GLM_CU_BF16) {
                 OK(glm_cu_to_bf16(d_x, K, NULL, T, K, (uint16_t *)d_q, 0));
                 down(q, d_q, (size_t)T * K * 2);
                 for (int i = 0; i < T * K; i++) xd[i] = glm_bf16_to_f32(((uint16_t *)q)[i]);
+            } else {  /* float32 weights (the router) take the activations as they are */
+                memcpy(xd, x, (size_t)T * K * 4);
             }
             ref_mm(hw.wf, N, K, xd, T, ref, N);
-            int rc = glm_cu_lt_matmul(lt, &w, 0, d_q, d_s, ld, T, d_y, N, 0);
+            int rc = glm_cu_lt_matmul(lt, &w, 0, FMTS[f][0] == GLM_CU_F32 ? (const void *)d_x : d_q, d_s, ld, T, d_y, N, 0);
             char what[96];
             snprintf(what, sizeof what, "cuBLASLt %s T=%d", FMT_NAMES[f], T);
             if (FMTS[f][1] == GLM_CU_SCALE_BLOCK && T % 4) {  /* 1x128 scales: cuBLASLt wants 4k tokens; the backend splits */
@@ -662,8 +664,9 @@ TEST(cublaslt) {
 }
 
 /* q/k norm + RoPE + paged store, then attention over pages, against a CPU model of
- * the same cache (values rounded exactly as stored). Two passes: a prefill of two
- * sequences, then a decode step of three (one new), with 1 and several splits. */
+ * the same cache (values rounded exactly as stored). Three passes: a prefill of two
+ * sequences, a decode step of three (one new), then a prefill of all three; the split
+ * kernel with 1 and several splits, and the tensor-core prefill kernel over tiles. */
 static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
     const int n_pages = 24, max_pages = 8, n_seq = 3, P = GLM_PAGE;
     const float theta = 10000.f, eps = 1e-5f;
@@ -682,10 +685,10 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
     const int maxlen = max_pages * P;
     float *ck = calloc((size_t)n_seq * maxlen * n_kv * hd, 4), *cv = calloc((size_t)n_seq * maxlen * n_kv * hd, 4);
     int len[3] = {0, 0, 0};
-    const int passes[2][3] = {{37, 5, 0}, {1, 1, 1}};
-    for (int pass = 0; pass < 2; pass++) {
+    const int passes[3][3] = {{37, 5, 0}, {1, 1, 1}, {70, 20, 90}};
+    for (int pass = 0; pass < 3; pass++) {
         int T = 0;
-        int32_t seq[64], pos[64];
+        int32_t seq[256], pos[256];
         for (int s = 0; s < n_seq; s++)
             for (int i = 0; i < passes[pass][s]; i++) { seq[T] = s; pos[T] = len[s] + i; T++; }
         for (int t = 0; t < T; t++) {
@@ -777,6 +780,19 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
             snprintf(what, sizeof what, "attention pass %d split %d (heads %d/%d hd %d fp8 %d)", pass, ns, n_head, n_kv, hd, fp8);
             CHECK_REL(out, ref, (size_t)T * Q, 1e-4, what);
             cudaFree(d_ws);
+        }
+        if (glm_cu_attention_prefill_ok(n_head, n_kv, hd)) {  /* BF16 q and p: 1e-2 */
+            int32_t tiles[257];
+            const int nt = glm_cu_attention_tiles(seq, T, tiles);
+            int32_t *d_tiles = dup_h(tiles, (size_t)(nt + 1) * 4);
+            poison(d_out, (size_t)T * Q * 4);
+            OK(glm_cu_attention_prefill(d_q, d_out, n_head, n_kv, hd, &plan, &kv, d_tiles, nt, 0));
+            down(out, d_out, (size_t)T * Q * 4);
+            snprintf(what, sizeof what, "prefill attention pass %d, %d tiles (heads %d/%d hd %d fp8 %d)", pass, nt,
+                     n_head, n_kv, hd, fp8);
+            fprintf(stderr, "  %s: rel err %.3g\n", what, rel_err(out, ref, (size_t)T * Q));
+            CHECK_REL(out, ref, (size_t)T * Q, 1e-2, what);
+            cudaFree(d_tiles);
         }
         for (int s = 0; s < n_seq; s++) len[s] += passes[pass][s];
         free(q); free(k); free(v); free(qg); free(kg); free(ref); free(out);

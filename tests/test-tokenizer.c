@@ -239,6 +239,13 @@ static void free_expect(expect *ex) {
     free(ex);
 }
 
+/* load_named for a test that needs the tokenizer: a failed load fails the test (NULL). */
+static glm_tokenizer *need_tokenizer(const char *name) {
+    glm_tokenizer *tok = load_named(name);
+    CHECK_MSG(tok != NULL, "cannot load tokenizer %s", name);
+    return tok;
+}
+
 /* Returns 1 when two id arrays are equal. */
 static int same(const int32_t *a, int na, const int32_t *b, int nb) {
     return na == nb && (na == 0 || !memcmp(a, b, sizeof(int32_t) * (size_t)na));
@@ -340,8 +347,7 @@ TEST(parity_deepseek_v3_regex) { CHECK(check_parity("deepseek_v3-regex") == 0); 
 /* Every corpus line (valid UTF-8) decodes back to itself with the GLM tokenizer. */
 TEST(roundtrip) {
     CHECK(load_corpus() == 0);
-    glm_tokenizer *tok = load_named("glm-tiny");
-    CHECK(tok != NULL);
+    glm_tokenizer *tok = need_tokenizer("glm-tiny");
     if (!tok) return;
     for (int i = 0; i < n_corpus; i++) {
         for (int flags = 0; flags < 2; flags++) {
@@ -360,8 +366,7 @@ TEST(roundtrip) {
 }
 
 TEST(special_tokens) {
-    glm_tokenizer *tok = load_named("glm-tiny");
-    CHECK(tok != NULL);
+    glm_tokenizer *tok = need_tokenizer("glm-tiny");
     if (!tok) return;
     int32_t user = glm_tokenizer_find(tok, "<|user|>");
     CHECK(user >= 0 && glm_token_is_special(tok, user));
@@ -395,8 +400,7 @@ TEST(special_tokens) {
 
 /* Invalid UTF-8 input is an error naming the byte offset, never a crash. */
 TEST(invalid_utf8) {
-    glm_tokenizer *tok = load_named("glm-tiny");
-    CHECK(tok != NULL);
+    glm_tokenizer *tok = need_tokenizer("glm-tiny");
     if (!tok) return;
     const char *bad[] = {"abc\xff", "ab\xc3", "\xe2\x82", "x\xed\xa0\x80y", "\xc0\xaf", "ok\xf4\x90\x80\x80"};
     const size_t off[] = {3, 2, 0, 1, 0, 2};
@@ -418,8 +422,7 @@ TEST(invalid_utf8) {
 
 /* The stream never emits half a character; invalid bytes become U+FFFD as in HF decode. */
 TEST(stream_utf8) {
-    glm_tokenizer *tok = load_named("llama3_1");
-    CHECK(tok != NULL);
+    glm_tokenizer *tok = need_tokenizer("llama3_1");
     if (!tok) return;
     int32_t *ids;
     int n;

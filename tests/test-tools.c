@@ -40,23 +40,24 @@ static double read_ref_ppl(void) {
     return p ? atof(p + 6) : -1;
 }
 
-static double parse_ppl(const char *out) {
+/* Runs glm-perplexity with args, checks that it succeeds, and returns the PPL it prints
+ * (-1 when it prints none). */
+static double perplexity(const char *args) {
+    char cmd[2048], *out;
+    snprintf(cmd, sizeof cmd, "%s/glm-perplexity %s", bin, args);
+    int rc = run(cmd, &out);
+    CHECK_MSG(rc == 0, "%s: exit status %d", cmd, rc);
     const char *p = strstr(out, "PPL = ");
-    return p ? atof(p + 6) : -1;
+    double ppl = p ? atof(p + 6) : -1;
+    free(out);
+    return ppl;
 }
 
 TEST(golden_perplexity_text_and_ids) {
     double ref = read_ref_ppl();
     CHECK(ref > 1);
-    char cmd[2048], *out;
-    snprintf(cmd, sizeof cmd, "%s/glm-perplexity -m models/glm-tiny -f tests/data/tiny-ppl/heldout.txt -c 256 --chunks 16 --device cpu", bin);
-    CHECK(run(cmd, &out) == 0);
-    double a = parse_ppl(out);
-    free(out);
-    snprintf(cmd, sizeof cmd, "%s/glm-perplexity -m models/glm-tiny --ids \"$(cat tests/data/tiny-ppl/heldout.ids)\" -c 256 --device cpu", bin);
-    CHECK(run(cmd, &out) == 0);
-    double b = parse_ppl(out);
-    free(out);
+    double a = perplexity("-m models/glm-tiny -f tests/data/tiny-ppl/heldout.txt -c 256 --chunks 16 --device cpu");
+    double b = perplexity("-m models/glm-tiny --ids \"$(cat tests/data/tiny-ppl/heldout.ids)\" -c 256 --device cpu");
     fprintf(stderr, "  glm.c PPL %.6f (text), %.6f (ids); transformers %.6f\n", a, b, ref);
     CHECK(fabs(a - ref) / ref < 1e-3);
     CHECK(fabs(b - ref) / ref < 1e-3);
@@ -65,14 +66,8 @@ TEST(golden_perplexity_text_and_ids) {
 TEST(perplexity_stride_and_kld) {
     char cmd[2048], *out;
     /* overlapping windows score each token once, with more context: lower or equal PPL */
-    snprintf(cmd, sizeof cmd, "%s/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 128 --chunks 6 --device cpu", bin);
-    CHECK(run(cmd, &out) == 0);
-    double plain = parse_ppl(out);
-    free(out);
-    snprintf(cmd, sizeof cmd, "%s/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 128 --stride 64 --chunks 11 --device cpu", bin);
-    CHECK(run(cmd, &out) == 0);
-    double strided = parse_ppl(out);
-    free(out);
+    double plain = perplexity("-f tests/data/tiny-ppl/heldout.txt -c 128 --chunks 6 --device cpu");
+    double strided = perplexity("-f tests/data/tiny-ppl/heldout.txt -c 128 --stride 64 --chunks 11 --device cpu");
     fprintf(stderr, "  c=128: %.4f, c=128 stride 64: %.4f\n", plain, strided);
     CHECK(plain > 1 && strided > 1 && strided < plain);
     /* KL divergence of a run against itself is zero, same top token 100% */

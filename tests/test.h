@@ -1,6 +1,7 @@
 /* test.h - the tiny harness every test binary uses: TEST(name) defines a test,
- * CHECK/CHECK_NEAR record failures with file:line, RUN_TESTS() runs them all and
- * ends with "N passed, N failed" and a non-zero exit status on any failure. */
+ * CHECK/CHECK_NEAR record failures with file:line, RUN_TESTS() runs them all (or the
+ * one GLM_TEST_ONLY names) and ends with "N passed, N failed" and a non-zero exit
+ * status on any failure. */
 #ifndef GLM_TEST_H
 #define GLM_TEST_H
 
@@ -57,7 +58,9 @@ static int test_count_, test_failed_now_;
 /* Runs the registered tests; returns the process exit status. */
 static inline int run_tests_(void) {
     int passed = 0, failed = 0;
+    const char *only = getenv("GLM_TEST_ONLY");  /* a test name: run that one alone */
     for (int i = 0; i < test_count_; i++) {
+        if (only && *only && strcmp(only, test_list_[i].name)) continue;
         test_failed_now_ = 0;
         fprintf(stderr, "[ RUN  ] %s\n", test_list_[i].name);
         test_list_[i].fn();

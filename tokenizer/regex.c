@@ -238,56 +238,59 @@ static int hexv(int32_t c) {
     return -1;
 }
 
-/* Returns the category bits for a \p{...} name (normalised), or 0 when unknown. */
+/* Returns the category bits for a \p{...} name (normalised), or 0 when unknown: a
+ * general category (lu or uppercaseletter), a major class (l or letter: every category
+ * of that first letter), lc (casedletter) or any. */
 static uint32_t prop_cats(const char *name) {
-    static const struct { const char *n; const char *alias; int cats[8]; } T[] = {
-        {"l", "letter", {UTF8PROC_CATEGORY_LU, UTF8PROC_CATEGORY_LL, UTF8PROC_CATEGORY_LT, UTF8PROC_CATEGORY_LM, UTF8PROC_CATEGORY_LO, -1}},
-        {"lu", "uppercaseletter", {UTF8PROC_CATEGORY_LU, -1}},
-        {"ll", "lowercaseletter", {UTF8PROC_CATEGORY_LL, -1}},
-        {"lt", "titlecaseletter", {UTF8PROC_CATEGORY_LT, -1}},
-        {"lm", "modifierletter", {UTF8PROC_CATEGORY_LM, -1}},
-        {"lo", "otherletter", {UTF8PROC_CATEGORY_LO, -1}},
-        {"lc", "casedletter", {UTF8PROC_CATEGORY_LU, UTF8PROC_CATEGORY_LL, UTF8PROC_CATEGORY_LT, -1}},
-        {"m", "mark", {UTF8PROC_CATEGORY_MN, UTF8PROC_CATEGORY_MC, UTF8PROC_CATEGORY_ME, -1}},
-        {"mn", "nonspacingmark", {UTF8PROC_CATEGORY_MN, -1}},
-        {"mc", "spacingmark", {UTF8PROC_CATEGORY_MC, -1}},
-        {"me", "enclosingmark", {UTF8PROC_CATEGORY_ME, -1}},
-        {"n", "number", {UTF8PROC_CATEGORY_ND, UTF8PROC_CATEGORY_NL, UTF8PROC_CATEGORY_NO, -1}},
-        {"nd", "decimalnumber", {UTF8PROC_CATEGORY_ND, -1}},
-        {"nl", "letternumber", {UTF8PROC_CATEGORY_NL, -1}},
-        {"no", "othernumber", {UTF8PROC_CATEGORY_NO, -1}},
-        {"p", "punctuation", {UTF8PROC_CATEGORY_PC, UTF8PROC_CATEGORY_PD, UTF8PROC_CATEGORY_PS, UTF8PROC_CATEGORY_PE, UTF8PROC_CATEGORY_PI, UTF8PROC_CATEGORY_PF, UTF8PROC_CATEGORY_PO, -1}},
-        {"pc", "connectorpunctuation", {UTF8PROC_CATEGORY_PC, -1}},
-        {"pd", "dashpunctuation", {UTF8PROC_CATEGORY_PD, -1}},
-        {"ps", "openpunctuation", {UTF8PROC_CATEGORY_PS, -1}},
-        {"pe", "closepunctuation", {UTF8PROC_CATEGORY_PE, -1}},
-        {"pi", "initialpunctuation", {UTF8PROC_CATEGORY_PI, -1}},
-        {"pf", "finalpunctuation", {UTF8PROC_CATEGORY_PF, -1}},
-        {"po", "otherpunctuation", {UTF8PROC_CATEGORY_PO, -1}},
-        {"s", "symbol", {UTF8PROC_CATEGORY_SM, UTF8PROC_CATEGORY_SC, UTF8PROC_CATEGORY_SK, UTF8PROC_CATEGORY_SO, -1}},
-        {"sm", "mathsymbol", {UTF8PROC_CATEGORY_SM, -1}},
-        {"sc", "currencysymbol", {UTF8PROC_CATEGORY_SC, -1}},
-        {"sk", "modifiersymbol", {UTF8PROC_CATEGORY_SK, -1}},
-        {"so", "othersymbol", {UTF8PROC_CATEGORY_SO, -1}},
-        {"z", "separator", {UTF8PROC_CATEGORY_ZS, UTF8PROC_CATEGORY_ZL, UTF8PROC_CATEGORY_ZP, -1}},
-        {"zs", "spaceseparator", {UTF8PROC_CATEGORY_ZS, -1}},
-        {"zl", "lineseparator", {UTF8PROC_CATEGORY_ZL, -1}},
-        {"zp", "paragraphseparator", {UTF8PROC_CATEGORY_ZP, -1}},
-        {"c", "other", {UTF8PROC_CATEGORY_CC, UTF8PROC_CATEGORY_CF, UTF8PROC_CATEGORY_CS, UTF8PROC_CATEGORY_CO, UTF8PROC_CATEGORY_CN, -1}},
-        {"cc", "control", {UTF8PROC_CATEGORY_CC, -1}},
-        {"cf", "format", {UTF8PROC_CATEGORY_CF, -1}},
-        {"cs", "surrogate", {UTF8PROC_CATEGORY_CS, -1}},
-        {"co", "privateuse", {UTF8PROC_CATEGORY_CO, -1}},
-        {"cn", "unassigned", {UTF8PROC_CATEGORY_CN, -1}},
-        {"any", "any", {0, 1, 2, 3, 4, 5, 6, -2}},
+    static const struct { const char *n, *alias; int cat; } C[] = {
+        {"lu", "uppercaseletter",      UTF8PROC_CATEGORY_LU},
+        {"ll", "lowercaseletter",      UTF8PROC_CATEGORY_LL},
+        {"lt", "titlecaseletter",      UTF8PROC_CATEGORY_LT},
+        {"lm", "modifierletter",       UTF8PROC_CATEGORY_LM},
+        {"lo", "otherletter",          UTF8PROC_CATEGORY_LO},
+        {"mn", "nonspacingmark",       UTF8PROC_CATEGORY_MN},
+        {"mc", "spacingmark",          UTF8PROC_CATEGORY_MC},
+        {"me", "enclosingmark",        UTF8PROC_CATEGORY_ME},
+        {"nd", "decimalnumber",        UTF8PROC_CATEGORY_ND},
+        {"nl", "letternumber",         UTF8PROC_CATEGORY_NL},
+        {"no", "othernumber",          UTF8PROC_CATEGORY_NO},
+        {"pc", "connectorpunctuation", UTF8PROC_CATEGORY_PC},
+        {"pd", "dashpunctuation",      UTF8PROC_CATEGORY_PD},
+        {"ps", "openpunctuation",      UTF8PROC_CATEGORY_PS},
+        {"pe", "closepunctuation",     UTF8PROC_CATEGORY_PE},
+        {"pi", "initialpunctuation",   UTF8PROC_CATEGORY_PI},
+        {"pf", "finalpunctuation",     UTF8PROC_CATEGORY_PF},
+        {"po", "otherpunctuation",     UTF8PROC_CATEGORY_PO},
+        {"sm", "mathsymbol",           UTF8PROC_CATEGORY_SM},
+        {"sc", "currencysymbol",       UTF8PROC_CATEGORY_SC},
+        {"sk", "modifiersymbol",       UTF8PROC_CATEGORY_SK},
+        {"so", "othersymbol",          UTF8PROC_CATEGORY_SO},
+        {"zs", "spaceseparator",       UTF8PROC_CATEGORY_ZS},
+        {"zl", "lineseparator",        UTF8PROC_CATEGORY_ZL},
+        {"zp", "paragraphseparator",   UTF8PROC_CATEGORY_ZP},
+        {"cc", "control",              UTF8PROC_CATEGORY_CC},
+        {"cf", "format",               UTF8PROC_CATEGORY_CF},
+        {"cs", "surrogate",            UTF8PROC_CATEGORY_CS},
+        {"co", "privateuse",           UTF8PROC_CATEGORY_CO},
+        {"cn", "unassigned",           UTF8PROC_CATEGORY_CN},
     };
-    for (size_t k = 0; k < sizeof T / sizeof T[0]; k++) {
-        if (strcmp(name, T[k].n) && strcmp(name, T[k].alias)) continue;
-        if (T[k].cats[7] == -2) return 0x3FFFFFFFu;
+    static const struct { const char *n, *alias; } MAJOR[] = {
+        {"l", "letter"}, {"m", "mark"}, {"n", "number"}, {"p", "punctuation"},
+        {"s", "symbol"}, {"z", "separator"}, {"c", "other"},
+    };
+    const size_t n_c = sizeof C / sizeof C[0];
+    if (!strcmp(name, "any")) return 0x3FFFFFFFu;
+    if (!strcmp(name, "lc") || !strcmp(name, "casedletter"))
+        return GLM_CAT(UTF8PROC_CATEGORY_LU) | GLM_CAT(UTF8PROC_CATEGORY_LL) | GLM_CAT(UTF8PROC_CATEGORY_LT);
+    for (size_t g = 0; g < sizeof MAJOR / sizeof MAJOR[0]; g++) {
+        if (strcmp(name, MAJOR[g].n) && strcmp(name, MAJOR[g].alias)) continue;
         uint32_t m = 0;
-        for (int j = 0; j < 8 && T[k].cats[j] >= 0; j++) m |= GLM_CAT(T[k].cats[j]);
+        for (size_t k = 0; k < n_c; k++)
+            if (C[k].n[0] == MAJOR[g].n[0]) m |= GLM_CAT(C[k].cat);
         return m;
     }
+    for (size_t k = 0; k < n_c; k++)
+        if (!strcmp(name, C[k].n) || !strcmp(name, C[k].alias)) return GLM_CAT(C[k].cat);
     return 0;
 }
 
@@ -737,6 +740,13 @@ static void fs_add(fset *f, uint32_t cp) {
     else f->nonascii = 1;
 }
 
+/* Adds the characters that may start g to f (not g's nullability). */
+static void fs_merge(fset *f, const fset *g) {
+    f->ascii[0] |= g->ascii[0];
+    f->ascii[1] |= g->ascii[1];
+    f->nonascii |= g->nonascii;
+}
+
 /* Computes the first set of node k into *f (f zeroed by the caller). */
 static void first_of(rparser *P, glm_regex *re, int k, fset *f) {
     rnode *nd = &P->nodes[k];
@@ -772,9 +782,7 @@ static void first_of(rparser *P, glm_regex *re, int k, fset *f) {
         for (int c = nd->child; c >= 0; c = P->nodes[c].next) {
             fset g = {0};
             first_of(P, re, c, &g);
-            f->ascii[0] |= g.ascii[0];
-            f->ascii[1] |= g.ascii[1];
-            f->nonascii |= g.nonascii;
+            fs_merge(f, &g);
             if (!g.nullable) return;
         }
         f->nullable = 1;
@@ -784,9 +792,7 @@ static void first_of(rparser *P, glm_regex *re, int k, fset *f) {
         for (int c = nd->child; c >= 0; c = P->nodes[c].next) {
             fset g = {0};
             first_of(P, re, c, &g);
-            f->ascii[0] |= g.ascii[0];
-            f->ascii[1] |= g.ascii[1];
-            f->nonascii |= g.nonascii;
+            fs_merge(f, &g);
             f->nullable |= g.nullable;
         }
         return;
