@@ -98,8 +98,10 @@ typedef struct {
     int32_t *h_off;              /* pinned: off[E+1], off4[E+1] */
     float *att_ws; size_t att_ws_floats;
     float *fnorm;                /* final-norm rows [logit_chunk, D] */
-    float *logits_d, *logits_h;  /* [logit_chunk, n_vocab] device, pinned host */
+    float *logits_d, *logits_h;  /* [logit_chunk, n_vocab] device, pinned host staging */
     int logit_chunk;
+    void *pin;                   /* the page-locked logits buffer given to the context */
+    size_t pin_bytes;
 
     /* graphs */
     int use_graphs, graph_max;
@@ -1077,9 +1079,26 @@ static int logits_chunk(glm_backend *be, const float *x, int r0, int n) {
     const int D = m->hp.n_embd, V = m->hp.n_vocab;
     RUN(glm_cu_rmsnorm(x, P_OUT(c) + r0, m->out_norm.dev, c->fnorm, n, D, m->hp.rms_eps, c->st));
     const glm_cu_mat lm = mat_of(&m->lm_head);
-    RUN(lin(c, &lm, NULL, c->fnorm, D, c->logits_d, V, n));
-    CK(cudaMemcpyAsync(c->logits_h, c->logits_d, (size_t)n * V * 4, cudaMemcpyDeviceToHost, c->st));
+    return lin(c, &lm, NULL, c->fnorm, D, c->logits_d, V, n);
+}
+
+/* Rows [r0, r0 + n) of the logits from the device: straight into the context's buffer
+ * when it is the page-locked one we gave out, else through the staging buffer
+ * (finished by logits_done after the stream is synchronised). */
+static int pinned_dst(const cu_impl *c, const float *dst) {
+    return c->pin && (const uint8_t *)dst >= (const uint8_t *)c->pin &&
+           (const uint8_t *)dst < (const uint8_t *)c->pin + c->pin_bytes;
+}
+
+static int logits_copy(cu_impl *c, float *host, int r0, int n, int V) {
+    if (!n || !host) return GLM_OK;
+    float *dst = pinned_dst(c, host) ? host + (size_t)r0 * V : c->logits_h;
+    CK(cudaMemcpyAsync(dst, c->logits_d, (size_t)n * V * 4, cudaMemcpyDeviceToHost, c->st));
     return GLM_OK;
+}
+
+static void logits_done(cu_impl *c, float *host, int r0, int n, int V) {
+    if (n && host && !pinned_dst(c, host)) memcpy(host + (size_t)r0 * V, c->logits_h, (size_t)n * V * 4);
 }
 
 static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
@@ -1096,8 +1115,9 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
             return glm_err(GLM_ERR_ARG, "CUDA graph for %d tokens was captured from a different op sequence", c->T);
         }
         CK(cudaGraphLaunch(c->cur->exec, c->st));
+        RUN(logits_copy(c, logits_host, 0, n_out, V));
         CK(cudaStreamSynchronize(c->st));
-        if (n_out && logits_host) memcpy(logits_host, c->logits_h, (size_t)n_out * V * 4);
+        logits_done(c, logits_host, 0, n_out, V);
         return GLM_OK;
     }
     if (c->mode == MODE_CAPTURE) {
@@ -1115,18 +1135,20 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
         g->hash = c->hash;
         c->n_graphs++;
         CK(cudaGraphLaunch(g->exec, c->st));
+        RUN(logits_copy(c, logits_host, 0, n_out, V));
         CK(cudaStreamSynchronize(c->st));
-        if (n_out && logits_host) memcpy(logits_host, c->logits_h, (size_t)n_out * V * 4);
+        logits_done(c, logits_host, 0, n_out, V);
         return GLM_OK;
     }
     for (int r0 = 0; r0 < n_out; r0 += c->logit_chunk) {
         const int n = n_out - r0 < c->logit_chunk ? n_out - r0 : c->logit_chunk;
         prof_op(c, "logits");
         RUN(logits_chunk(be, x, r0, n));
+        RUN(logits_copy(c, logits_host, r0, n, V));
         prof_op(c, "(end)");
         CK(cudaStreamSynchronize(c->st));
         prof_collect(c);
-        if (logits_host) memcpy(logits_host + (size_t)r0 * V, c->logits_h, (size_t)n * V * 4);
+        logits_done(c, logits_host, r0, n, V);
     }
     if (!n_out) {
         prof_op(c, "(end)");
@@ -1134,6 +1156,31 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
         prof_collect(c);
     }
     return GLM_OK;
+}
+
+/* Page-locked host memory for the context's logits (plain memory if that fails). */
+static void *cu_host_alloc(glm_backend *be, size_t bytes) {
+    cu_impl *c = IMPL(be);
+    void *p = NULL;
+    if (!c->pin && cudaMallocHost(&p, bytes) == cudaSuccess) {
+        c->pin = p;
+        c->pin_bytes = bytes;
+        return p;
+    }
+    cudaGetLastError();
+    return malloc(bytes);
+}
+
+static void cu_host_free(glm_backend *be, void *p) {
+    cu_impl *c = IMPL(be);
+    if (p && p == c->pin) {
+        if (c->st) cudaStreamSynchronize(c->st);
+        cudaFreeHost(p);
+        c->pin = NULL;
+        c->pin_bytes = 0;
+    } else {
+        free(p);
+    }
 }
 
 static void cu_destroy(glm_backend *be) {
@@ -1164,6 +1211,7 @@ static void cu_destroy(glm_backend *be) {
         if (c->h_plan) cudaFreeHost(c->h_plan);
         if (c->h_off) cudaFreeHost(c->h_off);
         if (c->logits_h) cudaFreeHost(c->logits_h);
+        if (c->pin) cudaFreeHost(c->pin);
         if (c->st) cudaStreamDestroy(c->st);
         cudaGetLastError();
         if (c->arena && be->model) clear_model_dev(be->model);
@@ -1191,6 +1239,8 @@ static const glm_backend_ops cuda_ops = {
     .moe_experts = cu_moe_experts,
     .add = cu_add,
     .logits = cu_logits,
+    .host_alloc = cu_host_alloc,
+    .host_free = cu_host_free,
     .destroy = cu_destroy,
 };
 

@@ -68,6 +68,10 @@ typedef struct {
     /* Final: logits_host[n_out, n_vocab] = rmsnorm(x[out_rows]) * out_norm @ lm_head^T */
     int (*logits)(glm_backend *be, const float *x, float *logits_host);
     void (*destroy)(glm_backend *be);
+    /* Optional: host memory that logits() fills fastest (page-locked on CUDA);
+     * NULL = malloc/free. */
+    void *(*host_alloc)(glm_backend *be, size_t bytes);
+    void (*host_free)(glm_backend *be, void *p);
 } glm_backend_ops;
 
 struct glm_backend {

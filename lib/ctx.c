@@ -16,7 +16,8 @@ struct glm_ctx {
     int n_free;
     int32_t *page_table;    /* [n_seq_max, max_pages] */
     int32_t *seq_len;       /* [n_seq_max] */
-    float *logits;          /* [n_batch, n_vocab] rows wanted by the last decode */
+    float *logits;          /* [cap_logits, n_vocab] rows wanted by the last decode */
+    int cap_logits;         /* rows the logits buffer holds (it only grows) */
     int32_t *logit_row;     /* [n_batch] batch row -> index into logits, -1 none */
     int cap_rows;
     /* per pass */
@@ -70,15 +71,33 @@ fail:
     return rc;
 }
 
+/* The logits buffer comes from the backend where it has a faster kind of host memory. */
+static void logits_free(glm_ctx *c) {
+    if (c->logits && c->be && c->be->ops->host_free) c->be->ops->host_free(c->be, c->logits);
+    else free(c->logits);
+    c->logits = NULL;
+    c->cap_logits = 0;
+}
+
+static int logits_reserve(glm_ctx *c, int rows) {
+    if (rows <= c->cap_logits) return GLM_OK;
+    logits_free(c);
+    const size_t bytes = (size_t)rows * c->model->hp.n_vocab * sizeof(float);
+    c->logits = c->be->ops->host_alloc ? c->be->ops->host_alloc(c->be, bytes) : malloc(bytes);
+    if (!c->logits) return glm_err(GLM_ERR_OOM, "out of memory for %d rows of logits (%.1f MiB)", rows, bytes / 1048576.0);
+    c->cap_logits = rows;
+    return GLM_OK;
+}
+
 void glm_ctx_free(glm_ctx *c) {
     if (!c) return;
     void *fwd = c->be ? c->be->fwd : NULL;
+    logits_free(c);
     if (c->be) c->be->ops->destroy(c->be);
     free(fwd);
     free(c->free_pages);
     free(c->page_table);
     free(c->seq_len);
-    free(c->logits);
     free(c->logit_row);
     free(c->pos);
     free(c->seq);
@@ -143,9 +162,7 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
         c->logit_row = nr;
         c->cap_rows = T;
     }
-    float *nl = realloc(c->logits, (size_t)(n_want ? n_want : 1) * V * sizeof(float));
-    if (!nl) { rc = glm_err(GLM_ERR_OOM, "out of memory for %d rows of logits", n_want); goto done; }
-    c->logits = nl;
+    if ((rc = logits_reserve(c, n_want ? n_want : 1))) goto done;
     for (int i = 0; i < c->cap_rows; i++) c->logit_row[i] = -1;
     /* allocate pages */
     for (int s = 0; s < c->p.n_seq_max; s++) {
