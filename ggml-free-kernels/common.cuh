@@ -93,6 +93,17 @@ __device__ __forceinline__ float rand01(uint64_t seed, uint64_t i) {
     return (float)(mix64(seed * 0x100000001b3ull + i) >> 40) * (1.0f / 16777216.0f);
 }
 
+// Grouped launches: block row blockIdx.y serves the active expert of that index, whose
+// rows are [off[e], off[e+1]) of the sorted order; false when there is none.
+__device__ __forceinline__ bool expert_group(const int32_t *active, const int32_t *n_active, const int32_t *off,
+                                             int *e, int *row0, int *cnt) {
+    if ((int)blockIdx.y >= *n_active) return false;
+    *e = active[blockIdx.y];
+    *row0 = off[*e];
+    *cnt = off[*e + 1] - *row0;
+    return true;
+}
+
 static inline unsigned glm_cu_blocks(size_t n, int per) {
     size_t b = (n + per - 1) / per;
     return (unsigned)(b > 0x7fffffff ? 0x7fffffff : (b ? b : 1));

@@ -78,12 +78,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const gemv_args a
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int ks = a.ksplit;
     int e = 0, row0 = 0, cnt = a.T;
-    if (a.grouped) {
-        if ((int)blockIdx.y >= *a.n_active) return;
-        e = a.active[blockIdx.y];
-        row0 = a.off[e];
-        cnt = a.off[e + 1] - row0;
-    }
+    if (a.grouped && !expert_group(a.active, a.n_active, a.off, &e, &row0, &cnt)) return;
     // persistent: the block walks row blocks (of every weight, for multi) with a grid stride
     for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
     glm_cu_mat W = a.w;

@@ -48,12 +48,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NT == 1 ? 4 : 1) moe_mma_kerne
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3;
     int e = 0, row0 = 0, cnt = a.T;
-    if (a.grouped) {
-        if ((int)blockIdx.y >= *a.n_active) return;
-        e = a.active[blockIdx.y];
-        row0 = a.off[e];
-        cnt = a.off[e + 1] - row0;
-    }
+    if (a.grouped && !expert_group(a.active, a.n_active, a.off, &e, &row0, &cnt)) return;
     const int N = a.w.N, K = a.w.K, KB = K >> 7;
     const int r0 = blockIdx.x * MMA_ROWS + warp * 16;  // this warp's 16 rows
     if (r0 >= N) return;

@@ -25,17 +25,7 @@ static void poison(void *p, size_t n) { CU(cudaMemset(p, 0xff, n)); }
 static void down(void *h, const void *d, size_t n) { CU(cudaDeviceSynchronize()); CU(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost)); }
 static float *frandv(size_t n, float amp) { float *v = malloc(n * 4); for (size_t i = 0; i < n; i++) v[i] = frand() * amp; return v; }
 
-/* ||a - b|| / ||b||, infinite when a holds a NaN. */
-static double rel_err(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (a[i] != a[i]) return INFINITY;
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
+/* rel_err (test.h): ||a - b|| / ||b||, infinite when a holds a NaN. */
 #define CHECK_REL(out, ref, n, tol, what)                                                   \
     do {                                                                                    \
         double e__ = rel_err(out, ref, n);                                                  \
@@ -306,35 +296,61 @@ TEST(gemv_multi_and_add_norm) {
     cudaFree(d_x); cudaFree(d_y); cudaFree(d_w); cudaFree(d_o);
 }
 
+/* E experts of one format, gate and up [F, D] side by side and down [D, F], at a stride
+ * on the device as the backend lays them out; host copies kept for references. */
+typedef struct {
+    hweight *hg, *hu, *hd;
+    glm_cu_mat mg, mu, md;
+    void *d_gu, *d_dn;
+    float *d_gus, *d_dns;
+} hexperts;
+
+static hexperts experts_make(int f, int E, int D, int F) {
+    hexperts x;
+    x.hg = malloc(sizeof(hweight) * E); x.hu = malloc(sizeof(hweight) * E); x.hd = malloc(sizeof(hweight) * E);
+    for (int e = 0; e < E; e++) {
+        x.hg[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
+        x.hu[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
+        x.hd[e] = hw_make(FMTS[f][0], FMTS[f][1], D, F);
+    }
+    const size_t gb = x.hg[0].data_bytes, gs = x.hg[0].scale_floats, db = x.hd[0].data_bytes, ds = x.hd[0].scale_floats;
+    uint8_t *gu = malloc(E * 2 * gb), *dn = malloc(E * db);
+    float *gus = calloc(E * 2 * gs + 1, 4), *dns = calloc(E * ds + 1, 4);
+    for (int e = 0; e < E; e++) {
+        memcpy(gu + e * 2 * gb, x.hg[e].data, gb);
+        memcpy(gu + e * 2 * gb + gb, x.hu[e].data, gb);
+        memcpy(dn + e * db, x.hd[e].data, db);
+        if (gs) { memcpy(gus + e * 2 * gs, x.hg[e].scale, gs * 4); memcpy(gus + e * 2 * gs + gs, x.hu[e].scale, gs * 4); }
+        if (ds) memcpy(dns + e * ds, x.hd[e].scale, ds * 4);
+    }
+    x.d_gu = dup_h(gu, E * 2 * gb);
+    x.d_dn = dup_h(dn, E * db);
+    x.d_gus = dup_h(gus, (E * 2 * gs + 1) * 4);
+    x.d_dns = dup_h(dns, (E * ds + 1) * 4);
+    free(gu); free(dn); free(gus); free(dns);
+    glm_cu_mat mg = {x.d_gu, gs ? x.d_gus : NULL, (long long)(2 * gb), (long long)(2 * gs), FMTS[f][0], FMTS[f][1], F, D, glm_cu_block_ld(D)};
+    x.mg = x.mu = mg;
+    x.mu.data = (uint8_t *)x.d_gu + gb;
+    x.mu.scale = gs ? x.d_gus + gs : NULL;
+    glm_cu_mat md = {x.d_dn, ds ? x.d_dns : NULL, (long long)db, (long long)ds, FMTS[f][0], FMTS[f][1], D, F, glm_cu_block_ld(F)};
+    x.md = md;
+    return x;
+}
+
+static void experts_free(hexperts *x, int E) {
+    for (int e = 0; e < E; e++) { hw_free(&x->hg[e], NULL); hw_free(&x->hu[e], NULL); hw_free(&x->hd[e], NULL); }
+    free(x->hg); free(x->hu); free(x->hd);
+    cudaFree(x->d_gu); cudaFree(x->d_dn); cudaFree(x->d_gus); cudaFree(x->d_dns);
+}
+
 /* Router top-k, grouping by expert, grouped GEMV/GEMM over the groups, combine. */
 TEST(moe_path) {
     const int E = 12, k = 3, D = 256, F = 96;
     const int Ts[] = {1, 5, 40};
     for (int f = 0; f < 4; f++) {
-        /* expert weights contiguous at a stride, like the backend lays them out */
-        hweight *hg = malloc(sizeof(hweight) * E), *hu = malloc(sizeof(hweight) * E), *hd = malloc(sizeof(hweight) * E);
-        for (int e = 0; e < E; e++) {
-            hg[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
-            hu[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
-            hd[e] = hw_make(FMTS[f][0], FMTS[f][1], D, F);
-        }
-        const size_t gb = hg[0].data_bytes, gs = hg[0].scale_floats, db = hd[0].data_bytes, ds = hd[0].scale_floats;
-        uint8_t *gu = malloc(E * 2 * gb), *dn = malloc(E * db);
-        float *gus = calloc(E * 2 * gs + 1, 4), *dns = calloc(E * ds + 1, 4);
-        for (int e = 0; e < E; e++) {
-            memcpy(gu + e * 2 * gb, hg[e].data, gb);
-            memcpy(gu + e * 2 * gb + gb, hu[e].data, gb);
-            memcpy(dn + e * db, hd[e].data, db);
-            if (gs) { memcpy(gus + e * 2 * gs, hg[e].scale, gs * 4); memcpy(gus + e * 2 * gs + gs, hu[e].scale, gs * 4); }
-            if (ds) memcpy(dns + e * ds, hd[e].scale, ds * 4);
-        }
-        uint8_t *d_gu = dup_h(gu, E * 2 * gb), *d_dn = dup_h(dn, E * db);
-        float *d_gus = dup_h(gus, (E * 2 * gs + 1) * 4), *d_dns = dup_h(dns, (E * ds + 1) * 4);
-        glm_cu_mat mg = {d_gu, gs ? d_gus : NULL, (long long)(2 * gb), (long long)(2 * gs), FMTS[f][0], FMTS[f][1], F, D, glm_cu_block_ld(D)};
-        glm_cu_mat mu = mg;
-        mu.data = d_gu + gb;
-        mu.scale = gs ? d_gus + gs : NULL;
-        glm_cu_mat md = {d_dn, ds ? d_dns : NULL, (long long)db, (long long)ds, FMTS[f][0], FMTS[f][1], D, F, glm_cu_block_ld(F)};
+        hexperts X = experts_make(f, E, D, F);
+        const hweight *hg = X.hg, *hu = X.hu, *hd = X.hd;
+        glm_cu_mat mg = X.mg, mu = X.mu, md = X.md;
 
         for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
             const int T = Ts[ti], R = T * k;
@@ -472,9 +488,7 @@ TEST(moe_path) {
             cudaFree(d_na); cudaFree(d_rows); cudaFree(d_slot); cudaFree(d_h); cudaFree(d_mid); cudaFree(d_eo);
             cudaFree(d_out); cudaFree(d_gt);
         }
-        for (int e = 0; e < E; e++) { hw_free(&hg[e], NULL); hw_free(&hu[e], NULL); hw_free(&hd[e], NULL); }
-        free(hg); free(hu); free(hd); free(gu); free(dn); free(gus); free(dns);
-        cudaFree(d_gu); cudaFree(d_dn); cudaFree(d_gus); cudaFree(d_dns);
+        experts_free(&X, E);
     }
 }
 
@@ -490,30 +504,9 @@ static void dequant_rows(const uint8_t *q, const float *s, int R, int K, float *
 TEST(moe_mma) {
     const int E = 12, k = 3, D = 256, F = 128, Ts[] = {5, 13, 40};
     for (int f = 0; f < 2; f++) {
-        hweight *hg = malloc(sizeof(hweight) * E), *hu = malloc(sizeof(hweight) * E), *hd = malloc(sizeof(hweight) * E);
-        for (int e = 0; e < E; e++) {
-            hg[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
-            hu[e] = hw_make(FMTS[f][0], FMTS[f][1], F, D);
-            hd[e] = hw_make(FMTS[f][0], FMTS[f][1], D, F);
-        }
-        const size_t gb = hg[0].data_bytes, gs = hg[0].scale_floats, db = hd[0].data_bytes, ds = hd[0].scale_floats;
-        uint8_t *gu = malloc(E * 2 * gb), *dn = malloc(E * db);
-        float *gus = calloc(E * 2 * gs + 1, 4), *dns = calloc(E * ds + 1, 4);
-        for (int e = 0; e < E; e++) {
-            memcpy(gu + e * 2 * gb, hg[e].data, gb);
-            memcpy(gu + e * 2 * gb + gb, hu[e].data, gb);
-            memcpy(dn + e * db, hd[e].data, db);
-            memcpy(gus + e * 2 * gs, hg[e].scale, gs * 4);
-            memcpy(gus + e * 2 * gs + gs, hu[e].scale, gs * 4);
-            memcpy(dns + e * ds, hd[e].scale, ds * 4);
-        }
-        uint8_t *d_gu = dup_h(gu, E * 2 * gb), *d_dn = dup_h(dn, E * db);
-        float *d_gus = dup_h(gus, (E * 2 * gs + 1) * 4), *d_dns = dup_h(dns, (E * ds + 1) * 4);
-        glm_cu_mat mg = {d_gu, d_gus, (long long)(2 * gb), (long long)(2 * gs), FMTS[f][0], FMTS[f][1], F, D, glm_cu_block_ld(D)};
-        glm_cu_mat mu = mg;
-        mu.data = d_gu + gb;
-        mu.scale = d_gus + gs;
-        glm_cu_mat md = {d_dn, d_dns, (long long)db, (long long)ds, FMTS[f][0], FMTS[f][1], D, F, glm_cu_block_ld(F)};
+        hexperts X = experts_make(f, E, D, F);
+        const hweight *hg = X.hg, *hu = X.hu, *hd = X.hd;
+        glm_cu_mat mg = X.mg, mu = X.mu, md = X.md;
         CHECK(glm_cu_mma_ok(&mg) && glm_cu_mma_ok(&md));
         for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
             const int T = Ts[ti], R = T * k;
@@ -575,9 +568,7 @@ TEST(moe_mma) {
             cudaFree(d_ids); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act); cudaFree(d_na); cudaFree(d_rows);
             cudaFree(d_slot); cudaFree(d_h); cudaFree(d_q); cudaFree(d_s); cudaFree(d_mid); cudaFree(d_eo);
         }
-        for (int e = 0; e < E; e++) { hw_free(&hg[e], NULL); hw_free(&hu[e], NULL); hw_free(&hd[e], NULL); }
-        free(hg); free(hu); free(hd); free(gu); free(dn); free(gus); free(dns);
-        cudaFree(d_gu); cudaFree(d_dn); cudaFree(d_gus); cudaFree(d_dns);
+        experts_free(&X, E);
     }
 }
 

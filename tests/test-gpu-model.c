@@ -38,17 +38,6 @@ static float max_abs(const float *x, size_t n) {
 }
 
 /* Max |a-b|, infinite on NaN. */
-/* |a - b| / |b| over the whole array (root mean square relative error) */
-static double rms_rel(const float *a, const float *b, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (a[i] != a[i]) return INFINITY;
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static float max_diff(const float *a, const float *b, size_t n) {
     float m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -290,7 +279,7 @@ static void full_width_case(glm_weight_format fmt) {
         const float md = max_diff(out[d], out[0], n), mx = max_abs(out[0], n);
         int agree = 0;
         for (int t = 0; t < ROWS; t++) agree += argmax(out[d] + (size_t)t * V, V) == argmax(out[0] + (size_t)t * V, V);
-        const double rr = rms_rel(out[d], out[0], n);
+        const double rr = rel_err(out[d], out[0], n);
         fprintf(stderr, "  full-width %s, %s: GPU vs CPU max |diff| %.3g = %.3g of %.3g, rms rel %.3g, argmax %d/%d\n",
                 fname, d == 1 ? "f32 activations" : "default path", md, md / mx, mx, rr, agree, ROWS);
         if (d == 1) {  /* float32 activations: BF16 q and p in the prefill attention (~1e-3) */
