@@ -46,8 +46,9 @@ typedef struct {
 /* The routed experts of one MoE layer, each a view at expert 0 with a stride. */
 typedef struct {
     glm_cu_mat gate, up, down;   /* gate/up: [F, D], down: [D, F] */
-    glm_cu_mat gate_up;          /* [2F, D] over both halves (cuBLASLt path) */
-    int fused_ok;                /* gate_up is a valid single weight */
+    glm_cu_mat gate_up;          /* [2F, D] over both halves (prefill paths) */
+    int fused_ok;                /* gate_up is a valid single weight for cuBLASLt */
+    int wgmma_ok;                /* ... and for the grouped wgmma kernel */
 } cu_moe;
 
 typedef struct {
@@ -95,6 +96,7 @@ typedef struct {
     float *rlog;                 /* router logits [max_tokens, n_expert] */
     float *mid, *eo;             /* MoE [max_tokens*k, F], [max_tokens*k, D] */
     int32_t *g_off, *g_off4, *g_active, *g_nact, *g_rows, *g_slot;
+    int32_t *g_tiles;            /* the grouped wgmma kernel's tile list */
     int32_t *h_off;              /* pinned: off[E+1], off4[E+1] */
     float *att_ws; size_t att_ws_floats;
     float *fnorm;                /* final-norm rows [logit_chunk, D] */
@@ -114,6 +116,7 @@ typedef struct {
     /* thresholds */
     int gemv_max;                /* dense products use the GEMV kernels up to this T */
     int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
+    int wgmma;                   /* GLM_CUDA_WGMMA: prefill MoE on the grouped wgmma kernel (default 1) */
 
     /* deferred work: dense GEMVs over one x wait so q, k and v go in one launch; a
      * residual add waits to be fused with the RMSNorm that follows it */
@@ -422,6 +425,7 @@ static int up_experts(cu_impl *c, glm_layer *L, int il, int E, int pass, size_t 
     m->fused_ok = gb == w_data_bytes(g0) &&
                   (m->gate.scale_kind != GLM_CU_SCALE_BLOCK || m->gate.N % 128 == 0) &&
                   glm_cu_lt_shape_ok(&m->gate_up) && glm_cu_lt_shape_ok(&m->down);
+    m->wgmma_ok = gb == w_data_bytes(g0) && glm_cu_wgmma_ok(&m->gate_up) && glm_cu_wgmma_ok(&m->down);
     return GLM_OK;
 }
 
@@ -636,6 +640,7 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     RUN(dev_alloc((void **)&c->g_nact, 16, "expert count"));
     RUN(dev_alloc((void **)&c->g_rows, rows * 4, "expert rows"));
     RUN(dev_alloc((void **)&c->g_slot, rows * 4, "expert slots"));
+    RUN(dev_alloc((void **)&c->g_tiles, glm_cu_wgmma_tiles_ints((int)rows, (int)E) * 4, "expert tiles"));
     CK(cudaMallocHost((void **)&c->h_off, 2 * (E + 1) * 4));
     size_t aw = 0;
     for (int t = 1; t <= max_tokens; t++) {
@@ -852,6 +857,13 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
     if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
     if (glm_cu_lt_shape_ok(w) && (size_t)T * w->K <= c->xq_bytes) {
         int rc;
+        if (w->dtype == GLM_CU_FP8 && c->wgmma > 1 && T > c->graph_max && glm_cu_wgmma_ok(w)) {
+            /* GLM_CUDA_WGMMA=2: dense prefill products on the wgmma kernel too */
+            const int ld_s = (T + 3) & ~3;
+            RUN(glm_cu_quant_fp8(x, ldx, NULL, T, w->K, 1, c->xq, c->xs, ld_s, c->st));
+            RUN(glm_cu_gemm_fp8_wgmma(w, c->xq, c->xs, ld_s, y, ldy, T, NULL, 0, NULL, c->st));
+            return bias ? glm_cu_add_bias(y, bias, T, w->N, ldy, c->st) : GLM_OK;
+        }
         if (w->dtype == GLM_CU_FP8) {
             const int blk = w->scale_kind == GLM_CU_SCALE_BLOCK;
             /* 1x128 activation scales need a multiple of 4 tokens: the rest go through the GEMV */
@@ -1044,6 +1056,15 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_gemv(&m->gate, &m->up, h, D, NULL, c->mid, F, T, &gv, 1, c->st));
         RUN(glm_cu_gemv(&m->down, NULL, c->mid, F, NULL, c->eo, D, T, &gv, 0, c->st));
         rc = GLM_OK;
+    } else if (c->wgmma && m->wgmma_ok) {
+        /* prefill: every touched expert in one launch per half, tiles listed on the device */
+        const int ld_s = (rows + 3) & ~3;
+        RUN(glm_cu_quant_fp8(h, D, c->g_rows, rows, D, 1, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, rows, c->g_off, E, c->g_tiles, c->st));
+        RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
+        RUN(glm_cu_quant_fp8(c->mid, F, NULL, rows, F, 1, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, rows, c->g_off, E, c->g_tiles, c->st));
+        rc = GLM_OK;
     } else if (m->fused_ok) {
         rc = moe_prefill_lt(c, m, h, T, k, E, D, F);
         if (rc && rc != GLM_ERR_UNSUPPORTED) return rc;
@@ -1206,7 +1227,7 @@ static void cu_destroy(glm_backend *be) {
         for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
         free(c->allocs);
         void *dv[] = {c->arena, c->lt_ws, c->lt_y, c->kv_mem, c->d_plan, c->xq, c->xs, c->gtmp, c->rlog, c->mid, c->eo,
-                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->att_ws, c->fnorm, c->logits_d};
+                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->g_tiles, c->att_ws, c->fnorm, c->logits_d};
         for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) if (dv[i]) cudaFree(dv[i]);
         if (c->h_plan) cudaFreeHost(c->h_plan);
         if (c->h_off) cudaFreeHost(c->h_off);
@@ -1277,6 +1298,7 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
     c->prof = env_int("GLM_CUDA_PROFILE", 0);
     c->fuse = env_int("GLM_CUDA_FUSE", 1);
     c->fa = env_int("GLM_CUDA_FA", 1);
+    c->wgmma = env_int("GLM_CUDA_WGMMA", 1);
     if (c->prof) c->use_graphs = 0;
     int rc = GLM_OK;
     struct cudaDeviceProp prop;

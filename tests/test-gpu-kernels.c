@@ -572,6 +572,90 @@ TEST(moe_mma) {
     }
 }
 
+/* The grouped wgmma GEMM (prefill experts): gate and up as one [2F, D] weight over
+ * positions gathered by expert, down over the device's SwiGLU output, and dense; some
+ * experts get more positions than one 128-position tile. References on the
+ * dequantised FP8 activations the device produced (1x128 scales, column-major). */
+static void dequant_cols(const uint8_t *q, const float *s, int ld_s, int R, int K, float *out) {
+    for (int r = 0; r < R; r++)
+        for (int k = 0; k < K; k++) out[(size_t)r * K + k] = glm_fp8e4m3_to_f32(q[(size_t)r * K + k]) * s[(size_t)(k / 128) * ld_s + r];
+}
+
+TEST(moe_wgmma) {
+    const int E = 12, k = 3, D = 256, F = 128, Ts[] = {5, 40, 700};
+    for (int f = 0; f < 2; f++) {
+        hexperts X = experts_make(f, E, D, F);
+        glm_cu_mat mgu = X.mg, md = X.md;
+        mgu.N = 2 * F;
+        if (!glm_cu_wgmma_ok(&mgu)) { CHECK_MSG(0, "wgmma refuses %s [%d x %d] on this device", FMT_NAMES[f], mgu.N, mgu.K); break; }
+        CHECK(glm_cu_wgmma_ok(&md));
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti], R = T * k, ld_s = (R + 3) / 4 * 4;
+            int32_t *ids = malloc((size_t)R * 4), *slot = malloc((size_t)R * 4), *off = malloc((E + 1) * 4);
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < k; j++) {
+                    int e;
+                    do { e = (int)(rnd() % E); } while ((j > 0 && ids[t * k] == e) || (j > 1 && ids[t * k + 1] == e));
+                    ids[t * k + j] = e;
+                }
+            int32_t *d_ids = dup_h(ids, (size_t)R * 4), *d_tiles = dnew(glm_cu_wgmma_tiles_ints(R, E) * 4);
+            int32_t *d_off = dnew((E + 1) * 4), *d_off4 = dnew((E + 1) * 4), *d_act = dnew((E + 1) * 4), *d_na = dnew(4);
+            int32_t *d_rows = dnew((size_t)R * 4), *d_slot = dnew((size_t)R * 4);
+            OK(glm_cu_moe_group(d_ids, T, k, E, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
+            down(slot, d_slot, (size_t)R * 4);
+            down(off, d_off, (E + 1) * 4);
+            int maxc = 0;
+            for (int e = 0; e < E; e++) if (off[e + 1] - off[e] > maxc) maxc = off[e + 1] - off[e];
+            float *h = frandv((size_t)T * D, 2.f), *d_h = dup_h(h, (size_t)T * D * 4);
+            uint8_t *d_q = dnew((size_t)R * D), *q = malloc((size_t)R * D);
+            float *d_s = dnew((size_t)ld_s * (D / 128) * 4), *sc = malloc((size_t)ld_s * (D / 128) * 4);
+            float *xd = malloc((size_t)R * D * 4), *gt = malloc((size_t)R * 2 * F * 4), *gref = malloc((size_t)R * 2 * F * 4);
+            float *d_gt = dnew((size_t)R * 2 * F * 4), *d_mid = dnew((size_t)R * F * 4);
+            float *d_eo = dnew((size_t)R * D * 4), *eo = malloc((size_t)R * D * 4), *eref = malloc((size_t)R * D * 4);
+            /* gate and up over the positions gathered by expert */
+            OK(glm_cu_quant_fp8(d_h, D, d_rows, R, D, 1, d_q, d_s, ld_s, 0));
+            down(q, d_q, (size_t)R * D);
+            down(sc, d_s, (size_t)ld_s * (D / 128) * 4);
+            dequant_cols(q, sc, ld_s, R, D, xd);
+            for (int i = 0; i < R; i++) {
+                const int e = ids[i], p = slot[i];
+                ref_mm(X.hg[e].wf, F, D, xd + (size_t)p * D, 1, gref + (size_t)p * 2 * F, 2 * F);
+                ref_mm(X.hu[e].wf, F, D, xd + (size_t)p * D, 1, gref + (size_t)p * 2 * F + F, 2 * F);
+            }
+            OK(glm_cu_gemm_fp8_wgmma(&mgu, d_q, d_s, ld_s, d_gt, 2 * F, R, d_off, E, d_tiles, 0));
+            down(gt, d_gt, (size_t)R * 2 * F * 4);
+            char what[128];
+            snprintf(what, sizeof what, "wgmma gate+up %s T=%d (largest expert %d positions)", FMT_NAMES[f], T, maxc);
+            CHECK_REL(gt, gref, (size_t)R * 2 * F, 2e-3, what);
+            /* down over the device's SwiGLU output, requantised */
+            OK(glm_cu_swiglu(d_gt, 2 * F, d_mid, F, R, F, 0));
+            OK(glm_cu_quant_fp8(d_mid, F, NULL, R, F, 1, d_q, d_s, ld_s, 0));
+            down(q, d_q, (size_t)R * F);
+            down(sc, d_s, (size_t)ld_s * (F / 128) * 4);
+            dequant_cols(q, sc, ld_s, R, F, xd);
+            for (int i = 0; i < R; i++)
+                ref_mm(X.hd[ids[i]].wf, D, F, xd + (size_t)slot[i] * F, 1, eref + (size_t)slot[i] * D, D);
+            poison(d_eo, (size_t)R * D * 4);
+            OK(glm_cu_gemm_fp8_wgmma(&md, d_q, d_s, ld_s, d_eo, D, R, d_off, E, d_tiles, 0));
+            down(eo, d_eo, (size_t)R * D * 4);
+            snprintf(what, sizeof what, "wgmma down %s T=%d", FMT_NAMES[f], T);
+            CHECK_REL(eo, eref, (size_t)R * D, 2e-3, what);
+            /* dense: expert 0's down weight over all R positions */
+            poison(d_eo, (size_t)R * D * 4);
+            OK(glm_cu_gemm_fp8_wgmma(&md, d_q, d_s, ld_s, d_eo, D, R, NULL, 0, NULL, 0));
+            down(eo, d_eo, (size_t)R * D * 4);
+            ref_mm(X.hd[0].wf, D, F, xd, R, eref, D);
+            snprintf(what, sizeof what, "wgmma dense %s R=%d", FMT_NAMES[f], R);
+            CHECK_REL(eo, eref, (size_t)R * D, 2e-3, what);
+            free(ids); free(slot); free(off); free(h); free(q); free(sc); free(xd); free(gt); free(gref); free(eo); free(eref);
+            cudaFree(d_ids); cudaFree(d_tiles); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act); cudaFree(d_na);
+            cudaFree(d_rows); cudaFree(d_slot); cudaFree(d_h); cudaFree(d_q); cudaFree(d_s); cudaFree(d_gt);
+            cudaFree(d_mid); cudaFree(d_eo);
+        }
+        experts_free(&X, E);
+    }
+}
+
 /* cuBLASLt: FP8 outer-vector and block scales, BF16; references on the dequantised
  * activations the device produced. For block scales the layouts are probed: the test
  * reports which layout of activation and weight scales cuBLASLt reads. */

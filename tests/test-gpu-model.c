@@ -227,7 +227,8 @@ TEST(tiny_fp8_block) { tiny_case("tests/data/tiny-fp8blk"); }
 
 /* A full-width slice: the real GLM-4.7 shapes, fewer experts and layers to keep the
  * CPU reference quick. 80 tokens: above graph_max, so the default path takes the
- * prefill route (cuBLASLt, FP8 activations, per-expert products); logits for the
+ * prefill route (cuBLASLt dense products, FP8 activations, the experts on the grouped
+ * wgmma kernel; d = 3: on one cuBLASLt product per expert instead); logits for the
  * last 16 rows, then two decode steps. */
 static void full_width_case(glm_weight_format fmt) {
     if (getenv("GLM_TEST_QUICK")) return;
@@ -245,10 +246,11 @@ static void full_width_case(glm_weight_format fmt) {
     int32_t toks[T];
     int8_t want[T];
     for (int i = 0; i < T; i++) { toks[i] = (i * 7919 + 13) % V; want[i] = i >= T - NO; }
-    float *out[3];
-    for (int d = 0; d < 3; d++) out[d] = malloc(sizeof(float) * ROWS * V);
-    for (int d = 0; d < 3; d++) {
+    float *out[4];
+    for (int d = 0; d < 4; d++) out[d] = malloc(sizeof(float) * ROWS * V);
+    for (int d = 0; d < 4; d++) {
         if (d == 1) { setenv("GLM_CUDA_GEMV_MAX", "100000", 1); setenv("GLM_CUDA_MMA_MIN", "100000", 1); }
+        if (d == 3) setenv("GLM_CUDA_WGMMA", "0", 1);
         glm_ctx_params cp = glm_ctx_default_params();
         cp.device = d == 0 ? GLM_DEVICE_CPU : GLM_DEVICE_CUDA;
         cp.n_ctx = 128;
@@ -259,6 +261,7 @@ static void full_width_case(glm_weight_format fmt) {
         rc = glm_ctx_new(m, &cp, &c);
         unsetenv("GLM_CUDA_GEMV_MAX");
         unsetenv("GLM_CUDA_MMA_MIN");
+        unsetenv("GLM_CUDA_WGMMA");
         CHECK_MSG(rc == GLM_OK, "ctx: %s", glm_last_error());
         if (rc) goto done;
         glm_batch b = {T, toks, NULL, want};
@@ -274,14 +277,14 @@ static void full_width_case(glm_weight_format fmt) {
         glm_ctx_free(c);
         if (rc) goto done;
     }
-    for (int d = 1; d < 3; d++) {
+    for (int d = 1; d < 4; d++) {
         const size_t n = (size_t)ROWS * V;
         const float md = max_diff(out[d], out[0], n), mx = max_abs(out[0], n);
         int agree = 0;
         for (int t = 0; t < ROWS; t++) agree += argmax(out[d] + (size_t)t * V, V) == argmax(out[0] + (size_t)t * V, V);
         const double rr = rel_err(out[d], out[0], n);
         fprintf(stderr, "  full-width %s, %s: GPU vs CPU max |diff| %.3g = %.3g of %.3g, rms rel %.3g, argmax %d/%d\n",
-                fname, d == 1 ? "f32 activations" : "default path", md, md / mx, mx, rr, agree, ROWS);
+                fname, d == 1 ? "f32 activations" : d == 2 ? "default path" : "experts on cuBLASLt", md, md / mx, mx, rr, agree, ROWS);
         if (d == 1) {  /* float32 activations: BF16 q and p in the prefill attention (~1e-3) */
             CHECK(md <= 2e-2f * mx);
             CHECK(rr <= 5e-3);
@@ -298,7 +301,7 @@ static void full_width_case(glm_weight_format fmt) {
         }
     }
 done:
-    for (int d = 0; d < 3; d++) free(out[d]);
+    for (int d = 0; d < 4; d++) free(out[d]);
     glm_model_free(m);
 }
 
