@@ -196,10 +196,70 @@ __global__ void quant_fp8_kernel(const float *x, int ldx, const int32_t *row_idx
     }
 }
 
+__device__ __forceinline__ uint32_t fp8x4(float a, float b, float c, float d) {
+    return (uint32_t)f_to_fp8(a) | (uint32_t)f_to_fp8(b) << 8 | (uint32_t)f_to_fp8(c) << 16 | (uint32_t)f_to_fp8(d) << 24;
+}
+
+// The same function for K % 128 == 0 and 16-byte aligned rows, 16-byte loads: 256
+// threads a row; in the block modes each warp takes whole 128-column blocks (no block
+// barrier). GLU: the row is silu(gu[t, n]) * gu[t, N + n] (SwiGLU fused in front).
+template <int GLU>
+__global__ void __launch_bounds__(256) quant_fp8_vec_kernel(const float *x, int ldx, const int32_t *row_idx, int K,
+                                                            int block128, uint8_t *q, float *s, int ld_s) {
+    __shared__ float red[32];
+    const int t = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const float *xr = x + (size_t)(row_idx ? row_idx[t] : t) * ldx;
+    const float4 *x4 = (const float4 *)xr, *u4 = (const float4 *)(xr + K);
+    uint32_t *q4 = (uint32_t *)(q + (size_t)t * K);
+    auto get = [&](int i) {
+        float4 v = x4[i];
+        if (GLU) {
+            const float4 u = u4[i];
+            v = make_float4(silu(v.x) * u.x, silu(v.y) * u.y, silu(v.z) * u.z, silu(v.w) * u.w);
+        }
+        return v;
+    };
+    const int nkb = K >> 7;
+    if (block128) {
+        for (int kb = w; kb < nkb; kb += 8) {
+            const float4 v = get(kb * 32 + lane);
+            const float amax = warp_max(fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+            const float sc = amax > 0.f ? amax / 448.f : 1.f;
+            q4[kb * 32 + lane] = fp8x4(v.x / sc, v.y / sc, v.z / sc, v.w / sc);
+            if (lane == 0) s[block128 == 2 ? (size_t)t * nkb + kb : (size_t)kb * ld_s + t] = sc;
+        }
+        return;
+    }
+    float amax = 0.f;
+    for (int i = threadIdx.x; i < K / 4; i += 256) {
+        const float4 v = get(i);
+        amax = fmaxf(amax, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+    }
+    amax = block_max(amax, red);
+    const float sc = amax > 0.f ? amax / 448.f : 1.f, inv = 1.f / sc;
+    for (int i = threadIdx.x; i < K / 4; i += 256) {
+        const float4 v = get(i);
+        q4[i] = fp8x4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+    }
+    if (threadIdx.x == 0) s[t] = sc;
+}
+
+static bool vec_ok(const float *x, int ldx, int K) { return K % 128 == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0; }
+
 extern "C" int glm_cu_quant_fp8(const float *x, int ldx, const int32_t *row_idx, int T, int K, int block128,
                                 uint8_t *q, float *s, int ld_s, cudaStream_t st) {
     if (T <= 0) return 0;
-    quant_fp8_kernel<<<T, 128, 0, st>>>(x, ldx, row_idx, T, K, block128, q, s, ld_s);
+    if (vec_ok(x, ldx, K)) quant_fp8_vec_kernel<0><<<T, 256, 0, st>>>(x, ldx, row_idx, K, block128, q, s, ld_s);
+    else quant_fp8_kernel<<<T, 128, 0, st>>>(x, ldx, row_idx, T, K, block128, q, s, ld_s);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+extern "C" int glm_cu_swiglu_quant_fp8(const float *gu, int ld, int T, int N, int block128, uint8_t *q, float *s,
+                                       int ld_s, cudaStream_t st) {
+    if (T <= 0) return 0;
+    if (!vec_ok(gu, ld, N)) return glm_err(-7, "swiglu+quant: width %d (row stride %d) not a multiple of 128", N, ld);
+    quant_fp8_vec_kernel<1><<<T, 256, 0, st>>>(gu, ld, NULL, N, block128, q, s, ld_s);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

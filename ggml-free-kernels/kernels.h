@@ -98,6 +98,10 @@ int glm_cu_to_f32(const void *in, int dtype, float *out, size_t n, cudaStream_t 
  * (glm_cu_gemm_fp8_mma's layout). */
 int glm_cu_quant_fp8(const float *x, int ldx, const int32_t *row_idx, int T, int K, int block128,
                      uint8_t *q, float *s, int ld_s, cudaStream_t st);
+/* glm_cu_quant_fp8 of the SwiGLU rows silu(gu[t, n]) * gu[t, N + n], n < N, without
+ * writing them (N % 128 == 0, ld % 4 == 0). */
+int glm_cu_swiglu_quant_fp8(const float *gu, int ld, int T, int N, int block128, uint8_t *q, float *s, int ld_s,
+                            cudaStream_t st);
 /* dst[t, n] = float(src[t, n]) for a BF16 matrix with row strides lds, ldd. */
 int glm_cu_bf16_to_f32_2d(const uint16_t *src, int lds, float *dst, int ldd, int T, int N, cudaStream_t st);
 /* q[t, :] = bf16(x[t, :]) */

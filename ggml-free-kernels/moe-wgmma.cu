@@ -4,7 +4,7 @@
 //
 // Block tile: 128 weight rows (two warpgroups, m64 each) x 128 sorted positions,
 // k in steps of 128 (one activation scale block). Operands go global -> shared
-// memory with cp.async in a 4-stage ring, in the 128-byte swizzled K-major layout
+// memory with cp.async in a 6-stage ring, in the 128-byte swizzled K-major layout
 // wgmma reads through its matrix descriptors (16-byte chunk c of row r stored at
 // chunk c ^ (r & 7)). Each 128-k step runs four m64n128k32 e4m3 wgmma into fresh
 // accumulators, which are then added to float32 totals scaled by the activation
@@ -18,7 +18,7 @@
 #define WG_BM 128        // weight rows per block
 #define WG_BN 128        // sorted positions per block
 #define WG_BK 128        // k per stage
-#define WG_STAGES 4
+#define WG_STAGES 6
 #define WG_THREADS 256
 #define WG_TILE_BYTES (WG_BM * WG_BK)                  // 16 KB, also the X tile
 #define WG_STAGE_BYTES (2 * WG_TILE_BYTES + WG_BN * 4)  // W, X, activation scales

@@ -425,7 +425,8 @@ static int up_experts(cu_impl *c, glm_layer *L, int il, int E, int pass, size_t 
     m->fused_ok = gb == w_data_bytes(g0) &&
                   (m->gate.scale_kind != GLM_CU_SCALE_BLOCK || m->gate.N % 128 == 0) &&
                   glm_cu_lt_shape_ok(&m->gate_up) && glm_cu_lt_shape_ok(&m->down);
-    m->wgmma_ok = gb == w_data_bytes(g0) && glm_cu_wgmma_ok(&m->gate_up) && glm_cu_wgmma_ok(&m->down);
+    m->wgmma_ok = gb == w_data_bytes(g0) && m->gate.N % 128 == 0 && glm_cu_wgmma_ok(&m->gate_up) &&
+                  glm_cu_wgmma_ok(&m->down);
     return GLM_OK;
 }
 
@@ -963,9 +964,10 @@ static int cu_moe_route(glm_backend *be, int il, const float *h, int32_t *ids, f
     const glm_layer *L = &be->model->layers[il];
     if (op_skip(c, 6, h, ids, w, il * 65536 + c->T)) return GLM_OK;
     RUN(flush(c));
-    prof_op(c, "moe route");
     const glm_cu_mat r = mat_of(&L->router);
+    prof_mat(c, "moe router", &r, 1);
     RUN(lin(c, &r, NULL, h, r.K, c->rlog, r.N, c->T));
+    prof_op(c, "moe topk");
     return glm_cu_moe_topk(c->rlog, w_empty(&L->router_bias) ? NULL : L->router_bias.dev, c->T, hp->n_expert,
                            hp->n_expert_used, hp->norm_topk_prob, hp->routed_scale, ids, w, c->st);
 }
@@ -1060,10 +1062,13 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         /* prefill: every touched expert in one launch per half, tiles listed on the device */
         const int ld_s = (rows + 3) & ~3;
         RUN(glm_cu_quant_fp8(h, D, c->g_rows, rows, D, 1, c->xq, c->xs, ld_s, c->st));
+        prof_mat(c, "moe wgmma gate+up", &m->gate_up, 0);
         RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, rows, c->g_off, E, c->g_tiles, c->st));
-        RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
-        RUN(glm_cu_quant_fp8(c->mid, F, NULL, rows, F, 1, c->xq, c->xs, ld_s, c->st));
+        prof_op(c, "moe swiglu+quant");
+        RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, rows, F, 1, c->xq, c->xs, ld_s, c->st));
+        prof_mat(c, "moe wgmma down", &m->down, 0);
         RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, rows, c->g_off, E, c->g_tiles, c->st));
+        prof_op(c, "moe combine");
         rc = GLM_OK;
     } else if (m->fused_ok) {
         rc = moe_prefill_lt(c, m, h, T, k, E, D, F);

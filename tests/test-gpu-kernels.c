@@ -159,31 +159,67 @@ TEST(elementwise) {
     cudaFree(d_a); cudaFree(d_b); cudaFree(d_y);
 }
 
+/* Both quantisers (16-byte rows with K % 128 == 0, and any K), the three scale layouts,
+ * rows gathered through an index; the fused SwiGLU variant against SwiGLU then quant. */
 TEST(quant_fp8) {
-    const int T = 9, K = 384;
-    float *x = frandv((size_t)T * K, 3.f);
-    x[5] = 0;  /* keep a zero */
-    float *d_x = dup_h(x, (size_t)T * K * 4);
-    for (int blk = 0; blk < 2; blk++) {
-        const int ld = (T + 3) / 4 * 4, nkb = K / 128;
-        uint8_t *d_q = dnew((size_t)T * K), *q = malloc((size_t)T * K);
-        float *d_s = dnew((size_t)ld * nkb * 4), *s = malloc((size_t)ld * nkb * 4);
-        OK(glm_cu_quant_fp8(d_x, K, NULL, T, K, blk, d_q, d_s, ld, 0));
-        down(q, d_q, (size_t)T * K);
-        down(s, d_s, (size_t)ld * nkb * 4);
-        double worst = 0;
-        for (int t = 0; t < T; t++)
-            for (int k = 0; k < K; k++) {
-                const float sc = blk ? s[(k / 128) * ld + t] : s[t];
-                const float back = glm_fp8e4m3_to_f32(q[(size_t)t * K + k]) * sc;
-                const double e = fabs(back - x[(size_t)t * K + k]) / (448.f * sc);  /* error in units of the range */
-                if (!(e <= worst)) worst = e;
+    const int T = 9, Ks[] = {384, 200};
+    for (int ki = 0; ki < 2; ki++) {
+        const int K = Ks[ki], nkb = (K + 127) / 128, ld = (T + 3) / 4 * 4;
+        float *x = frandv((size_t)T * K, 3.f);
+        x[5] = 0;  /* keep a zero */
+        float *d_x = dup_h(x, (size_t)T * K * 4);
+        int32_t idx[9] = {3, 0, 8, 8, 1, 2, 7, 5, 4}, *d_idx = dup_h(idx, sizeof idx);
+        for (int blk = 0; blk < 3; blk++) {
+            uint8_t *d_q = dnew((size_t)T * K), *q = malloc((size_t)T * K);
+            float *d_s = dnew((size_t)ld * nkb * 4), *s = malloc((size_t)ld * nkb * 4);
+            OK(glm_cu_quant_fp8(d_x, K, d_idx, T, K, blk, d_q, d_s, ld, 0));
+            down(q, d_q, (size_t)T * K);
+            down(s, d_s, (size_t)ld * nkb * 4);
+            double worst = 0;
+            int bad_scale = 0;
+            for (int t = 0; t < T; t++) {
+                const float *xr = x + (size_t)idx[t] * K;
+                for (int kb = 0; kb < (blk ? nkb : 1); kb++) {
+                    const int k0 = blk ? kb * 128 : 0, k1 = blk ? (kb * 128 + 128 < K ? kb * 128 + 128 : K) : K;
+                    float amax = 0;
+                    for (int k = k0; k < k1; k++) amax = fmaxf(amax, fabsf(xr[k]));
+                    const float sc = !blk ? s[t] : blk == 1 ? s[kb * ld + t] : s[t * nkb + kb];
+                    bad_scale += fabsf(sc - amax / 448.f) > 1e-6f * sc;
+                    for (int k = k0; k < k1; k++) {
+                        const float back = glm_fp8e4m3_to_f32(q[(size_t)t * K + k]) * sc;
+                        const double e = fabs(back - xr[k]) / (448.f * sc);  /* error in units of the range */
+                        if (!(e <= worst)) worst = e;
+                    }
+                }
             }
-        /* e4m3 spacing is 32 in [256, 448]: half of it, 16/448 of the range, is the worst rounding */
-        CHECK_MSG(worst <= 16.0 / 448 + 1e-6, "quant (block=%d): worst error %.4g of range", blk, worst);
-        free(q); free(s); cudaFree(d_q); cudaFree(d_s);
+            /* e4m3 spacing is 32 in [256, 448]: half of it, 16/448 of the range, is the worst rounding */
+            CHECK_MSG(worst <= 16.0 / 448 + 1e-6, "quant (K=%d, block=%d): worst error %.4g of range", K, blk, worst);
+            CHECK_MSG(bad_scale == 0, "quant (K=%d, block=%d): %d scales differ from amax/448", K, blk, bad_scale);
+            free(q); free(s); cudaFree(d_q); cudaFree(d_s);
+        }
+        free(x); cudaFree(d_x); cudaFree(d_idx);
     }
-    free(x); cudaFree(d_x);
+    /* SwiGLU fused in front: the same bytes and scales as SwiGLU, then quant */
+    const int N = 256, nkb = N / 128, ld = (T + 3) / 4 * 4;
+    float *gu = frandv((size_t)T * 2 * N, 4.f), *d_gu = dup_h(gu, (size_t)T * 2 * N * 4), *d_y = dnew((size_t)T * N * 4);
+    for (int blk = 0; blk < 3; blk++) {
+        uint8_t *d_q = dnew((size_t)T * N), *d_q2 = dnew((size_t)T * N), *q = malloc((size_t)T * N), *q2 = malloc((size_t)T * N);
+        float *d_s = dnew((size_t)ld * nkb * 4), *d_s2 = dnew((size_t)ld * nkb * 4), *s = malloc((size_t)ld * nkb * 4), *s2 = malloc((size_t)ld * nkb * 4);
+        OK(glm_cu_swiglu(d_gu, 2 * N, d_y, N, T, N, 0));
+        OK(glm_cu_quant_fp8(d_y, N, NULL, T, N, blk, d_q, d_s, ld, 0));
+        OK(glm_cu_swiglu_quant_fp8(d_gu, 2 * N, T, N, blk, d_q2, d_s2, ld, 0));
+        down(q, d_q, (size_t)T * N); down(q2, d_q2, (size_t)T * N);
+        down(s, d_s, (size_t)ld * nkb * 4); down(s2, d_s2, (size_t)ld * nkb * 4);
+        const size_t ns = blk ? (size_t)T * nkb : (size_t)T;
+        int same_s = 1;
+        for (size_t i = 0; i < ns; i++) {
+            const size_t at = blk == 1 ? (i % nkb) * ld + i / nkb : i;
+            same_s &= s[at] == s2[at];
+        }
+        CHECK_MSG(!memcmp(q, q2, (size_t)T * N) && same_s, "swiglu+quant (block=%d) differs from swiglu then quant", blk);
+        free(q); free(q2); free(s); free(s2); cudaFree(d_q); cudaFree(d_q2); cudaFree(d_s); cudaFree(d_s2);
+    }
+    free(gu); cudaFree(d_gu); cudaFree(d_y);
 }
 
 /* Dense GEMV and tiled GEMM in every format, with bias, odd N, T across the chunk sizes. */
@@ -610,7 +646,7 @@ TEST(moe_wgmma) {
             uint8_t *d_q = dnew((size_t)R * D), *q = malloc((size_t)R * D);
             float *d_s = dnew((size_t)ld_s * (D / 128) * 4), *sc = malloc((size_t)ld_s * (D / 128) * 4);
             float *xd = malloc((size_t)R * D * 4), *gt = malloc((size_t)R * 2 * F * 4), *gref = malloc((size_t)R * 2 * F * 4);
-            float *d_gt = dnew((size_t)R * 2 * F * 4), *d_mid = dnew((size_t)R * F * 4);
+            float *d_gt = dnew((size_t)R * 2 * F * 4);
             float *d_eo = dnew((size_t)R * D * 4), *eo = malloc((size_t)R * D * 4), *eref = malloc((size_t)R * D * 4);
             /* gate and up over the positions gathered by expert */
             OK(glm_cu_quant_fp8(d_h, D, d_rows, R, D, 1, d_q, d_s, ld_s, 0));
@@ -627,9 +663,8 @@ TEST(moe_wgmma) {
             char what[128];
             snprintf(what, sizeof what, "wgmma gate+up %s T=%d (largest expert %d positions)", FMT_NAMES[f], T, maxc);
             CHECK_REL(gt, gref, (size_t)R * 2 * F, 2e-3, what);
-            /* down over the device's SwiGLU output, requantised */
-            OK(glm_cu_swiglu(d_gt, 2 * F, d_mid, F, R, F, 0));
-            OK(glm_cu_quant_fp8(d_mid, F, NULL, R, F, 1, d_q, d_s, ld_s, 0));
+            /* down over the device's SwiGLU output, quantised as it is made */
+            OK(glm_cu_swiglu_quant_fp8(d_gt, 2 * F, R, F, 1, d_q, d_s, ld_s, 0));
             down(q, d_q, (size_t)R * F);
             down(sc, d_s, (size_t)ld_s * (F / 128) * 4);
             dequant_cols(q, sc, ld_s, R, F, xd);
@@ -650,7 +685,7 @@ TEST(moe_wgmma) {
             free(ids); free(slot); free(off); free(h); free(q); free(sc); free(xd); free(gt); free(gref); free(eo); free(eref);
             cudaFree(d_ids); cudaFree(d_tiles); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act); cudaFree(d_na);
             cudaFree(d_rows); cudaFree(d_slot); cudaFree(d_h); cudaFree(d_q); cudaFree(d_s); cudaFree(d_gt);
-            cudaFree(d_mid); cudaFree(d_eo);
+            cudaFree(d_eo);
         }
         experts_free(&X, E);
     }
