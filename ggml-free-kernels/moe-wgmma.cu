@@ -18,10 +18,12 @@
 #define WG_BM 128        // weight rows per block
 #define WG_BN 128        // sorted positions per block
 #define WG_BK 128        // k per stage
+#ifndef WG_STAGES
 #define WG_STAGES 6
+#endif
 #define WG_THREADS 256
 #define WG_TILE_BYTES (WG_BM * WG_BK)                  // 16 KB, also the X tile
-#define WG_STAGE_BYTES (2 * WG_TILE_BYTES + WG_BN * 4)  // W, X, activation scales
+#define WG_STAGE_BYTES (2 * WG_TILE_BYTES + 1024)      // W, X, activation scales (1024-aligned)
 #define WG_SMEM (WG_STAGES * WG_STAGE_BYTES + 1024)     // + alignment slack
 
 struct wg_args {
@@ -71,6 +73,39 @@ __device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t da, ui
 #define WG_HAVE 0
 #endif
 
+#if WG_HAVE
+// Pins the accumulators in order with the asm around them: the compiler may not move
+// reads of them across a wgmma wait (ptxas would serialise the products otherwise).
+__device__ __forceinline__ void wg_fence_regs(float (&d)[64]) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d = the four k32 steps of one 128-k block (A: 64 weight rows at sa, B: 128 positions at sb).
+__device__ __forceinline__ void wg_issue(float (&d)[64], uint32_t sa, uint32_t sb) {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma_m64n128k32(d, wg_desc(sa + kk * 32), wg_desc(sb + kk * 32), kk);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+// acc += d scaled by each position's activation scale (and the block's weight scale):
+// d[4j + i] is row g (+8 for i >= 2) and position 8j + 2tq + (i & 1).
+__device__ __forceinline__ void wg_promote(float (&acc)[64], const float (&d)[64], const float *xsc, float wsb, int tq) {
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const float2 sx = *(const float2 *)(xsc + 8 * j + 2 * tq);
+        const float s0 = sx.x * wsb, s1 = sx.y * wsb;
+        acc[4 * j + 0] = fmaf(d[4 * j + 0], s0, acc[4 * j + 0]);
+        acc[4 * j + 1] = fmaf(d[4 * j + 1], s1, acc[4 * j + 1]);
+        acc[4 * j + 2] = fmaf(d[4 * j + 2], s0, acc[4 * j + 2]);
+        acc[4 * j + 3] = fmaf(d[4 * j + 3], s1, acc[4 * j + 3]);
+    }
+}
+#endif
+
+// Pipeline: loads run WG_STAGES - 2 blocks ahead; blocks go in pairs, the second's
+// products running on the tensor cores while the first's are scaled into the totals.
 template <int SK>
 __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(const wg_args a) {
 #if WG_HAVE
@@ -89,66 +124,76 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(const wg_args 
         p0 = blockIdx.y * WG_BN;
         cnt = min(WG_BN, a.R - p0);
     }
-    const int N = a.w.N, K = a.w.K, KB = K >> 7, nb = blockIdx.x, n0 = nb * WG_BM;
-    const uint8_t *wsrc = (const uint8_t *)a.w.data + (long long)e * a.w.stride + (size_t)n0 * K;
-    const uint8_t *xsrc = a.xq + (size_t)p0 * K;
+    const int K = a.w.K, KB = K >> 7, nb = blockIdx.x, n0 = nb * WG_BM;
     const float *wscale = a.w.scale + (long long)e * a.w.s_stride;
-    (void)N;
 
-    // stage s of k block kb: this thread's 4 chunks of W, 4 of X, and one scale
-    auto load = [&](int kb, int s) {
-        const uint32_t st = sbase + s * WG_STAGE_BYTES;
-        const int k0 = kb * WG_BK;
+    // this thread's copies: rows r0 + 32j (j < 4) of W and X, 16-byte chunk c, all landing
+    // at the same swizzled chunk since r & 7 does not change with j
+    const int r0 = tid >> 3, c = tid & 7;
+    const uint32_t dst0 = r0 * 128 + ((c ^ (r0 & 7)) << 4);
+    const uint8_t *wsrc = (const uint8_t *)a.w.data + (long long)e * a.w.stride + (size_t)(n0 + r0) * K + c * 16;
+    const uint8_t *xsrc = a.xq + (size_t)(p0 + r0) * K + c * 16;
+    const float *ssrc = a.xs + p0 + tid;
+    auto load = [&](int kb) {
+        const uint32_t st = sbase + (kb % WG_STAGES) * WG_STAGE_BYTES + dst0;
+        const size_t k0 = (size_t)kb * WG_BK;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            const int i = tid + j * WG_THREADS, r = i >> 3, c = i & 7;
-            const uint32_t off = r * 128 + ((c ^ (r & 7)) << 4);
-            cp_async16(st + off, wsrc + (size_t)r * K + k0 + c * 16, 16);
-            const bool live = r < cnt;
-            cp_async16(st + WG_TILE_BYTES + off, live ? xsrc + (size_t)r * K + k0 + c * 16 : a.xq, live ? 16 : 0);
+            cp_async16(st + j * 4096, wsrc + (size_t)j * 32 * K + k0, 16);
+            const bool live = r0 + 32 * j < cnt;
+            cp_async16(st + WG_TILE_BYTES + j * 4096, live ? xsrc + (size_t)j * 32 * K + k0 : a.xq, live ? 16 : 0);
         }
         if (tid < WG_BN) {
             const bool live = tid < cnt;
-            cp_async4(st + 2 * WG_TILE_BYTES + tid * 4, live ? a.xs + (size_t)kb * a.ld_s + p0 + tid : a.xs, live ? 4 : 0);
+            cp_async4(sbase + (kb % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES + tid * 4,
+                      live ? ssrc + (size_t)kb * a.ld_s : a.xs, live ? 4 : 0);
         }
     };
+    auto wsb_of = [&](int kb) { return SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)nb * a.w.s_ld + kb) : 1.f; };
+    auto xsc_of = [&](int kb) { return (const float *)(sm + (kb % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES); };
 
 #pragma unroll
-    for (int s = 0; s < WG_STAGES - 1; s++) {
-        if (s < KB) load(s, s);
+    for (int s = 0; s < WG_STAGES - 2; s++) {
+        if (s < KB) load(s);
         cp_commit();
     }
 
-    float acc[64], d[64];
+    float acc[64], d0[64], d1[64];
 #pragma unroll
     for (int i = 0; i < 64; i++) acc[i] = 0.f;
 
+    // blocks kb and kb + 1 into d0 and d1; d0 is promoted while d1's products run
 #pragma unroll 1
-    for (int kb = 0; kb < KB; kb++) {
-        const int s = kb % WG_STAGES;
-        cp_wait<WG_STAGES - 2>();
+    for (int kb = 0; kb + 1 < KB; kb += 2) {
+        cp_wait<WG_STAGES - 4>();
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncthreads();  // stage s is complete; every thread is done with stage (kb-1) % STAGES
-        if (kb + WG_STAGES - 1 < KB) load(kb + WG_STAGES - 1, (kb + WG_STAGES - 1) % WG_STAGES);
+        __syncthreads();  // blocks kb, kb + 1 have landed; every thread is done with kb - 2, kb - 1
+        if (kb + WG_STAGES - 2 < KB) load(kb + WG_STAGES - 2);
         cp_commit();
-
-        const uint32_t sa = sbase + s * WG_STAGE_BYTES + wg * (64 * 128), sb = sbase + s * WG_STAGE_BYTES + WG_TILE_BYTES;
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_m64n128k32(d, wg_desc(sa + kk * 32), wg_desc(sb + kk * 32), kk);
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        if (kb + WG_STAGES - 1 < KB) load(kb + WG_STAGES - 1);
+        cp_commit();
+        const uint32_t s0 = sbase + (kb % WG_STAGES) * WG_STAGE_BYTES, s1 = sbase + ((kb + 1) % WG_STAGES) * WG_STAGE_BYTES;
+        wg_fence_regs(d0);
+        wg_fence_regs(d1);
+        wg_issue(d0, s0 + wg * (64 * 128), s0 + WG_TILE_BYTES);
+        wg_issue(d1, s1 + wg * (64 * 128), s1 + WG_TILE_BYTES);
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        wg_fence_regs(d0);
+        wg_promote(acc, d0, xsc_of(kb), wsb_of(kb), tq);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-
-        const float *xsc = (const float *)(sm + s * WG_STAGE_BYTES + 2 * WG_TILE_BYTES);
-        const float wsb = SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)nb * a.w.s_ld + kb) : 1.f;
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const float s0 = xsc[8 * j + 2 * tq] * wsb, s1 = xsc[8 * j + 2 * tq + 1] * wsb;
-            acc[4 * j + 0] = fmaf(d[4 * j + 0], s0, acc[4 * j + 0]);
-            acc[4 * j + 1] = fmaf(d[4 * j + 1], s1, acc[4 * j + 1]);
-            acc[4 * j + 2] = fmaf(d[4 * j + 2], s0, acc[4 * j + 2]);
-            acc[4 * j + 3] = fmaf(d[4 * j + 3], s1, acc[4 * j + 3]);
-        }
+        wg_fence_regs(d1);
+        wg_promote(acc, d1, xsc_of(kb + 1), wsb_of(kb + 1), tq);
+    }
+    if (KB & 1) {  // the last block alone
+        cp_wait<0>();
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        const uint32_t s0 = sbase + ((KB - 1) % WG_STAGES) * WG_STAGE_BYTES;
+        wg_fence_regs(d0);
+        wg_issue(d0, s0 + wg * (64 * 128), s0 + WG_TILE_BYTES);
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wg_fence_regs(d0);
+        wg_promote(acc, d0, xsc_of(KB - 1), wsb_of(KB - 1), tq);
     }
     cp_wait<0>();
 
