@@ -65,12 +65,87 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, int n_head
     }
 }
 
+// The same for head_dim 128 with a warp per head vector, four dims a lane (16-byte
+// loads), reductions and the rotation partner (d +- n_rot/2) through shuffles; eight
+// heads a block.
+__global__ void __launch_bounds__(256) rope_store128_kernel(float *q, float *k, const float *v, int n_head, int n_kv,
+                                                            int n_rot, float theta, const float *qn, const float *kn,
+                                                            float eps, glm_cu_plan p, glm_cu_kv kv) {
+    const int t = blockIdx.x, h = blockIdx.y * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (h >= n_head + n_kv) return;
+    const bool is_q = h < n_head;
+    const int j = h - n_head;
+    float *vec = is_q ? q + ((size_t)t * n_head + h) * 128 : k + ((size_t)t * n_kv + j) * 128;
+    float4 x = ((float4 *)vec)[lane];
+    const float *nw = is_q ? qn : kn;
+    if (nw) {
+        const float r = rsqrtf(warp_sum(x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w) / 128.f + eps);
+        const float4 w = ((const float4 *)nw)[lane];
+        x = make_float4(x.x * r * w.x, x.y * r * w.y, x.z * r * w.z, x.w * r * w.w);
+    }
+    const int pos = p.pos[t], half = n_rot / 2, d0 = 4 * lane;
+    const bool rot = d0 < n_rot, lo = d0 < half;
+    const int src = !rot ? lane : lo ? lane + half / 4 : lane - half / 4;
+    float4 o;  // the partner dims
+    o.x = __shfl_sync(0xffffffffu, x.x, src);
+    o.y = __shfl_sync(0xffffffffu, x.y, src);
+    o.z = __shfl_sync(0xffffffffu, x.z, src);
+    o.w = __shfl_sync(0xffffffffu, x.w, src);
+    if (rot) {
+        float xe[4] = {x.x, x.y, x.z, x.w};
+        const float oe[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int d = d0 + e, i = lo ? d : d - half;
+            const float inv_freq = powf(theta, -2.f * (float)i / (float)n_rot);
+            float sn, cs;
+            sincosf((float)pos * inv_freq, &sn, &cs);
+            xe[e] = lo ? xe[e] * cs - oe[e] * sn : xe[e] * cs + oe[e] * sn;
+        }
+        x = make_float4(xe[0], xe[1], xe[2], xe[3]);
+    }
+    ((float4 *)vec)[lane] = x;
+    if (is_q) return;
+
+    const int seq = p.seq[t];
+    const int page = p.page_table[(size_t)seq * p.max_pages + pos / 16];
+    const int slot = pos % 16;
+    const float4 vv = ((const float4 *)(v + ((size_t)t * n_kv + j) * 128))[lane];
+    const size_t idx = (((size_t)page * n_kv + j) * 16 + slot) * 128 + d0;
+    if (kv.fp8) {
+        const float ka = warp_max(fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
+        const float va = warp_max(fmaxf(fmaxf(fabsf(vv.x), fabsf(vv.y)), fmaxf(fabsf(vv.z), fabsf(vv.w))));
+        const float ksc = ka > 0.f ? ka / 448.f : 1.f, vsc = va > 0.f ? va / 448.f : 1.f;
+        if (page < 0) return;
+        *(uint32_t *)((uint8_t *)kv.k + idx) = (uint32_t)f_to_fp8(x.x / ksc) | (uint32_t)f_to_fp8(x.y / ksc) << 8 |
+                                               (uint32_t)f_to_fp8(x.z / ksc) << 16 | (uint32_t)f_to_fp8(x.w / ksc) << 24;
+        *(uint32_t *)((uint8_t *)kv.v + idx) = (uint32_t)f_to_fp8(vv.x / vsc) | (uint32_t)f_to_fp8(vv.y / vsc) << 8 |
+                                               (uint32_t)f_to_fp8(vv.z / vsc) << 16 | (uint32_t)f_to_fp8(vv.w / vsc) << 24;
+        if (lane == 0) {
+            kv.ks[((size_t)page * n_kv + j) * 16 + slot] = ksc;
+            kv.vs[((size_t)page * n_kv + j) * 16 + slot] = vsc;
+        }
+    } else {
+        if (page < 0) return;
+        *(uint2 *)((uint16_t *)kv.k + idx) = make_uint2((uint32_t)f_to_bf16(x.x) | (uint32_t)f_to_bf16(x.y) << 16,
+                                                        (uint32_t)f_to_bf16(x.z) | (uint32_t)f_to_bf16(x.w) << 16);
+        *(uint2 *)((uint16_t *)kv.v + idx) = make_uint2((uint32_t)f_to_bf16(vv.x) | (uint32_t)f_to_bf16(vv.y) << 16,
+                                                        (uint32_t)f_to_bf16(vv.z) | (uint32_t)f_to_bf16(vv.w) << 16);
+    }
+}
+
 extern "C" int glm_cu_rope_store(float *q, float *k, const float *v, int T, int n_head, int n_kv, int hd,
                                  int n_rot, float theta, const float *q_norm, const float *k_norm, float eps,
                                  const glm_cu_plan *p, const glm_cu_kv *kv, cudaStream_t st) {
     if (T <= 0) return 0;
     if (hd > 256 || (n_rot & 1) || n_rot > hd)
         return glm_err(-7, "attention: head_dim %d / rotary dims %d not supported (head_dim <= 256, even n_rot)", hd, n_rot);
+    if (hd == 128 && n_rot % 8 == 0 && ((uintptr_t)q & 15) == 0 && ((uintptr_t)k & 15) == 0 && ((uintptr_t)v & 15) == 0) {
+        rope_store128_kernel<<<dim3(T, (n_head + n_kv + 7) / 8), 256, 0, st>>>(q, k, v, n_head, n_kv, n_rot, theta, q_norm,
+                                                                              k_norm, eps, *p, *kv);
+        CUDA_CHECK_LAUNCH();
+        return 0;
+    }
     dim3 grid(T, n_head + n_kv);
     const int threads = (hd + 31) / 32 * 32;
     rope_store_kernel<<<grid, threads, 0, st>>>(q, k, v, n_head, n_kv, hd, n_rot, theta, q_norm, k_norm, eps, *p, *kv);
@@ -294,7 +369,7 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
                                                                        int n_kv, glm_cu_plan p, glm_cu_kv kv,
                                                                        const int32_t *tiles, int n_tiles) {
     constexpr int LD = HD + 8;  // BF16 row stride: 16-byte rows, ldmatrix conflict-free
-    __shared__ __align__(16) uint16_t Ks[FA_KEYS * LD], Vs[FA_KEYS * LD];
+    extern __shared__ __align__(16) uint16_t fa_smem[];  // K and V of two key blocks
     __shared__ int s_pos[FA_ROWS];
     __shared__ int s_max;
     const int h = blockIdx.x, tile = n_tiles - 1 - (int)blockIdx.y;  // long tiles first
@@ -341,28 +416,43 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
     __syncthreads();
     const int maxpos = s_max;
 
-    for (int kb = 0; kb * FA_KEYS <= maxpos; kb++) {
-        if (kb) __syncthreads();  // the previous block of keys is consumed
+    // key block kb into buffer kb & 1: BF16 pages by cp.async (waited for one block
+    // later, so the copy of block kb + 1 runs under the products of block kb); FP8 pages
+    // are widened to BF16 on the way, synchronously
+    auto fetch = [&](int kb) {
+        uint16_t *Kd = fa_smem + (kb & 1) * 2 * FA_KEYS * LD, *Vd = Kd + FA_KEYS * LD;
         for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += FA_THREADS) {
             const int r = i / (HD / 8), c8 = (i - r * (HD / 8)) * 8;
             const int kp = kb * FA_KEYS + r;
-            uint4 kk = make_uint4(0, 0, 0, 0), vv = kk;
-            if (kp <= maxpos) {
-                const int page = p.page_table[(size_t)seq * p.max_pages + kp / 16];
-                const size_t slot = ((size_t)page * n_kv + j) * 16 + (kp & 15);
-                if (kv.fp8) {
+            const bool live = kp <= maxpos;
+            size_t slot = 0;
+            if (live) slot = ((size_t)p.page_table[(size_t)seq * p.max_pages + kp / 16] * n_kv + j) * 16 + (kp & 15);
+            if (kv.fp8) {
+                uint4 kk = make_uint4(0, 0, 0, 0), vv = kk;
+                if (live) {
                     kk = fp8x8_to_bf16x8(*(const uint2 *)((const uint8_t *)kv.k + slot * HD + c8), kv.ks[slot]);
                     vv = fp8x8_to_bf16x8(*(const uint2 *)((const uint8_t *)kv.v + slot * HD + c8), kv.vs[slot]);
-                } else {
-                    kk = *(const uint4 *)((const uint16_t *)kv.k + slot * HD + c8);
-                    vv = *(const uint4 *)((const uint16_t *)kv.v + slot * HD + c8);
                 }
+                *(uint4 *)&Kd[r * LD + c8] = kk;
+                *(uint4 *)&Vd[r * LD + c8] = vv;
+            } else {
+                const uint32_t kd = (uint32_t)__cvta_generic_to_shared(&Kd[r * LD + c8]);
+                const uint32_t vd = (uint32_t)__cvta_generic_to_shared(&Vd[r * LD + c8]);
+                const uint16_t *ks = (const uint16_t *)kv.k + slot * HD + c8, *vs = (const uint16_t *)kv.v + slot * HD + c8;
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(kd), "l"(ks), "r"(live ? 16 : 0));
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(vd), "l"(vs), "r"(live ? 16 : 0));
             }
-            *(uint4 *)&Ks[r * LD + c8] = kk;
-            *(uint4 *)&Vs[r * LD + c8] = vv;
         }
-        __syncthreads();
-        if (kb * FA_KEYS > wmax) continue;  // every key here is in the future of the warp's rows
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    fetch(0);
+    for (int kb = 0; kb * FA_KEYS <= maxpos; kb++) {
+        if ((kb + 1) * FA_KEYS <= maxpos) fetch(kb + 1);  // its buffer was released at the end of kb - 1
+        else asm volatile("cp.async.commit_group;\n" ::);
+        asm volatile("cp.async.wait_group 1;\n" ::);
+        __syncthreads();  // block kb is in its buffer for every thread
+        const uint16_t *Ks = fa_smem + (kb & 1) * 2 * FA_KEYS * LD, *Vs = Ks + FA_KEYS * LD;
+        if (kb * FA_KEYS <= wmax) {  // else every key here is in the future of the warp's rows
 
         // S = Q K^T: [16 rows][FA_KEYS] per warp, n-tiles of 8 keys
         float s[FA_KEYS / 8][4];
@@ -427,7 +517,10 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
                 mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
             }
         }
+        }
+        __syncthreads();  // block kb's buffer is free for block kb + 2
     }
+    asm volatile("cp.async.wait_group 0;\n" ::);
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -454,6 +547,20 @@ extern "C" int glm_cu_attention_prefill_ok(int n_head, int n_kv, int hd) {
     return n_kv > 0 && n_head % n_kv == 0 && (hd == 32 || hd == 64 || hd == 128);
 }
 
+template <int HD>
+static int fa_launch(dim3 grid, const float *q, float *out, int n_head, int n_kv, const glm_cu_plan *p,
+                     const glm_cu_kv *kv, const int32_t *tiles, int n_tiles, cudaStream_t st) {
+    const int smem = 2 * 2 * FA_KEYS * (HD + 8) * 2;
+    static int attr_set = 0;
+    if (!attr_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        attr_set = 1;
+    }
+    attention_prefill_kernel<HD><<<grid, FA_THREADS, smem, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
 extern "C" int glm_cu_attention_prefill(const float *q, float *out, int n_head, int n_kv, int hd,
                                         const glm_cu_plan *p, const glm_cu_kv *kv, const int32_t *tiles,
                                         int n_tiles, cudaStream_t st) {
@@ -462,12 +569,7 @@ extern "C" int glm_cu_attention_prefill(const float *q, float *out, int n_head, 
         return glm_err(-7, "prefill attention: %d heads over %d KV heads, head_dim %d, %d tiles not supported",
                        n_head, n_kv, hd, n_tiles);
     dim3 grid(n_head, n_tiles);
-    if (hd == 32)
-        attention_prefill_kernel<32><<<grid, FA_THREADS, 0, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
-    else if (hd == 64)
-        attention_prefill_kernel<64><<<grid, FA_THREADS, 0, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
-    else
-        attention_prefill_kernel<128><<<grid, FA_THREADS, 0, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
-    CUDA_CHECK_LAUNCH();
-    return 0;
+    if (hd == 32) return fa_launch<32>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
+    if (hd == 64) return fa_launch<64>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
+    return fa_launch<128>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
 }
