@@ -4,15 +4,17 @@
 //
 // Block tile: 128 weight rows (two warpgroups, m64 each) x 128 sorted positions,
 // k in steps of 128 (one activation scale block). Operands go global -> shared
-// memory with cp.async in a 6-stage ring, in the 128-byte swizzled K-major layout
-// wgmma reads through its matrix descriptors (16-byte chunk c of row r stored at
-// chunk c ^ (r & 7)). Each 128-k step runs four m64n128k32 e4m3 wgmma into fresh
+// memory by TMA in a 6-stage ring, in the 128-byte swizzled K-major layout wgmma
+// reads through its matrix descriptors (16-byte chunk c of row r stored at chunk
+// c ^ (r & 7)). Each 128-k step runs four m64n128k32 e4m3 wgmma into fresh
 // accumulators, which are then added to float32 totals scaled by the activation
 // scale of each position (and the 128x128 weight scale); per-channel weight scales
 // apply once at the end. So both weight formats are exact up to the products' own
 // rounding, as in moe-mma.cu.
 #include "common.cuh"
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <string.h>
 
 #define WG_BM 128        // weight rows per block
@@ -37,16 +39,6 @@ struct wg_args {
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_HAVE 1
@@ -104,14 +96,50 @@ __device__ __forceinline__ void wg_promote(float (&acc)[64], const float (&d)[64
 }
 #endif
 
-// Pipeline: loads run WG_STAGES - 2 blocks ahead; blocks go in pairs, the second's
-// products running on the tensor cores while the first's are scaled into the totals.
+#if WG_HAVE
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// TMA: a box of the tensor map at the coordinates into shared memory, counted on bar.
+__device__ __forceinline__ void tma_2d(uint32_t dst, uint64_t map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+        ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+__device__ __forceinline__ void tma_3d(uint32_t dst, uint64_t map, int c0, int c1, int c2, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
+        ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+}
+#endif
+
+// Pipeline: thread 0 keeps WG_STAGES - 2 blocks of W, X and the activation scales in
+// flight by TMA (one mbarrier a stage); blocks go in pairs, the second's products
+// running on the tensor cores while the first's are scaled into the totals.
 template <int SK>
-__global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(const wg_args a) {
+__global__ void __launch_bounds__(WG_THREADS, 1)
+moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx) {
 #if WG_HAVE
     extern __shared__ uint8_t smem_raw[];
+    __shared__ __align__(8) uint64_t full[WG_STAGES];
     uint8_t *sm = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-    const uint32_t sbase = smem_u32(sm);
+    const uint32_t sbase = smem_u32(sm), bar0 = smem_u32(full);
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
     const int g = lane >> 2, tq = lane & 3;
 
@@ -127,36 +155,39 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(const wg_args 
     const int K = a.w.K, KB = K >> 7, nb = blockIdx.x, n0 = nb * WG_BM;
     const float *wscale = a.w.scale + (long long)e * a.w.s_stride;
 
-    // this thread's copies: rows r0 + 32j (j < 4) of W and X, 16-byte chunk c, all landing
-    // at the same swizzled chunk since r & 7 does not change with j
-    const int r0 = tid >> 3, c = tid & 7;
-    const uint32_t dst0 = r0 * 128 + ((c ^ (r0 & 7)) << 4);
-    const uint8_t *wsrc = (const uint8_t *)a.w.data + (long long)e * a.w.stride + (size_t)(n0 + r0) * K + c * 16;
-    const uint8_t *xsrc = a.xq + (size_t)(p0 + r0) * K + c * 16;
-    const float *ssrc = a.xs + p0 + tid;
+    // the maps stay in parameter space (__grid_constant__): only their addresses travel
+    const uint64_t mapw = reinterpret_cast<uint64_t>(&tmw), mapx = reinterpret_cast<uint64_t>(&tmx);
+    if (tid == 0) {
+        for (int s = 0; s < WG_STAGES; s++) mbar_init(bar0 + 8 * s, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    // block kb (thread 0): W rows n0.. of expert e and X rows p0.. by TMA (rows past R
+    // read as zeros; rows of the next expert are computed and not stored)
     auto load = [&](int kb) {
-        const uint32_t st = sbase + (kb % WG_STAGES) * WG_STAGE_BYTES + dst0;
-        const size_t k0 = (size_t)kb * WG_BK;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            cp_async16(st + j * 4096, wsrc + (size_t)j * 32 * K + k0, 16);
-            const bool live = r0 + 32 * j < cnt;
-            cp_async16(st + WG_TILE_BYTES + j * 4096, live ? xsrc + (size_t)j * 32 * K + k0 : a.xq, live ? 16 : 0);
-        }
-        if (tid < WG_BN) {
-            const bool live = tid < cnt;
-            cp_async4(sbase + (kb % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES + tid * 4,
-                      live ? ssrc + (size_t)kb * a.ld_s : a.xs, live ? 4 : 0);
-        }
+        const int s = kb % WG_STAGES;
+        const uint32_t st = sbase + s * WG_STAGE_BYTES, bar = bar0 + 8 * s;
+        mbar_expect(bar, 2 * WG_TILE_BYTES);
+        tma_3d(st, mapw, kb * WG_BK, n0, e, bar);
+        tma_2d(st + WG_TILE_BYTES, mapx, kb * WG_BK, p0, bar);
     };
+    // the activation scales of blocks kb and kb + 1 (every thread one, by cp.async, one
+    // commit group a pair: waited for with the pair's barrier)
+    auto load_scales = [&](int kb) {
+        const int b = kb + (tid >> 7), i = tid & 127;
+        if (b < KB)
+            cp_async4(sbase + (b % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES + i * 4,
+                      i < cnt ? a.xs + (size_t)b * a.ld_s + p0 + i : a.xs, i < cnt ? 4 : 0);
+        cp_commit();
+    };
+    auto landed = [&](int kb) { mbar_wait(bar0 + 8 * (kb % WG_STAGES), (kb / WG_STAGES) & 1); };
     auto wsb_of = [&](int kb) { return SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)nb * a.w.s_ld + kb) : 1.f; };
     auto xsc_of = [&](int kb) { return (const float *)(sm + (kb % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES); };
 
-#pragma unroll
-    for (int s = 0; s < WG_STAGES - 2; s++) {
-        if (s < KB) load(s);
-        cp_commit();
-    }
+    static_assert(WG_STAGES % 2 == 0, "blocks go in pairs");
+    if (tid == 0)
+        for (int s = 0; s < WG_STAGES - 2 && s < KB; s++) load(s);
+    for (int s = 0; s < WG_STAGES - 2; s += 2) load_scales(s);
 
     float acc[64], d0[64], d1[64];
 #pragma unroll
@@ -165,13 +196,15 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(const wg_args 
     // blocks kb and kb + 1 into d0 and d1; d0 is promoted while d1's products run
 #pragma unroll 1
     for (int kb = 0; kb + 1 < KB; kb += 2) {
-        cp_wait<WG_STAGES - 4>();
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncthreads();  // blocks kb, kb + 1 have landed; every thread is done with kb - 2, kb - 1
-        if (kb + WG_STAGES - 2 < KB) load(kb + WG_STAGES - 2);
-        cp_commit();
-        if (kb + WG_STAGES - 1 < KB) load(kb + WG_STAGES - 1);
-        cp_commit();
+        cp_wait<(WG_STAGES - 2) / 2 - 1>();  // this thread's scales of kb, kb + 1
+        __syncthreads();  // everyone's scales landed; every thread is done with kb - 2, kb - 1: their stages refill
+        if (tid == 0) {
+            if (kb + WG_STAGES - 2 < KB) load(kb + WG_STAGES - 2);
+            if (kb + WG_STAGES - 1 < KB) load(kb + WG_STAGES - 1);
+        }
+        load_scales(kb + WG_STAGES - 2);
+        landed(kb);
+        landed(kb + 1);
         const uint32_t s0 = sbase + (kb % WG_STAGES) * WG_STAGE_BYTES, s1 = sbase + ((kb + 1) % WG_STAGES) * WG_STAGE_BYTES;
         wg_fence_regs(d0);
         wg_fence_regs(d1);
@@ -184,10 +217,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(const wg_args 
         wg_fence_regs(d1);
         wg_promote(acc, d1, xsc_of(kb + 1), wsb_of(kb + 1), tq);
     }
-    if (KB & 1) {  // the last block alone
+    if (KB & 1) {  // the last block alone (already requested: KB - 1 < kb + WG_STAGES - 2)
         cp_wait<0>();
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
+        landed(KB - 1);
         const uint32_t s0 = sbase + ((KB - 1) % WG_STAGES) * WG_STAGE_BYTES;
         wg_fence_regs(d0);
         wg_issue(d0, s0 + wg * (64 * 128), s0 + WG_TILE_BYTES);
@@ -229,6 +262,21 @@ __global__ void moe_tiles_kernel(const int32_t *off, int E, int32_t *tiles) {
     tiles[0] = n;
 }
 
+static PFN_cuTensorMapEncodeTiled_v12000 wg_encoder(void) {
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+    static int tried = 0;
+    if (!tried) {
+        tried = 1;
+        void *p = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+        cudaGetLastError();
+    }
+    return fn;
+}
+
 static int wg_arch_ok(void) {
     static int cached = -1;
     if (cached < 0) {
@@ -236,7 +284,7 @@ static int wg_arch_ok(void) {
         cached = cudaGetDevice(&dev) == cudaSuccess &&
                  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
                  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-                 major == 9 && minor == 0;
+                 major == 9 && minor == 0 && wg_encoder() != nullptr;
         cudaGetLastError();
     }
     return cached;
@@ -252,14 +300,25 @@ extern "C" size_t glm_cu_wgmma_tiles_ints(int R, int n_expert) {
     return 1 + 3 * ((size_t)R / WG_BN + (size_t)(R < n_expert ? R : n_expert) + 1);
 }
 
+// A tensor map over rank dims (innermost first; strides in bytes of dims 1..), boxes of box[].
+static int wg_map(CUtensorMap *m, CUtensorMapDataType dt, int rank, const void *base, const cuuint64_t *dims,
+                  const cuuint64_t *strides, const cuuint32_t *box, CUtensorMapSwizzle sw) {
+    const cuuint32_t one[3] = {1, 1, 1};
+    const CUresult r = wg_encoder()(m, dt, (cuuint32_t)rank, (void *)base, dims, strides, box, one,
+                                    CU_TENSOR_MAP_INTERLEAVE_NONE, sw, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) return glm_err(GLM_CU_ERR_CUDA, "%s:%d: cuTensorMapEncodeTiled failed: %d", __FILE__, __LINE__, (int)r);
+    return 0;
+}
+
 template <int SK>
-static int wg_launch(const wg_args &a, dim3 grid, cudaStream_t st) {
+static int wg_launch(const wg_args &a, dim3 grid, const CUtensorMap *m, cudaStream_t st) {
     static int attr_set = 0;
     if (!attr_set) {
         CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
         attr_set = 1;
     }
-    moe_wgmma_kernel<SK><<<grid, WG_THREADS, WG_SMEM, st>>>(a);
+    moe_wgmma_kernel<SK><<<grid, WG_THREADS, WG_SMEM, st>>>(a, m[0], m[1]);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
@@ -271,10 +330,22 @@ extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, con
     if (!glm_cu_wgmma_ok(w))
         return glm_err(-7, "wgmma: weight %d x %d (type %d) not supported (sm_90 FP8, K %% 128 == 0, N %% 128 == 0)",
                        w->N, w->K, w->dtype);
+    if (ld_s % 4 || ld_s < R || ((uintptr_t)xq & 15) || ((uintptr_t)xs & 15))
+        return glm_err(-7, "wgmma: activations not 16-byte aligned or scale stride %d (of %d rows) not a multiple of 4",
+                       ld_s, R);
     wg_args a;
     memset(&a, 0, sizeof a);
     a.w = *w;
     a.xq = xq; a.xs = xs; a.ld_s = ld_s; a.y = y; a.ldy = ldy; a.R = R;
+    // W [experts][N][K], X [R][K] bytes in 128 x 128 boxes (128-byte swizzle)
+    const int ne = off ? n_expert : 1;
+    CUtensorMap m[2];
+    const cuuint64_t wd[3] = {(cuuint64_t)w->K, (cuuint64_t)w->N, (cuuint64_t)ne}, ws[2] = {(cuuint64_t)w->K, (cuuint64_t)w->stride};
+    const cuuint64_t xd[2] = {(cuuint64_t)w->K, (cuuint64_t)R}, xst[1] = {(cuuint64_t)w->K};
+    const cuuint32_t tile[3] = {WG_BK, WG_BM, 1};
+    if (wg_map(&m[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, w->data, wd, ws, tile, CU_TENSOR_MAP_SWIZZLE_128B) ||
+        wg_map(&m[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, xq, xd, xst, tile, CU_TENSOR_MAP_SWIZZLE_128B))
+        return GLM_CU_ERR_CUDA;
     unsigned ty = (unsigned)((R + WG_BN - 1) / WG_BN);
     if (off) {
         moe_tiles_kernel<<<1, 32, 0, st>>>(off, n_expert, tiles);
@@ -283,6 +354,6 @@ extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, con
         ty = (unsigned)(glm_cu_wgmma_tiles_ints(R, n_expert) - 1) / 3;
     }
     const dim3 grid((unsigned)(w->N / WG_BM), ty);
-    return w->scale_kind == GLM_CU_SCALE_CHANNEL ? wg_launch<GLM_CU_SCALE_CHANNEL>(a, grid, st)
-                                                 : wg_launch<GLM_CU_SCALE_BLOCK>(a, grid, st);
+    return w->scale_kind == GLM_CU_SCALE_CHANNEL ? wg_launch<GLM_CU_SCALE_CHANNEL>(a, grid, m, st)
+                                                 : wg_launch<GLM_CU_SCALE_BLOCK>(a, grid, m, st);
 }
