@@ -14,8 +14,11 @@
  * grouped by expert on the device and each touched expert is read once, by the GEMV
  * for a few tokens or the FP8 tensor-core kernel (moe-mma.cu) above mma_min. Larger
  * dense products use cuBLASLt FP8 with dynamic per-token (or 1x128) activation
- * scales; prefill MoE (above graph_max tokens) reads the group offsets back once a
- * layer and runs one cuBLASLt product per touched expert. Passes of up to graph_max
+ * scales; prefill MoE (above graph_max tokens) runs every touched expert in one launch
+ * per half on the grouped wgmma kernel (moe-wgmma.cu; its tile list is built on the
+ * device, so a prefill pass has no host round trip either), or, where that kernel does
+ * not apply, reads the group offsets back and runs one cuBLASLt product per touched
+ * expert. Passes of up to graph_max
  * tokens are captured into a CUDA graph on first sight of their shape and replayed
  * afterwards: begin() copies the plan into fixed device buffers, so a replay sees the
  * new plan. GLM_CUDA_* environment variables (read at creation) tune the thresholds. */
@@ -972,10 +975,10 @@ static int cu_moe_route(glm_backend *be, int il, const float *h, int32_t *ids, f
                            hp->n_expert_used, hp->norm_topk_prob, hp->routed_scale, ids, w, c->st);
 }
 
-/* Prefill MoE on tensor cores: the expert groups are contiguous in the sorted order,
- * so one cuBLASLt product per touched expert covers gate and up together, then one
- * for down. Reads the group offsets back to the host (the only round trip of a
- * forward pass, taken for batches above graph_max only). */
+/* Prefill MoE on cuBLASLt, where the grouped wgmma kernel does not apply (or with
+ * GLM_CUDA_WGMMA=0): the expert groups are contiguous in the sorted order, so one
+ * product per touched expert covers gate and up together, then one for down. Reads
+ * the group offsets back to the host (a round trip per MoE layer). */
 static int moe_prefill_lt(cu_impl *c, const cu_moe *m, const float *h, int T, int k, int E, int D, int F) {
     const int rows = T * k;
     const int fp8 = m->gate.dtype == GLM_CU_FP8, blk = m->gate.scale_kind == GLM_CU_SCALE_BLOCK;
