@@ -23,7 +23,7 @@
 #ifndef WG_STAGES
 #define WG_STAGES 6
 #endif
-#define WG_THREADS 256
+#define WG_THREADS 256   // the consumers (two warpgroups); a producer warpgroup more
 #define WG_TILE_BYTES (WG_BM * WG_BK)                  // 16 KB, also the X tile
 #define WG_STAGE_BYTES (2 * WG_TILE_BYTES + 1024)      // W, X, activation scales (1024-aligned)
 #define WG_SMEM (WG_STAGES * WG_STAGE_BYTES + 1024)     // + alignment slack
@@ -112,9 +112,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 // TMA: a box of the tensor map at the coordinates into shared memory, counted on bar.
 __device__ __forceinline__ void tma_2d(uint32_t dst, uint64_t map, int c0, int c1, uint32_t bar) {
@@ -129,17 +126,21 @@ __device__ __forceinline__ void tma_3d(uint32_t dst, uint64_t map, int c0, int c
 }
 #endif
 
-// Pipeline: thread 0 keeps WG_STAGES - 2 blocks of W, X and the activation scales in
-// flight by TMA (one mbarrier a stage); blocks go in pairs, the second's products
-// running on the tensor cores while the first's are scaled into the totals.
+// Pipeline: a producer warp (threads 256..287 of a third warpgroup, which hands its
+// registers to the other two) fills a ring of WG_STAGES stages: W and
+// X by TMA (lane 0), the activation scales by cp.async (a lane four), all counted on
+// the stage's "full" mbarrier; the two consumer warpgroups wait on it, run blocks in
+// pairs (the second's products on the tensor cores while the first's are scaled into
+// the totals) and release each stage on its "empty" mbarrier, so no barrier spans
+// the block and the warpgroups drift and interleave on the tensor cores.
 template <int SK>
-__global__ void __launch_bounds__(WG_THREADS, 1)
+__global__ void __launch_bounds__(WG_THREADS + 128, 1)
 moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx) {
 #if WG_HAVE
     extern __shared__ uint8_t smem_raw[];
-    __shared__ __align__(8) uint64_t full[WG_STAGES];
+    __shared__ __align__(8) uint64_t full[WG_STAGES], empty[WG_STAGES];
     uint8_t *sm = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-    const uint32_t sbase = smem_u32(sm), bar0 = smem_u32(full);
+    const uint32_t sbase = smem_u32(sm), fb = smem_u32(full), eb = smem_u32(empty);
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
     const int g = lane >> 2, tq = lane & 3;
 
@@ -155,39 +156,48 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
     const int K = a.w.K, KB = K >> 7, nb = blockIdx.x, n0 = nb * WG_BM;
     const float *wscale = a.w.scale + (long long)e * a.w.s_stride;
 
-    // the maps stay in parameter space (__grid_constant__): only their addresses travel
-    const uint64_t mapw = reinterpret_cast<uint64_t>(&tmw), mapx = reinterpret_cast<uint64_t>(&tmx);
     if (tid == 0) {
-        for (int s = 0; s < WG_STAGES; s++) mbar_init(bar0 + 8 * s, 1);
+        for (int s = 0; s < WG_STAGES; s++) {
+            mbar_init(fb + 8 * s, 1 + 32);          // the TMA bytes' arrival + each producer lane's scales
+            mbar_init(eb + 8 * s, WG_THREADS);      // every consumer thread, done with the stage
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
-    // block kb (thread 0): W rows n0.. of expert e and X rows p0.. by TMA (rows past R
-    // read as zeros; rows of the next expert are computed and not stored)
-    auto load = [&](int kb) {
-        const int s = kb % WG_STAGES;
-        const uint32_t st = sbase + s * WG_STAGE_BYTES, bar = bar0 + 8 * s;
-        mbar_expect(bar, 2 * WG_TILE_BYTES);
-        tma_3d(st, mapw, kb * WG_BK, n0, e, bar);
-        tma_2d(st + WG_TILE_BYTES, mapx, kb * WG_BK, p0, bar);
-    };
-    // the activation scales of blocks kb and kb + 1 (every thread one, by cp.async, one
-    // commit group a pair: waited for with the pair's barrier)
-    auto load_scales = [&](int kb) {
-        const int b = kb + (tid >> 7), i = tid & 127;
-        if (b < KB)
-            cp_async4(sbase + (b % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES + i * 4,
-                      i < cnt ? a.xs + (size_t)b * a.ld_s + p0 + i : a.xs, i < cnt ? 4 : 0);
-        cp_commit();
-    };
-    auto landed = [&](int kb) { mbar_wait(bar0 + 8 * (kb % WG_STAGES), (kb / WG_STAGES) & 1); };
+
+    if (tid >= WG_THREADS) {  // producer warpgroup: one warp works
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (tid >= WG_THREADS + 32) return;
+        // the maps stay in parameter space (__grid_constant__): only their addresses travel
+        const uint64_t mapw = reinterpret_cast<uint64_t>(&tmw), mapx = reinterpret_cast<uint64_t>(&tmx);
+        for (int kb = 0; kb < KB; kb++) {
+            const int s = kb % WG_STAGES;
+            if (kb >= WG_STAGES) mbar_wait(eb + 8 * s, ((kb / WG_STAGES) - 1) & 1);
+            const uint32_t st = sbase + s * WG_STAGE_BYTES, bar = fb + 8 * s;
+            if (lane == 0) {
+                // W rows n0.. of expert e and X rows p0.. (rows past R read as zeros; rows
+                // of the next expert are computed and not stored)
+                mbar_expect(bar, 2 * WG_TILE_BYTES);
+                tma_3d(st, mapw, kb * WG_BK, n0, e, bar);
+                tma_2d(st + WG_TILE_BYTES, mapx, kb * WG_BK, p0, bar);
+            }
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int i = lane * 4 + r;
+                cp_async4(st + 2 * WG_TILE_BYTES + i * 4, i < cnt ? a.xs + (size_t)kb * a.ld_s + p0 + i : a.xs,
+                          i < cnt ? 4 : 0);
+            }
+            asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+        }
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    auto landed = [&](int kb) { mbar_wait(fb + 8 * (kb % WG_STAGES), (kb / WG_STAGES) & 1); };
+    auto release = [&](int kb) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(eb + 8 * (kb % WG_STAGES)) : "memory"); };
     auto wsb_of = [&](int kb) { return SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)nb * a.w.s_ld + kb) : 1.f; };
     auto xsc_of = [&](int kb) { return (const float *)(sm + (kb % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES); };
-
-    static_assert(WG_STAGES % 2 == 0, "blocks go in pairs");
-    if (tid == 0)
-        for (int s = 0; s < WG_STAGES - 2 && s < KB; s++) load(s);
-    for (int s = 0; s < WG_STAGES - 2; s += 2) load_scales(s);
 
     float acc[64], d0[64], d1[64];
 #pragma unroll
@@ -196,13 +206,6 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
     // blocks kb and kb + 1 into d0 and d1; d0 is promoted while d1's products run
 #pragma unroll 1
     for (int kb = 0; kb + 1 < KB; kb += 2) {
-        cp_wait<(WG_STAGES - 2) / 2 - 1>();  // this thread's scales of kb, kb + 1
-        __syncthreads();  // everyone's scales landed; every thread is done with kb - 2, kb - 1: their stages refill
-        if (tid == 0) {
-            if (kb + WG_STAGES - 2 < KB) load(kb + WG_STAGES - 2);
-            if (kb + WG_STAGES - 1 < KB) load(kb + WG_STAGES - 1);
-        }
-        load_scales(kb + WG_STAGES - 2);
         landed(kb);
         landed(kb + 1);
         const uint32_t s0 = sbase + (kb % WG_STAGES) * WG_STAGE_BYTES, s1 = sbase + ((kb + 1) % WG_STAGES) * WG_STAGE_BYTES;
@@ -213,13 +216,13 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
         asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
         wg_fence_regs(d0);
         wg_promote(acc, d0, xsc_of(kb), wsb_of(kb), tq);
+        release(kb);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         wg_fence_regs(d1);
         wg_promote(acc, d1, xsc_of(kb + 1), wsb_of(kb + 1), tq);
+        release(kb + 1);
     }
-    if (KB & 1) {  // the last block alone (already requested: KB - 1 < kb + WG_STAGES - 2)
-        cp_wait<0>();
-        __syncthreads();
+    if (KB & 1) {  // the last block alone
         landed(KB - 1);
         const uint32_t s0 = sbase + ((KB - 1) % WG_STAGES) * WG_STAGE_BYTES;
         wg_fence_regs(d0);
@@ -228,7 +231,6 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
         wg_fence_regs(d0);
         wg_promote(acc, d0, xsc_of(KB - 1), wsb_of(KB - 1), tq);
     }
-    cp_wait<0>();
 
     // rows n0 + 64wg + 16wq + g (+8), positions 8j + 2tq (+1)
     const int row = n0 + wg * 64 + wq * 16 + g;
@@ -318,7 +320,7 @@ static int wg_launch(const wg_args &a, dim3 grid, const CUtensorMap *m, cudaStre
         CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
         attr_set = 1;
     }
-    moe_wgmma_kernel<SK><<<grid, WG_THREADS, WG_SMEM, st>>>(a, m[0], m[1]);
+    moe_wgmma_kernel<SK><<<grid, WG_THREADS + 128, WG_SMEM, st>>>(a, m[0], m[1]);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
