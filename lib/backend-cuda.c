@@ -44,6 +44,7 @@ typedef struct {
     int T, n_out, n_seq_slots, max_pages;
     uint64_t hash;
     cudaGraphExec_t exec;
+    float *host_dst;             /* the page-locked logits rows the graph copies into, or NULL */
 } cu_graph;
 
 /* The routed experts of one MoE layer, each a view at expert 0 with a stride. */
@@ -1102,22 +1103,52 @@ static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {
 }
 
 /* Final norm + lm_head for rows [r0, r0+n) of out_rows into logits_d, then to the pinned buffer. */
-static int logits_chunk(glm_backend *be, const float *x, int r0, int n) {
+static int pinned_dst(const cu_impl *c, const float *dst) {
+    return c->pin && (const uint8_t *)dst >= (const uint8_t *)c->pin &&
+           (const uint8_t *)dst < (const uint8_t *)c->pin + c->pin_bytes;
+}
+
+#define LOGIT_SLICES 4           /* vocabulary slices whose copies overlap the next slice's product */
+#define LOGIT_SLICE_MIN 16       /* rows from which slicing pays for its extra launches */
+
+/* Final norm and lm_head for plan output rows [r0, r0 + n). When host is the page-locked
+ * buffer, many rows are asked for and a side stream exists, the vocabulary goes in
+ * slices and each slice's rows are copied to host + r0*V on the side stream while the
+ * next slice is computed (the transfer of 64 x 151552 floats takes as long as the
+ * lm_head read twice); *copied says so. */
+static int logits_chunk(glm_backend *be, const float *x, int r0, int n, float *host, int *copied) {
     cu_impl *c = IMPL(be);
     const glm_model *m = be->model;
     const int D = m->hp.n_embd, V = m->hp.n_vocab;
+    *copied = 0;
     RUN(glm_cu_rmsnorm(x, P_OUT(c) + r0, m->out_norm.dev, c->fnorm, n, D, m->hp.rms_eps, c->st));
     const glm_cu_mat lm = mat_of(&m->lm_head);
-    return lin(c, &lm, NULL, c->fnorm, D, c->logits_d, V, n);
+    if (!host || !pinned_dst(c, host) || c->n_aux < 1 || n < LOGIT_SLICE_MIN || V < 128 * LOGIT_SLICES)
+        return lin(c, &lm, NULL, c->fnorm, D, c->logits_d, V, n);
+    const int per = (V / 128 + LOGIT_SLICES - 1) / LOGIT_SLICES * 128;  /* 128-row multiples: block scales stay whole */
+    const size_t row_bytes = (size_t)lm.K * dt_size(lm.dtype);
+    float *dst = host + (size_t)r0 * V;
+    for (int v0 = 0; v0 < V; v0 += per) {
+        const int nv = V - v0 < per ? V - v0 : per;
+        glm_cu_mat sl = lm;
+        sl.data = (const uint8_t *)lm.data + (size_t)v0 * row_bytes;
+        sl.N = nv;
+        if (lm.scale) sl.scale = lm.scale + (lm.scale_kind == GLM_CU_SCALE_BLOCK ? (size_t)(v0 / 128) * lm.s_ld : (size_t)v0);
+        RUN(lin(c, &sl, NULL, c->fnorm, D, c->logits_d + v0, V, n));
+        CK(cudaEventRecord(c->ev_fork, c->st));
+        CK(cudaStreamWaitEvent(c->aux[0], c->ev_fork, 0));
+        CK(cudaMemcpy2DAsync(dst + v0, (size_t)V * 4, c->logits_d + v0, (size_t)V * 4, (size_t)nv * 4, n,
+                             cudaMemcpyDeviceToHost, c->aux[0]));
+    }
+    CK(cudaEventRecord(c->ev_join[0], c->aux[0]));
+    CK(cudaStreamWaitEvent(c->st, c->ev_join[0], 0));
+    *copied = 1;
+    return GLM_OK;
 }
 
 /* Rows [r0, r0 + n) of the logits from the device: straight into the context's buffer
  * when it is the page-locked one we gave out, else through the staging buffer
  * (finished by logits_done after the stream is synchronised). */
-static int pinned_dst(const cu_impl *c, const float *dst) {
-    return c->pin && (const uint8_t *)dst >= (const uint8_t *)c->pin &&
-           (const uint8_t *)dst < (const uint8_t *)c->pin + c->pin_bytes;
-}
 
 static int logits_copy(cu_impl *c, float *host, int r0, int n, int V) {
     if (!n || !host) return GLM_OK;
@@ -1144,13 +1175,14 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
             return glm_err(GLM_ERR_ARG, "CUDA graph for %d tokens was captured from a different op sequence", c->T);
         }
         CK(cudaGraphLaunch(c->cur->exec, c->st));
-        RUN(logits_copy(c, logits_host, 0, n_out, V));
+        if (!c->cur->host_dst || c->cur->host_dst != logits_host) RUN(logits_copy(c, logits_host, 0, n_out, V));
         CK(cudaStreamSynchronize(c->st));
-        logits_done(c, logits_host, 0, n_out, V);
+        if (!c->cur->host_dst || c->cur->host_dst != logits_host) logits_done(c, logits_host, 0, n_out, V);
         return GLM_OK;
     }
     if (c->mode == MODE_CAPTURE) {
-        int rc = n_out ? logits_chunk(be, x, 0, n_out) : GLM_OK;
+        int copied = 0;
+        int rc = n_out ? logits_chunk(be, x, 0, n_out, logits_host, &copied) : GLM_OK;
         cudaGraph_t graph = NULL;
         cudaError_t e = cudaStreamEndCapture(c->st, &graph);
         c->mode = MODE_EAGER;
@@ -1162,22 +1194,24 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
         if (e != cudaSuccess) return glm_err(GLM_ERR_CUDA, "graph instantiate failed: %s", cudaGetErrorString(e));
         g->T = c->T; g->n_out = n_out; g->n_seq_slots = c->n_seq_slots; g->max_pages = c->max_pages;
         g->hash = c->hash;
+        g->host_dst = copied ? logits_host : NULL;
         c->n_graphs++;
         CK(cudaGraphLaunch(g->exec, c->st));
-        RUN(logits_copy(c, logits_host, 0, n_out, V));
+        if (!copied) RUN(logits_copy(c, logits_host, 0, n_out, V));
         CK(cudaStreamSynchronize(c->st));
-        logits_done(c, logits_host, 0, n_out, V);
+        if (!copied) logits_done(c, logits_host, 0, n_out, V);
         return GLM_OK;
     }
     for (int r0 = 0; r0 < n_out; r0 += c->logit_chunk) {
         const int n = n_out - r0 < c->logit_chunk ? n_out - r0 : c->logit_chunk;
         prof_op(c, "logits");
-        RUN(logits_chunk(be, x, r0, n));
-        RUN(logits_copy(c, logits_host, r0, n, V));
+        int copied = 0;
+        RUN(logits_chunk(be, x, r0, n, logits_host, &copied));
+        if (!copied) RUN(logits_copy(c, logits_host, r0, n, V));
         prof_op(c, "(end)");
         CK(cudaStreamSynchronize(c->st));
         prof_collect(c);
-        logits_done(c, logits_host, r0, n, V);
+        if (!copied) logits_done(c, logits_host, r0, n, V);
     }
     if (!n_out) {
         prof_op(c, "(end)");
@@ -1204,6 +1238,7 @@ static void cu_host_free(glm_backend *be, void *p) {
     cu_impl *c = IMPL(be);
     if (p && p == c->pin) {
         if (c->st) cudaStreamSynchronize(c->st);
+        graphs_clear(c);  /* graphs may copy logits into it */
         cudaFreeHost(p);
         c->pin = NULL;
         c->pin_bytes = 0;
