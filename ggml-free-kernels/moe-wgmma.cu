@@ -20,9 +20,7 @@
 #define WG_BM 128        // weight rows per block
 #define WG_BN 128        // sorted positions per block
 #define WG_BK 128        // k per stage
-#ifndef WG_STAGES
 #define WG_STAGES 6
-#endif
 #define WG_THREADS 256   // the consumers (two warpgroups); a producer warpgroup more
 #define WG_TILE_BYTES (WG_BM * WG_BK)                  // 16 KB, also the X tile
 #define WG_STAGE_BYTES (2 * WG_TILE_BYTES + 1024)      // W, X, activation scales (1024-aligned)
