@@ -1102,7 +1102,7 @@ static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {
     return glm_cu_add(x, y, n, c->st);
 }
 
-/* Final norm + lm_head for rows [r0, r0+n) of out_rows into logits_d, then to the pinned buffer. */
+/* Whether dst lies in the page-locked logits buffer we gave out. */
 static int pinned_dst(const cu_impl *c, const float *dst) {
     return c->pin && (const uint8_t *)dst >= (const uint8_t *)c->pin &&
            (const uint8_t *)dst < (const uint8_t *)c->pin + c->pin_bytes;
@@ -1149,7 +1149,6 @@ static int logits_chunk(glm_backend *be, const float *x, int r0, int n, float *h
 /* Rows [r0, r0 + n) of the logits from the device: straight into the context's buffer
  * when it is the page-locked one we gave out, else through the staging buffer
  * (finished by logits_done after the stream is synchronised). */
-
 static int logits_copy(cu_impl *c, float *host, int r0, int n, int V) {
     if (!n || !host) return GLM_OK;
     float *dst = pinned_dst(c, host) ? host + (size_t)r0 * V : c->logits_h;
@@ -1174,10 +1173,11 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
             c->mode = MODE_EAGER;
             return glm_err(GLM_ERR_ARG, "CUDA graph for %d tokens was captured from a different op sequence", c->T);
         }
+        const int copied = c->cur->host_dst && c->cur->host_dst == logits_host;  /* by the graph itself */
         CK(cudaGraphLaunch(c->cur->exec, c->st));
-        if (!c->cur->host_dst || c->cur->host_dst != logits_host) RUN(logits_copy(c, logits_host, 0, n_out, V));
+        if (!copied) RUN(logits_copy(c, logits_host, 0, n_out, V));
         CK(cudaStreamSynchronize(c->st));
-        if (!c->cur->host_dst || c->cur->host_dst != logits_host) logits_done(c, logits_host, 0, n_out, V);
+        if (!copied) logits_done(c, logits_host, 0, n_out, V);
         return GLM_OK;
     }
     if (c->mode == MODE_CAPTURE) {
