@@ -551,11 +551,8 @@ template <int HD>
 static int fa_launch(dim3 grid, const float *q, float *out, int n_head, int n_kv, const glm_cu_plan *p,
                      const glm_cu_kv *kv, const int32_t *tiles, int n_tiles, cudaStream_t st) {
     const int smem = 2 * 2 * FA_KEYS * (HD + 8) * 2;
-    static int attr_set = 0;
-    if (!attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        attr_set = 1;
-    }
+    // a per-device attribute: set on every launch (a host-side call, legal during capture)
+    CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     attention_prefill_kernel<HD><<<grid, FA_THREADS, smem, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
     CUDA_CHECK_LAUNCH();
     return 0;

@@ -215,16 +215,239 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const gemv_args a
     }  // row blocks
 }
 
-static int n_sm_cached;
-static int sm_count(void) {
-    if (!n_sm_cached) {
-        int dev = 0, n = 0;
-        if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
-            n_sm_cached = n;
-        else
-            n_sm_cached = 100;
+// ---- FP8 weights on the tensor cores, for two tokens and more ----
+// The CUDA-core loop above spends about 2.5 instructions per FP8 weight and token
+// (convert, widen, multiply-add), so its time grows with the tokens: at 8 tokens it
+// streams a quarter as fast as at one. Here the products run on mma.sync m16n8k16 (f16
+// in, float32 accumulation): the weights are converted e4m3 -> f16 in registers (exact,
+// one instruction per two weights), the tokens are the n dimension (up to 8 per pass at
+// the same cost as one), and the activations are rounded to f16 (11-bit mantissa;
+// saturating at +-65504). With one token the CUDA-core loop is as fast and exact in x,
+// so it keeps that case (docs/PERF.md, run 13).
+//
+// A warp owns 16 rows (g and g + 8 for lane group g = lane / 4; for glu, gate row g and
+// up row g) over a range of 128-k blocks, which reach shared memory by cp.async,
+// FM_STAGES - 1 blocks ahead of the one being multiplied. Lane (g, t) copies 16
+// contiguous bytes of each of its two rows at k = 128 kb + 64 s + 16 t (s = 0, 1). The
+// dot product does not care in which order k is summed, so the four mmas of such a
+// 16-byte chunk take its bytes 4j..4j+3 as logical k (2t, 2t+1 | 2t+8, 2t+9), and the
+// B fragment of token g takes the activations at the same bytes: A and B agree because
+// both depend only on t. The warps of a block split K when rows are few; block scales
+// are applied per 128-k block, channel scales at the end.
+#define FM_WARPS 8
+
+static int fm_enabled = 1;
+extern "C" void glm_cu_gemv_fp8_mma(int on) { fm_enabled = on; }
+
+// Four E4M3 codes to two f16x2: bytes 0,1 -> lo, bytes 2,3 -> hi (low byte in the low half).
+__device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t v, uint32_t &lo, uint32_t &hi) {
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
+        : "=r"(lo), "=r"(hi) : "r"(v));
+}
+
+// Two floats to f16x2 (a in the low half), saturating at +-65504.
+__device__ __forceinline__ uint32_t f2_to_h2(float a, float b) {
+    uint32_t r;
+    asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+}
+
+__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// d[rows g, g+8][tokens 2t, 2t+1] += one 16-byte chunk of rows g (w0) and g+8 (w8)
+// times the activations xh (8 f16x2, k 0..15 of the chunk, token g).
+__device__ __forceinline__ void mma_chunk(float (&d)[4], const uint4 &w0, const uint4 &w8, const uint32_t *xh) {
+    const uint32_t u0[4] = {w0.x, w0.y, w0.z, w0.w}, u8[4] = {w8.x, w8.y, w8.z, w8.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        uint32_t a0, a1, a2, a3;
+        e4m3x4_to_f16x4(u0[j], a0, a2);
+        e4m3x4_to_f16x4(u8[j], a1, a3);
+        mma_f16(d, a0, a1, a2, a3, xh[2 * j], xh[2 * j + 1]);
     }
-    return n_sm_cached;
+}
+
+// 16 bytes global -> shared without passing through registers; n = 0 fills zeros.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int n) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(n));
+}
+
+// Starts the copy of one 128-k block of this lane's two rows into ring stage st:
+// pieces [step s][row g / g+8], each 16 bytes per lane (zeros past K); one commit group.
+__device__ __forceinline__ void fm_issue(uint4 *ring, int st, int lane, const uint8_t *p0, const uint8_t *p8, int kb,
+                                         int lane_off, int K) {
+#pragma unroll
+    for (int s = 0; s < 2; s++) {
+        const int o = kb * 128 + s * 64;
+        const bool ok = o + lane_off < K;
+        cp_async16(ring + (st * 4 + s * 2 + 0) * 32 + lane, ok ? p0 + o : p0, ok ? 16 : 0);
+        cp_async16(ring + (st * 4 + s * 2 + 1) * 32 + lane, ok ? p8 + o : p8, ok ? 16 : 0);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+#define FM_STAGES 4  // 128-k blocks per warp in shared memory: FM_STAGES - 1 in flight
+#define FM_SMEM (FM_WARPS * FM_STAGES * 4 * 32 * 16)
+
+template <int SK, int GLU>
+__global__ void __launch_bounds__(FM_WARPS * 32, 2) gemv_fp8mma_kernel(const gemv_args a) {
+    constexpr int RT = GLU ? 8 : 16;  // outputs per warp tile: glu pairs gate row g with up row g (as row g+8)
+    extern __shared__ uint4 fm_ring[];  // [warp][stage][piece][lane], FM_SMEM bytes
+    __shared__ float red[FM_WARPS][4][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int ks = a.ksplit, wk = warp % ks, wt = warp / ks;  // this warp's k part and row tile
+    uint4 *ring = fm_ring + warp * FM_STAGES * 4 * 32;
+    int e = 0, row0 = 0, cnt = a.T;
+    if (a.grouped && !expert_group(a.active, a.n_active, a.off, &e, &row0, &cnt)) return;
+    for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
+        glm_cu_mat W = a.w;
+        const float *bias = a.bias;
+        float *Y = a.y;
+        int ldy = a.ldy, bx = grb;
+        if (a.n_multi) {  // the weight this row block belongs to (compile-time indices only)
+            int i = 0;
+#pragma unroll
+            for (int j = 1; j < GEMV_MULTI; j++) if (j < a.n_multi && bx >= a.mblock[j]) i = j;
+#pragma unroll
+            for (int j = 0; j < GEMV_MULTI; j++)
+                if (j == i) { W = a.mw[j]; bias = a.mbias[j]; Y = a.my[j]; ldy = a.mldy[j]; bx -= a.mblock[j]; }
+        }
+        const int N = W.N, K = W.K, KB = (K + 127) / 128;
+        const int n0 = (bx * (FM_WARPS / ks) + wt) * RT;  // first output of this warp's tile
+        // rows past N read row N-1 and are not stored (the warp still takes part in the reduction)
+        const int ra = min(n0 + g, N - 1), rb = GLU ? ra : min(n0 + g + 8, N - 1);
+        const uint8_t *wb = (const uint8_t *)W.data + (long long)e * W.stride;
+        const uint8_t *hb = GLU ? (const uint8_t *)a.up.data + (long long)e * a.up.stride : wb;  // rows g+8
+        const uint8_t *p0 = wb + (size_t)ra * K + t * 16, *p8 = hb + (size_t)rb * K + t * 16;
+        const float *s0 = W.scale ? W.scale + (long long)e * W.s_stride : nullptr;
+        const float *s8 = GLU ? a.up.scale + (long long)e * a.up.s_stride : s0;
+        const int s_ld8 = GLU ? a.up.s_ld : W.s_ld;
+        const int srow = min(n0, N - 1) / 128;  // block-scale row of the tile (RT divides 128)
+
+        for (int t0 = 0; t0 < cnt; t0 += 8) {
+            const int tok = t0 + g;
+            const bool xl = tok < cnt;
+            const int src = !xl ? 0 : a.grouped ? (a.x_gather ? a.rows[row0 + tok] : row0 + tok) : tok;
+            const float *xr = a.x + (size_t)src * a.ldx + t * 16;
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+            // this warp's blocks are kb = wk + i*ks; FM_STAGES - 1 of them in flight ahead
+#pragma unroll
+            for (int i = 0; i < FM_STAGES - 1; i++) {
+                const int kb = wk + i * ks;
+                fm_issue(ring, i, lane, p0, p8, kb, t * 16, kb < KB ? K : 0);
+            }
+            for (int i = 0, kb = wk; kb < KB; i++, kb += ks) {
+                const int kn = kb + (FM_STAGES - 1) * ks;
+                fm_issue(ring, (i + FM_STAGES - 1) % FM_STAGES, lane, p0, p8, kn, t * 16, kn < KB ? K : 0);
+                // this block's activations of token g, as f16
+                uint32_t xh[2][8];
+#pragma unroll
+                for (int s = 0; s < 2; s++) {
+                    const int o = kb * 128 + s * 64;
+                    if (xl && o + t * 16 < K) {
+                        const float4 *xp = (const float4 *)(xr + o);
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const float4 v = __ldg(xp + q);
+                            xh[s][2 * q] = f2_to_h2(v.x, v.y);
+                            xh[s][2 * q + 1] = f2_to_h2(v.z, v.w);
+                        }
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < 8; q++) xh[s][q] = 0u;
+                    }
+                }
+                asm volatile("cp.async.wait_group %0;" ::"n"(FM_STAGES - 1) : "memory");
+                const uint4 *stg = ring + (i % FM_STAGES) * 4 * 32 + lane;
+                float d[4] = {0.f, 0.f, 0.f, 0.f};
+                mma_chunk(d, stg[0], stg[32], xh[0]);
+                mma_chunk(d, stg[64], stg[96], xh[1]);
+                float b0 = 1.f, b8 = 1.f;
+                if (SK == GLM_CU_SCALE_BLOCK) {
+                    b0 = __ldg(s0 + srow * W.s_ld + kb);
+                    b8 = GLU ? __ldg(s8 + srow * s_ld8 + kb) : b0;
+                }
+                acc[0] = fmaf(d[0], b0, acc[0]); acc[1] = fmaf(d[1], b0, acc[1]);
+                acc[2] = fmaf(d[2], b8, acc[2]); acc[3] = fmaf(d[3], b8, acc[3]);
+            }
+            asm volatile("cp.async.wait_group 0;" ::: "memory");  // nothing in flight into the ring past here
+            if (ks > 1) {  // the warps of a tile hold partial sums over their k parts
+#pragma unroll
+                for (int i = 0; i < 4; i++) red[warp][i][lane] = acc[i];
+                __syncthreads();
+                if (wk == 0)
+                    for (int p = 1; p < ks; p++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) acc[i] += red[warp + p][i][lane];
+                __syncthreads();
+                if (wk != 0) continue;
+            }
+            // acc: rows g (0, 1) and g+8 (2, 3) of the tile, tokens t0+2t+(i&1); glu: gate (0, 1), up (2, 3)
+            const int nr = GLU ? 2 : 4;
+#pragma unroll
+            for (int i = 0; i < nr; i++) {
+                const int n = n0 + g + (i >> 1) * 8, tk = t0 + 2 * t + (i & 1);
+                if (n >= N || tk >= cnt) continue;
+                float v = acc[i];
+                if (SK == GLM_CU_SCALE_CHANNEL) v *= __ldg(s0 + n);
+                if (GLU) {
+                    float u = acc[i + 2];
+                    if (SK == GLM_CU_SCALE_CHANNEL) u *= __ldg(s8 + n);
+                    v = silu_f(v) * u;
+                } else if (bias) {
+                    v += bias[n];
+                }
+                const int orow = a.grouped ? row0 + tk : tk;
+                Y[(size_t)orow * ldy + n] = v;
+            }
+        }
+    }  // row blocks
+}
+
+// SMs of the current device (asked each time: a cached answer would be the first GPU's).
+static int sm_count(void) {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
+        return n;
+    cudaGetLastError();
+    return 100;
+}
+
+// Warps that split K on the tensor-core path: enough warp tasks to fill the GPU, at
+// least one 128-k block each.
+static int fm_ksplit(long long tiles, int groups, int K) {
+    const int KB = (K + 127) / 128;
+    const long long target = (long long)sm_count() * 24;
+    int ks = 1;
+    while (ks < FM_WARPS && 2 * ks <= KB && tiles * groups * ks < target) ks *= 2;
+    return ks;
+}
+
+static int fm_launch(const gemv_args &a, int sk, unsigned gy, cudaStream_t st) {
+    const dim3 grid((unsigned)(a.n_rb < 0x7fffffff ? a.n_rb : 0x7fffffff), gy);
+    void (*k)(const gemv_args) = sk == GLM_CU_SCALE_CHANNEL ? (a.glu ? gemv_fp8mma_kernel<GLM_CU_SCALE_CHANNEL, 1>
+                                                                     : gemv_fp8mma_kernel<GLM_CU_SCALE_CHANNEL, 0>)
+                                                            : (a.glu ? gemv_fp8mma_kernel<GLM_CU_SCALE_BLOCK, 1>
+                                                                     : gemv_fp8mma_kernel<GLM_CU_SCALE_BLOCK, 0>);
+    const int smem = FM_SMEM;
+    // a per-device attribute: set on every launch (a host-side call, legal during capture)
+    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    k<<<grid, FM_WARPS * 32, smem, st>>>(a);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+static int fm_ok(const glm_cu_mat *w, const glm_cu_mat *up) {
+    const int sk = w->scale_kind;
+    return fm_enabled && w->dtype == GLM_CU_FP8 && (sk == GLM_CU_SCALE_CHANNEL || sk == GLM_CU_SCALE_BLOCK) &&
+           (!up || (up->dtype == GLM_CU_FP8 && up->scale_kind == sk && up->N == w->N && up->K == w->K));
 }
 
 // Launches one instance. The kernel walks row blocks with a grid stride; one block a
@@ -272,6 +495,15 @@ extern "C" int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const floa
         a.active = g->active; a.n_active = g->n_active; a.off = g->off; a.rows = g->rows;
         tc = g->max_count;
     }
+    const unsigned grid = g ? (unsigned)g->max_groups : 1u;
+    if (g && g->max_groups <= 0) return 0;
+    if (T >= 2 && fm_ok(w, up)) {
+        const int rt = up ? 8 : 16;  // outputs per warp tile
+        a.ksplit = fm_ksplit((w->N + rt - 1) / rt, g ? g->max_groups : 1, w->K);
+        const int rpb = rt * FM_WARPS / a.ksplit;
+        a.n_rb = (w->N + rpb - 1) / rpb;
+        return fm_launch(a, w->scale_kind, grid, st);
+    }
     int outs_per_block = a.glu ? GEMV_WARPS : GEMV_WARPS * 2;
     a.ksplit = 1;
     if (!g && (w->N + outs_per_block - 1) / outs_per_block < sm_count()) {  // few rows: split K instead
@@ -279,8 +511,6 @@ extern "C" int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const floa
         outs_per_block /= GEMV_WARPS;
     }
     a.n_rb = (w->N + outs_per_block - 1) / outs_per_block;
-    const unsigned grid = g ? (unsigned)g->max_groups : 1u;
-    if (g && g->max_groups <= 0) return 0;
     if (w->dtype == GLM_CU_FP8 && w->scale_kind == GLM_CU_SCALE_CHANNEL) launch_gemv_tc<GLM_CU_FP8, GLM_CU_SCALE_CHANNEL>(a, tc, grid, st);
     else if (w->dtype == GLM_CU_FP8 && w->scale_kind == GLM_CU_SCALE_BLOCK) launch_gemv_tc<GLM_CU_FP8, GLM_CU_SCALE_BLOCK>(a, tc, grid, st);
     else if (w->dtype == GLM_CU_BF16) launch_gemv_tc<GLM_CU_BF16, GLM_CU_SCALE_NONE>(a, tc, grid, st);
@@ -303,6 +533,20 @@ extern "C" int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias,
     a.w = ws[0];
     a.x = x; a.ldx = ldx; a.T = T;
     a.n_multi = n;
+    if (T >= 2 && fm_ok(&ws[0], nullptr)) {
+        long long tiles = 0;
+        for (int i = 0; i < n; i++) tiles += (ws[i].N + 15) / 16;
+        a.ksplit = fm_ksplit(tiles, 1, ws[0].K);
+        const int rpb = 16 * FM_WARPS / a.ksplit;
+        int total = 0;
+        for (int i = 0; i < n; i++) {
+            a.mw[i] = ws[i]; a.mbias[i] = bias ? bias[i] : nullptr; a.my[i] = ys[i]; a.mldy[i] = ldy[i];
+            a.mblock[i] = total;
+            total += (ws[i].N + rpb - 1) / rpb;
+        }
+        a.n_rb = total;
+        return fm_launch(a, ws[0].scale_kind, 1, st);
+    }
     int per = GEMV_WARPS * 2, total = 0;
     for (int i = 0; i < n; i++) total += (ws[i].N + per - 1) / per;
     a.ksplit = 1;

@@ -114,7 +114,10 @@ int glm_cu_to_bf16(const float *x, int ldx, const int32_t *row_idx, int T, int K
  *   y[t, n] = silu(Wg[n]·x[t]) * (Wu[n]·x[t])                (up != NULL, glu)
  * Dense (g == NULL): t < T, x row t at x + t*ldx, y row t at y + t*ldy.
  * Grouped (g != NULL): block y is one active expert e; its rows are the positions
- * p in [off[e], off[e+1]); x row = x_gather ? rows[p] : p, y row = p. */
+ * p in [off[e], off[e+1]); x row = x_gather ? rows[p] : p, y row = p.
+ * FP8 weights run on the tensor cores (mma.sync m16n8k16, weights widened to f16
+ * exactly, x rounded to f16 saturating at +-65504, float32 accumulation, 8 tokens a
+ * pass); BF16 and F32 weights on the CUDA cores in float32. */
 int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const float *x, int ldx,
                 const float *bias, float *y, int ldy, int T, const glm_cu_groups *g,
                 int x_gather, cudaStream_t st);
@@ -122,6 +125,9 @@ int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const float *x, int l
  * and width; y_i[t, n] = x[t] . W_i[n] (+ bias_i[n]) with row stride ldy[i]. */
 int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias, float *const *ys, const int *ldy,
                       int n, const float *x, int ldx, int T, cudaStream_t st);
+/* on = 0 sends FP8 weights through the float32 CUDA-core loop instead (for comparison;
+ * process-wide, default 1). */
+void glm_cu_gemv_fp8_mma(int on);
 /* The same function by a tiled float32 kernel for any T (the fallback for shapes the
  * tensor-core path does not take), dense or grouped like glm_cu_gemv (no glu). */
 int glm_cu_gemm_tiled(const glm_cu_mat *w, const float *x, int ldx, const float *bias, float *y,

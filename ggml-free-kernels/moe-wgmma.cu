@@ -277,17 +277,15 @@ static PFN_cuTensorMapEncodeTiled_v12000 wg_encoder(void) {
     return fn;
 }
 
+// Whether the current device is an sm_90 (asked each time: each GPU of a host answers for itself).
 static int wg_arch_ok(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        int dev = 0, major = 0, minor = 0;
-        cached = cudaGetDevice(&dev) == cudaSuccess &&
-                 cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                 cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-                 major == 9 && minor == 0 && wg_encoder() != nullptr;
-        cudaGetLastError();
-    }
-    return cached;
+    int dev = 0, major = 0, minor = 0;
+    const int ok = cudaGetDevice(&dev) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+                   major == 9 && minor == 0 && wg_encoder() != nullptr;
+    cudaGetLastError();
+    return ok;
 }
 
 extern "C" int glm_cu_wgmma_ok(const glm_cu_mat *w) {
@@ -313,11 +311,8 @@ static int wg_map(CUtensorMap *m, CUtensorMapDataType dt, int rank, const void *
 
 template <int SK>
 static int wg_launch(const wg_args &a, dim3 grid, const CUtensorMap *m, cudaStream_t st) {
-    static int attr_set = 0;
-    if (!attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
-        attr_set = 1;
-    }
+    // a per-device attribute: set on every launch (a host-side call, legal during capture)
+    CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
     moe_wgmma_kernel<SK><<<grid, WG_THREADS + 128, WG_SMEM, st>>>(a, m[0], m[1]);
     CUDA_CHECK_LAUNCH();
     return 0;

@@ -121,6 +121,7 @@ typedef struct {
     int gemv_max;                /* dense products use the GEMV kernels up to this T */
     int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
     int wgmma;                   /* GLM_CUDA_WGMMA: prefill MoE on the grouped wgmma kernel (default 1) */
+    int gemv_mma;                /* GLM_CUDA_GEMV_MMA: FP8 GEMVs of 2+ tokens on the tensor cores (default 1) */
 
     /* deferred work: dense GEMVs over one x wait so q, k and v go in one launch; a
      * residual add waits to be fused with the RMSNorm that follows it */
@@ -705,6 +706,7 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     cu_impl *c = IMPL(be);
     CK(cudaSetDevice(c->gpu));
     capture_abort(c);
+    glm_cu_gemv_fp8_mma(c->gemv_mma);  /* the launchers' switch is process-wide: this context's choice */
     const int T = p->n_tokens, M = c->max_tokens;
     if (T <= 0 || T > M) return glm_err(GLM_ERR_ARG, "batch of %d tokens (reserved %d)", T, M);
     if (p->n_out < 0 || p->n_out > T) return glm_err(GLM_ERR_ARG, "%d logit rows for %d tokens", p->n_out, T);
@@ -1342,6 +1344,7 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
     c->fuse = env_int("GLM_CUDA_FUSE", 1);
     c->fa = env_int("GLM_CUDA_FA", 1);
     c->wgmma = env_int("GLM_CUDA_WGMMA", 1);
+    c->gemv_mma = env_int("GLM_CUDA_GEMV_MMA", 1);
     if (c->prof) c->use_graphs = 0;
     int rc = GLM_OK;
     struct cudaDeviceProp prop;

@@ -76,7 +76,7 @@ rm -f "$kb"
 # 5. benchmark on the synthetic slice (quick: skipped; fast: one repetition of the
 # main tests, no fp8blk run)
 if [ "$MODE" != quick ] && [ -x build/bin/glm-bench ]; then
-  B="-p 512,2048 -n 128 -b 1,8,32,64 -r 3"
+  B="-p 512,2048 -n 128 -b 1,2,4,8,32,64 -r 3"
   [ "$MODE" = fast ] && B="-p 2048 -n 32 -b 1,8,64 -r 2"
   t0=$(date +%s)
   build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch $B -o md \

@@ -2,7 +2,8 @@
  * fresh random inputs, with outputs poisoned (NaN bytes) before each launch so an
  * unwritten element fails. Error measure: ||out - ref|| / ||ref|| (NaN never passes).
  * Tolerances: float32 accumulation 1e-5; activations quantised to FP8 are compared
- * against a reference on the same dequantised values, so the same 1e-5 holds;
+ * against a reference on the same dequantised values, so the same 1e-5 holds; the
+ * FP8 GEMV from two tokens up rounds activations to f16 (1e-3, gemv_tol);
  * BF16/FP8 KV stored values are emulated exactly on the CPU (1e-4). */
 #include "glm.h"
 #include "backend.h"
@@ -31,6 +32,11 @@ static float *frandv(size_t n, float amp) { float *v = malloc(n * 4); for (size_
         double e__ = rel_err(out, ref, n);                                                  \
         CHECK_MSG(e__ <= (tol), "%s: rel err %.3g > %.3g", what, e__, (double)(tol));       \
     } while (0)
+
+/* GEMV tolerance: FP8 weights from two tokens up run on the tensor cores with the
+ * activations rounded to f16 (relative rounding up to 2^-11; about 3e-4 in the L2 norm of
+ * a product), elsewhere everything is float32 but the summation order. */
+static double gemv_tol(int fmt, int T) { return fmt < 2 && T >= 2 ? 1e-3 : 1e-5; }
 
 /* ---- host weights ---- */
 typedef struct {
@@ -241,7 +247,7 @@ TEST(gemv_dense) {
             OK(glm_cu_gemv(&w, NULL, d_x, K, d_bias, d_y, N, T, NULL, 0, 0));
             down(y, d_y, (size_t)T * N * 4);
             snprintf(what, sizeof what, "gemv %s T=%d", FMT_NAMES[f], T);
-            CHECK_REL(y, ref, (size_t)T * N, 1e-5, what);
+            CHECK_REL(y, ref, (size_t)T * N, gemv_tol(f, T), what);
             poison(d_y, (size_t)T * N * 4);
             OK(glm_cu_gemm_tiled(&w, d_x, K, d_bias, d_y, N, T, NULL, 0, 0));
             down(y, d_y, (size_t)T * N * 4);
@@ -255,10 +261,41 @@ TEST(gemv_dense) {
             OK(glm_cu_gemv(&w, &u, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
             down(y, d_y, (size_t)T * N * 4);
             snprintf(what, sizeof what, "gemv glu %s T=%d", FMT_NAMES[f], T);
-            CHECK_REL(y, ref, (size_t)T * N, 1e-5, what);
+            CHECK_REL(y, ref, (size_t)T * N, gemv_tol(f, T), what);
             free(x); free(y); free(ref); free(ru); cudaFree(d_x); cudaFree(d_y);
         }
         free(bias); cudaFree(d_bias);
+        hw_free(&hw, &w); hw_free(&hu, &u);
+    }
+    /* the tensor-core path on ragged shapes: N not a multiple of 16, K not of 128 (a
+     * partial 128-k block and partial 64-k steps), several passes of 8 tokens; and the
+     * same products through the CUDA-core loop (glm_cu_gemv_fp8_mma(0)) */
+    for (int f = 0; f < 2; f++) {
+        const int N = 37, K = 208, T = 19;
+        hweight hw = hw_make(FMTS[f][0], FMTS[f][1], N, K), hu = hw_make(FMTS[f][0], FMTS[f][1], N, K);
+        glm_cu_mat w = hw_upload(&hw), u = hw_upload(&hu);
+        float *x = frandv((size_t)T * K, 2.f), *d_x = dup_h(x, (size_t)T * K * 4);
+        float *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4), *ru = malloc((size_t)T * N * 4);
+        float *d_y = dnew((size_t)T * N * 4);
+        ref_mm(hw.wf, N, K, x, T, ref, N);
+        ref_mm(hu.wf, N, K, x, T, ru, N);
+        for (int i = 0; i < T * N; i++) ru[i] = silu(ref[i]) * ru[i];
+        for (int path = 1; path >= 0; path--) {
+            char what[96];
+            glm_cu_gemv_fp8_mma(path);
+            poison(d_y, (size_t)T * N * 4);
+            OK(glm_cu_gemv(&w, NULL, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
+            down(y, d_y, (size_t)T * N * 4);
+            snprintf(what, sizeof what, "gemv %s %dx%d T=%d %s", FMT_NAMES[f], N, K, T, path ? "mma" : "cuda cores");
+            CHECK_REL(y, ref, (size_t)T * N, path ? 1e-3 : 1e-5, what);
+            poison(d_y, (size_t)T * N * 4);
+            OK(glm_cu_gemv(&w, &u, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
+            down(y, d_y, (size_t)T * N * 4);
+            snprintf(what, sizeof what, "gemv glu %s %dx%d T=%d %s", FMT_NAMES[f], N, K, T, path ? "mma" : "cuda cores");
+            CHECK_REL(y, ru, (size_t)T * N, path ? 1e-3 : 1e-5, what);
+        }
+        glm_cu_gemv_fp8_mma(1);
+        free(x); free(y); free(ref); free(ru); cudaFree(d_x); cudaFree(d_y);
         hw_free(&hw, &w); hw_free(&hu, &u);
     }
     /* one full-width shape: GLM-4.7 expert down projection */
@@ -271,7 +308,7 @@ TEST(gemv_dense) {
         ref_mm(hw.wf, N, K, x, T, ref, N);
         OK(glm_cu_gemv(&w, NULL, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
         down(y, d_y, (size_t)T * N * 4);
-        CHECK_REL(y, ref, (size_t)T * N, 1e-5, "gemv 5120x1536 fp8-block");
+        CHECK_REL(y, ref, (size_t)T * N, gemv_tol(1, T), "gemv 5120x1536 fp8-block");
         free(x); free(y); free(ref); cudaFree(d_x); cudaFree(d_y);
         hw_free(&hw, &w);
     }
@@ -305,7 +342,7 @@ TEST(gemv_multi_and_add_norm) {
                 down(y, d_y[i], (size_t)T * Ns[i] * 4);
                 char what[96];
                 snprintf(what, sizeof what, "gemv_multi %s T=%d weight %d", FMT_NAMES[f], T, i);
-                CHECK_REL(y, ref, (size_t)T * Ns[i], 1e-5, what);
+                CHECK_REL(y, ref, (size_t)T * Ns[i], gemv_tol(f, T), what);
                 free(y); free(ref); cudaFree(d_y[i]);
             }
             free(x); cudaFree(d_x);
@@ -482,7 +519,7 @@ TEST(moe_path) {
             OK(glm_cu_gemv(&mg, &mu, d_h, D, NULL, d_mid, F, T, &gv, 1, 0));
             down(mid, d_mid, (size_t)R * F * 4);
             snprintf(what, sizeof what, "grouped gemv glu %s T=%d", FMT_NAMES[f], T);
-            CHECK_REL(mid, mref, (size_t)R * F, 1e-5, what);
+            CHECK_REL(mid, mref, (size_t)R * F, gemv_tol(f, T), what);
             for (int i = 0; i < R; i++) {
                 const int e = ids[i], p = slot[i];
                 ref_mm(hd[e].wf, D, F, mid + (size_t)p * F, 1, eref + (size_t)p * D, D);
@@ -490,7 +527,7 @@ TEST(moe_path) {
             OK(glm_cu_gemv(&md, NULL, d_mid, F, NULL, d_eo, D, T, &gv, 0, 0));
             down(eo, d_eo, (size_t)R * D * 4);
             snprintf(what, sizeof what, "grouped gemv down %s T=%d", FMT_NAMES[f], T);
-            CHECK_REL(eo, eref, (size_t)R * D, 1e-5, what);
+            CHECK_REL(eo, eref, (size_t)R * D, gemv_tol(f, T), what);
             /* tiled: gate and up into [R, 2F], then down */
             OK(glm_cu_gemm_tiled(&mg, d_h, D, NULL, d_gt, 2 * F, T, &g, 1, 0));
             OK(glm_cu_gemm_tiled(&mu, d_h, D, NULL, d_gt + F, 2 * F, T, &g, 1, 0));

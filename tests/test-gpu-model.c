@@ -104,7 +104,7 @@ static int decode_steps(glm_ctx *c, const ref_data *r, const float *last_prompt_
     return agree;
 }
 
-static void tiny_case(const char *dir) {
+static void tiny_case(const char *dir, int fp8) {
     ref_data r = {0};
     glm_model *m = NULL;
     CHECK(ref_load(dir, &r) == 0);
@@ -118,9 +118,11 @@ static void tiny_case(const char *dir) {
     /* 1. float32 activations everywhere: prompt logits, greedy steps, the CPU backend */
     setenv("GLM_CUDA_GEMV_MAX", "100000", 1);
     setenv("GLM_CUDA_MMA_MIN", "100000", 1);
+    setenv("GLM_CUDA_GEMV_MMA", "0", 1);
     glm_ctx *c = new_ctx(m, GLM_DEVICE_CUDA, 1, GLM_KV_BF16);
     unsetenv("GLM_CUDA_GEMV_MAX");
     unsetenv("GLM_CUDA_MMA_MIN");
+    unsetenv("GLM_CUDA_GEMV_MMA");
     if (!c) goto done;
     float *lg = prefill_all(c, &r);
     float *steps = malloc(sizeof(float) * r.n_gen * V), *steps_cpu = malloc(sizeof(float) * r.n_gen * V);
@@ -199,7 +201,10 @@ static void tiny_case(const char *dir) {
             }
         const float md = max_diff(tog, alone, (size_t)S * L * V);
         fprintf(stderr, "  %s: 4 sequences together vs alone: max |diff| %.3g\n", dir, md);
-        CHECK(md <= 1e-5f * max_abs(alone, (size_t)S * L * V));
+        /* FP8 weights: alone (one token) the GEMV keeps float32 activations, together it
+         * rounds them to f16 on the tensor cores; otherwise only the summation order differs */
+        const float tol = fp8 ? 2e-3f : 1e-5f;
+        CHECK(md <= tol * max_abs(alone, (size_t)S * L * V));
         free(tog); free(alone);
         glm_ctx_free(c);
     }
@@ -249,9 +254,9 @@ done:
     ref_free(&r);
 }
 
-TEST(tiny_bf16) { tiny_case("tests/data/tiny-bf16"); }
-TEST(tiny_fp8_channel) { tiny_case("tests/data/tiny-fp8ch"); }
-TEST(tiny_fp8_block) { tiny_case("tests/data/tiny-fp8blk"); }
+TEST(tiny_bf16) { tiny_case("tests/data/tiny-bf16", 0); }
+TEST(tiny_fp8_channel) { tiny_case("tests/data/tiny-fp8ch", 1); }
+TEST(tiny_fp8_block) { tiny_case("tests/data/tiny-fp8blk", 1); }
 
 /* A full-width slice: the real GLM-4.7 shapes, fewer experts and layers to keep the
  * CPU reference quick. 80 tokens: above graph_max, so the default path takes the
@@ -277,7 +282,11 @@ static void full_width_case(glm_weight_format fmt) {
     float *out[4];
     for (int d = 0; d < 4; d++) out[d] = malloc(sizeof(float) * ROWS * V);
     for (int d = 0; d < 4; d++) {
-        if (d == 1) { setenv("GLM_CUDA_GEMV_MAX", "100000", 1); setenv("GLM_CUDA_MMA_MIN", "100000", 1); }
+        if (d == 1) {
+            setenv("GLM_CUDA_GEMV_MAX", "100000", 1);
+            setenv("GLM_CUDA_MMA_MIN", "100000", 1);
+            setenv("GLM_CUDA_GEMV_MMA", "0", 1);
+        }
         if (d == 3) setenv("GLM_CUDA_WGMMA", "0", 1);
         glm_ctx_params cp = glm_ctx_default_params();
         cp.device = d == 0 ? GLM_DEVICE_CPU : GLM_DEVICE_CUDA;
@@ -289,6 +298,7 @@ static void full_width_case(glm_weight_format fmt) {
         rc = glm_ctx_new(m, &cp, &c);
         unsetenv("GLM_CUDA_GEMV_MAX");
         unsetenv("GLM_CUDA_MMA_MIN");
+        unsetenv("GLM_CUDA_GEMV_MMA");
         unsetenv("GLM_CUDA_WGMMA");
         CHECK_MSG(rc == GLM_OK, "ctx: %s", glm_last_error());
         if (rc) goto done;
