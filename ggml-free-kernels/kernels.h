@@ -211,9 +211,11 @@ int glm_cu_moe_topk(const float *logits, const float *bias, int T, int n_expert,
                     float scale, int32_t *ids, float *w, cudaStream_t st);
 /* Sorts the T*k (token, slot) pairs by expert: fills off, active, n_active, rows and
  * slot_of[t*k+j] = sorted position; off4 is the prefix sum of the counts rounded up
- * to 4 (the per-expert scale layout of glm_cu_quant_fp8_grouped). Deterministic. */
-int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int32_t *off, int32_t *off4,
-                     int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
+ * to 4 (the per-expert scale layout of glm_cu_quant_fp8_grouped). Deterministic.
+ * shared = 1 appends expert n_expert (the shared expert) holding every token in order:
+ * positions off[n_expert] + t, slot_of[T*k + t]; off has n_expert + 2 entries then. */
+int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared, int32_t *off,
+                     int32_t *off4, int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
                      cudaStream_t st);
 /* FP8 quantisation of R sorted rows (x row rows[p], or p when rows is NULL) into q[p, :]
  * with each expert's scales 16-byte aligned, as one cuBLASLt call per expert needs:
@@ -222,9 +224,9 @@ int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int32_t *of
 int glm_cu_quant_fp8_grouped(const float *x, int ldx, const int32_t *rows, const int32_t *off,
                              const int32_t *off4, int n_expert, int R, int K, int channel, uint8_t *q,
                              float *s, cudaStream_t st);
-/* out[t, :] = sum_j w[t, j] * eo[slot_of[t*k+j], :] */
+/* out[t, :] = sum_j w[t, j] * eo[slot_of[t*k+j], :] (+ eo[slot_of[T*k+t], :] when shared) */
 int glm_cu_moe_combine(const float *eo, const int32_t *slot_of, const float *w, int T, int k, int D,
-                       float *out, cudaStream_t st);
+                       int shared, float *out, cudaStream_t st);
 
 /* ---- profiling (lib/backend-cuda.c) ---- */
 /* With GLM_CUDA_PROFILE=1 in the environment when a CUDA backend is created, graphs are

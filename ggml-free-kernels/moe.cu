@@ -65,11 +65,12 @@ extern "C" int glm_cu_moe_topk(const float *logits, const float *bias, int T, in
 }
 
 // One block of 1024 threads. Shared: cnt[E] run[E] wcnt[32][E].
-__global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int n, int k, int E, int32_t *off,
-                                                         int32_t *off4, int32_t *active, int32_t *n_active,
-                                                         int32_t *rows, int32_t *slot_of) {
+__global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int n, int k, int E, int shared,
+                                                         int32_t *off, int32_t *off4, int32_t *active,
+                                                         int32_t *n_active, int32_t *rows, int32_t *slot_of) {
     extern __shared__ int smi[];
     int *cnt = smi, *run = smi + E, *wcnt = smi + 2 * E;
+    __shared__ int routed;  // positions of the routed pairs; a shared expert's follow
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
@@ -90,6 +91,13 @@ __global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int
         }
         off[E] = acc;
         off4[E] = acc4;
+        routed = acc;
+        if (shared) {  // expert E: every token once, in order
+            const int T = n / k;
+            active[na++] = E;
+            off[E + 1] = acc + T;
+            off4[E + 1] = acc4 + ((T + 3) & ~3);
+        }
         *n_active = na;
     }
     __syncthreads();
@@ -117,20 +125,26 @@ __global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int
         }
         __syncthreads();
     }
+    if (shared)
+        for (int t = tid; t < n / k; t += blockDim.x) {
+            rows[routed + t] = t;
+            slot_of[n + t] = routed + t;
+        }
 }
 
-extern "C" int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int32_t *off, int32_t *off4,
-                                int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
+extern "C" int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared, int32_t *off,
+                                int32_t *off4, int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
                                 cudaStream_t st) {
     const size_t smem = sizeof(int) * (size_t)34 * n_expert;
-    if (smem > 48 * 1024) return glm_err(-7, "moe: %d experts exceed the grouping kernel's shared memory", n_expert);
-    moe_group_kernel<<<1, 1024, smem, st>>>(ids, T * k, k, n_expert, off, off4, active, n_active, rows, slot_of);
+    if (smem + sizeof(int) > 48 * 1024) return glm_err(-7, "moe: %d experts exceed the grouping kernel's shared memory", n_expert);
+    moe_group_kernel<<<1, 1024, smem, st>>>(ids, T * k, k, n_expert, shared, off, off4, active, n_active, rows,
+                                            slot_of);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
 
 __global__ void moe_combine_kernel(const float *eo, const int32_t *slot_of, const float *w, int k, int D,
-                                   float *out) {
+                                   int shared, float *out) {
     const int t = blockIdx.y;
     const int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D) return;
@@ -139,13 +153,14 @@ __global__ void moe_combine_kernel(const float *eo, const int32_t *slot_of, cons
         const int s = slot_of[(size_t)t * k + j];
         a = fmaf(w[(size_t)t * k + j], eo[(size_t)s * D + d], a);
     }
+    if (shared) a += eo[(size_t)slot_of[(size_t)gridDim.y * k + t] * D + d];
     out[(size_t)t * D + d] = a;
 }
 
 extern "C" int glm_cu_moe_combine(const float *eo, const int32_t *slot_of, const float *w, int T, int k, int D,
-                                  float *out, cudaStream_t st) {
+                                  int shared, float *out, cudaStream_t st) {
     if (T <= 0) return 0;
-    moe_combine_kernel<<<dim3((D + 255) / 256, T), 256, 0, st>>>(eo, slot_of, w, k, D, out);
+    moe_combine_kernel<<<dim3((D + 255) / 256, T), 256, 0, st>>>(eo, slot_of, w, k, D, shared, out);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

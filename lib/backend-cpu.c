@@ -419,8 +419,10 @@ static int cpu_moe_route(glm_backend *be, int il, const float *h, int32_t *ids, 
     return GLM_OK;
 }
 
-static int cpu_moe_experts(glm_backend *be, int il, const float *h, const int32_t *ids, const float *w, float *out) {
+static int cpu_moe_experts(glm_backend *be, int il, const float *h, const int32_t *ids, const float *w, float *out,
+                           int *with_shared) {
     cpu_state *s = S(be);
+    *with_shared = 0;
     const glm_hparams *hp = &be->model->hp;
     const glm_layer *L = &be->model->layers[il];
     const int K = hp->n_expert_used, D = hp->n_embd, T = s->plan.n_tokens;

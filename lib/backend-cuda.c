@@ -53,6 +53,7 @@ typedef struct {
     glm_cu_mat gate_up;          /* [2F, D] over both halves (prefill paths) */
     int fused_ok;                /* gate_up is a valid single weight for cuBLASLt */
     int wgmma_ok;                /* ... and for the grouped wgmma kernel */
+    int shared;                  /* expert n_expert is the shared expert (same shapes; decode groups take it) */
 } cu_moe;
 
 typedef struct {
@@ -392,31 +393,45 @@ static int same_layout(const glm_weight *a, const glm_weight *b) {
     return a->dtype == b->dtype && a->rows == b->rows && a->cols == b->cols && a->scale_kind == b->scale_kind;
 }
 
-/* A layer's routed experts: [E][gate|up] and [E][down] at fixed strides. */
+/* Whether the layer's shared expert has the routed experts' shapes and types, so that
+ * it can sit after them as expert n_expert. */
+static int shared_slot_ok(const glm_layer *L) {
+    return L->exp_gate && L->exp_down && !w_empty(&L->sh_gate) && !w_empty(&L->sh_up) && !w_empty(&L->sh_down) &&
+           same_layout(&L->sh_gate, &L->exp_gate[0]) && same_layout(&L->sh_up, &L->exp_gate[0]) &&
+           same_layout(&L->sh_down, &L->exp_down[0]);
+}
+
+/* A layer's routed experts: [E][gate|up] and [E][down] at fixed strides, with the shared
+ * expert as expert E when it fits (shared_slot_ok): decode groups then take it in the
+ * same launches, and its glm_weights point into that slot for the other paths. */
 static int up_experts(cu_impl *c, glm_layer *L, int il, int E, int pass, size_t *need) {
     if (!L->exp_gate || !L->exp_up || !L->exp_down || E <= 0) return GLM_OK;
     glm_weight *g0 = &L->exp_gate[0], *d0 = &L->exp_down[0];
     for (int e = 0; e < E; e++)
         if (!same_layout(&L->exp_gate[e], g0) || !same_layout(&L->exp_up[e], g0) || !same_layout(&L->exp_down[e], d0))
             return glm_err(GLM_ERR_UNSUPPORTED, "layer %d: experts differ in type or shape", il);
+    const int sh = shared_slot_ok(L), E1 = E + sh;
     const size_t gb = align_up(w_data_bytes(g0), 16), gs = w_scale_floats(g0);
     const size_t db = align_up(w_data_bytes(d0), 16), ds = w_scale_floats(d0);
     const size_t gu_stride = 2 * gb, gus_stride = 2 * gs;
     if (pass == 0) {
-        *need += align_up(E * gu_stride, CU_ALIGN) + align_up(E * gus_stride * 4, CU_ALIGN) +
-                 align_up(E * db, CU_ALIGN) + align_up(E * ds * 4, CU_ALIGN);
+        *need += align_up(E1 * gu_stride, CU_ALIGN) + align_up(E1 * gus_stride * 4, CU_ALIGN) +
+                 align_up(E1 * db, CU_ALIGN) + align_up(E1 * ds * 4, CU_ALIGN);
         return GLM_OK;
     }
-    uint8_t *gu = arena_take(c, E * gu_stride);
-    float *gus = gus_stride ? arena_take(c, E * gus_stride * 4) : NULL;
-    uint8_t *dn = arena_take(c, E * db);
-    float *dns = ds ? arena_take(c, E * ds * 4) : NULL;
-    for (int e = 0; e < E; e++) {
-        RUN(upload(c, &L->exp_gate[e], gu + e * gu_stride, gus ? gus + e * gus_stride : NULL, 0));
-        RUN(upload(c, &L->exp_up[e], gu + e * gu_stride + gb, gus ? gus + e * gus_stride + gs : NULL, 0));
-        RUN(upload(c, &L->exp_down[e], dn + e * db, dns ? dns + e * ds : NULL, 0));
+    uint8_t *gu = arena_take(c, E1 * gu_stride);
+    float *gus = gus_stride ? arena_take(c, E1 * gus_stride * 4) : NULL;
+    uint8_t *dn = arena_take(c, E1 * db);
+    float *dns = ds ? arena_take(c, E1 * ds * 4) : NULL;
+    for (int e = 0; e < E1; e++) {
+        glm_weight *wg = e < E ? &L->exp_gate[e] : &L->sh_gate, *wu = e < E ? &L->exp_up[e] : &L->sh_up;
+        glm_weight *wd = e < E ? &L->exp_down[e] : &L->sh_down;
+        RUN(upload(c, wg, gu + e * gu_stride, gus ? gus + e * gus_stride : NULL, 0));
+        RUN(upload(c, wu, gu + e * gu_stride + gb, gus ? gus + e * gus_stride + gs : NULL, 0));
+        RUN(upload(c, wd, dn + e * db, dns ? dns + e * ds : NULL, 0));
     }
     cu_moe *m = &c->moe[il];
+    m->shared = sh;
     m->gate = mat_of(&L->exp_gate[0]);
     m->up = mat_of(&L->exp_up[0]);
     m->down = mat_of(&L->exp_down[0]);
@@ -461,8 +476,10 @@ static int walk_weights(cu_impl *c, glm_model *m, int pass, size_t *need) {
             RUN(up_single(c, &L->router, 0, pass, need));
             RUN(up_single(c, &L->router_bias, 2, pass, need));
             RUN(up_experts(c, L, il, hp->n_expert, pass, need));
-            RUN(up_pair(c, &L->sh_gate, &L->sh_up, pass, need));
-            RUN(up_single(c, &L->sh_down, 0, pass, need));
+            if (!shared_slot_ok(L)) {
+                RUN(up_pair(c, &L->sh_gate, &L->sh_up, pass, need));
+                RUN(up_single(c, &L->sh_down, 0, pass, need));
+            }
         }
     }
     return GLM_OK;
@@ -638,14 +655,15 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     c->gtmp_floats = g;
     RUN(dev_alloc((void **)&c->gtmp, g * 4, "GEMM scratch"));
     RUN(dev_alloc((void **)&c->rlog, T * E * 4, "router logits"));
-    RUN(dev_alloc((void **)&c->mid, rows * Fe * 4, "expert activations"));
-    RUN(dev_alloc((void **)&c->eo, (rows + 4) * D * 4, "expert outputs"));
-    RUN(dev_alloc((void **)&c->g_off, (E + 1) * 4, "expert offsets"));
-    RUN(dev_alloc((void **)&c->g_off4, (E + 1) * 4, "expert offsets"));
+    /* + T: the shared expert's rows when decode groups take it */
+    RUN(dev_alloc((void **)&c->mid, (rows + T) * Fe * 4, "expert activations"));
+    RUN(dev_alloc((void **)&c->eo, (rows + T + 4) * D * 4, "expert outputs"));
+    RUN(dev_alloc((void **)&c->g_off, (E + 2) * 4, "expert offsets"));
+    RUN(dev_alloc((void **)&c->g_off4, (E + 2) * 4, "expert offsets"));
     RUN(dev_alloc((void **)&c->g_active, (E + 1) * 4, "expert list"));
     RUN(dev_alloc((void **)&c->g_nact, 16, "expert count"));
-    RUN(dev_alloc((void **)&c->g_rows, rows * 4, "expert rows"));
-    RUN(dev_alloc((void **)&c->g_slot, rows * 4, "expert slots"));
+    RUN(dev_alloc((void **)&c->g_rows, (rows + T) * 4, "expert rows"));
+    RUN(dev_alloc((void **)&c->g_slot, (rows + T) * 4, "expert slots"));
     RUN(dev_alloc((void **)&c->g_tiles, glm_cu_wgmma_tiles_ints((int)rows, (int)E) * 4, "expert tiles"));
     CK(cudaMallocHost((void **)&c->h_off, 2 * (E + 1) * 4));
     size_t aw = 0;
@@ -1034,20 +1052,25 @@ static int moe_prefill_lt(cu_impl *c, const cu_moe *m, const float *h, int T, in
     return GLM_OK;
 }
 
-static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t *ids, const float *w, float *out) {
+static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t *ids, const float *w, float *out,
+                          int *with_shared) {
     cu_impl *c = IMPL(be);
     const glm_hparams *hp = &be->model->hp;
-    if (op_skip(c, 7, h, ids, out, il * 65536 + c->T)) return GLM_OK;
-    RUN(flush(c));
-    prof_op(c, "moe experts");
     const cu_moe *m = &c->moe[il];
     const int T = c->T, k = hp->n_expert_used, E = hp->n_expert, D = hp->n_embd, F = hp->n_ff_exp;
     const int rows = T * k;
-    RUN(glm_cu_moe_group(ids, T, k, E, c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st));
-    glm_cu_groups g = {c->g_active, c->g_nact, c->g_off, c->g_rows, rows < E ? rows : E, T};
+    const int dec = T <= c->graph_max || T <= c->gemv_max;
+    const int mma = dec && T > c->mma_min && glm_cu_mma_ok(&m->gate) && glm_cu_mma_ok(&m->up) && glm_cu_mma_ok(&m->down);
+    /* decode on the GEMV: the shared expert rides in the same launches as expert E */
+    const int sh = dec && !mma && m->shared;
+    *with_shared = sh;
+    if (op_skip(c, 7, h, ids, out, il * 65536 + c->T)) return GLM_OK;
+    RUN(flush(c));
+    prof_op(c, sh ? "moe experts+shared" : "moe experts");
+    RUN(glm_cu_moe_group(ids, T, k, E, sh, c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st));
+    glm_cu_groups g = {c->g_active, c->g_nact, c->g_off, c->g_rows, (rows < E ? rows : E) + sh, T};
     int rc = GLM_ERR_UNSUPPORTED;
-    if ((T <= c->graph_max || T <= c->gemv_max) && T > c->mma_min && glm_cu_mma_ok(&m->gate) &&
-        glm_cu_mma_ok(&m->up) && glm_cu_mma_ok(&m->down)) {
+    if (mma) {
         /* decode, more tokens than the CUDA cores keep up with: FP8 tensor cores, activations
          * quantised per token and 128 columns; still no host round trip */
         glm_cu_groups gm = g;
@@ -1057,7 +1080,7 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_quant_fp8(c->mid, F, NULL, rows, F, 2, c->xq, c->xs, 0, c->st));
         RUN(glm_cu_gemm_fp8_mma(&m->down, NULL, c->xq, c->xs, c->eo, D, T, &gm, 0, c->st));
         rc = GLM_OK;
-    } else if (T <= c->graph_max || T <= c->gemv_max) {
+    } else if (dec) {
         /* decode: no host round trip; each block row of the grid is one touched expert */
         glm_cu_groups gv = g;
         gv.max_count = T < 4 ? T : 4;
@@ -1087,7 +1110,7 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
         RUN(glm_cu_gemm_tiled(&m->down, c->mid, F, NULL, c->eo, D, T, &g, 0, c->st));
     }
-    return glm_cu_moe_combine(c->eo, c->g_slot, w, T, k, D, out, c->st);
+    return glm_cu_moe_combine(c->eo, c->g_slot, w, T, k, D, sh, out, c->st);
 }
 
 static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {

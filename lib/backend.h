@@ -60,9 +60,10 @@ typedef struct {
      * bias; weights = chosen scores (normalised if norm_topk_prob) * routed_scale.
      * h[T, n_embd] -> ids[T, k] (int32), w[T, k] */
     int (*moe_route)(glm_backend *be, int il, const float *h, int32_t *ids, float *w);
-    /* out[T, n_embd] = sum_j w[t,j] * expert_{ids[t,j]}(h[t])   (SwiGLU experts) */
+    /* out[T, n_embd] = sum_j w[t,j] * expert_{ids[t,j]}(h[t])   (SwiGLU experts); a
+     * backend may add the shared expert in the same pass: *with_shared = 1 then */
     int (*moe_experts)(glm_backend *be, int il, const float *h, const int32_t *ids,
-                       const float *w, float *out);
+                       const float *w, float *out, int *with_shared);
     /* x[n] += y[n] */
     int (*add)(glm_backend *be, float *x, const float *y, size_t n);
     /* Final: logits_host[n_out, n_vocab] = rmsnorm(x[out_rows]) * out_norm @ lm_head^T */

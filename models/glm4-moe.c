@@ -82,8 +82,9 @@ int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
             RUN(op->linear(be, &L->ffn_down, NULL, b->ff, b->y, T));    /* y = ff Wd^T         [T, D] */
         } else {
             RUN(op->moe_route(be, il, b->h, b->ids, b->w));          /* top-K experts          [T, K] */
-            RUN(op->moe_experts(be, il, b->h, b->ids, b->w, b->y));  /* y = sum w * expert(h)  [T, D] */
-            if (hp->n_expert_shared > 0) {
+            int with_shared = 0;                                     /* y = sum w * expert(h)  [T, D] */
+            RUN(op->moe_experts(be, il, b->h, b->ids, b->w, b->y, &with_shared));
+            if (hp->n_expert_shared > 0 && !with_shared) {
                 RUN(op->glu(be, &L->sh_gate, &L->sh_up, b->h, b->ff, T));  /* [T, F] */
                 RUN(op->linear(be, &L->sh_down, NULL, b->ff, b->y2, T));   /* [T, D] */
                 RUN(op->add(be, b->y, b->y2, TD));                   /* y += shared(h) */

@@ -453,7 +453,7 @@ TEST(moe_path) {
             /* grouping */
             int32_t *d_off = dnew((E + 1) * 4), *d_off4 = dnew((E + 1) * 4), *d_act = dnew((E + 1) * 4), *d_na = dnew(4);
             int32_t *d_rows = dnew((size_t)R * 4), *d_slot = dnew((size_t)R * 4);
-            OK(glm_cu_moe_group(d_ids, T, k, E, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
+            OK(glm_cu_moe_group(d_ids, T, k, E, 0, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
             int32_t off[64], off4[64], act[64], na = 0, *rows = malloc((size_t)R * 4), *slot = malloc((size_t)R * 4);
             down(off, d_off, (E + 1) * 4); down(off4, d_off4, (E + 1) * 4); down(act, d_act, (E + 1) * 4); down(&na, d_na, 4);
             down(rows, d_rows, (size_t)R * 4); down(slot, d_slot, (size_t)R * 4);
@@ -469,6 +469,17 @@ TEST(moe_path) {
                 CHECK(rows[p] == i / k);
                 if (i > 0) for (int i2 = 0; i2 < i; i2++) if (ids[i2] == e) CHECK(slot[i2] < p);  /* stable */
             }
+            /* with the shared expert as expert E: the routed part unchanged, then every token in order */
+            int32_t *d_off2 = dnew((E + 2) * 4), *d_act2 = dnew((E + 1) * 4), *d_rows2 = dnew((size_t)(R + T) * 4);
+            int32_t *d_slot2 = dnew((size_t)(R + T) * 4), *d_off42 = dnew((E + 2) * 4);
+            OK(glm_cu_moe_group(d_ids, T, k, E, 1, d_off2, d_off42, d_act2, d_na, d_rows2, d_slot2, 0));
+            int32_t off2[66], act2[65], na2 = 0, *rows2 = malloc((size_t)(R + T) * 4), *slot2 = malloc((size_t)(R + T) * 4);
+            down(off2, d_off2, (E + 2) * 4); down(act2, d_act2, (E + 1) * 4); down(&na2, d_na, 4);
+            down(rows2, d_rows2, (size_t)(R + T) * 4); down(slot2, d_slot2, (size_t)(R + T) * 4);
+            CHECK(!memcmp(off2, off, (E + 1) * 4) && off2[E + 1] == R + T);
+            CHECK(na2 == nact + 1 && !memcmp(act2, act, (size_t)nact * 4) && act2[nact] == E);
+            CHECK(!memcmp(rows2, rows, (size_t)R * 4) && !memcmp(slot2, slot, (size_t)R * 4));
+            for (int t = 0; t < T; t++) CHECK(rows2[R + t] == t && slot2[R + t] == R + t);
             /* grouped expert products: GEMV (decode path) and tiled (any T) */
             float *h = frandv((size_t)T * D, 1.f), *d_h = dup_h(h, (size_t)T * D * 4);
             {   /* grouped block quantisation: expert e's scales a [KB][round4(n_e)] tensor at KB*off4[e] */
@@ -546,7 +557,7 @@ TEST(moe_path) {
             snprintf(what, sizeof what, "grouped tiled down %s T=%d", FMT_NAMES[f], T);
             CHECK_REL(eo, eref, (size_t)R * D, 1e-5, what);
             /* combine */
-            OK(glm_cu_moe_combine(d_eo, d_slot, d_w, T, k, D, d_out, 0));
+            OK(glm_cu_moe_combine(d_eo, d_slot, d_w, T, k, D, 0, d_out, 0));
             down(out, d_out, (size_t)T * D * 4);
             for (int t = 0; t < T; t++)
                 for (int d = 0; d < D; d++) {
@@ -555,6 +566,22 @@ TEST(moe_path) {
                     oref[(size_t)t * D + d] = (float)a;
                 }
             CHECK_REL(out, oref, (size_t)T * D, 1e-6, "moe combine");
+            {   /* ... and with the shared expert's rows after the routed ones */
+                float *eo2 = frandv((size_t)(R + T) * D, 1.f), *d_eo2 = dup_h(eo2, (size_t)(R + T) * D * 4);
+                poison(d_out, (size_t)T * D * 4);
+                OK(glm_cu_moe_combine(d_eo2, d_slot2, d_w, T, k, D, 1, d_out, 0));
+                down(out, d_out, (size_t)T * D * 4);
+                for (int t = 0; t < T; t++)
+                    for (int d = 0; d < D; d++) {
+                        double a = eo2[(size_t)(R + t) * D + d];
+                        for (int j = 0; j < k; j++) a += (double)wv[t * k + j] * eo2[(size_t)slot[t * k + j] * D + d];
+                        oref[(size_t)t * D + d] = (float)a;
+                    }
+                CHECK_REL(out, oref, (size_t)T * D, 1e-6, "moe combine with the shared expert");
+                free(eo2); cudaFree(d_eo2);
+            }
+            free(rows2); free(slot2);
+            cudaFree(d_off2); cudaFree(d_off42); cudaFree(d_act2); cudaFree(d_rows2); cudaFree(d_slot2);
             free(lg); free(bias); free(ids); free(wv); free(rows); free(slot); free(h); free(mid); free(mref);
             free(tmp); free(tmp2); free(eo); free(eref); free(out); free(oref);
             cudaFree(d_lg); cudaFree(d_bias); cudaFree(d_ids); cudaFree(d_w); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act);
@@ -593,7 +620,7 @@ TEST(moe_mma) {
             int32_t *d_ids = dup_h(ids, (size_t)R * 4);
             int32_t *d_off = dnew((E + 1) * 4), *d_off4 = dnew((E + 1) * 4), *d_act = dnew((E + 1) * 4), *d_na = dnew(4);
             int32_t *d_rows = dnew((size_t)R * 4), *d_slot = dnew((size_t)R * 4), *slot = malloc((size_t)R * 4);
-            OK(glm_cu_moe_group(d_ids, T, k, E, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
+            OK(glm_cu_moe_group(d_ids, T, k, E, 0, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
             down(slot, d_slot, (size_t)R * 4);
             float *h = frandv((size_t)T * D, 2.f), *d_h = dup_h(h, (size_t)T * D * 4);
             uint8_t *d_q = dnew((size_t)R * D), *q = malloc((size_t)R * D);
@@ -674,7 +701,7 @@ TEST(moe_wgmma) {
             int32_t *d_ids = dup_h(ids, (size_t)R * 4), *d_tiles = dnew(glm_cu_wgmma_tiles_ints(R, E) * 4);
             int32_t *d_off = dnew((E + 1) * 4), *d_off4 = dnew((E + 1) * 4), *d_act = dnew((E + 1) * 4), *d_na = dnew(4);
             int32_t *d_rows = dnew((size_t)R * 4), *d_slot = dnew((size_t)R * 4);
-            OK(glm_cu_moe_group(d_ids, T, k, E, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
+            OK(glm_cu_moe_group(d_ids, T, k, E, 0, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
             down(slot, d_slot, (size_t)R * 4);
             down(off, d_off, (E + 1) * 4);
             int maxc = 0;
