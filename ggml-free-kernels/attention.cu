@@ -9,6 +9,39 @@
 #define ATT_THREADS 128
 #define ATT_MAXG 16
 
+// Stores E consecutive dims (from d0) of one token's rotated K and its V for KV head j
+// into the token's page slot: FP8 codes with the given scales (written once, by the
+// thread with first set) or BF16. Both rope_store kernels end here.
+template <int E>
+__device__ __forceinline__ void kv_store(const glm_cu_kv &kv, int page, int j, int n_kv, int hd, int slot, int d0,
+                                         const float (&xk)[E], const float (&xv)[E], float ksc, float vsc, bool first) {
+    const size_t row = ((size_t)page * n_kv + j) * 16 + slot, idx = row * hd + d0;
+    if (kv.fp8) {
+        uint8_t bk[E], bv[E];
+#pragma unroll
+        for (int e = 0; e < E; e++) { bk[e] = f_to_fp8(xk[e] / ksc); bv[e] = f_to_fp8(xv[e] / vsc); }
+        if constexpr (E == 4) {
+            *(uint32_t *)((uint8_t *)kv.k + idx) = bk[0] | (uint32_t)bk[1] << 8 | (uint32_t)bk[2] << 16 | (uint32_t)bk[3] << 24;
+            *(uint32_t *)((uint8_t *)kv.v + idx) = bv[0] | (uint32_t)bv[1] << 8 | (uint32_t)bv[2] << 16 | (uint32_t)bv[3] << 24;
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; e++) { ((uint8_t *)kv.k)[idx + e] = bk[e]; ((uint8_t *)kv.v)[idx + e] = bv[e]; }
+        }
+        if (first) { kv.ks[row] = ksc; kv.vs[row] = vsc; }
+    } else {
+        uint16_t hk[E], hv[E];
+#pragma unroll
+        for (int e = 0; e < E; e++) { hk[e] = f_to_bf16(xk[e]); hv[e] = f_to_bf16(xv[e]); }
+        if constexpr (E == 4) {
+            *(uint2 *)((uint16_t *)kv.k + idx) = make_uint2(hk[0] | (uint32_t)hk[1] << 16, hk[2] | (uint32_t)hk[3] << 16);
+            *(uint2 *)((uint16_t *)kv.v + idx) = make_uint2(hv[0] | (uint32_t)hv[1] << 16, hv[2] | (uint32_t)hv[3] << 16);
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; e++) { ((uint16_t *)kv.k)[idx + e] = hk[e]; ((uint16_t *)kv.v)[idx + e] = hv[e]; }
+        }
+    }
+}
+
 __global__ void rope_store_kernel(float *q, float *k, const float *v, int n_head, int n_kv, int hd,
                                   int n_rot, float theta, const float *qn, const float *kn, float eps,
                                   glm_cu_plan p, glm_cu_kv kv) {
@@ -40,29 +73,16 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, int n_head
 
     const int seq = p.seq[t];
     const int page = p.page_table[(size_t)seq * p.max_pages + pos / 16];
-    const int slot = pos % 16;
     const float vv = d < hd ? v[((size_t)t * n_kv + j) * hd + d] : 0.f;
-    const size_t idx = (((size_t)page * n_kv + j) * 16 + slot) * hd + d;
-    if (kv.fp8) {
-        const float ka = block_max(fabsf(x), red);
-        const float va = block_max(fabsf(vv), red);
-        const float ksc = ka > 0.f ? ka / 448.f : 1.f, vsc = va > 0.f ? va / 448.f : 1.f;
-        if (page < 0) return;
-        if (d < hd) {
-            ((uint8_t *)kv.k)[idx] = f_to_fp8(x / ksc);
-            ((uint8_t *)kv.v)[idx] = f_to_fp8(vv / vsc);
-        }
-        if (d == 0) {
-            kv.ks[((size_t)page * n_kv + j) * 16 + slot] = ksc;
-            kv.vs[((size_t)page * n_kv + j) * 16 + slot] = vsc;
-        }
-    } else {
-        if (page < 0) return;
-        if (d < hd) {
-            ((uint16_t *)kv.k)[idx] = f_to_bf16(x);
-            ((uint16_t *)kv.v)[idx] = f_to_bf16(vv);
-        }
+    float ksc = 1.f, vsc = 1.f;
+    if (kv.fp8) {  // every thread takes part in the reductions
+        const float ka = block_max(fabsf(x), red), va = block_max(fabsf(vv), red);
+        ksc = ka > 0.f ? ka / 448.f : 1.f;
+        vsc = va > 0.f ? va / 448.f : 1.f;
     }
+    if (page < 0 || d >= hd) return;
+    const float xk[1] = {x}, xv[1] = {vv};
+    kv_store<1>(kv, page, j, n_kv, hd, pos % 16, d, xk, xv, ksc, vsc, d == 0);
 }
 
 // The same for head_dim 128 with a warp per head vector, four dims a lane (16-byte
@@ -109,29 +129,17 @@ __global__ void __launch_bounds__(256) rope_store128_kernel(float *q, float *k, 
 
     const int seq = p.seq[t];
     const int page = p.page_table[(size_t)seq * p.max_pages + pos / 16];
-    const int slot = pos % 16;
     const float4 vv = ((const float4 *)(v + ((size_t)t * n_kv + j) * 128))[lane];
-    const size_t idx = (((size_t)page * n_kv + j) * 16 + slot) * 128 + d0;
+    float ksc = 1.f, vsc = 1.f;
     if (kv.fp8) {
         const float ka = warp_max(fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
         const float va = warp_max(fmaxf(fmaxf(fabsf(vv.x), fabsf(vv.y)), fmaxf(fabsf(vv.z), fabsf(vv.w))));
-        const float ksc = ka > 0.f ? ka / 448.f : 1.f, vsc = va > 0.f ? va / 448.f : 1.f;
-        if (page < 0) return;
-        *(uint32_t *)((uint8_t *)kv.k + idx) = (uint32_t)f_to_fp8(x.x / ksc) | (uint32_t)f_to_fp8(x.y / ksc) << 8 |
-                                               (uint32_t)f_to_fp8(x.z / ksc) << 16 | (uint32_t)f_to_fp8(x.w / ksc) << 24;
-        *(uint32_t *)((uint8_t *)kv.v + idx) = (uint32_t)f_to_fp8(vv.x / vsc) | (uint32_t)f_to_fp8(vv.y / vsc) << 8 |
-                                               (uint32_t)f_to_fp8(vv.z / vsc) << 16 | (uint32_t)f_to_fp8(vv.w / vsc) << 24;
-        if (lane == 0) {
-            kv.ks[((size_t)page * n_kv + j) * 16 + slot] = ksc;
-            kv.vs[((size_t)page * n_kv + j) * 16 + slot] = vsc;
-        }
-    } else {
-        if (page < 0) return;
-        *(uint2 *)((uint16_t *)kv.k + idx) = make_uint2((uint32_t)f_to_bf16(x.x) | (uint32_t)f_to_bf16(x.y) << 16,
-                                                        (uint32_t)f_to_bf16(x.z) | (uint32_t)f_to_bf16(x.w) << 16);
-        *(uint2 *)((uint16_t *)kv.v + idx) = make_uint2((uint32_t)f_to_bf16(vv.x) | (uint32_t)f_to_bf16(vv.y) << 16,
-                                                        (uint32_t)f_to_bf16(vv.z) | (uint32_t)f_to_bf16(vv.w) << 16);
+        ksc = ka > 0.f ? ka / 448.f : 1.f;
+        vsc = va > 0.f ? va / 448.f : 1.f;
     }
+    if (page < 0) return;
+    const float xk[4] = {x.x, x.y, x.z, x.w}, xv[4] = {vv.x, vv.y, vv.z, vv.w};
+    kv_store<4>(kv, page, j, n_kv, 128, pos % 16, d0, xk, xv, ksc, vsc, lane == 0);
 }
 
 extern "C" int glm_cu_rope_store(float *q, float *k, const float *v, int T, int n_head, int n_kv, int hd,

@@ -69,6 +69,11 @@ typedef struct {
     glm_cu_lt *aux_lt[CU_MAX_AUX];
     void *aux_ws[CU_MAX_AUX];
     cudaEvent_t ev_fork, ev_join[CU_MAX_AUX];
+    /* logits of many rows in vocabulary slices, each copied to the host on copy_st
+     * while the next is computed (GLM_CUDA_LOGIT_SLICES, default 1) */
+    int logit_slices;
+    cudaStream_t copy_st;
+    cudaEvent_t ev_slice, ev_copied;
 
     /* weights */
     uint8_t *arena;
@@ -1137,8 +1142,8 @@ static int pinned_dst(const cu_impl *c, const float *dst) {
 #define LOGIT_SLICE_MIN 16       /* rows from which slicing pays for its extra launches */
 
 /* Final norm and lm_head for plan output rows [r0, r0 + n). When host is the page-locked
- * buffer, many rows are asked for and a side stream exists, the vocabulary goes in
- * slices and each slice's rows are copied to host + r0*V on the side stream while the
+ * buffer, many rows are asked for and slicing is on, the vocabulary goes in slices
+ * and each slice's rows are copied to host + r0*V on copy_st while the
  * next slice is computed (the transfer of 64 x 151552 floats takes as long as the
  * lm_head read twice); *copied says so. */
 static int logits_chunk(glm_backend *be, const float *x, int r0, int n, float *host, int *copied) {
@@ -1148,7 +1153,7 @@ static int logits_chunk(glm_backend *be, const float *x, int r0, int n, float *h
     *copied = 0;
     RUN(glm_cu_rmsnorm(x, P_OUT(c) + r0, m->out_norm.dev, c->fnorm, n, D, m->hp.rms_eps, c->st));
     const glm_cu_mat lm = mat_of(&m->lm_head);
-    if (!host || !pinned_dst(c, host) || c->n_aux < 1 || n < LOGIT_SLICE_MIN || V < 128 * LOGIT_SLICES)
+    if (!host || !pinned_dst(c, host) || !c->logit_slices || n < LOGIT_SLICE_MIN || V < 128 * LOGIT_SLICES)
         return lin(c, &lm, NULL, c->fnorm, D, c->logits_d, V, n);
     const int per = (V / 128 + LOGIT_SLICES - 1) / LOGIT_SLICES * 128;  /* 128-row multiples: block scales stay whole */
     const size_t row_bytes = (size_t)lm.K * dt_size(lm.dtype);
@@ -1160,13 +1165,13 @@ static int logits_chunk(glm_backend *be, const float *x, int r0, int n, float *h
         sl.N = nv;
         if (lm.scale) sl.scale = lm.scale + (lm.scale_kind == GLM_CU_SCALE_BLOCK ? (size_t)(v0 / 128) * lm.s_ld : (size_t)v0);
         RUN(lin(c, &sl, NULL, c->fnorm, D, c->logits_d + v0, V, n));
-        CK(cudaEventRecord(c->ev_fork, c->st));
-        CK(cudaStreamWaitEvent(c->aux[0], c->ev_fork, 0));
+        CK(cudaEventRecord(c->ev_slice, c->st));
+        CK(cudaStreamWaitEvent(c->copy_st, c->ev_slice, 0));
         CK(cudaMemcpy2DAsync(dst + v0, (size_t)V * 4, c->logits_d + v0, (size_t)V * 4, (size_t)nv * 4, n,
-                             cudaMemcpyDeviceToHost, c->aux[0]));
+                             cudaMemcpyDeviceToHost, c->copy_st));
     }
-    CK(cudaEventRecord(c->ev_join[0], c->aux[0]));
-    CK(cudaStreamWaitEvent(c->st, c->ev_join[0], 0));
+    CK(cudaEventRecord(c->ev_copied, c->copy_st));
+    CK(cudaStreamWaitEvent(c->st, c->ev_copied, 0));
     *copied = 1;
     return GLM_OK;
 }
@@ -1292,6 +1297,9 @@ static void cu_destroy(glm_backend *be) {
             if (c->ev_join[i]) cudaEventDestroy(c->ev_join[i]);
         }
         if (c->ev_fork) cudaEventDestroy(c->ev_fork);
+        if (c->copy_st) { cudaStreamSynchronize(c->copy_st); cudaStreamDestroy(c->copy_st); }
+        if (c->ev_slice) cudaEventDestroy(c->ev_slice);
+        if (c->ev_copied) cudaEventDestroy(c->ev_copied);
         for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
         free(c->allocs);
         void *dv[] = {c->arena, c->lt_ws, c->lt_y, c->kv_mem, c->d_plan, c->xq, c->xs, c->gtmp, c->rlog, c->mid, c->eo,
@@ -1393,6 +1401,13 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
         }
         if ((rc = dev_alloc(&c->aux_ws[i], CU_AUX_WS, "a side-stream cuBLASLt workspace"))) goto fail;
         if ((rc = glm_cu_lt_new(&c->aux_lt[i], c->aux_ws[i], CU_AUX_WS, NULL, 0))) goto fail;
+    }
+    c->logit_slices = env_int("GLM_CUDA_LOGIT_SLICES", 1);
+    if (c->logit_slices && ((e = cudaStreamCreateWithFlags(&c->copy_st, cudaStreamNonBlocking)) != cudaSuccess ||
+                            (e = cudaEventCreateWithFlags(&c->ev_slice, cudaEventDisableTiming)) != cudaSuccess ||
+                            (e = cudaEventCreateWithFlags(&c->ev_copied, cudaEventDisableTiming)) != cudaSuccess)) {
+        rc = glm_err(GLM_ERR_CUDA, "CUDA logits copy stream: %s", cudaGetErrorString(e));
+        goto fail;
     }
     if ((rc = cu_load(be, model))) goto fail;
     *out = be;

@@ -211,15 +211,15 @@ static void tiny_case(const char *dir, int fp8) {
 
     /* 5b. twenty sequences a step (a captured graph, replayed): the logits go to the host
      * in vocabulary slices copied on a side stream while the next slice is computed;
-     * bitwise the same as one copy after the product (no side stream) */
+     * bitwise the same as one copy after the product (GLM_CUDA_LOGIT_SLICES=0) */
     {
         enum { S = 20, L = 4 };
         float *out[2];
         for (int v = 0; v < 2; v++) {
             out[v] = malloc(sizeof(float) * S * L * V);
-            if (v == 1) setenv("GLM_CUDA_MOE_STREAMS", "0", 1);
+            if (v == 1) setenv("GLM_CUDA_LOGIT_SLICES", "0", 1);
             c = new_ctx(m, GLM_DEVICE_CUDA, S, GLM_KV_BF16);
-            unsetenv("GLM_CUDA_MOE_STREAMS");
+            unsetenv("GLM_CUDA_LOGIT_SLICES");
             if (!c) continue;
             int32_t toks[S], seqs[S];
             int8_t want[S];
