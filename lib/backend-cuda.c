@@ -887,13 +887,6 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
     if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
     if (glm_cu_lt_shape_ok(w) && (size_t)T * w->K <= c->xq_bytes) {
         int rc;
-        if (w->dtype == GLM_CU_FP8 && c->wgmma > 1 && T > c->graph_max && glm_cu_wgmma_ok(w)) {
-            /* GLM_CUDA_WGMMA=2: dense prefill products on the wgmma kernel too */
-            const int ld_s = (T + 3) & ~3;
-            RUN(glm_cu_quant_fp8(x, ldx, NULL, T, w->K, 1, c->xq, c->xs, ld_s, c->st));
-            RUN(glm_cu_gemm_fp8_wgmma(w, c->xq, c->xs, ld_s, y, ldy, T, NULL, 0, NULL, c->st));
-            return bias ? glm_cu_add_bias(y, bias, T, w->N, ldy, c->st) : GLM_OK;
-        }
         if (w->dtype == GLM_CU_FP8) {
             const int blk = w->scale_kind == GLM_CU_SCALE_BLOCK;
             /* 1x128 activation scales need a multiple of 4 tokens: the rest go through the GEMV */
