@@ -23,6 +23,60 @@ extern "C" int glm_cu_embed(const void *emb, int emb_dtype, const int32_t *token
     return 0;
 }
 
+// Rows of D = 4 * n4 floats held in registers, NORM_V float4s a thread: every load of
+// the row is in flight at once (the scalar loops below wait on each in turn, which
+// costs a decode step microseconds a norm). ADD: x += y first, written back.
+#define NORM_V 4
+
+template <bool ADD>
+__global__ void norm_vec_kernel(float *__restrict__ x, const int32_t *__restrict__ row_idx,
+                                const float *__restrict__ y, const float *__restrict__ w, float *__restrict__ out,
+                                int D, float eps) {
+    __shared__ float red[32];
+    const int r = blockIdx.x, n4 = D / 4;
+    const int src = row_idx ? row_idx[r] : r;
+    float4 *xr = (float4 *)(x + (size_t)src * D);
+    const float4 *yr = ADD ? (const float4 *)(y + (size_t)r * D) : nullptr;
+    float4 v[NORM_V], wv[NORM_V];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < NORM_V; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+        wv[j] = v[j];
+        if (i < n4) {
+            v[j] = xr[i];
+            wv[j] = ((const float4 *)w)[i];
+            if (ADD) {
+                const float4 b = yr[i];
+                v[j].x += b.x; v[j].y += b.y; v[j].z += b.z; v[j].w += b.w;
+            }
+            ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+        }
+    }
+    ss = block_sum(ss, red);
+    const float inv = rsqrtf(ss / D + eps);
+    float4 *o = (float4 *)(out + (size_t)r * D);
+#pragma unroll
+    for (int j = 0; j < NORM_V; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < n4) {
+            if (ADD) xr[i] = v[j];
+            o[i] = make_float4(v[j].x * inv * wv[j].x, v[j].y * inv * wv[j].y, v[j].z * inv * wv[j].z,
+                               v[j].w * inv * wv[j].w);
+        }
+    }
+}
+
+// Threads for the register path, or 0 when the row does not fit it (or is not 16-byte aligned).
+static int norm_vec_threads(int D, const void *a, const void *b, const void *c, const void *d) {
+    if (D % 4 || (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15)) return 0;
+    const int n4 = D / 4;
+    for (int th = 64; th <= 1024; th *= 2)
+        if (n4 <= th * NORM_V) return th;
+    return 0;
+}
+
 __global__ void rmsnorm_kernel(const float *x, const int32_t *row_idx, const float *w, float *out,
                                int D, float eps) {
     __shared__ float red[32];
@@ -40,7 +94,9 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *row_idx, const flo
 extern "C" int glm_cu_rmsnorm(const float *x, const int32_t *row_idx, const float *w, float *out,
                               int R, int D, float eps, cudaStream_t st) {
     if (R <= 0) return 0;
-    rmsnorm_kernel<<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, row_idx, w, out, D, eps);
+    const int th = norm_vec_threads(D, x, w, out, nullptr);
+    if (th) norm_vec_kernel<false><<<R, th, 0, st>>>((float *)x, row_idx, nullptr, w, out, D, eps);
+    else rmsnorm_kernel<<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, row_idx, w, out, D, eps);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
@@ -65,7 +121,9 @@ __global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, flo
 extern "C" int glm_cu_add_rmsnorm(float *x, const float *y, const float *w, float *out, int R, int D, float eps,
                                   cudaStream_t st) {
     if (R <= 0) return 0;
-    add_rmsnorm_kernel<<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, y, w, out, D, eps);
+    const int th = norm_vec_threads(D, x, y, w, out);
+    if (th) norm_vec_kernel<true><<<R, th, 0, st>>>(x, nullptr, y, w, out, D, eps);
+    else add_rmsnorm_kernel<<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, y, w, out, D, eps);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

@@ -68,6 +68,28 @@ __device__ __forceinline__ void unpack16(const uint4 v, float *f) {
 
 __device__ __forceinline__ float silu_f(float g) { return g / (1.f + __expf(-g)); }
 
+// The weight a row block belongs to: for multi launches (q, k and v side by side) the
+// one whose row blocks contain grb, with grb made relative to it. Compile-time indices
+// only, so the argument block stays in the constant bank.
+struct gemv_target {
+    glm_cu_mat W;
+    const float *bias;
+    float *Y;
+    int ldy, bx;
+};
+__device__ __forceinline__ gemv_target gemv_pick(const gemv_args &a, int grb) {
+    gemv_target r = {a.w, a.bias, a.y, a.ldy, grb};
+    if (a.n_multi) {
+        int i = 0;
+#pragma unroll
+        for (int j = 1; j < GEMV_MULTI; j++) if (j < a.n_multi && grb >= a.mblock[j]) i = j;
+#pragma unroll
+        for (int j = 0; j < GEMV_MULTI; j++)
+            if (j == i) { r.W = a.mw[j]; r.bias = a.mbias[j]; r.Y = a.my[j]; r.ldy = a.mldy[j]; r.bx = grb - a.mblock[j]; }
+    }
+    return r;
+}
+
 // One warp computes two weight rows (two outputs, or gate+up of one glu output)
 // against up to TC tokens at a time.
 template <int WT, int SK, int TC>
@@ -81,18 +103,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const gemv_args a
     if (a.grouped && !expert_group(a.active, a.n_active, a.off, &e, &row0, &cnt)) return;
     // persistent: the block walks row blocks (of every weight, for multi) with a grid stride
     for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
-    glm_cu_mat W = a.w;
-    const float *bias = a.bias;
-    float *Y = a.y;
-    int ldy = a.ldy, bx = grb;
-    if (a.n_multi) {  // pick the weight this row block belongs to (compile-time indices only)
-        int i = 0;
-#pragma unroll
-        for (int j = 1; j < GEMV_MULTI; j++) if (j < a.n_multi && bx >= a.mblock[j]) i = j;
-#pragma unroll
-        for (int j = 0; j < GEMV_MULTI; j++)
-            if (j == i) { W = a.mw[j]; bias = a.mbias[j]; Y = a.my[j]; ldy = a.mldy[j]; bx -= a.mblock[j]; }
-    }
+    const gemv_target tg = gemv_pick(a, grb);
+    const glm_cu_mat W = tg.W;
+    const float *bias = tg.bias;
+    float *Y = tg.Y;
+    const int ldy = tg.ldy, bx = tg.bx;
     const int N = W.N, K = W.K;
     const int nch = K / E;
     const int wslot = ks > 1 ? 0 : warp;  // this warp's row slot in the block
@@ -307,20 +322,10 @@ __global__ void __launch_bounds__(FM_WARPS * 32, 2) gemv_fp8mma_kernel(const gem
     int e = 0, row0 = 0, cnt = a.T;
     if (a.grouped && !expert_group(a.active, a.n_active, a.off, &e, &row0, &cnt)) return;
     for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
-        glm_cu_mat W = a.w;
-        const float *bias = a.bias;
-        float *Y = a.y;
-        int ldy = a.ldy, bx = grb;
-        if (a.n_multi) {  // the weight this row block belongs to (compile-time indices only)
-            int i = 0;
-#pragma unroll
-            for (int j = 1; j < GEMV_MULTI; j++) if (j < a.n_multi && bx >= a.mblock[j]) i = j;
-#pragma unroll
-            for (int j = 0; j < GEMV_MULTI; j++)
-                if (j == i) { W = a.mw[j]; bias = a.mbias[j]; Y = a.my[j]; ldy = a.mldy[j]; bx -= a.mblock[j]; }
-        }
+        const gemv_target tg = gemv_pick(a, grb);
+        const glm_cu_mat &W = tg.W;
         const int N = W.N, K = W.K, KB = (K + 127) / 128;
-        const int n0 = (bx * (FM_WARPS / ks) + wt) * RT;  // first output of this warp's tile
+        const int n0 = (tg.bx * (FM_WARPS / ks) + wt) * RT;  // first output of this warp's tile
         // rows past N read row N-1 and are not stored (the warp still takes part in the reduction)
         const int ra = min(n0 + g, N - 1), rb = GLU ? ra : min(n0 + g + 8, N - 1);
         const uint8_t *wb = (const uint8_t *)W.data + (long long)e * W.stride;
@@ -401,11 +406,11 @@ __global__ void __launch_bounds__(FM_WARPS * 32, 2) gemv_fp8mma_kernel(const gem
                     float u = acc[i + 2];
                     if (SK == GLM_CU_SCALE_CHANNEL) u *= __ldg(s8 + n);
                     v = silu_f(v) * u;
-                } else if (bias) {
-                    v += bias[n];
+                } else if (tg.bias) {
+                    v += tg.bias[n];
                 }
                 const int orow = a.grouped ? row0 + tk : tk;
-                Y[(size_t)orow * ldy + n] = v;
+                tg.Y[(size_t)orow * tg.ldy + n] = v;
             }
         }
     }  // row blocks

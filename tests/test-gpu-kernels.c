@@ -125,17 +125,23 @@ TEST(elementwise) {
     float *d_w = dup_h(w, (size_t)D * 4), *d_o = dnew((size_t)T * D * 4), *o = malloc((size_t)T * D * 4);
     int32_t idx[3] = {6, 0, 3};
     int32_t *d_idx = dup_h(idx, sizeof idx);
-    OK(glm_cu_rmsnorm(d_x, d_idx, d_w, d_o, 3, D, 1e-5f, 0));
-    down(o, d_o, (size_t)3 * D * 4);
     float *oref = malloc((size_t)3 * D * 4);
-    for (int r = 0; r < 3; r++) {
-        const float *xr = ref + (size_t)idx[r] * D;
-        double ss = 0;
-        for (int i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
-        const float inv = (float)(1.0 / sqrt(ss / D + 1e-5));
-        for (int i = 0; i < D; i++) oref[(size_t)r * D + i] = xr[i] * inv * w[i];
+    /* rows of 300 (float4s in registers) and of 299 (the scalar kernel) */
+    for (int Dn = D; Dn >= D - 1; Dn--) {
+        poison(d_o, (size_t)3 * Dn * 4);
+        OK(glm_cu_rmsnorm(d_x, d_idx, d_w, d_o, 3, Dn, 1e-5f, 0));
+        down(o, d_o, (size_t)3 * Dn * 4);
+        for (int r = 0; r < 3; r++) {
+            const float *xr = ref + (size_t)idx[r] * Dn;
+            double ss = 0;
+            for (int i = 0; i < Dn; i++) ss += (double)xr[i] * xr[i];
+            const float inv = (float)(1.0 / sqrt(ss / Dn + 1e-5));
+            for (int i = 0; i < Dn; i++) oref[(size_t)r * Dn + i] = xr[i] * inv * w[i];
+        }
+        char what[48];
+        snprintf(what, sizeof what, "rmsnorm (%d columns)", Dn);
+        CHECK_REL(o, oref, (size_t)3 * Dn, 1e-6, what);
     }
-    CHECK_REL(o, oref, (size_t)3 * D, 1e-6, "rmsnorm");
     free(oref);
 
     /* add, add_bias, swiglu */
@@ -349,24 +355,31 @@ TEST(gemv_multi_and_add_norm) {
         }
         for (int i = 0; i < 3; i++) { hw_free(&hw[i], &m[i]); free(bias[i]); cudaFree(d_bias[i]); }
     }
-    /* add + rmsnorm */
-    const int R = 5, D = 5120;
-    float *x = frandv((size_t)R * D, 1.f), *y = frandv((size_t)R * D, 1.f), *w = frandv(D, 1.f);
-    float *d_x = dup_h(x, (size_t)R * D * 4), *d_y = dup_h(y, (size_t)R * D * 4), *d_w = dup_h(w, (size_t)D * 4);
-    float *d_o = dnew((size_t)R * D * 4), *o = malloc((size_t)R * D * 4), *xo = malloc((size_t)R * D * 4), *ref = malloc((size_t)R * D * 4);
-    OK(glm_cu_add_rmsnorm(d_x, d_y, d_w, d_o, R, D, 1e-5f, 0));
-    down(o, d_o, (size_t)R * D * 4);
-    down(xo, d_x, (size_t)R * D * 4);
-    for (int r = 0; r < R; r++) {
-        double ss = 0;
-        for (int i = 0; i < D; i++) { x[r * D + i] += y[r * D + i]; ss += (double)x[r * D + i] * x[r * D + i]; }
-        const float inv = (float)(1.0 / sqrt(ss / D + 1e-5));
-        for (int i = 0; i < D; i++) ref[r * D + i] = x[r * D + i] * inv * w[i];
+    /* add + rmsnorm: rows held in registers (5120), and the scalar kernel (5118) */
+    const int R = 5, Ds[2] = {5120, 5118};
+    for (int di = 0; di < 2; di++) {
+        const int D = Ds[di];
+        float *x = frandv((size_t)R * D, 1.f), *y = frandv((size_t)R * D, 1.f), *w = frandv(D, 1.f);
+        float *d_x = dup_h(x, (size_t)R * D * 4), *d_y = dup_h(y, (size_t)R * D * 4), *d_w = dup_h(w, (size_t)D * 4);
+        float *d_o = dnew((size_t)R * D * 4), *o = malloc((size_t)R * D * 4), *xo = malloc((size_t)R * D * 4);
+        float *ref = malloc((size_t)R * D * 4);
+        OK(glm_cu_add_rmsnorm(d_x, d_y, d_w, d_o, R, D, 1e-5f, 0));
+        down(o, d_o, (size_t)R * D * 4);
+        down(xo, d_x, (size_t)R * D * 4);
+        for (int r = 0; r < R; r++) {
+            double ss = 0;
+            for (int i = 0; i < D; i++) { x[r * D + i] += y[r * D + i]; ss += (double)x[r * D + i] * x[r * D + i]; }
+            const float inv = (float)(1.0 / sqrt(ss / D + 1e-5));
+            for (int i = 0; i < D; i++) ref[r * D + i] = x[r * D + i] * inv * w[i];
+        }
+        char what[64];
+        snprintf(what, sizeof what, "add_rmsnorm residual (D=%d)", D);
+        CHECK_REL(xo, x, (size_t)R * D, 1e-7, what);
+        snprintf(what, sizeof what, "add_rmsnorm output (D=%d)", D);
+        CHECK_REL(o, ref, (size_t)R * D, 1e-6, what);
+        free(x); free(y); free(w); free(o); free(xo); free(ref);
+        cudaFree(d_x); cudaFree(d_y); cudaFree(d_w); cudaFree(d_o);
     }
-    CHECK_REL(xo, x, (size_t)R * D, 1e-7, "add_rmsnorm residual");
-    CHECK_REL(o, ref, (size_t)R * D, 1e-6, "add_rmsnorm output");
-    free(x); free(y); free(w); free(o); free(xo); free(ref);
-    cudaFree(d_x); cudaFree(d_y); cudaFree(d_w); cudaFree(d_o);
 }
 
 /* E experts of one format, gate and up [F, D] side by side and down [D, F], at a stride
