@@ -167,6 +167,19 @@ TEST(wrong_architecture) {
                        "config.json", "glm4_moe");
 }
 
+/* Configurations the engine does not implement: a clear "not implemented" error. */
+TEST(grouped_routing_not_implemented) {
+    expect_fail_edited("tiny-bf16", "ngroup", "sed -i 's/\"n_group\": 1/\"n_group\": 8/' '%s/config.json'",
+                       "n_group 8", "not implemented");
+}
+
+TEST(rope_type_not_implemented) {
+    expect_fail_edited("tiny-bf16", "ropetype",
+                       "sed -i 's/\"rope_theta\": 10000.0/\"rope_parameters\": {\"rope_type\": \"yarn\", \"rope_theta\": 10000.0}/' "
+                       "'%s/config.json'",
+                       "rope_type \"yarn\"", "not implemented");
+}
+
 TEST(missing_config) {
     expect_fail_edited("tiny-bf16", "nocfg", "rm '%s/config.json'", "config.json", NULL);
 }
