@@ -525,6 +525,18 @@ extern "C" int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const floa
     return 0;
 }
 
+// The weights of a multi launch and the first row block of each, rpb rows a block.
+static void multi_table(gemv_args &a, const glm_cu_mat *ws, const float *const *bias, float *const *ys, const int *ldy,
+                        int n, int rpb) {
+    int total = 0;
+    for (int i = 0; i < n; i++) {
+        a.mw[i] = ws[i]; a.mbias[i] = bias ? bias[i] : nullptr; a.my[i] = ys[i]; a.mldy[i] = ldy[i];
+        a.mblock[i] = total;
+        total += (ws[i].N + rpb - 1) / rpb;
+    }
+    a.n_rb = total;
+}
+
 extern "C" int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias, float *const *ys, const int *ldy,
                                  int n, const float *x, int ldx, int T, cudaStream_t st) {
     if (n < 1 || n > GEMV_MULTI) return glm_err(-1, "gemv_multi: %d weights (1..%d)", n, GEMV_MULTI);
@@ -542,27 +554,14 @@ extern "C" int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias,
         long long tiles = 0;
         for (int i = 0; i < n; i++) tiles += (ws[i].N + 15) / 16;
         a.ksplit = fm_ksplit(tiles, 1, ws[0].K);
-        const int rpb = 16 * FM_WARPS / a.ksplit;
-        int total = 0;
-        for (int i = 0; i < n; i++) {
-            a.mw[i] = ws[i]; a.mbias[i] = bias ? bias[i] : nullptr; a.my[i] = ys[i]; a.mldy[i] = ldy[i];
-            a.mblock[i] = total;
-            total += (ws[i].N + rpb - 1) / rpb;
-        }
-        a.n_rb = total;
+        multi_table(a, ws, bias, ys, ldy, n, 16 * FM_WARPS / a.ksplit);
         return fm_launch(a, ws[0].scale_kind, 1, st);
     }
     int per = GEMV_WARPS * 2, total = 0;
     for (int i = 0; i < n; i++) total += (ws[i].N + per - 1) / per;
     a.ksplit = 1;
     if (total < sm_count()) { a.ksplit = GEMV_WARPS; per = 2; }
-    total = 0;
-    for (int i = 0; i < n; i++) {
-        a.mw[i] = ws[i]; a.mbias[i] = bias ? bias[i] : nullptr; a.my[i] = ys[i]; a.mldy[i] = ldy[i];
-        a.mblock[i] = total;
-        total += (ws[i].N + per - 1) / per;
-    }
-    a.n_rb = total;
+    multi_table(a, ws, bias, ys, ldy, n, per);
     const unsigned grid = 1;
     const glm_cu_mat *w = &ws[0];
     if (w->dtype == GLM_CU_FP8 && w->scale_kind == GLM_CU_SCALE_CHANNEL) launch_gemv_tc<GLM_CU_FP8, GLM_CU_SCALE_CHANNEL>(a, T, grid, st);
