@@ -559,8 +559,7 @@ template <int HD>
 static int fa_launch(dim3 grid, const float *q, float *out, int n_head, int n_kv, const glm_cu_plan *p,
                      const glm_cu_kv *kv, const int32_t *tiles, int n_tiles, cudaStream_t st) {
     const int smem = 2 * 2 * FA_KEYS * (HD + 8) * 2;
-    // a per-device attribute: set on every launch (a host-side call, legal during capture)
-    CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CUDA_CHECK(glm_cu_smem_limit((const void *)attention_prefill_kernel<HD>, smem));
     attention_prefill_kernel<HD><<<grid, FA_THREADS, smem, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
     CUDA_CHECK_LAUNCH();
     return 0;

@@ -104,6 +104,86 @@ __device__ __forceinline__ bool expert_group(const int32_t *active, const int32_
     return true;
 }
 
+// ---- shared-memory barriers and bulk copies (sm_90) ----
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define GLM_SM90 1
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+// One arrival that also expects bytes of asynchronous copies on the barrier.
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// bytes (a multiple of 16) from global src to shared dst (both 16-byte aligned) by the
+// copy engine, counted on bar.
+__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+#endif
+
+// ---- per-device facts, remembered per host thread (each GPU of a host answers for itself) ----
+#define GLM_CU_MAX_DEVICES 16
+
+// SMs of the current device (100 when the runtime cannot say).
+static inline int glm_cu_sm_count(void) {
+    static __thread int sms[GLM_CU_MAX_DEVICES];
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) { cudaGetLastError(); return 100; }
+    if (dev < GLM_CU_MAX_DEVICES && sms[dev]) return sms[dev];
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+        cudaGetLastError();
+        return 100;
+    }
+    if (dev < GLM_CU_MAX_DEVICES) sms[dev] = n;
+    return n;
+}
+
+// Compute capability of the current device as 10 * major + minor (0 when unknown).
+static inline int glm_cu_arch(void) {
+    static __thread int cc[GLM_CU_MAX_DEVICES];
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) { cudaGetLastError(); return 0; }
+    if (dev < GLM_CU_MAX_DEVICES && cc[dev]) return cc[dev];
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (dev < GLM_CU_MAX_DEVICES) cc[dev] = 10 * major + minor;
+    return 10 * major + minor;
+}
+
+// Lets kernel fn use bytes of dynamic shared memory on the current device. The
+// attribute is per device; it is set once per kernel, device and host thread (a
+// host-side call, legal during stream capture).
+static inline cudaError_t glm_cu_smem_limit(const void *fn, int bytes) {
+    static __thread struct { const void *fn; int dev, bytes; } memo[64];
+    static __thread int n_memo;
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    for (int i = 0; i < n_memo; i++)
+        if (memo[i].fn == fn && memo[i].dev == dev && memo[i].bytes >= bytes) return cudaSuccess;
+    e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess && n_memo < 64) {
+        memo[n_memo].fn = fn; memo[n_memo].dev = dev; memo[n_memo].bytes = bytes;
+        n_memo++;
+    }
+    return e;
+}
+
 static inline unsigned glm_cu_blocks(size_t n, int per) {
     size_t b = (n + per - 1) / per;
     return (unsigned)(b > 0x7fffffff ? 0x7fffffff : (b ? b : 1));

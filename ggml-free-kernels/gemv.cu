@@ -31,6 +31,7 @@ struct gemv_args {
     int mldy[GEMV_MULTI];
     int mblock[GEMV_MULTI];           // first row block of each weight
     int n_rb;                         // row blocks in all
+    int gb_stages;                    // bulk ring: stages
 };
 
 // 16 bytes that are read once: skip L1.
@@ -251,9 +252,6 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const gemv_args a
 // are applied per 128-k block, channel scales at the end.
 #define FM_WARPS 8
 
-static int fm_enabled = 1;
-extern "C" void glm_cu_gemv_fp8_mma(int on) { fm_enabled = on; }
-
 // Four E4M3 codes to two f16x2: bytes 0,1 -> lo, bytes 2,3 -> hi (low byte in the low half).
 __device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t v, uint32_t &lo, uint32_t &hi) {
     asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n\t}"
@@ -416,20 +414,160 @@ __global__ void __launch_bounds__(FM_WARPS * 32, 2) gemv_fp8mma_kernel(const gem
     }  // row blocks
 }
 
-// SMs of the current device (asked each time: a cached answer would be the first GPU's).
-static int sm_count(void) {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
-        return n;
-    cudaGetLastError();
-    return 100;
+// ---- one token, FP8 weights: rows reach shared memory by bulk copies ----
+// The register loop above keeps about 2 KB a warp in flight and waits on each batch
+// of loads before it multiplies; it streams 2.2-2.9 TB/s at one token (docs/PERF.md,
+// run 14: neither other load widths, L2 prefetches, more warps nor split K moved it).
+// Here a producer warp copies tiles of GB_ROWS weight rows, GB_KC bytes of each row a
+// stage, into a ring of 2 or 4 stages with cp.async.bulk (one instruction per row
+// segment, no registers, 64 or 128 KB in flight per block), and GB_CW consumer warps multiply
+// them from shared memory against x, which the block holds in shared memory as
+// float32. Consumer warp w owns tile rows 2w and 2w + 1 (glu: gate row w and up row w,
+// tile rows w and 8 + w) and accumulates them over the stages of the tile in float32;
+// block scales are applied per 128-k block, channel scales at the end. Blocks take
+// whole tiles with a grid stride, sized so that every block gets the same number.
+#define GB_CW 8                                      // consumer warps
+#define GB_ROWS 16                                   // weight rows a tile
+#define GB_KC 2048                                   // bytes of each row a stage
+#define GB_STAGES_MAX 4                              // stages of the ring: 2 or 4 (a.gb_stages)
+#define GB_STAGE (GB_ROWS * GB_KC)                   // 32 KB
+#define GB_KMAX 12288                                // widest row: x in shared memory as float32
+
+// float4 q of x at q ^ ((q >> 3) & 3): the eight lanes of a quarter warp, reading
+// the four float4 of their 16-column chunks, touch eight different bank groups.
+__device__ __forceinline__ int gb_swz(int q) { return q ^ ((q >> 3) & 3); }
+
+template <int SK, int GLU>
+__global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const gemv_args a) {
+#if GLM_SM90
+    extern __shared__ __align__(128) uint8_t gb_smem[];
+    __shared__ __align__(8) uint64_t full[GB_STAGES_MAX], empty[GB_STAGES_MAX];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int e = 0, row0 = 0, cnt = 1;
+    if (a.grouped && !expert_group(a.active, a.n_active, a.off, &e, &row0, &cnt)) return;
+    const int K = a.w.K, nkc = (K + GB_KC - 1) / GB_KC, ns = a.gb_stages;
+    const uint32_t ring = smem_u32(gb_smem), fb = smem_u32(full), eb = smem_u32(empty);
+    if (tid == 0) {
+        for (int s = 0; s < GB_STAGES_MAX; s++) {
+            mbar_init(fb + 8 * s, 1);      // the producer's arrival with the stage's bytes
+            mbar_init(eb + 8 * s, GB_CW);  // each consumer warp, done with the stage
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp == GB_CW) {  // producer: lane 0 issues every copy
+        if (lane != 0) return;
+        int it = 0;
+        for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
+            const gemv_target tg = gemv_pick(a, grb);
+            const uint8_t *rp[GB_ROWS];
+#pragma unroll
+            for (int r = 0; r < GB_ROWS; r++) {  // rows past N repeat the last one; their sums are dropped
+                const glm_cu_mat &M = GLU && r >= 8 ? a.up : tg.W;
+                const int n = min(GLU ? tg.bx * 8 + (r & 7) : tg.bx * GB_ROWS + r, tg.W.N - 1);
+                rp[r] = (const uint8_t *)M.data + (long long)e * M.stride + (size_t)n * K;
+            }
+            for (int kc = 0; kc < nkc; kc++, it++) {
+                const int s = it % ns, kb = min(GB_KC, K - kc * GB_KC);
+                if (it >= ns) mbar_wait(eb + 8 * s, ((it / ns) - 1) & 1);
+                mbar_expect(fb + 8 * s, GB_ROWS * kb);
+#pragma unroll
+                for (int r = 0; r < GB_ROWS; r++)
+                    bulk_g2s(ring + (s * GB_ROWS + r) * GB_KC, rp[r] + (size_t)kc * GB_KC, kb, fb + 8 * s);
+            }
+        }
+        return;
+    }
+
+    // consumers: x (this group's token) into shared memory, then the tiles
+    float4 *xs = (float4 *)(gb_smem + ns * GB_STAGE);
+    const float4 *xg = (const float4 *)(a.x + (a.grouped ? (size_t)(a.x_gather ? a.rows[row0] : row0) * a.ldx : 0));
+    {  // every load in flight at once: at most GB_XQ float4 a thread
+        constexpr int GB_XQ = GB_KMAX / 4 / (GB_CW * 32);
+        float4 v[GB_XQ];
+#pragma unroll
+        for (int u = 0; u < GB_XQ; u++) {
+            const int q = tid + u * GB_CW * 32;
+            if (q < K / 4) v[u] = __ldg(xg + q);
+        }
+#pragma unroll
+        for (int u = 0; u < GB_XQ; u++) {
+            const int q = tid + u * GB_CW * 32;
+            if (q < K / 4) xs[gb_swz(q)] = v[u];
+        }
+    }
+    asm volatile("bar.sync 1, %0;" ::"r"(GB_CW * 32) : "memory");
+    const int orow = a.grouped ? row0 : 0;
+    int it = 0;
+    for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
+        const gemv_target tg = gemv_pick(a, grb);
+        const int N = tg.W.N;
+        const int ra = GLU ? warp : 2 * warp, rb = GLU ? warp + 8 : 2 * warp + 1;  // this warp's tile rows
+        const int n0 = GLU ? tg.bx * 8 + warp : tg.bx * GB_ROWS + 2 * warp;       // output of row ra
+        const int n1 = GLU ? n0 : min(n0 + 1, N - 1);                              // weight row of rb
+        const glm_cu_mat &Mb = GLU ? a.up : tg.W;
+        const float *s0p = tg.W.scale + (long long)e * tg.W.s_stride, *s1p = Mb.scale + (long long)e * Mb.s_stride;
+        if (SK == GLM_CU_SCALE_CHANNEL) { s0p += min(n0, N - 1); s1p += n1; }
+        if (SK == GLM_CU_SCALE_BLOCK) { s0p += (min(n0, N - 1) / 128) * tg.W.s_ld; s1p += (n1 / 128) * Mb.s_ld; }
+        float acc0 = 0.f, acc1 = 0.f;
+        for (int kc = 0; kc < nkc; kc++, it++) {
+            const int s = it % ns, kb = min(GB_KC, K - kc * GB_KC);
+            mbar_wait(fb + 8 * s, (it / ns) & 1);
+            const uint8_t *w0p = gb_smem + (s * GB_ROWS + ra) * GB_KC, *w1p = gb_smem + (s * GB_ROWS + rb) * GB_KC;
+#pragma unroll
+            for (int j = 0; j < GB_KC / 512; j++) {
+                const int o = j * 512 + lane * 16;  // byte of the stage's row segment
+                if (o < kb) {
+                    float f0[16], f1[16];
+                    unpack16<GLM_CU_FP8>(*(const uint4 *)(w0p + o), f0);
+                    unpack16<GLM_CU_FP8>(*(const uint4 *)(w1p + o), f1);
+                    const int q0 = (kc * GB_KC + o) >> 2;  // first float4 of x
+                    float d0 = 0.f, d1 = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float4 xv = xs[gb_swz(q0 + i)];
+                        d0 = fmaf(f0[4 * i + 0], xv.x, d0); d1 = fmaf(f1[4 * i + 0], xv.x, d1);
+                        d0 = fmaf(f0[4 * i + 1], xv.y, d0); d1 = fmaf(f1[4 * i + 1], xv.y, d1);
+                        d0 = fmaf(f0[4 * i + 2], xv.z, d0); d1 = fmaf(f1[4 * i + 2], xv.z, d1);
+                        d0 = fmaf(f0[4 * i + 3], xv.w, d0); d1 = fmaf(f1[4 * i + 3], xv.w, d1);
+                    }
+                    if (SK == GLM_CU_SCALE_BLOCK) {
+                        const int kb128 = (kc * GB_KC + o) >> 7;
+                        acc0 = fmaf(d0, __ldg(s0p + kb128), acc0);
+                        acc1 = fmaf(d1, __ldg(s1p + kb128), acc1);
+                    } else {
+                        acc0 += d0;
+                        acc1 += d1;
+                    }
+                }
+            }
+            __syncwarp();
+            if (lane == 0) mbar_arrive(eb + 8 * s);
+        }
+        acc0 = warp_sum(acc0);
+        acc1 = warp_sum(acc1);
+        if (lane == 0 && n0 < N) {
+            const float cs0 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(s0p) : 1.f, cs1 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(s1p) : 1.f;
+            float *yr = tg.Y + (size_t)orow * tg.ldy;
+            if (GLU) {
+                yr[n0] = silu_f(acc0 * cs0) * (acc1 * cs1);
+            } else {
+                yr[n0] = acc0 * cs0 + (tg.bias ? tg.bias[n0] : 0.f);
+                if (n0 + 1 < N) yr[n0 + 1] = acc1 * cs1 + (tg.bias ? tg.bias[n0 + 1] : 0.f);
+            }
+        }
+    }
+#else
+    __trap();  // built without sm_90: gb_ok refuses before any launch
+#endif
 }
 
 // Warps that split K on the tensor-core path: enough warp tasks to fill the GPU, at
 // least one 128-k block each.
 static int fm_ksplit(long long tiles, int groups, int K) {
     const int KB = (K + 127) / 128;
-    const long long target = (long long)sm_count() * 24;
+    const long long target = (long long)glm_cu_sm_count() * 24;
     int ks = 1;
     while (ks < FM_WARPS && 2 * ks <= KB && tiles * groups * ks < target) ks *= 2;
     return ks;
@@ -441,18 +579,46 @@ static int fm_launch(const gemv_args &a, int sk, unsigned gy, cudaStream_t st) {
                                                                      : gemv_fp8mma_kernel<GLM_CU_SCALE_CHANNEL, 0>)
                                                             : (a.glu ? gemv_fp8mma_kernel<GLM_CU_SCALE_BLOCK, 1>
                                                                      : gemv_fp8mma_kernel<GLM_CU_SCALE_BLOCK, 0>);
-    const int smem = FM_SMEM;
-    // a per-device attribute: set on every launch (a host-side call, legal during capture)
-    CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    k<<<grid, FM_WARPS * 32, smem, st>>>(a);
+    CUDA_CHECK(glm_cu_smem_limit((const void *)k, FM_SMEM));
+    k<<<grid, FM_WARPS * 32, FM_SMEM, st>>>(a);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
 
-static int fm_ok(const glm_cu_mat *w, const glm_cu_mat *up) {
+static int fm_ok(const glm_cu_mat *w, const glm_cu_mat *up, unsigned flags) {
     const int sk = w->scale_kind;
-    return fm_enabled && w->dtype == GLM_CU_FP8 && (sk == GLM_CU_SCALE_CHANNEL || sk == GLM_CU_SCALE_BLOCK) &&
+    return !(flags & GLM_CU_GEMV_CUDA_CORES) && w->dtype == GLM_CU_FP8 && (sk == GLM_CU_SCALE_CHANNEL || sk == GLM_CU_SCALE_BLOCK) &&
            (!up || (up->dtype == GLM_CU_FP8 && up->scale_kind == sk && up->N == w->N && up->K == w->K));
+}
+
+// The bulk-copy kernel takes one token of FP8 weights with channel or block scales,
+// rows of whole 16-byte chunks up to GB_KMAX columns, on sm_90 and later.
+static int gb_ok(const glm_cu_mat *w, const glm_cu_mat *up, unsigned flags) {
+    const int sk = w->scale_kind;
+    return !(flags & GLM_CU_GEMV_NO_BULK) && glm_cu_arch() >= 90 && w->dtype == GLM_CU_FP8 &&
+           (sk == GLM_CU_SCALE_CHANNEL || sk == GLM_CU_SCALE_BLOCK) && w->K % 16 == 0 && w->K <= GB_KMAX &&
+           (!up || (up->dtype == GLM_CU_FP8 && up->scale_kind == sk && up->N == w->N && up->K == w->K));
+}
+
+// Rows up to 8192 columns: two stages and two blocks an SM; wider ones (x takes 48 KB):
+// four stages and one block (measured: o 5120x12288 19.8 against 23.0 us; at 5120
+// columns four stages were slower, 36.0 against 34.7 us for 2x12288x5120). The tiles
+// of a group are spread so that every block gets the same number of them and all
+// blocks fit at once.
+static int gb_launch(gemv_args &a, unsigned gy, cudaStream_t st) {
+    const int wide = a.w.K > 8192;
+    a.gb_stages = wide ? 4 : 2;
+    const int smem = a.gb_stages * GB_STAGE + a.w.K * 4;
+    const long long slots = (long long)(wide ? 1 : 2) * glm_cu_sm_count();
+    long long per = 1, gx = a.n_rb;
+    while (gx * gy > slots && gx > 1) { per++; gx = (a.n_rb + per - 1) / per; }
+    void (*k)(const gemv_args) = a.w.scale_kind == GLM_CU_SCALE_CHANNEL
+                                     ? (a.glu ? gemv_bulk_kernel<GLM_CU_SCALE_CHANNEL, 1> : gemv_bulk_kernel<GLM_CU_SCALE_CHANNEL, 0>)
+                                     : (a.glu ? gemv_bulk_kernel<GLM_CU_SCALE_BLOCK, 1> : gemv_bulk_kernel<GLM_CU_SCALE_BLOCK, 0>);
+    CUDA_CHECK(glm_cu_smem_limit((const void *)k, smem));
+    k<<<dim3((unsigned)gx, gy), (GB_CW + 1) * 32, smem, st>>>(a);
+    CUDA_CHECK_LAUNCH();
+    return 0;
 }
 
 // Launches one instance. The kernel walks row blocks with a grid stride; one block a
@@ -481,7 +647,7 @@ static int mat_vec_ok(const glm_cu_mat *w) {
 
 extern "C" int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const float *x, int ldx,
                            const float *bias, float *y, int ldy, int T, const glm_cu_groups *g,
-                           int x_gather, cudaStream_t st) {
+                           int x_gather, unsigned flags, cudaStream_t st) {
     if (T <= 0 || w->N <= 0) return 0;
     const int vec_ok = mat_vec_ok(w) && (!up || mat_vec_ok(up)) && (ldx % 4) == 0 && ((uintptr_t)x & 15) == 0;
     if (!vec_ok) {
@@ -502,7 +668,11 @@ extern "C" int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const floa
     }
     const unsigned grid = g ? (unsigned)g->max_groups : 1u;
     if (g && g->max_groups <= 0) return 0;
-    if (T >= 2 && fm_ok(w, up)) {
+    if (T == 1 && gb_ok(w, up, flags) && (!g || g->max_count <= 1)) {
+        a.n_rb = (w->N + (up ? 8 : GB_ROWS) - 1) / (up ? 8 : GB_ROWS);
+        return gb_launch(a, grid, st);
+    }
+    if (T >= 2 && fm_ok(w, up, flags)) {
         const int rt = up ? 8 : 16;  // outputs per warp tile
         a.ksplit = fm_ksplit((w->N + rt - 1) / rt, g ? g->max_groups : 1, w->K);
         const int rpb = rt * FM_WARPS / a.ksplit;
@@ -511,7 +681,7 @@ extern "C" int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const floa
     }
     int outs_per_block = a.glu ? GEMV_WARPS : GEMV_WARPS * 2;
     a.ksplit = 1;
-    if (!g && (w->N + outs_per_block - 1) / outs_per_block < sm_count()) {  // few rows: split K instead
+    if (!g && (w->N + outs_per_block - 1) / outs_per_block < glm_cu_sm_count()) {  // few rows: split K instead
         a.ksplit = GEMV_WARPS;
         outs_per_block /= GEMV_WARPS;
     }
@@ -538,7 +708,7 @@ static void multi_table(gemv_args &a, const glm_cu_mat *ws, const float *const *
 }
 
 extern "C" int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias, float *const *ys, const int *ldy,
-                                 int n, const float *x, int ldx, int T, cudaStream_t st) {
+                                 int n, const float *x, int ldx, int T, unsigned flags, cudaStream_t st) {
     if (n < 1 || n > GEMV_MULTI) return glm_err(-1, "gemv_multi: %d weights (1..%d)", n, GEMV_MULTI);
     if (T <= 0) return 0;
     for (int i = 0; i < n; i++)
@@ -550,7 +720,11 @@ extern "C" int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias,
     a.w = ws[0];
     a.x = x; a.ldx = ldx; a.T = T;
     a.n_multi = n;
-    if (T >= 2 && fm_ok(&ws[0], nullptr)) {
+    if (T == 1 && gb_ok(&ws[0], nullptr, flags)) {
+        multi_table(a, ws, bias, ys, ldy, n, GB_ROWS);
+        return gb_launch(a, 1, st);
+    }
+    if (T >= 2 && fm_ok(&ws[0], nullptr, flags)) {
         long long tiles = 0;
         for (int i = 0; i < n; i++) tiles += (ws[i].N + 15) / 16;
         a.ksplit = fm_ksplit(tiles, 1, ws[0].K);
@@ -560,7 +734,7 @@ extern "C" int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias,
     int per = GEMV_WARPS * 2, total = 0;
     for (int i = 0; i < n; i++) total += (ws[i].N + per - 1) / per;
     a.ksplit = 1;
-    if (total < sm_count()) { a.ksplit = GEMV_WARPS; per = 2; }
+    if (total < glm_cu_sm_count()) { a.ksplit = GEMV_WARPS; per = 2; }
     multi_table(a, ws, bias, ys, ldy, n, per);
     const unsigned grid = 1;
     const glm_cu_mat *w = &ws[0];

@@ -115,19 +115,20 @@ int glm_cu_to_bf16(const float *x, int ldx, const int32_t *row_idx, int T, int K
  * Dense (g == NULL): t < T, x row t at x + t*ldx, y row t at y + t*ldy.
  * Grouped (g != NULL): block y is one active expert e; its rows are the positions
  * p in [off[e], off[e+1]); x row = x_gather ? rows[p] : p, y row = p.
- * FP8 weights run on the tensor cores (mma.sync m16n8k16, weights widened to f16
- * exactly, x rounded to f16 saturating at +-65504, float32 accumulation, 8 tokens a
- * pass); BF16 and F32 weights on the CUDA cores in float32. */
+ * FP8 weights of 2+ tokens run on the tensor cores (mma.sync m16n8k16, weights
+ * widened to f16 exactly, x rounded to f16 saturating at +-65504, float32
+ * accumulation, 8 tokens a pass); one token, and BF16 and F32 weights, on the CUDA
+ * cores in float32 (one token of FP8 weights from a shared-memory ring filled by bulk
+ * copies, on sm_90). flags: GLM_CU_GEMV_* below. */
+#define GLM_CU_GEMV_CUDA_CORES 1u  /* FP8 weights of 2+ tokens on the float32 CUDA-core loop too */
+#define GLM_CU_GEMV_NO_BULK 2u     /* one token of FP8 weights on the register loop, not the bulk-copy ring */
 int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const float *x, int ldx,
                 const float *bias, float *y, int ldy, int T, const glm_cu_groups *g,
-                int x_gather, cudaStream_t st);
+                int x_gather, unsigned flags, cudaStream_t st);
 /* Up to 4 dense GEMVs over the same x in one launch (q, k and v): weights of one type
  * and width; y_i[t, n] = x[t] . W_i[n] (+ bias_i[n]) with row stride ldy[i]. */
 int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias, float *const *ys, const int *ldy,
-                      int n, const float *x, int ldx, int T, cudaStream_t st);
-/* on = 0 sends FP8 weights through the float32 CUDA-core loop instead (for comparison;
- * process-wide, default 1). */
-void glm_cu_gemv_fp8_mma(int on);
+                      int n, const float *x, int ldx, int T, unsigned flags, cudaStream_t st);
 /* The same function by a tiled float32 kernel for any T (the fallback for shapes the
  * tensor-core path does not take), dense or grouped like glm_cu_gemv (no glu). */
 int glm_cu_gemm_tiled(const glm_cu_mat *w, const float *x, int ldx, const float *bias, float *y,

@@ -36,8 +36,6 @@ struct wg_args {
     const int32_t *tiles;  // NULL: dense; else [0] = count, then (expert, first position, positions) triples
 };
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_HAVE 1
 // Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
@@ -95,18 +93,6 @@ __device__ __forceinline__ void wg_promote(float (&acc)[64], const float (&d)[64
 #endif
 
 #if WG_HAVE
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    asm volatile(
-        "{\n.reg .pred done;\nWAIT_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
-}
 __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
@@ -193,7 +179,7 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
 
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     auto landed = [&](int kb) { mbar_wait(fb + 8 * (kb % WG_STAGES), (kb / WG_STAGES) & 1); };
-    auto release = [&](int kb) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(eb + 8 * (kb % WG_STAGES)) : "memory"); };
+    auto release = [&](int kb) { mbar_arrive(eb + 8 * (kb % WG_STAGES)); };
     auto wsb_of = [&](int kb) { return SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)nb * a.w.s_ld + kb) : 1.f; };
     auto xsc_of = [&](int kb) { return (const float *)(sm + (kb % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES); };
 
@@ -277,16 +263,8 @@ static PFN_cuTensorMapEncodeTiled_v12000 wg_encoder(void) {
     return fn;
 }
 
-// Whether the current device is an sm_90 (asked each time: each GPU of a host answers for itself).
-static int wg_arch_ok(void) {
-    int dev = 0, major = 0, minor = 0;
-    const int ok = cudaGetDevice(&dev) == cudaSuccess &&
-                   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-                   major == 9 && minor == 0 && wg_encoder() != nullptr;
-    cudaGetLastError();
-    return ok;
-}
+// Whether the current device is an sm_90 and the tensor-map encoder was found.
+static int wg_arch_ok(void) { return glm_cu_arch() == 90 && wg_encoder() != nullptr; }
 
 extern "C" int glm_cu_wgmma_ok(const glm_cu_mat *w) {
     return wg_arch_ok() && w->dtype == GLM_CU_FP8 && w->K % WG_BK == 0 && w->N % WG_BM == 0 &&
@@ -311,8 +289,7 @@ static int wg_map(CUtensorMap *m, CUtensorMapDataType dt, int rank, const void *
 
 template <int SK>
 static int wg_launch(const wg_args &a, dim3 grid, const CUtensorMap *m, cudaStream_t st) {
-    // a per-device attribute: set on every launch (a host-side call, legal during capture)
-    CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<SK>, cudaFuncAttributeMaxDynamicSharedMemorySize, WG_SMEM));
+    CUDA_CHECK(glm_cu_smem_limit((const void *)moe_wgmma_kernel<SK>, WG_SMEM));
     moe_wgmma_kernel<SK><<<grid, WG_THREADS + 128, WG_SMEM, st>>>(a, m[0], m[1]);
     CUDA_CHECK_LAUNCH();
     return 0;

@@ -127,7 +127,8 @@ typedef struct {
     int gemv_max;                /* dense products use the GEMV kernels up to this T */
     int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
     int wgmma;                   /* GLM_CUDA_WGMMA: prefill MoE on the grouped wgmma kernel (default 1) */
-    int gemv_mma;                /* GLM_CUDA_GEMV_MMA: FP8 GEMVs of 2+ tokens on the tensor cores (default 1) */
+    unsigned gemv_flags;         /* GLM_CU_GEMV_*: GLM_CUDA_GEMV_MMA=0 (FP8 GEMVs of 2+ tokens on the CUDA
+                                  * cores), GLM_CUDA_GEMV_BULK=0 (one token on the register loop) */
 
     /* deferred work: dense GEMVs over one x wait so q, k and v go in one launch; a
      * residual add waits to be fused with the RMSNorm that follows it */
@@ -729,7 +730,6 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     cu_impl *c = IMPL(be);
     CK(cudaSetDevice(c->gpu));
     capture_abort(c);
-    glm_cu_gemv_fp8_mma(c->gemv_mma);  /* the launchers' switch is process-wide: this context's choice */
     const int T = p->n_tokens, M = c->max_tokens;
     if (T <= 0 || T > M) return glm_err(GLM_ERR_ARG, "batch of %d tokens (reserved %d)", T, M);
     if (p->n_out < 0 || p->n_out > T) return glm_err(GLM_ERR_ARG, "%d logit rows for %d tokens", p->n_out, T);
@@ -829,7 +829,7 @@ static int flush(cu_impl *c) {
         c->n_pl = 0;
         if (n == 1) {
             prof_mat(c, "linear", &c->pl[0].m, 1);
-            RUN(glm_cu_gemv(&c->pl[0].m, NULL, c->pl_x, c->pl[0].m.K, c->pl[0].bias, c->pl[0].y, c->pl[0].m.N, c->pl_T, NULL, 0, c->st));
+            RUN(glm_cu_gemv(&c->pl[0].m, NULL, c->pl_x, c->pl[0].m.K, c->pl[0].bias, c->pl[0].y, c->pl[0].m.N, c->pl_T, NULL, 0, c->gemv_flags, c->st));
         } else {
             glm_cu_mat ws[4] = {0};
             const float *bs[4] = {0};
@@ -841,11 +841,11 @@ static int flush(cu_impl *c) {
                 for (int i = 1; i < n; i++) all.N += ws[i].N;
                 prof_mat(c, "linear xN", &all, 1);
             }
-            int rc = glm_cu_gemv_multi(ws, bs, ys, ld, n, c->pl_x, ws[0].K, c->pl_T, c->st);
+            int rc = glm_cu_gemv_multi(ws, bs, ys, ld, n, c->pl_x, ws[0].K, c->pl_T, c->gemv_flags, c->st);
             if (rc == GLM_ERR_UNSUPPORTED) {  /* unaligned: one launch each */
                 rc = GLM_OK;
                 for (int i = 0; i < n && !rc; i++)
-                    rc = glm_cu_gemv(&ws[i], NULL, c->pl_x, ws[i].K, bs[i], ys[i], ld[i], c->pl_T, NULL, 0, c->st);
+                    rc = glm_cu_gemv(&ws[i], NULL, c->pl_x, ws[i].K, bs[i], ys[i], ld[i], c->pl_T, NULL, 0, c->gemv_flags, c->st);
             }
             RUN(rc);
         }
@@ -884,14 +884,14 @@ static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, floa
 
 /* y[T, N] = x[T, K] W^T (+bias): GEMV for small T, cuBLASLt above, tiled otherwise. */
 static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T) {
-    if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
+    if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
     if (glm_cu_lt_shape_ok(w) && (size_t)T * w->K <= c->xq_bytes) {
         int rc;
         if (w->dtype == GLM_CU_FP8) {
             const int blk = w->scale_kind == GLM_CU_SCALE_BLOCK;
             /* 1x128 activation scales need a multiple of 4 tokens: the rest go through the GEMV */
             const int T4 = blk ? T & ~3 : T;
-            if (T4 < T) RUN(glm_cu_gemv(w, NULL, x + (size_t)T4 * ldx, ldx, bias, y + (size_t)T4 * ldy, ldy, T - T4, NULL, 0, c->st));
+            if (T4 < T) RUN(glm_cu_gemv(w, NULL, x + (size_t)T4 * ldx, ldx, bias, y + (size_t)T4 * ldy, ldy, T - T4, NULL, 0, c->gemv_flags, c->st));
             if (!T4) return GLM_OK;
             RUN(glm_cu_quant_fp8(x, ldx, NULL, T4, w->K, blk, c->xq, c->xs, T4, c->st));
             rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, c->xs, T4, T4, y, ldy, c->st);
@@ -911,7 +911,7 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
     }
     /* up to graph_max tokens the GEMV in chunks of 8 (weights re-read from L2) beats the
      * tiled kernel, whose grid is a handful of blocks for small weights like the router */
-    if (T <= c->graph_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
+    if (T <= c->graph_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
     return glm_cu_gemm_tiled(w, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
 }
 
@@ -946,7 +946,7 @@ static int cu_glu(glm_backend *be, const glm_weight *gate, const glm_weight *up,
     const glm_cu_mat g = mat_of(gate), u = mat_of(up);
     const int F = g.N;
     prof_mat(c, "glu", &g, 2);
-    if (T <= c->gemv_max) return glm_cu_gemv(&g, &u, x, g.K, NULL, y, F, T, NULL, 0, c->st);
+    if (T <= c->gemv_max) return glm_cu_gemv(&g, &u, x, g.K, NULL, y, F, T, NULL, 0, c->gemv_flags, c->st);
     if ((size_t)T * 2 * F > c->gtmp_floats) return glm_err(GLM_ERR_ARG, "glu: %d x %d exceeds the scratch", T, 2 * F);
     glm_cu_mat gu = g;
     gu.N = 2 * F;
@@ -1082,8 +1082,8 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         /* decode: no host round trip; each block row of the grid is one touched expert */
         glm_cu_groups gv = g;
         gv.max_count = T < 4 ? T : 4;
-        RUN(glm_cu_gemv(&m->gate, &m->up, h, D, NULL, c->mid, F, T, &gv, 1, c->st));
-        RUN(glm_cu_gemv(&m->down, NULL, c->mid, F, NULL, c->eo, D, T, &gv, 0, c->st));
+        RUN(glm_cu_gemv(&m->gate, &m->up, h, D, NULL, c->mid, F, T, &gv, 1, c->gemv_flags, c->st));
+        RUN(glm_cu_gemv(&m->down, NULL, c->mid, F, NULL, c->eo, D, T, &gv, 0, c->gemv_flags, c->st));
         rc = GLM_OK;
     } else if (c->wgmma && m->wgmma_ok) {
         /* prefill: every touched expert in one launch per half, tiles listed on the device */
@@ -1368,7 +1368,8 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
     c->fuse = env_int("GLM_CUDA_FUSE", 1);
     c->fa = env_int("GLM_CUDA_FA", 1);
     c->wgmma = env_int("GLM_CUDA_WGMMA", 1);
-    c->gemv_mma = env_int("GLM_CUDA_GEMV_MMA", 1);
+    c->gemv_flags = (env_int("GLM_CUDA_GEMV_MMA", 1) ? 0u : GLM_CU_GEMV_CUDA_CORES) |
+                    (env_int("GLM_CUDA_GEMV_BULK", 1) ? 0u : GLM_CU_GEMV_NO_BULK);
     if (c->prof) c->use_graphs = 0;
     int rc = GLM_OK;
     struct cudaDeviceProp prop;

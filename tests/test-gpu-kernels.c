@@ -250,7 +250,7 @@ TEST(gemv_dense) {
             ref_mm(hw.wf, N, K, x, T, ref, N);
             for (int t = 0; t < T; t++) for (int n = 0; n < N; n++) ref[t * N + n] += bias[n];
             char what[96];
-            OK(glm_cu_gemv(&w, NULL, d_x, K, d_bias, d_y, N, T, NULL, 0, 0));
+            OK(glm_cu_gemv(&w, NULL, d_x, K, d_bias, d_y, N, T, NULL, 0, 0, 0));
             down(y, d_y, (size_t)T * N * 4);
             snprintf(what, sizeof what, "gemv %s T=%d", FMT_NAMES[f], T);
             CHECK_REL(y, ref, (size_t)T * N, gemv_tol(f, T), what);
@@ -264,7 +264,7 @@ TEST(gemv_dense) {
             ref_mm(hu.wf, N, K, x, T, ru, N);
             for (int i = 0; i < T * N; i++) ref[i] = silu(ref[i]) * ru[i];
             poison(d_y, (size_t)T * N * 4);
-            OK(glm_cu_gemv(&w, &u, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
+            OK(glm_cu_gemv(&w, &u, d_x, K, NULL, d_y, N, T, NULL, 0, 0, 0));
             down(y, d_y, (size_t)T * N * 4);
             snprintf(what, sizeof what, "gemv glu %s T=%d", FMT_NAMES[f], T);
             CHECK_REL(y, ref, (size_t)T * N, gemv_tol(f, T), what);
@@ -273,49 +273,62 @@ TEST(gemv_dense) {
         free(bias); cudaFree(d_bias);
         hw_free(&hw, &w); hw_free(&hu, &u);
     }
-    /* the tensor-core path on ragged shapes: N not a multiple of 16, K not of 128 (a
-     * partial 128-k block and partial 64-k steps), several passes of 8 tokens; and the
-     * same products through the CUDA-core loop (glm_cu_gemv_fp8_mma(0)) */
+    /* ragged shapes: N not a multiple of 16, K not of 128 (a partial 128-k block,
+     * partial 64-k steps, a partial stage of the bulk ring); one token on the bulk ring
+     * and on the register loop (GLM_CU_GEMV_NO_BULK), and several passes of 8 tokens on
+     * the tensor cores and on the CUDA-core loop (GLM_CU_GEMV_CUDA_CORES) */
     for (int f = 0; f < 2; f++) {
-        const int N = 37, K = 208, T = 19;
+        const int N = 37, K = 208;
         hweight hw = hw_make(FMTS[f][0], FMTS[f][1], N, K), hu = hw_make(FMTS[f][0], FMTS[f][1], N, K);
         glm_cu_mat w = hw_upload(&hw), u = hw_upload(&hu);
-        float *x = frandv((size_t)T * K, 2.f), *d_x = dup_h(x, (size_t)T * K * 4);
-        float *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4), *ru = malloc((size_t)T * N * 4);
-        float *d_y = dnew((size_t)T * N * 4);
-        ref_mm(hw.wf, N, K, x, T, ref, N);
-        ref_mm(hu.wf, N, K, x, T, ru, N);
-        for (int i = 0; i < T * N; i++) ru[i] = silu(ref[i]) * ru[i];
-        for (int path = 1; path >= 0; path--) {
-            char what[96];
-            glm_cu_gemv_fp8_mma(path);
-            poison(d_y, (size_t)T * N * 4);
-            OK(glm_cu_gemv(&w, NULL, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
-            down(y, d_y, (size_t)T * N * 4);
-            snprintf(what, sizeof what, "gemv %s %dx%d T=%d %s", FMT_NAMES[f], N, K, T, path ? "mma" : "cuda cores");
-            CHECK_REL(y, ref, (size_t)T * N, path ? 1e-3 : 1e-5, what);
-            poison(d_y, (size_t)T * N * 4);
-            OK(glm_cu_gemv(&w, &u, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
-            down(y, d_y, (size_t)T * N * 4);
-            snprintf(what, sizeof what, "gemv glu %s %dx%d T=%d %s", FMT_NAMES[f], N, K, T, path ? "mma" : "cuda cores");
-            CHECK_REL(y, ru, (size_t)T * N, path ? 1e-3 : 1e-5, what);
+        for (int T = 1; T <= 19; T += 18) {
+            float *x = frandv((size_t)T * K, 2.f), *d_x = dup_h(x, (size_t)T * K * 4);
+            float *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4), *ru = malloc((size_t)T * N * 4);
+            float *d_y = dnew((size_t)T * N * 4);
+            ref_mm(hw.wf, N, K, x, T, ref, N);
+            ref_mm(hu.wf, N, K, x, T, ru, N);
+            for (int i = 0; i < T * N; i++) ru[i] = silu(ref[i]) * ru[i];
+            for (int cc = 0; cc < 2; cc++) {  /* the default path, then the other one */
+                const unsigned flags = !cc ? 0u : T == 1 ? GLM_CU_GEMV_NO_BULK : GLM_CU_GEMV_CUDA_CORES;
+                const double tol = T >= 2 && !cc ? 1e-3 : 1e-5;
+                const char *path = T == 1 ? (cc ? "register loop" : "bulk ring") : cc ? "cuda cores" : "mma";
+                char what[96];
+                poison(d_y, (size_t)T * N * 4);
+                OK(glm_cu_gemv(&w, NULL, d_x, K, NULL, d_y, N, T, NULL, 0, flags, 0));
+                down(y, d_y, (size_t)T * N * 4);
+                snprintf(what, sizeof what, "gemv %s %dx%d T=%d %s", FMT_NAMES[f], N, K, T, path);
+                CHECK_REL(y, ref, (size_t)T * N, tol, what);
+                poison(d_y, (size_t)T * N * 4);
+                OK(glm_cu_gemv(&w, &u, d_x, K, NULL, d_y, N, T, NULL, 0, flags, 0));
+                down(y, d_y, (size_t)T * N * 4);
+                snprintf(what, sizeof what, "gemv glu %s %dx%d T=%d %s", FMT_NAMES[f], N, K, T, path);
+                CHECK_REL(y, ru, (size_t)T * N, tol, what);
+            }
+            free(x); free(y); free(ref); free(ru); cudaFree(d_x); cudaFree(d_y);
         }
-        glm_cu_gemv_fp8_mma(1);
-        free(x); free(y); free(ref); free(ru); cudaFree(d_x); cudaFree(d_y);
         hw_free(&hw, &w); hw_free(&hu, &u);
     }
-    /* one full-width shape: GLM-4.7 expert down projection */
-    {
-        const int N = 5120, K = 1536, T = 3;
-        hweight hw = hw_make(GLM_CU_FP8, GLM_CU_SCALE_BLOCK, N, K);
+    /* full-width shapes: GLM-4.7's expert down projection (block scales), and the widest
+     * row the bulk ring takes (12288 columns, twelve stages; channel scales), one token
+     * on both one-token paths and three tokens */
+    for (int s = 0; s < 2; s++) {
+        const int N = s ? 40 : 5120, K = s ? 12288 : 1536, f = s ? 0 : 1;
+        hweight hw = hw_make(FMTS[f][0], FMTS[f][1], N, K);
         glm_cu_mat w = hw_upload(&hw);
-        float *x = frandv((size_t)T * K, 1.f), *d_x = dup_h(x, (size_t)T * K * 4);
-        float *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4), *d_y = dnew((size_t)T * N * 4);
-        ref_mm(hw.wf, N, K, x, T, ref, N);
-        OK(glm_cu_gemv(&w, NULL, d_x, K, NULL, d_y, N, T, NULL, 0, 0));
-        down(y, d_y, (size_t)T * N * 4);
-        CHECK_REL(y, ref, (size_t)T * N, gemv_tol(1, T), "gemv 5120x1536 fp8-block");
-        free(x); free(y); free(ref); cudaFree(d_x); cudaFree(d_y);
+        for (int T = 1; T <= 3; T += 2) {
+            float *x = frandv((size_t)T * K, 1.f), *d_x = dup_h(x, (size_t)T * K * 4);
+            float *y = malloc((size_t)T * N * 4), *ref = malloc((size_t)T * N * 4), *d_y = dnew((size_t)T * N * 4);
+            ref_mm(hw.wf, N, K, x, T, ref, N);
+            for (int nb = 0; nb < (T == 1 ? 2 : 1); nb++) {
+                char what[96];
+                poison(d_y, (size_t)T * N * 4);
+                OK(glm_cu_gemv(&w, NULL, d_x, K, NULL, d_y, N, T, NULL, 0, nb ? GLM_CU_GEMV_NO_BULK : 0u, 0));
+                down(y, d_y, (size_t)T * N * 4);
+                snprintf(what, sizeof what, "gemv %dx%d %s T=%d%s", N, K, FMT_NAMES[f], T, nb ? " register loop" : "");
+                CHECK_REL(y, ref, (size_t)T * N, gemv_tol(f, T), what);
+            }
+            free(x); free(y); free(ref); cudaFree(d_x); cudaFree(d_y);
+        }
         hw_free(&hw, &w);
     }
 }
@@ -340,7 +353,7 @@ TEST(gemv_multi_and_add_norm) {
             int ld[3];
             const float *bs[3] = {d_bias[0], NULL, d_bias[2]};
             for (int i = 0; i < 3; i++) { d_y[i] = dnew((size_t)T * Ns[i] * 4); ys[i] = d_y[i]; ld[i] = Ns[i]; }
-            OK(glm_cu_gemv_multi(m, bs, ys, ld, 3, d_x, K, T, 0));
+            OK(glm_cu_gemv_multi(m, bs, ys, ld, 3, d_x, K, T, 0, 0));
             for (int i = 0; i < 3; i++) {
                 float *y = malloc((size_t)T * Ns[i] * 4), *ref = malloc((size_t)T * Ns[i] * 4);
                 ref_mm(hw[i].wf, Ns[i], K, x, T, ref, Ns[i]);
@@ -540,7 +553,7 @@ TEST(moe_path) {
             glm_cu_groups gv = g;
             gv.max_count = T < 4 ? T : 4;
             char what[96];
-            OK(glm_cu_gemv(&mg, &mu, d_h, D, NULL, d_mid, F, T, &gv, 1, 0));
+            OK(glm_cu_gemv(&mg, &mu, d_h, D, NULL, d_mid, F, T, &gv, 1, 0, 0));
             down(mid, d_mid, (size_t)R * F * 4);
             snprintf(what, sizeof what, "grouped gemv glu %s T=%d", FMT_NAMES[f], T);
             CHECK_REL(mid, mref, (size_t)R * F, gemv_tol(f, T), what);
@@ -548,7 +561,7 @@ TEST(moe_path) {
                 const int e = ids[i], p = slot[i];
                 ref_mm(hd[e].wf, D, F, mid + (size_t)p * F, 1, eref + (size_t)p * D, D);
             }
-            OK(glm_cu_gemv(&md, NULL, d_mid, F, NULL, d_eo, D, T, &gv, 0, 0));
+            OK(glm_cu_gemv(&md, NULL, d_mid, F, NULL, d_eo, D, T, &gv, 0, 0, 0));
             down(eo, d_eo, (size_t)R * D * 4);
             snprintf(what, sizeof what, "grouped gemv down %s T=%d", FMT_NAMES[f], T);
             CHECK_REL(eo, eref, (size_t)R * D, gemv_tol(f, T), what);

@@ -1,13 +1,15 @@
 /* gemv-probe.c - the decode weight products of a GLM-4.7 layer timed alone: the FP8
- * GEMV on the tensor cores and on the CUDA cores (glm_cu_gemv_fp8_mma), the FP8 MoE
- * MMA kernel, and BF16 weights of the same shapes, at 1, 2, 4 and 8 tokens, with the
- * largest difference between the two GEMV paths (docs/PERF.md, run 13). Weights in
- * four rotating copies so that L2 holds none. Not part of the build or the tests.
+ * GEMV's default path ("mma" column: the tensor cores from two tokens, the bulk-copy
+ * ring at one) and its CUDA-core register loop (GLM_CU_GEMV_CUDA_CORES |
+ * GLM_CU_GEMV_NO_BULK), the FP8 MoE MMA kernel, and BF16 weights of the same shapes,
+ * at 1, 2, 4 and 8 tokens, with the largest difference between the two GEMV paths
+ * (docs/PERF.md, runs 13 and 14). Weights in four rotating copies so that L2 holds
+ * none. Not part of the build or the tests.
  *
  *   make build/lib/libglm.a
  *   cc -O2 -Ilib -Iggml-free-kernels -I/usr/local/cuda/include scripts/probes/gemv-probe.c build/lib/libglm.a \
  *      -L/usr/local/cuda/lib64 -lcublasLt -lcudart -lstdc++ -lm -lutf8proc -ldl -lrt -pthread -o /tmp/gemv-probe
- *   /tmp/gemv-probe [1|2]      (1: channel scales, 2: 128x128 block scales) */
+ *   /tmp/gemv-probe [1|2 [TMAX]]  (1: channel scales, 2: 128x128 block scales; tokens 1..TMAX, default 8) */
 #include "kernels.h"
 
 #include <cuda_runtime_api.h>
@@ -22,6 +24,7 @@ const char *glm_last_error(void);
 typedef struct {
     glm_cu_mat w[NC], u[NC];
     int glu, T, mma;
+    unsigned flags;
     float *x, *y;
     uint8_t *xq;
     float *xs;
@@ -31,7 +34,7 @@ typedef struct {
 static int run(const job *j, int c) {
     const glm_cu_mat *u = j->glu ? &j->u[c] : NULL;
     if (j->mma) return glm_cu_gemm_fp8_mma(&j->w[c], u, j->xq, j->xs, j->y, j->w[c].N, j->T, j->g, j->g != NULL, 0);
-    return glm_cu_gemv(&j->w[c], u, j->x, j->w[c].K, NULL, j->y, j->w[c].N, j->T, j->g, j->g != NULL, 0);
+    return glm_cu_gemv(&j->w[c], u, j->x, j->w[c].K, NULL, j->y, j->w[c].N, j->T, j->g, j->g != NULL, j->flags, 0);
 }
 
 static float time_us(const job *j) {
@@ -70,7 +73,7 @@ static void free_mat(glm_cu_mat *m) {
 }
 
 int main(int argc, char **argv) {
-    const int sk = argc > 1 ? atoi(argv[1]) : GLM_CU_SCALE_CHANNEL;
+    const int sk = argc > 1 ? atoi(argv[1]) : GLM_CU_SCALE_CHANNEL, tmax = argc > 2 ? atoi(argv[2]) : 8;
     float *x, *y, *xs;
     uint8_t *xq;
     cudaMalloc((void **)&x, 64 << 20);
@@ -97,7 +100,7 @@ int main(int argc, char **argv) {
         {"shared gate+up 2x1536x5120", 1536, 5120, 1, 1, 0},    {"shared down 5120x1536", 5120, 1536, 1, 0, 0},
     };
     printf("%-30s %2s %8s %8s %8s %8s %10s\n", "product", "T", "mma us", "cores us", "moe-mma", "bf16 us", "max diff");
-    for (int T = 1; T <= 8; T *= 2) {
+    for (int T = 1; T <= tmax; T *= 2) {
         /* grouped: token t goes to all 8 experts, so each expert holds T rows */
         for (int e = 0, c = 0; e <= E; e++) {
             off[e] = c;
@@ -117,11 +120,11 @@ int main(int argc, char **argv) {
             }
             const size_t ny = (size_t)T * sh[s].N * (j.g ? 8 : 1);
             float *h0 = malloc(ny * 4), *h1 = malloc(ny * 4);
-            glm_cu_gemv_fp8_mma(0);
+            j.flags = GLM_CU_GEMV_CUDA_CORES | GLM_CU_GEMV_NO_BULK;
             run(&j, 0);
             cudaMemcpy(h0, y, ny * 4, cudaMemcpyDeviceToHost);
             const float t_cores = time_us(&j);
-            glm_cu_gemv_fp8_mma(1);
+            j.flags = 0;
             run(&j, 0);
             cudaMemcpy(h1, y, ny * 4, cudaMemcpyDeviceToHost);
             const float t_mma = time_us(&j);
@@ -144,8 +147,8 @@ int main(int argc, char **argv) {
                 t_bf16 = time_us(&j);
                 for (int c = 0; c < NC; c++) { free_mat(&j.w[c]); if (j.glu) free_mat(&j.u[c]); }
             }
-            printf("%-30s %2d %8.1f %8.1f %8.1f %8.1f %10.2e   (FP8 %.0f MB; mma %.0f GB/s)\n", sh[s].name, T, t_mma,
-                   t_cores, t_moe, t_bf16, md / mx, bytes / 1e6, bytes / t_mma / 1e3);
+            printf("%-30s %2d %8.1f %8.1f %8.1f %8.1f %10.2e   (FP8 %.0f MB; mma %.0f, cores %.0f GB/s)\n", sh[s].name, T,
+                   t_mma, t_cores, t_moe, t_bf16, md / mx, bytes / 1e6, bytes / t_mma / 1e3, bytes / t_cores / 1e3);
             free(h0);
             free(h1);
         }
