@@ -24,7 +24,7 @@ extern "C" int glm_cu_embed(const void *emb, int emb_dtype, const int32_t *token
 }
 
 // Rows of D = 4 * n4 floats held in registers, NORM_V float4s a thread: every load of
-// the row is in flight at once (the scalar loops below wait on each in turn, which
+// the row is in flight at once (a loop over the row waits on each in turn, which
 // costs a decode step microseconds a norm). ADD: x += y first, written back.
 #define NORM_V 4
 
@@ -77,39 +77,19 @@ static int norm_vec_threads(int D, const void *a, const void *b, const void *c, 
     return 0;
 }
 
-__global__ void rmsnorm_kernel(const float *x, const int32_t *row_idx, const float *w, float *out,
-                               int D, float eps) {
+// The same for rows the register path does not take (not whole float4s, not 16-byte
+// aligned, or wider than 1024 * NORM_V float4s): a loop over the row.
+template <bool ADD>
+__global__ void norm_scalar_kernel(float *x, const int32_t *row_idx, const float *y, const float *w, float *out,
+                                   int D, float eps) {
     __shared__ float red[32];
     const int r = blockIdx.x;
-    const int src = row_idx ? row_idx[r] : r;
-    const float *xr = x + (size_t)src * D;
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, red);
-    const float inv = rsqrtf(ss / D + eps);
-    float *o = out + (size_t)r * D;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * inv * w[i];
-}
-
-extern "C" int glm_cu_rmsnorm(const float *x, const int32_t *row_idx, const float *w, float *out,
-                              int R, int D, float eps, cudaStream_t st) {
-    if (R <= 0) return 0;
-    const int th = norm_vec_threads(D, x, w, out, nullptr);
-    if (th) norm_vec_kernel<false><<<R, th, 0, st>>>((float *)x, row_idx, nullptr, w, out, D, eps);
-    else rmsnorm_kernel<<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, row_idx, w, out, D, eps);
-    CUDA_CHECK_LAUNCH();
-    return 0;
-}
-
-__global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, float *out, int D, float eps) {
-    __shared__ float red[32];
-    const int r = blockIdx.x;
-    float *xr = x + (size_t)r * D;
-    const float *yr = y + (size_t)r * D;
+    float *xr = x + (size_t)(row_idx ? row_idx[r] : r) * D;
+    const float *yr = ADD ? y + (size_t)r * D : nullptr;
     float ss = 0.f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        const float v = xr[i] + yr[i];
-        xr[i] = v;
+        float v = xr[i];
+        if (ADD) { v += yr[i]; xr[i] = v; }
         ss += v * v;
     }
     ss = block_sum(ss, red);
@@ -118,14 +98,26 @@ __global__ void add_rmsnorm_kernel(float *x, const float *y, const float *w, flo
     for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * inv * w[i];
 }
 
-extern "C" int glm_cu_add_rmsnorm(float *x, const float *y, const float *w, float *out, int R, int D, float eps,
-                                  cudaStream_t st) {
+// out[r] = rmsnorm(x[row r] (+= y[r] when ADD)) * w, one block a row.
+template <bool ADD>
+static int norm_launch(float *x, const int32_t *row_idx, const float *y, const float *w, float *out, int R, int D,
+                       float eps, cudaStream_t st) {
     if (R <= 0) return 0;
     const int th = norm_vec_threads(D, x, y, w, out);
-    if (th) norm_vec_kernel<true><<<R, th, 0, st>>>(x, nullptr, y, w, out, D, eps);
-    else add_rmsnorm_kernel<<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, y, w, out, D, eps);
+    if (th) norm_vec_kernel<ADD><<<R, th, 0, st>>>(x, row_idx, y, w, out, D, eps);
+    else norm_scalar_kernel<ADD><<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, row_idx, y, w, out, D, eps);
     CUDA_CHECK_LAUNCH();
     return 0;
+}
+
+extern "C" int glm_cu_rmsnorm(const float *x, const int32_t *row_idx, const float *w, float *out,
+                              int R, int D, float eps, cudaStream_t st) {
+    return norm_launch<false>((float *)x, row_idx, nullptr, w, out, R, D, eps, st);  // x is only read
+}
+
+extern "C" int glm_cu_add_rmsnorm(float *x, const float *y, const float *w, float *out, int R, int D, float eps,
+                                  cudaStream_t st) {
+    return norm_launch<true>(x, nullptr, y, w, out, R, D, eps, st);
 }
 
 __global__ void add_kernel(float *x, const float *y, size_t n) {

@@ -670,7 +670,9 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     RUN(dev_alloc((void **)&c->g_nact, 16, "expert count"));
     RUN(dev_alloc((void **)&c->g_rows, (rows + T) * 4, "expert rows"));
     RUN(dev_alloc((void **)&c->g_slot, (rows + T) * 4, "expert slots"));
-    RUN(dev_alloc((void **)&c->g_tiles, glm_cu_wgmma_tiles_ints((int)rows, (int)E) * 4, "expert tiles"));
+    int wg = 0;  /* the grouped wgmma kernel's tile list, where its route can run */
+    for (int il = 0; c->moe && c->wgmma && il < hp->n_layer; il++) wg |= c->moe[il].wgmma_ok;
+    if (wg) RUN(dev_alloc((void **)&c->g_tiles, glm_cu_wgmma_tiles_ints((int)rows, (int)E) * 4, "expert tiles"));
     CK(cudaMallocHost((void **)&c->h_off, 2 * (E + 1) * 4));
     size_t aw = 0;
     for (int t = 1; t <= max_tokens; t++) {
@@ -1085,7 +1087,7 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_gemv(&m->gate, &m->up, h, D, NULL, c->mid, F, T, &gv, 1, c->gemv_flags, c->st));
         RUN(glm_cu_gemv(&m->down, NULL, c->mid, F, NULL, c->eo, D, T, &gv, 0, c->gemv_flags, c->st));
         rc = GLM_OK;
-    } else if (c->wgmma && m->wgmma_ok) {
+    } else if (c->wgmma && m->wgmma_ok && c->g_tiles) {
         /* prefill: every touched expert in one launch per half, tiles listed on the device */
         const int ld_s = (rows + 3) & ~3;
         RUN(glm_cu_quant_fp8(h, D, c->g_rows, rows, D, 1, c->xq, c->xs, ld_s, c->st));
@@ -1183,6 +1185,18 @@ static void logits_done(cu_impl *c, float *host, int r0, int n, int V) {
     if (n && host && !pinned_dst(c, host)) memcpy(host + (size_t)r0 * V, c->logits_h, (size_t)n * V * 4);
 }
 
+/* Rows [r0, r0 + n) of the logits are queued on the stream (copied is set when the
+ * slices already copy them to logits_host): copies them unless so, waits, and
+ * finishes them on the host. Profiling (eager passes only) closes its last op here. */
+static int logits_finish(cu_impl *c, float *logits_host, int r0, int n, int V, int copied) {
+    if (!copied) RUN(logits_copy(c, logits_host, r0, n, V));
+    prof_op(c, "(end)");
+    CK(cudaStreamSynchronize(c->st));
+    prof_collect(c);
+    if (!copied) logits_done(c, logits_host, r0, n, V);
+    return GLM_OK;
+}
+
 static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
     cu_impl *c = IMPL(be);
     const int V = be->model->hp.n_vocab, n_out = c->n_out;
@@ -1198,10 +1212,7 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
         }
         const int copied = c->cur->host_dst && c->cur->host_dst == logits_host;  /* by the graph itself */
         CK(cudaGraphLaunch(c->cur->exec, c->st));
-        if (!copied) RUN(logits_copy(c, logits_host, 0, n_out, V));
-        CK(cudaStreamSynchronize(c->st));
-        if (!copied) logits_done(c, logits_host, 0, n_out, V);
-        return GLM_OK;
+        return logits_finish(c, logits_host, 0, n_out, V, copied);
     }
     if (c->mode == MODE_CAPTURE) {
         int copied = 0;
@@ -1220,28 +1231,16 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
         g->host_dst = copied ? logits_host : NULL;
         c->n_graphs++;
         CK(cudaGraphLaunch(g->exec, c->st));
-        if (!copied) RUN(logits_copy(c, logits_host, 0, n_out, V));
-        CK(cudaStreamSynchronize(c->st));
-        if (!copied) logits_done(c, logits_host, 0, n_out, V);
-        return GLM_OK;
+        return logits_finish(c, logits_host, 0, n_out, V, copied);
     }
     for (int r0 = 0; r0 < n_out; r0 += c->logit_chunk) {
         const int n = n_out - r0 < c->logit_chunk ? n_out - r0 : c->logit_chunk;
         prof_op(c, "logits");
         int copied = 0;
         RUN(logits_chunk(be, x, r0, n, logits_host, &copied));
-        if (!copied) RUN(logits_copy(c, logits_host, r0, n, V));
-        prof_op(c, "(end)");
-        CK(cudaStreamSynchronize(c->st));
-        prof_collect(c);
-        if (!copied) logits_done(c, logits_host, r0, n, V);
+        RUN(logits_finish(c, logits_host, r0, n, V, copied));
     }
-    if (!n_out) {
-        prof_op(c, "(end)");
-        CK(cudaStreamSynchronize(c->st));
-        prof_collect(c);
-    }
-    return GLM_OK;
+    return n_out ? GLM_OK : logits_finish(c, logits_host, 0, 0, V, 1);
 }
 
 /* Page-locked host memory for the context's logits (plain memory if that fails). */

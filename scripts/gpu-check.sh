@@ -33,7 +33,7 @@ if [ ! -x build/bin/glm-bench ] && [ -f build/tools/glm-bench.o ]; then
   cc -o build/bin/glm-bench build/tools/glm-bench.o build/tools/common.o build/lib/libglm.a -lutf8proc -lm -pthread \
      -L/usr/local/cuda/lib64 -lcublasLt -lcudart -lstdc++ -ldl -lrt >> "$OUT/build.log" 2>&1
 fi
-note "build: $(( $(date +%s) - t0 )) s, $(grep -c -E 'error' "$OUT/build.log") error lines"
+note "build: $(( $(date +%s) - t0 )) s, $(grep -c -E 'error:|Error [0-9]' "$OUT/build.log") error lines"
 for b in build/tests/test-gpu-kernels build/tests/test-gpu-model build/bin/glm-bench; do
   [ -x "$b" ] || note "MISSING: $b (see build.log)"
 done
