@@ -180,6 +180,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *q, 
     const int npages = pos / 16 + 1;
     const int pps = (npages + n_split - 1) / n_split;
     const int pb = s * pps, pe = min(npages, pb + pps);
+    if (pb >= npages) return;  // a split past the context: the combine reads only the others
     const float qscale = rsqrtf((float)hd);
     for (int i = tid; i < G * hd; i += ATT_THREADS)
         qs[i] = q[((size_t)t * n_head + (size_t)j * G) * hd + i] * qscale;
@@ -282,9 +283,14 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *q, 
     }
 }
 
-__global__ void attention_combine_kernel(const float *ws, float *out, int n_head, int hd, int n_split) {
+// Merges the partials of the splits that hold keys of token t (those past its context
+// wrote none).
+__global__ void attention_combine_kernel(const float *ws, float *out, int n_head, int hd, int n_split,
+                                         const int32_t *pos) {
     const int t = blockIdx.x, head = blockIdx.y;
     const float *w = ws + ((size_t)t * n_head + head) * n_split * (hd + 2);
+    const int npages = pos[t] / 16 + 1, pps = (npages + n_split - 1) / n_split;
+    n_split = (npages + pps - 1) / pps;
     float M = -INFINITY;
     for (int s = 0; s < n_split; s++) M = fmaxf(M, w[s * (hd + 2) + hd]);
     float L = 0.f;
@@ -315,7 +321,7 @@ extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, i
     attention_kernel<<<grid, ATT_THREADS, smem, st>>>(q, out, n_head, n_kv, hd, *p, *kv, n_split, ws);
     CUDA_CHECK_LAUNCH();
     if (n_split > 1) {
-        attention_combine_kernel<<<dim3(T, n_head), 128, 0, st>>>(ws, out, n_head, hd, n_split);
+        attention_combine_kernel<<<dim3(T, n_head), 128, 0, st>>>(ws, out, n_head, hd, n_split, p->pos);
         CUDA_CHECK_LAUNCH();
     }
     return 0;
