@@ -499,6 +499,11 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
     }
     asm volatile("bar.sync 1, %0;" ::"r"(GB_CW * 32) : "memory");
     const int orow = a.grouped ? row0 : 0;
+    // Logical float4 q = kc * 512 + j * 128 + 4 * lane + i of x (i < 4) sits at
+    // gb_swz(q) = q - i + (i ^ sw): kc * 512 + j * 128 is a multiple of 32, so
+    // (q >> 3) & 3 depends on the lane alone.
+    const int sw = (lane >> 1) & 3;
+    const float4 *xl = xs + 4 * lane;
     int it = 0;
     for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
         const gemv_target tg = gemv_pick(a, grb);
@@ -514,33 +519,39 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
         for (int kc = 0; kc < nkc; kc++, it++) {
             const int s = it % ns, kb = min(GB_KC, K - kc * GB_KC);
             mbar_wait(fb + 8 * s, (it / ns) & 1);
-            const uint8_t *w0p = gb_smem + (s * GB_ROWS + ra) * GB_KC, *w1p = gb_smem + (s * GB_ROWS + rb) * GB_KC;
+            const uint8_t *w0p = gb_smem + (s * GB_ROWS + ra) * GB_KC + lane * 16;
+            const uint8_t *w1p = gb_smem + (s * GB_ROWS + rb) * GB_KC + lane * 16;
+            const float4 *xk = xl + kc * (GB_KC / 4);
+            // the lane's 16 bytes of step j (512 bytes a step) against x[k .. k + 16)
+            auto step = [&](int j) {
+                float f0[16], f1[16];
+                unpack16<GLM_CU_FP8>(*(const uint4 *)(w0p + j * 512), f0);
+                unpack16<GLM_CU_FP8>(*(const uint4 *)(w1p + j * 512), f1);
+                float d0 = 0.f, d1 = 0.f;
 #pragma unroll
-            for (int j = 0; j < GB_KC / 512; j++) {
-                const int o = j * 512 + lane * 16;  // byte of the stage's row segment
-                if (o < kb) {
-                    float f0[16], f1[16];
-                    unpack16<GLM_CU_FP8>(*(const uint4 *)(w0p + o), f0);
-                    unpack16<GLM_CU_FP8>(*(const uint4 *)(w1p + o), f1);
-                    const int q0 = (kc * GB_KC + o) >> 2;  // first float4 of x
-                    float d0 = 0.f, d1 = 0.f;
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const float4 xv = xs[gb_swz(q0 + i)];
-                        d0 = fmaf(f0[4 * i + 0], xv.x, d0); d1 = fmaf(f1[4 * i + 0], xv.x, d1);
-                        d0 = fmaf(f0[4 * i + 1], xv.y, d0); d1 = fmaf(f1[4 * i + 1], xv.y, d1);
-                        d0 = fmaf(f0[4 * i + 2], xv.z, d0); d1 = fmaf(f1[4 * i + 2], xv.z, d1);
-                        d0 = fmaf(f0[4 * i + 3], xv.w, d0); d1 = fmaf(f1[4 * i + 3], xv.w, d1);
-                    }
-                    if (SK == GLM_CU_SCALE_BLOCK) {
-                        const int kb128 = (kc * GB_KC + o) >> 7;
-                        acc0 = fmaf(d0, __ldg(s0p + kb128), acc0);
-                        acc1 = fmaf(d1, __ldg(s1p + kb128), acc1);
-                    } else {
-                        acc0 += d0;
-                        acc1 += d1;
-                    }
+                for (int i = 0; i < 4; i++) {
+                    const float4 xv = xk[j * 128 + (i ^ sw)];
+                    d0 = fmaf(f0[4 * i + 0], xv.x, d0); d1 = fmaf(f1[4 * i + 0], xv.x, d1);
+                    d0 = fmaf(f0[4 * i + 1], xv.y, d0); d1 = fmaf(f1[4 * i + 1], xv.y, d1);
+                    d0 = fmaf(f0[4 * i + 2], xv.z, d0); d1 = fmaf(f1[4 * i + 2], xv.z, d1);
+                    d0 = fmaf(f0[4 * i + 3], xv.w, d0); d1 = fmaf(f1[4 * i + 3], xv.w, d1);
                 }
+                if (SK == GLM_CU_SCALE_BLOCK) {
+                    const int kb128 = kc * (GB_KC / 128) + j * 4 + (lane >> 3);
+                    acc0 = fmaf(d0, __ldg(s0p + kb128), acc0);
+                    acc1 = fmaf(d1, __ldg(s1p + kb128), acc1);
+                } else {
+                    acc0 += d0;
+                    acc1 += d1;
+                }
+            };
+            if (kb == GB_KC) {
+#pragma unroll
+                for (int j = 0; j < GB_KC / 512; j++) step(j);
+            } else {
+#pragma unroll
+                for (int j = 0; j < GB_KC / 512; j++)
+                    if (j * 512 + lane * 16 < kb) step(j);
             }
             __syncwarp();
             if (lane == 0) mbar_arrive(eb + 8 * s);
