@@ -1,9 +1,12 @@
 // gemv.cu - weight-streaming products for decode: few tokens against a large
-// weight, each weight byte read once per chunk of up to 8 tokens with 16-byte
-// loads, dequantised in registers (FP8 per-channel or 128x128 block scales, BF16,
-// F32) and accumulated in float32. The grouped form runs one MoE expert per block
-// row of the grid over the tokens routed to it, so each touched expert is read
-// once per step. Also the tiled float32 fallback GEMM for odd shapes.
+// weight, each weight byte read once per chunk of up to 8 tokens, dequantised in
+// registers (FP8 per-channel or 128x128 block scales, BF16, F32) and accumulated in
+// float32. Three kernels: one token of FP8 weights from a shared-memory ring filled
+// by bulk copies (gemv_bulk_kernel), two to eight tokens of FP8 weights on the tensor
+// cores (gemv_fp8mma_kernel), and a register loop with 16-byte loads for the rest
+// (gemv_kernel). The grouped form runs one MoE expert per block row of the grid over
+// the tokens routed to it, so each touched expert is read once per step. Also the
+// tiled float32 fallback GEMM for odd shapes.
 #include "common.cuh"
 
 #include <string.h>
