@@ -599,19 +599,22 @@ static int fm_launch(const gemv_args &a, int sk, unsigned gy, cudaStream_t st) {
     return 0;
 }
 
-static int fm_ok(const glm_cu_mat *w, const glm_cu_mat *up, unsigned flags) {
+// FP8 weights with channel or block scales, and an up half (glu) of the same kind and shape.
+static int fp8_scaled(const glm_cu_mat *w, const glm_cu_mat *up) {
     const int sk = w->scale_kind;
-    return !(flags & GLM_CU_GEMV_CUDA_CORES) && w->dtype == GLM_CU_FP8 && (sk == GLM_CU_SCALE_CHANNEL || sk == GLM_CU_SCALE_BLOCK) &&
+    return w->dtype == GLM_CU_FP8 && (sk == GLM_CU_SCALE_CHANNEL || sk == GLM_CU_SCALE_BLOCK) &&
            (!up || (up->dtype == GLM_CU_FP8 && up->scale_kind == sk && up->N == w->N && up->K == w->K));
 }
 
-// The bulk-copy kernel takes one token of FP8 weights with channel or block scales,
-// rows of whole 16-byte chunks up to GB_KMAX columns, on sm_90 and later.
+static int fm_ok(const glm_cu_mat *w, const glm_cu_mat *up, unsigned flags) {
+    return !(flags & GLM_CU_GEMV_CUDA_CORES) && fp8_scaled(w, up);
+}
+
+// The bulk-copy kernel takes one token of such weights, rows of whole 16-byte chunks up
+// to GB_KMAX columns, on sm_90 and later.
 static int gb_ok(const glm_cu_mat *w, const glm_cu_mat *up, unsigned flags) {
-    const int sk = w->scale_kind;
-    return !(flags & GLM_CU_GEMV_NO_BULK) && glm_cu_arch() >= 90 && w->dtype == GLM_CU_FP8 &&
-           (sk == GLM_CU_SCALE_CHANNEL || sk == GLM_CU_SCALE_BLOCK) && w->K % 16 == 0 && w->K <= GB_KMAX &&
-           (!up || (up->dtype == GLM_CU_FP8 && up->scale_kind == sk && up->N == w->N && up->K == w->K));
+    return !(flags & GLM_CU_GEMV_NO_BULK) && glm_cu_arch() >= 90 && fp8_scaled(w, up) && w->K % 16 == 0 &&
+           w->K <= GB_KMAX;
 }
 
 // Rows up to 8192 columns: two stages and two blocks an SM; wider ones (x takes 48 KB):
