@@ -32,8 +32,8 @@ struct gemv_args {
     const float *mbias[GEMV_MULTI];
     float *my[GEMV_MULTI];
     int mldy[GEMV_MULTI];
-    int mblock[GEMV_MULTI];           // first row block of each weight (bulk ring: first row)
-    int n_rb;                         // row blocks in all (bulk ring: output rows)
+    int mblock[GEMV_MULTI];           // first row block of each weight
+    int n_rb;                         // row blocks in all
     int gb_stages;                    // bulk ring: stages
 };
 
@@ -427,10 +427,8 @@ __global__ void __launch_bounds__(FM_WARPS * 32, 2) gemv_fp8mma_kernel(const gem
 // them from shared memory against x, which the block holds in shared memory as
 // float32. Consumer warp w owns tile rows 2w and 2w + 1 (glu: gate row w and up row w,
 // tile rows w and 8 + w) and accumulates them over the stages of the tile in float32;
-// block scales are applied per 128-k block, channel scales at the end. Each block
-// takes an equal contiguous range of output rows (of every weight, for multi), cut into
-// tiles that end at the range's end or a weight's last row, so every SM streams the
-// same bytes: whole tiles dealt out to blocks left SMs idle or a tile behind.
+// block scales are applied per 128-k block, channel scales at the end. Blocks take
+// whole tiles with a grid stride, sized so that every block gets the same number.
 #define GB_CW 8                                      // consumer warps
 #define GB_ROWS 16                                   // weight rows a tile
 #define GB_KC 2048                                   // bytes of each row a stage
@@ -442,24 +440,6 @@ __global__ void __launch_bounds__(FM_WARPS * 32, 2) gemv_fp8mma_kernel(const gem
 // the four float4 of their 16-column chunks, touch eight different bank groups.
 __device__ __forceinline__ int gb_swz(int q) { return q ^ ((q >> 3) & 3); }
 
-// The tile at output row r (a.n_rb counts rows; for multi, mblock holds each weight's
-// first row): its weight, its first row in that weight, and its rows: the rows left
-// up to hi in as few tiles of at most GB_ROWS (glu: 8 outputs, 16 weight rows) as
-// hold them, of even size, cut at the weight's end.
-struct gb_tile {
-    gemv_target t;
-    int nr;
-};
-template <int GLU>
-__device__ __forceinline__ gb_tile gb_next(const gemv_args &a, int r, int hi) {
-    gb_tile tl;
-    tl.t = gemv_pick(a, r);
-    constexpr int TR = GLU ? 8 : GB_ROWS;
-    const int left = hi - r, tiles = (left + TR - 1) / TR;
-    tl.nr = min((left + tiles - 1) / tiles, tl.t.W.N - tl.t.bx);
-    return tl;
-}
-
 template <int SK, int GLU>
 __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const gemv_args a) {
 #if GLM_SM90
@@ -469,8 +449,6 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
     int e = 0, row0 = 0, cnt = 1;
     if (a.grouped && !expert_group(a.active, a.n_active, a.off, &e, &row0, &cnt)) return;
     const int K = a.w.K, nkc = (K + GB_KC - 1) / GB_KC, ns = a.gb_stages;
-    const int lo = (int)((long long)blockIdx.x * a.n_rb / gridDim.x);  // this block's output rows
-    const int hi = (int)((long long)(blockIdx.x + 1) * a.n_rb / gridDim.x);
     const uint32_t ring = smem_u32(gb_smem), fb = smem_u32(full), eb = smem_u32(empty);
     if (tid == 0) {
         for (int s = 0; s < GB_STAGES_MAX; s++) {
@@ -484,25 +462,23 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
     if (warp == GB_CW) {  // producer: lane 0 issues every copy
         if (lane != 0) return;
         int it = 0;
-        for (int r = lo; r < hi;) {
-            const gb_tile tl = gb_next<GLU>(a, r, hi);
+        for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
+            const gemv_target tg = gemv_pick(a, grb);
             const uint8_t *rp[GB_ROWS];
 #pragma unroll
-            for (int i = 0; i < GB_ROWS; i++) {  // glu: gate rows in slots 0..7, up rows in 8..15
-                const glm_cu_mat &M = GLU && i >= 8 ? a.up : tl.t.W;
-                const int n = tl.t.bx + (GLU ? (i & 7) : i);
-                rp[i] = (const uint8_t *)M.data + (long long)e * M.stride + (size_t)n * K;
+            for (int r = 0; r < GB_ROWS; r++) {  // rows past N repeat the last one; their sums are dropped
+                const glm_cu_mat &M = GLU && r >= 8 ? a.up : tg.W;
+                const int n = min(GLU ? tg.bx * 8 + (r & 7) : tg.bx * GB_ROWS + r, tg.W.N - 1);
+                rp[r] = (const uint8_t *)M.data + (long long)e * M.stride + (size_t)n * K;
             }
             for (int kc = 0; kc < nkc; kc++, it++) {
                 const int s = it % ns, kb = min(GB_KC, K - kc * GB_KC);
                 if (it >= ns) mbar_wait(eb + 8 * s, ((it / ns) - 1) & 1);
-                mbar_expect(fb + 8 * s, (GLU ? 2 : 1) * tl.nr * kb);
+                mbar_expect(fb + 8 * s, GB_ROWS * kb);
 #pragma unroll
-                for (int i = 0; i < GB_ROWS; i++)
-                    if ((GLU ? (i & 7) : i) < tl.nr)
-                        bulk_g2s(ring + (s * GB_ROWS + i) * GB_KC, rp[i] + (size_t)kc * GB_KC, kb, fb + 8 * s);
+                for (int r = 0; r < GB_ROWS; r++)
+                    bulk_g2s(ring + (s * GB_ROWS + r) * GB_KC, rp[r] + (size_t)kc * GB_KC, kb, fb + 8 * s);
             }
-            r += tl.nr;
         }
         return;
     }
@@ -532,15 +508,12 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
     const int sw = (lane >> 1) & 3;
     const float4 *xl = xs + 4 * lane;
     int it = 0;
-    for (int r = lo; r < hi;) {
-        const gb_tile tl = gb_next<GLU>(a, r, hi);
-        const gemv_target &tg = tl.t;
-        r += tl.nr;
+    for (int grb = blockIdx.x; grb < a.n_rb; grb += gridDim.x) {
+        const gemv_target tg = gemv_pick(a, grb);
         const int N = tg.W.N;
-        const int ra = GLU ? warp : 2 * warp, rb = GLU ? warp + 8 : 2 * warp + 1;  // this warp's tile slots
-        const bool live = (GLU ? warp : 2 * warp) < tl.nr;                         // slot ra holds a row
-        const int n0 = tg.bx + (GLU ? warp : 2 * warp);                            // output of slot ra
-        const int n1 = GLU ? n0 : min(n0 + 1, N - 1);                              // weight row of slot rb
+        const int ra = GLU ? warp : 2 * warp, rb = GLU ? warp + 8 : 2 * warp + 1;  // this warp's tile rows
+        const int n0 = GLU ? tg.bx * 8 + warp : tg.bx * GB_ROWS + 2 * warp;       // output of row ra
+        const int n1 = GLU ? n0 : min(n0 + 1, N - 1);                              // weight row of rb
         const glm_cu_mat &Mb = GLU ? a.up : tg.W;
         const float *s0p = tg.W.scale + (long long)e * tg.W.s_stride, *s1p = Mb.scale + (long long)e * Mb.s_stride;
         if (SK == GLM_CU_SCALE_CHANNEL) { s0p += min(n0, N - 1); s1p += n1; }
@@ -575,8 +548,7 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
                     acc1 += d1;
                 }
             };
-            if (!live) {  // a short tile: nothing to multiply, the stage is only released
-            } else if (kb == GB_KC) {
+            if (kb == GB_KC) {
 #pragma unroll
                 for (int j = 0; j < GB_KC / 512; j++) step(j);
             } else {
@@ -589,14 +561,14 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
         }
         acc0 = warp_sum(acc0);
         acc1 = warp_sum(acc1);
-        if (lane == 0 && live) {
+        if (lane == 0 && n0 < N) {
             const float cs0 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(s0p) : 1.f, cs1 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(s1p) : 1.f;
             float *yr = tg.Y + (size_t)orow * tg.ldy;
             if (GLU) {
                 yr[n0] = silu_f(acc0 * cs0) * (acc1 * cs1);
             } else {
                 yr[n0] = acc0 * cs0 + (tg.bias ? tg.bias[n0] : 0.f);
-                if (2 * warp + 1 < tl.nr) yr[n0 + 1] = acc1 * cs1 + (tg.bias ? tg.bias[n0 + 1] : 0.f);
+                if (n0 + 1 < N) yr[n0 + 1] = acc1 * cs1 + (tg.bias ? tg.bias[n0 + 1] : 0.f);
             }
         }
     }
@@ -647,18 +619,16 @@ static int gb_ok(const glm_cu_mat *w, const glm_cu_mat *up, unsigned flags) {
 
 // Rows up to 8192 columns: two stages and two blocks an SM; wider ones (x takes 48 KB):
 // four stages and one block (measured: o 5120x12288 19.8 against 23.0 us; at 5120
-// columns four stages were slower, 36.0 against 34.7 us for 2x12288x5120). a.n_rb
-// holds the output rows; each group's rows are shared out among as many blocks as fit
-// at once beside the other groups' (each at least one full tile).
+// columns four stages were slower, 36.0 against 34.7 us for 2x12288x5120). The tiles
+// of a group are spread so that every block gets the same number of them and all
+// blocks fit at once.
 static int gb_launch(gemv_args &a, unsigned gy, cudaStream_t st) {
     const int wide = a.w.K > 8192;
     a.gb_stages = wide ? 4 : 2;
     const int smem = a.gb_stages * GB_STAGE + a.w.K * 4;
     const long long slots = (long long)(wide ? 1 : 2) * glm_cu_sm_count();
-    const int tile = a.glu ? 8 : GB_ROWS;
-    long long gx = slots / gy;
-    if (gx > (a.n_rb + tile - 1) / tile) gx = (a.n_rb + tile - 1) / tile;
-    if (gx < 1) gx = 1;
+    long long per = 1, gx = a.n_rb;
+    while (gx * gy > slots && gx > 1) { per++; gx = (a.n_rb + per - 1) / per; }
     void (*k)(const gemv_args) = a.w.scale_kind == GLM_CU_SCALE_CHANNEL
                                      ? (a.glu ? gemv_bulk_kernel<GLM_CU_SCALE_CHANNEL, 1> : gemv_bulk_kernel<GLM_CU_SCALE_CHANNEL, 0>)
                                      : (a.glu ? gemv_bulk_kernel<GLM_CU_SCALE_BLOCK, 1> : gemv_bulk_kernel<GLM_CU_SCALE_BLOCK, 0>);
@@ -716,7 +686,7 @@ extern "C" int glm_cu_gemv(const glm_cu_mat *w, const glm_cu_mat *up, const floa
     const unsigned grid = g ? (unsigned)g->max_groups : 1u;
     if (g && g->max_groups <= 0) return 0;
     if (T == 1 && gb_ok(w, up, flags) && (!g || g->max_count <= 1)) {
-        a.n_rb = w->N;
+        a.n_rb = (w->N + (up ? 8 : GB_ROWS) - 1) / (up ? 8 : GB_ROWS);
         return gb_launch(a, grid, st);
     }
     if (T >= 2 && fm_ok(w, up, flags)) {
@@ -768,7 +738,7 @@ extern "C" int glm_cu_gemv_multi(const glm_cu_mat *ws, const float *const *bias,
     a.x = x; a.ldx = ldx; a.T = T;
     a.n_multi = n;
     if (T == 1 && gb_ok(&ws[0], nullptr, flags)) {
-        multi_table(a, ws, bias, ys, ldy, n, 1);  // rows, not row blocks
+        multi_table(a, ws, bias, ys, ldy, n, GB_ROWS);
         return gb_launch(a, 1, st);
     }
     if (T >= 2 && fm_ok(&ws[0], nullptr, flags)) {
