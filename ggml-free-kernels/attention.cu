@@ -3,7 +3,7 @@
 // E4M3 with one scale per token and head), and causal GQA attention over each
 // token's pages. One block serves one (token, KV head) pair and all the query heads
 // that share that KV head, so every page is read once per group; the context is
-// split across blocks (flash-decoding) and merged by the last of them to finish.
+// split across blocks (flash-decoding) and merged by a combine kernel.
 #include "common.cuh"
 
 #define ATT_THREADS 128
@@ -161,47 +161,10 @@ extern "C" int glm_cu_rope_store(float *q, float *k, const float *v, int T, int 
     return 0;
 }
 
-// The pages of a token at position pos, [0, pos / 16 + 1), fall into n_split splits of
-// pps pages; split s takes [pb, pe) (empty past the context); live: the splits that
-// hold pages.
-struct att_split {
-    int pb, pe, live;
-};
-__device__ __forceinline__ att_split att_split_of(int pos, int n_split, int s) {
-    const int npages = pos / 16 + 1, pps = (npages + n_split - 1) / n_split;
-    return {s * pps, min(npages, (s + 1) * pps), (npages + pps - 1) / pps};
-}
-
-// Merges the partials of query head `head` of token t over its live splits:
-// out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s. Thread d0, d0 + step, ... of hd.
-// The partials come from other blocks: read through L2.
-__device__ __forceinline__ void att_merge(const float *ws, float *out, int t, int head, int n_head, int hd,
-                                          int n_split, int live, int d0, int step) {
-    const float *w = ws + ((size_t)t * n_head + head) * n_split * (hd + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < live; s++) M = fmaxf(M, __ldcg(w + s * (hd + 2) + hd));
-    float L = 0.f;
-    for (int s = 0; s < live; s++) {
-        const float m = __ldcg(w + s * (hd + 2) + hd);
-        if (m != -INFINITY) L += __expf(m - M) * __ldcg(w + s * (hd + 2) + hd + 1);
-    }
-    for (int d = d0; d < hd; d += step) {
-        float a = 0.f;
-        for (int s = 0; s < live; s++) {
-            const float m = __ldcg(w + s * (hd + 2) + hd);
-            if (m != -INFINITY) a += __expf(m - M) * __ldcg(w + s * (hd + 2) + d);
-        }
-        out[((size_t)t * n_head + head) * hd + d] = L > 0.f ? a / L : 0.f;
-    }
-}
-
-// One block a (token t, KV head j, split s). With n_split > 1 each block leaves its
-// partials (acc, m, l) in ws, and the last of the live splits of (t, j) to finish,
-// counted in done[t * n_kv + j] (which it sets back to zero), merges them.
 // Dynamic shared memory: qs[G][hd] ks[16][hd+1] vs[16][hd] sc[G][16] m[G] l[G] corr[G]
 __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *q, float *out, int n_head, int n_kv,
                                                                 int hd, glm_cu_plan p, glm_cu_kv kv, int n_split,
-                                                                float *ws, int *done) {
+                                                                float *ws) {
     extern __shared__ float sm[];
     const int t = blockIdx.x, j = blockIdx.y, s = blockIdx.z, tid = threadIdx.x;
     const int G = n_head / n_kv;
@@ -214,9 +177,10 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *q, 
     float *corr = ll + G;
 
     const int pos = p.pos[t], seq = p.seq[t];
-    const att_split sp = att_split_of(pos, n_split, s);
-    const int pb = sp.pb, pe = sp.pe;
-    if (s >= sp.live) return;  // a split past the context: the merge reads only the others
+    const int npages = pos / 16 + 1;
+    const int pps = (npages + n_split - 1) / n_split;
+    const int pb = s * pps, pe = min(npages, pb + pps);
+    if (pb >= npages) return;  // a split past the context: the combine reads only the others
     const float qscale = rsqrtf((float)hd);
     for (int i = tid; i < G * hd; i += ATT_THREADS)
         qs[i] = q[((size_t)t * n_head + (size_t)j * G) * hd + i] * qscale;
@@ -317,23 +281,35 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *q, 
             }
         }
     }
-    if (n_split == 1) return;
-    __shared__ int last;
-    __threadfence();  // the partials reach L2 before the count says so
-    __syncthreads();
-    if (tid == 0) {
-        int *cnt = done + (size_t)t * n_kv + j;
-        last = atomicAdd(cnt, 1) == sp.live - 1;
-        if (last) *cnt = 0;  // ready for the next launch
+}
+
+// Merges the partials of the splits that hold keys of token t (those past its context
+// wrote none).
+__global__ void attention_combine_kernel(const float *ws, float *out, int n_head, int hd, int n_split,
+                                         const int32_t *pos) {
+    const int t = blockIdx.x, head = blockIdx.y;
+    const float *w = ws + ((size_t)t * n_head + head) * n_split * (hd + 2);
+    const int npages = pos[t] / 16 + 1, pps = (npages + n_split - 1) / n_split;
+    n_split = (npages + pps - 1) / pps;
+    float M = -INFINITY;
+    for (int s = 0; s < n_split; s++) M = fmaxf(M, w[s * (hd + 2) + hd]);
+    float L = 0.f;
+    for (int s = 0; s < n_split; s++) {
+        const float m = w[s * (hd + 2) + hd];
+        if (m != -INFINITY) L += __expf(m - M) * w[s * (hd + 2) + hd + 1];
     }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int g = 0; g < G; g++) att_merge(ws, out, t, j * G + g, n_head, hd, n_split, sp.live, tid, ATT_THREADS);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.f;
+        for (int s = 0; s < n_split; s++) {
+            const float m = w[s * (hd + 2) + hd];
+            if (m != -INFINITY) a += __expf(m - M) * w[s * (hd + 2) + d];
+        }
+        out[((size_t)t * n_head + head) * hd + d] = L > 0.f ? a / L : 0.f;
+    }
 }
 
 extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
-                                const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws, int *done,
+                                const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws,
                                 cudaStream_t st) {
     if (T <= 0) return 0;
     const int G = n_head / n_kv;
@@ -342,8 +318,12 @@ extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, i
     if (n_split < 1) n_split = 1;
     const size_t smem = sizeof(float) * ((size_t)G * hd + 16 * (hd + 1) + 16 * hd + G * 16 + 3 * G);
     dim3 grid(T, n_kv, n_split);
-    attention_kernel<<<grid, ATT_THREADS, smem, st>>>(q, out, n_head, n_kv, hd, *p, *kv, n_split, ws, done);
+    attention_kernel<<<grid, ATT_THREADS, smem, st>>>(q, out, n_head, n_kv, hd, *p, *kv, n_split, ws);
     CUDA_CHECK_LAUNCH();
+    if (n_split > 1) {
+        attention_combine_kernel<<<dim3(T, n_head), 128, 0, st>>>(ws, out, n_head, hd, n_split, p->pos);
+        CUDA_CHECK_LAUNCH();
+    }
     return 0;
 }
 

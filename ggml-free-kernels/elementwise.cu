@@ -25,53 +25,19 @@ extern "C" int glm_cu_embed(const void *emb, int emb_dtype, const int32_t *token
 
 // Rows of D = 4 * n4 floats held in registers, NORM_V float4s a thread: every load of
 // the row is in flight at once (a loop over the row waits on each in turn, which
-// costs a decode step microseconds a norm). MODE: NORM_ONLY; NORM_ADD, x += y first,
-// written back; NORM_COMBINE, y is first made from the MoE experts' rows (c), written,
-// then added as for NORM_ADD.
-enum { NORM_ONLY, NORM_ADD, NORM_COMBINE };
+// costs a decode step microseconds a norm). ADD: x += y first, written back.
 #define NORM_V 4
 
-// y[r] = sum_j w[r, j] * eo[slot_of[r*k+j]] (+ eo[slot_of[R*k+r]] when shared), the
-// MoE combine of glm_cu_moe_combine in the same order of operations.
-struct norm_combine {
-    const float *eo;
-    const int32_t *slot_of;
-    const float *w;
-    int k, shared;
-};
-
-template <int MODE>
-__global__ void norm_vec_kernel(float *__restrict__ x, const int32_t *__restrict__ row_idx, float *__restrict__ y,
-                                const float *__restrict__ w, float *__restrict__ out, int D, float eps,
-                                norm_combine c) {
+template <bool ADD>
+__global__ void norm_vec_kernel(float *__restrict__ x, const int32_t *__restrict__ row_idx,
+                                const float *__restrict__ y, const float *__restrict__ w, float *__restrict__ out,
+                                int D, float eps) {
     __shared__ float red[32];
     const int r = blockIdx.x, n4 = D / 4;
     const int src = row_idx ? row_idx[r] : r;
     float4 *xr = (float4 *)(x + (size_t)src * D);
-    float4 *yr = MODE != NORM_ONLY ? (float4 *)(y + (size_t)r * D) : nullptr;
-    float4 v[NORM_V], wv[NORM_V], b[NORM_V];
-#pragma unroll
-    for (int j = 0; j < NORM_V; j++) b[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (MODE == NORM_COMBINE) {
-        for (int e = 0; e <= c.k; e++) {
-            if (e == c.k && !c.shared) break;
-            const int slot = c.slot_of[e < c.k ? (size_t)r * c.k + e : (size_t)gridDim.x * c.k + r];
-            const float wt = e < c.k ? c.w[(size_t)r * c.k + e] : 1.f;
-            const float4 *er = (const float4 *)(c.eo + (size_t)slot * D);
-#pragma unroll
-            for (int j = 0; j < NORM_V; j++) {
-                const int i = threadIdx.x + j * blockDim.x;
-                if (i >= n4) continue;
-                const float4 a = er[i];
-                if (e < c.k) {
-                    b[j].x = fmaf(wt, a.x, b[j].x); b[j].y = fmaf(wt, a.y, b[j].y);
-                    b[j].z = fmaf(wt, a.z, b[j].z); b[j].w = fmaf(wt, a.w, b[j].w);
-                } else {
-                    b[j].x += a.x; b[j].y += a.y; b[j].z += a.z; b[j].w += a.w;
-                }
-            }
-        }
-    }
+    const float4 *yr = ADD ? (const float4 *)(y + (size_t)r * D) : nullptr;
+    float4 v[NORM_V], wv[NORM_V];
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < NORM_V; j++) {
@@ -81,9 +47,10 @@ __global__ void norm_vec_kernel(float *__restrict__ x, const int32_t *__restrict
         if (i < n4) {
             v[j] = xr[i];
             wv[j] = ((const float4 *)w)[i];
-            if (MODE == NORM_ADD) b[j] = yr[i];
-            if (MODE == NORM_COMBINE) yr[i] = b[j];
-            if (MODE != NORM_ONLY) { v[j].x += b[j].x; v[j].y += b[j].y; v[j].z += b[j].z; v[j].w += b[j].w; }
+            if (ADD) {
+                const float4 b = yr[i];
+                v[j].x += b.x; v[j].y += b.y; v[j].z += b.z; v[j].w += b.w;
+            }
             ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
         }
     }
@@ -94,7 +61,7 @@ __global__ void norm_vec_kernel(float *__restrict__ x, const int32_t *__restrict
     for (int j = 0; j < NORM_V; j++) {
         const int i = threadIdx.x + j * blockDim.x;
         if (i < n4) {
-            if (MODE != NORM_ONLY) xr[i] = v[j];
+            if (ADD) xr[i] = v[j];
             o[i] = make_float4(v[j].x * inv * wv[j].x, v[j].y * inv * wv[j].y, v[j].z * inv * wv[j].z,
                                v[j].w * inv * wv[j].w);
         }
@@ -111,19 +78,18 @@ static int norm_vec_threads(int D, const void *a, const void *b, const void *c, 
 }
 
 // The same for rows the register path does not take (not whole float4s, not 16-byte
-// aligned, or wider than 1024 * NORM_V float4s): a loop over the row. NORM_ONLY or
-// NORM_ADD.
-template <int MODE>
+// aligned, or wider than 1024 * NORM_V float4s): a loop over the row.
+template <bool ADD>
 __global__ void norm_scalar_kernel(float *x, const int32_t *row_idx, const float *y, const float *w, float *out,
                                    int D, float eps) {
     __shared__ float red[32];
     const int r = blockIdx.x;
     float *xr = x + (size_t)(row_idx ? row_idx[r] : r) * D;
-    const float *yr = MODE == NORM_ADD ? y + (size_t)r * D : nullptr;
+    const float *yr = ADD ? y + (size_t)r * D : nullptr;
     float ss = 0.f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float v = xr[i];
-        if (MODE == NORM_ADD) { v += yr[i]; xr[i] = v; }
+        if (ADD) { v += yr[i]; xr[i] = v; }
         ss += v * v;
     }
     ss = block_sum(ss, red);
@@ -132,40 +98,26 @@ __global__ void norm_scalar_kernel(float *x, const int32_t *row_idx, const float
     for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * inv * w[i];
 }
 
-// out[r] = rmsnorm(x[row r] (+= y[r] as MODE says)) * w, one block a row. The combine
-// takes the register path or runs as its own kernel first.
-template <int MODE>
-static int norm_launch(float *x, const int32_t *row_idx, float *y, const float *w, float *out, int R, int D,
-                       float eps, const norm_combine &c, cudaStream_t st) {
+// out[r] = rmsnorm(x[row r] (+= y[r] when ADD)) * w, one block a row.
+template <bool ADD>
+static int norm_launch(float *x, const int32_t *row_idx, const float *y, const float *w, float *out, int R, int D,
+                       float eps, cudaStream_t st) {
     if (R <= 0) return 0;
-    const int th = ((uintptr_t)c.eo & 15) ? 0 : norm_vec_threads(D, x, y, w, out);
-    if (th) {
-        norm_vec_kernel<MODE><<<R, th, 0, st>>>(x, row_idx, y, w, out, D, eps, c);
-    } else if constexpr (MODE == NORM_COMBINE) {
-        if (glm_cu_moe_combine(c.eo, c.slot_of, c.w, R, c.k, D, c.shared, y, st)) return -7;
-        return norm_launch<NORM_ADD>(x, row_idx, y, w, out, R, D, eps, {}, st);
-    } else {
-        norm_scalar_kernel<MODE><<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, row_idx, y, w, out, D, eps);
-    }
+    const int th = norm_vec_threads(D, x, y, w, out);
+    if (th) norm_vec_kernel<ADD><<<R, th, 0, st>>>(x, row_idx, y, w, out, D, eps);
+    else norm_scalar_kernel<ADD><<<R, D >= 1024 ? 512 : 256, 0, st>>>(x, row_idx, y, w, out, D, eps);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
 
 extern "C" int glm_cu_rmsnorm(const float *x, const int32_t *row_idx, const float *w, float *out,
                               int R, int D, float eps, cudaStream_t st) {
-    return norm_launch<NORM_ONLY>((float *)x, row_idx, nullptr, w, out, R, D, eps, {}, st);  // x is only read
+    return norm_launch<false>((float *)x, row_idx, nullptr, w, out, R, D, eps, st);  // x is only read
 }
 
 extern "C" int glm_cu_add_rmsnorm(float *x, const float *y, const float *w, float *out, int R, int D, float eps,
                                   cudaStream_t st) {
-    return norm_launch<NORM_ADD>(x, nullptr, (float *)y, w, out, R, D, eps, {}, st);  // y is only read
-}
-
-extern "C" int glm_cu_combine_add_rmsnorm(const float *eo, const int32_t *slot_of, const float *wk, int k, int shared,
-                                          float *y, float *x, const float *w, float *out, int R, int D, float eps,
-                                          cudaStream_t st) {
-    const norm_combine c = {eo, slot_of, wk, k, shared};
-    return norm_launch<NORM_COMBINE>(x, nullptr, y, w, out, R, D, eps, c, st);
+    return norm_launch<true>(x, nullptr, y, w, out, R, D, eps, st);
 }
 
 __global__ void add_kernel(float *x, const float *y, size_t n) {

@@ -77,11 +77,6 @@ int glm_cu_rmsnorm(const float *x, const int32_t *row_idx, const float *w, float
  * fused with the next RMSNorm). */
 int glm_cu_add_rmsnorm(float *x, const float *y, const float *w, float *out, int R, int D, float eps,
                        cudaStream_t st);
-/* The MoE combine (glm_cu_moe_combine of eo, slot_of, wk, k, shared into y[R, D]), then
- * glm_cu_add_rmsnorm(x, y, w, out): one launch where rows fit the register path. */
-int glm_cu_combine_add_rmsnorm(const float *eo, const int32_t *slot_of, const float *wk, int k, int shared,
-                               float *y, float *x, const float *w, float *out, int R, int D, float eps,
-                               cudaStream_t st);
 /* x[i] += y[i] */
 int glm_cu_add(float *x, const float *y, size_t n, cudaStream_t st);
 /* y[t, n] += bias[n] */
@@ -196,11 +191,9 @@ int glm_cu_rope_store(float *q, float *k, const float *v, int T, int n_head, int
                       int n_rot, float theta, const float *q_norm, const float *k_norm, float eps,
                       const glm_cu_plan *p, const glm_cu_kv *kv, cudaStream_t st);
 /* Causal GQA over each token's sequence pages: out[T, n_head*hd]. n_split > 1 splits
- * the context (flash-decoding) through ws, which holds T*n_head*n_split*(hd+2) floats,
- * and done, T*n_kv counters that are zero before the first call and that each call
- * leaves zero. */
+ * the context (flash-decoding) through ws, which holds T*n_head*n_split*(hd+2) floats. */
 int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
-                     const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws, int *done,
+                     const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws,
                      cudaStream_t st);
 
 /* Prefill attention on tensor cores (BF16 mma, FP32 softmax and accumulators) for
@@ -225,11 +218,6 @@ int glm_cu_moe_topk(const float *logits, const float *bias, int T, int n_expert,
 int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared, int32_t *off,
                      int32_t *off4, int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
                      cudaStream_t st);
-/* glm_cu_moe_topk then glm_cu_moe_group in one launch of one block, for the few tokens
- * of a decode step (each a warp of the block's 32 in turn); the same outputs. */
-int glm_cu_moe_route(const float *logits, const float *bias, int T, int n_expert, int k, int norm, float scale,
-                     int shared, int32_t *ids, float *w, int32_t *off, int32_t *off4, int32_t *active,
-                     int32_t *n_active, int32_t *rows, int32_t *slot_of, cudaStream_t st);
 /* FP8 quantisation of R sorted rows (x row rows[p], or p when rows is NULL) into q[p, :]
  * with each expert's scales 16-byte aligned, as one cuBLASLt call per expert needs:
  * channel = 1: one scale per row at s[off4[e] + p - off[e]]; channel = 0: 1x128 block

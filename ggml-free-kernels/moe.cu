@@ -5,11 +5,11 @@
 
 #define TOPK_MAXPER 16  // experts per lane: n_expert <= 512
 
-// Token t's top-k by one warp: sigmoid scores, the correction bias added for the
-// choice only, weights normalised over the k chosen (norm) and scaled.
-__device__ __forceinline__ void topk_warp(const float *logits, const float *bias, int t, int n_expert, int k, int norm,
-                                          float scale, int32_t *ids, float *w) {
+__global__ void moe_topk_kernel(const float *logits, const float *bias, int T, int n_expert, int k, int norm,
+                                float scale, int32_t *ids, float *w) {
     const int lane = threadIdx.x & 31;
+    const int t = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    if (t >= T) return;
     const float *lr = logits + (size_t)t * n_expert;
     float sc[TOPK_MAXPER], ch[TOPK_MAXPER];
 #pragma unroll
@@ -54,66 +54,23 @@ __device__ __forceinline__ void topk_warp(const float *logits, const float *bias
     }
 }
 
-__global__ void moe_topk_kernel(const float *logits, const float *bias, int T, int n_expert, int k, int norm,
-                                float scale, int32_t *ids, float *w) {
-    const int t = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
-    if (t < T) topk_warp(logits, bias, t, n_expert, k, norm, scale, ids, w);
-}
-
-static int topk_args_ok(int n_expert, int k) {
-    if (n_expert > 32 * TOPK_MAXPER || k > 32 || k > n_expert)
-        return glm_err(-7, "router: %d experts, top-%d not supported (<= %d experts, k <= 32)", n_expert, k, 32 * TOPK_MAXPER);
-    return 0;
-}
-
 extern "C" int glm_cu_moe_topk(const float *logits, const float *bias, int T, int n_expert, int k, int norm,
                                float scale, int32_t *ids, float *w, cudaStream_t st) {
     if (T <= 0) return 0;
-    if (topk_args_ok(n_expert, k)) return -7;
+    if (n_expert > 32 * TOPK_MAXPER || k > 32 || k > n_expert)
+        return glm_err(-7, "router: %d experts, top-%d not supported (<= %d experts, k <= 32)", n_expert, k, 32 * TOPK_MAXPER);
     moe_topk_kernel<<<(T + 3) / 4, 128, 0, st>>>(logits, bias, T, n_expert, k, norm, scale, ids, w);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
 
-// Exclusive sums over the block of three counts a thread (GROUP_THREADS threads);
-// tot gets the totals. Shared: part[32][3].
-#define GROUP_THREADS 1024
-__device__ __forceinline__ int3 block_scan3(int3 v, int3 *tot, int3 *part) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int3 in = v;  // inclusive within the warp
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int a = __shfl_up_sync(0xffffffffu, in.x, o), b = __shfl_up_sync(0xffffffffu, in.y, o),
-                  c = __shfl_up_sync(0xffffffffu, in.z, o);
-        if (lane >= o) { in.x += a; in.y += b; in.z += c; }
-    }
-    if (lane == 31) part[warp] = in;
-    __syncthreads();
-    if (warp == 0) {
-        int3 p = part[lane], q = p;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int a = __shfl_up_sync(0xffffffffu, q.x, o), b = __shfl_up_sync(0xffffffffu, q.y, o),
-                      c = __shfl_up_sync(0xffffffffu, q.z, o);
-            if (lane >= o) { q.x += a; q.y += b; q.z += c; }
-        }
-        part[lane] = make_int3(q.x - p.x, q.y - p.y, q.z - p.z);  // exclusive over the warps
-        if (lane == 31) *tot = q;
-    }
-    __syncthreads();
-    const int3 base = part[warp];
-    return make_int3(base.x + in.x - v.x, base.y + in.y - v.y, base.z + in.z - v.z);
-}
-
-// The sort of the n = T*k (token, slot) pairs by expert, by one block of
-// GROUP_THREADS: off[e] (and off4[e], each group rounded up to 4 rows) is expert e's
-// first sorted position, active[] the touched experts in order, rows[p] the token of
-// sorted position p and slot_of[i] the position of pair i (stable within an expert).
-// shared: expert E follows, every token once, in order. Shared: cnt[E] run[E] wcnt[32][E].
-__device__ void group_block(const int32_t *ids, int n, int k, int E, int shared, int32_t *off, int32_t *off4,
-                            int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of, int *smi) {
+// One block of 1024 threads. Shared: cnt[E] run[E] wcnt[32][E].
+__global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int n, int k, int E, int shared,
+                                                         int32_t *off, int32_t *off4, int32_t *active,
+                                                         int32_t *n_active, int32_t *rows, int32_t *slot_of) {
+    extern __shared__ int smi[];
     int *cnt = smi, *run = smi + E, *wcnt = smi + 2 * E;
-    __shared__ int3 part[32], tot;
+    __shared__ int routed;  // positions of the routed pairs; a shared expert's follow
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
@@ -122,26 +79,26 @@ __device__ void group_block(const int32_t *ids, int n, int k, int E, int shared,
         if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
     }
     __syncthreads();
-    {   // offsets and the active list: one expert a thread (E <= GROUP_THREADS)
-        const int c = tid < E ? cnt[tid] : 0;
-        const int3 ex = block_scan3(make_int3(c, (c + 3) & ~3, c > 0), &tot, part);
-        if (tid < E) {
-            off[tid] = ex.x;
-            off4[tid] = ex.y;
-            run[tid] = ex.x;
-            if (c > 0) active[ex.z] = tid;
+    if (tid == 0) {
+        int acc = 0, acc4 = 0, na = 0;
+        for (int e = 0; e < E; e++) {
+            off[e] = acc;
+            off4[e] = acc4;
+            run[e] = acc;
+            if (cnt[e] > 0) active[na++] = e;
+            acc += cnt[e];
+            acc4 += (cnt[e] + 3) & ~3;
         }
-        if (tid == 0) {
+        off[E] = acc;
+        off4[E] = acc4;
+        routed = acc;
+        if (shared) {  // expert E: every token once, in order
             const int T = n / k;
-            off[E] = tot.x;
-            off4[E] = tot.y;
-            if (shared) {  // expert E: every token once, in order
-                active[tot.z] = E;
-                off[E + 1] = tot.x + T;
-                off4[E + 1] = tot.y + ((T + 3) & ~3);
-            }
-            *n_active = tot.z + (shared ? 1 : 0);
+            active[na++] = E;
+            off[E + 1] = acc + T;
+            off4[E + 1] = acc4 + ((T + 3) & ~3);
         }
+        *n_active = na;
     }
     __syncthreads();
     for (int base = 0; base < n; base += blockDim.x) {
@@ -170,56 +127,18 @@ __device__ void group_block(const int32_t *ids, int n, int k, int E, int shared,
     }
     if (shared)
         for (int t = tid; t < n / k; t += blockDim.x) {
-            rows[tot.x + t] = t;
-            slot_of[n + t] = tot.x + t;
+            rows[routed + t] = t;
+            slot_of[n + t] = routed + t;
         }
-}
-
-__global__ void __launch_bounds__(GROUP_THREADS) moe_group_kernel(const int32_t *ids, int n, int k, int E, int shared,
-                                                                  int32_t *off, int32_t *off4, int32_t *active,
-                                                                  int32_t *n_active, int32_t *rows, int32_t *slot_of) {
-    extern __shared__ int smi[];
-    group_block(ids, n, k, E, shared, off, off4, active, n_active, rows, slot_of, smi);
-}
-
-// Decode: the top-k of every token (a warp each) and the grouping in one launch.
-__global__ void __launch_bounds__(GROUP_THREADS) moe_route_kernel(const float *logits, const float *bias, int T, int E,
-                                                                  int k, int norm, float scale, int shared,
-                                                                  int32_t *ids, float *w, int32_t *off, int32_t *off4,
-                                                                  int32_t *active, int32_t *n_active, int32_t *rows,
-                                                                  int32_t *slot_of) {
-    extern __shared__ int smi[];
-    for (int t = threadIdx.x >> 5; t < T; t += GROUP_THREADS / 32) topk_warp(logits, bias, t, E, k, norm, scale, ids, w);
-    __syncthreads();  // the block's global writes are visible to it past the barrier
-    group_block(ids, T * k, k, E, shared, off, off4, active, n_active, rows, slot_of, smi);
-}
-
-static int group_smem(int n_expert, size_t *smem) {
-    *smem = sizeof(int) * (size_t)34 * n_expert;
-    if (n_expert > GROUP_THREADS || *smem > 48 * 1024)
-        return glm_err(-7, "moe: %d experts exceed the grouping kernel's shared memory", n_expert);
-    return 0;
 }
 
 extern "C" int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared, int32_t *off,
                                 int32_t *off4, int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
                                 cudaStream_t st) {
-    size_t smem;
-    if (group_smem(n_expert, &smem)) return -7;
-    moe_group_kernel<<<1, GROUP_THREADS, smem, st>>>(ids, T * k, k, n_expert, shared, off, off4, active, n_active, rows,
-                                                     slot_of);
-    CUDA_CHECK_LAUNCH();
-    return 0;
-}
-
-extern "C" int glm_cu_moe_route(const float *logits, const float *bias, int T, int n_expert, int k, int norm,
-                                float scale, int shared, int32_t *ids, float *w, int32_t *off, int32_t *off4,
-                                int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of, cudaStream_t st) {
-    if (T <= 0) return 0;
-    size_t smem;
-    if (topk_args_ok(n_expert, k) || group_smem(n_expert, &smem)) return -7;
-    moe_route_kernel<<<1, GROUP_THREADS, smem, st>>>(logits, bias, T, n_expert, k, norm, scale, shared, ids, w, off,
-                                                     off4, active, n_active, rows, slot_of);
+    const size_t smem = sizeof(int) * (size_t)34 * n_expert;
+    if (smem + sizeof(int) > 48 * 1024) return glm_err(-7, "moe: %d experts exceed the grouping kernel's shared memory", n_expert);
+    moe_group_kernel<<<1, 1024, smem, st>>>(ids, T * k, k, n_expert, shared, off, off4, active, n_active, rows,
+                                            slot_of);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

@@ -109,7 +109,6 @@ typedef struct {
     int32_t *g_tiles;            /* the grouped wgmma kernel's tile list */
     int32_t *h_off;              /* pinned: off[E+1], off4[E+1] */
     float *att_ws; size_t att_ws_floats;
-    int *att_done;               /* [max_tokens, n_kv] split counters of the decode attention, kept zero */
     float *fnorm;                /* final-norm rows [logit_chunk, D] */
     float *logits_d, *logits_h;  /* [logit_chunk, n_vocab] device, pinned host staging */
     int logit_chunk;
@@ -139,11 +138,6 @@ typedef struct {
     float *pa_x;
     const float *pa_y;
     size_t pa_n;
-    /* a MoE combine into pc_out, deferred to the residual add and RMSNorm that follow */
-    float *pc_out;
-    const float *pc_eo, *pc_w;
-    const int32_t *pc_slot;
-    int pc_T, pc_k, pc_sh, pc_D;
     int fuse;                    /* GLM_CUDA_FUSE (default 1) */
     int fa;                      /* GLM_CUDA_FA: tensor-core prefill attention (default 1) */
 
@@ -689,8 +683,6 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     }
     c->att_ws_floats = aw;
     RUN(dev_alloc((void **)&c->att_ws, (aw ? aw : 1) * 4, "attention partials"));
-    RUN(dev_alloc((void **)&c->att_done, (size_t)max_tokens * hp->n_head_kv * 4, "attention split counters"));
-    CK(cudaMemset(c->att_done, 0, (size_t)max_tokens * hp->n_head_kv * 4));
     c->logit_chunk = max_tokens < 256 ? max_tokens : 256;
     RUN(dev_alloc((void **)&c->fnorm, (size_t)c->logit_chunk * D * 4, "final norm rows"));
     RUN(dev_alloc((void **)&c->logits_d, (size_t)c->logit_chunk * hp->n_vocab * 4, "logits"));
@@ -774,7 +766,6 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->cur = NULL;
     c->n_pl = 0;
     c->pa_x = NULL;
-    c->pc_out = NULL;
     c->n_ev = 0;
     c->mode = MODE_EAGER;
     c->n_tiles = 0;
@@ -833,14 +824,8 @@ static void prof_op(cu_impl *c, const char *op) {
     prof_mark(c, name, 0);
 }
 
-/* Launches the deferred combine, GEMVs and add. */
+/* Launches the deferred GEMVs and add. */
 static int flush(cu_impl *c) {
-    if (c->pc_out) {
-        float *y = c->pc_out;
-        c->pc_out = NULL;
-        prof_op(c, "moe combine");
-        RUN(glm_cu_moe_combine(c->pc_eo, c->pc_slot, c->pc_w, c->pc_T, c->pc_k, c->pc_D, c->pc_sh, y, c->st));
-    }
     if (c->n_pl) {
         const int n = c->n_pl;
         c->n_pl = 0;
@@ -890,19 +875,9 @@ static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, floa
     cu_impl *c = IMPL(be);
     if (op_skip(c, 2, x, w, out, rows)) return GLM_OK;
     if (c->pa_x == x && c->pa_n == (size_t)rows * w->cols && !c->n_pl && c->pa_y != out) {
-        const float eps = be->model->hp.rms_eps;
-        if (c->pc_out == c->pa_y && c->pc_T == rows) {  /* y = combine; x += y; out = rmsnorm(x) */
-            c->pa_x = NULL;
-            c->pc_out = NULL;
-            prof_op(c, "moe combine+add+rmsnorm");
-            return glm_cu_combine_add_rmsnorm(c->pc_eo, c->pc_slot, c->pc_w, c->pc_k, c->pc_sh, (float *)c->pa_y,
-                                              (float *)x, w->dev, out, rows, (int)w->cols, eps, c->st);
-        }
-        if (!c->pc_out) {
-            c->pa_x = NULL;
-            prof_op(c, "add+rmsnorm");
-            return glm_cu_add_rmsnorm((float *)x, c->pa_y, w->dev, out, rows, (int)w->cols, eps, c->st);
-        }
+        c->pa_x = NULL;
+        prof_op(c, "add+rmsnorm");
+        return glm_cu_add_rmsnorm((float *)x, c->pa_y, w->dev, out, rows, (int)w->cols, be->model->hp.rms_eps, c->st);
     }
     RUN(flush(c));
     prof_op(c, "rmsnorm");
@@ -948,7 +923,7 @@ static int cu_linear(glm_backend *be, const glm_weight *w, const glm_weight *bia
     const glm_cu_mat m = mat_of(w);
     const float *b = bias && !w_empty(bias) ? bias->dev : NULL;
     if (c->fuse && T <= c->gemv_max && m.K % 16 == 0) {
-        if (c->pa_x || c->pc_out || (c->n_pl && (c->pl_x != x || c->pl_T != T || c->n_pl == 4 || c->pl[0].m.dtype != m.dtype ||
+        if (c->pa_x || (c->n_pl && (c->pl_x != x || c->pl_T != T || c->n_pl == 4 || c->pl[0].m.dtype != m.dtype ||
                                     c->pl[0].m.scale_kind != m.scale_kind || c->pl[0].m.K != m.K)))
             RUN(flush(c));
         for (int i = 0; i < c->n_pl; i++)  /* a queued product must not read what this one writes */
@@ -1004,21 +979,9 @@ static int cu_attention(glm_backend *be, int il, float *q, float *k, const float
         return glm_cu_attention_prefill(q, out, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv,
                                         c->d_plan + c->tile_off, c->n_tiles, c->st);
     return glm_cu_attention(q, out, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv, att_splits(c, hp, c->T),
-                            c->att_ws, c->att_done, c->st);
+                            c->att_ws, c->st);
 }
 
-/* How layer il's experts run for c->T tokens: dec, the decode kernels (no host round
- * trip); mma, FP8 tensor cores among those; sh, the shared expert riding in the GEMV
- * launches as expert E. */
-static void moe_kind(const cu_impl *c, const cu_moe *m, int *dec, int *mma, int *sh) {
-    const int T = c->T;
-    *dec = T <= c->graph_max || T <= c->gemv_max;
-    *mma = *dec && T > c->mma_min && glm_cu_mma_ok(&m->gate) && glm_cu_mma_ok(&m->up) && glm_cu_mma_ok(&m->down);
-    *sh = *dec && !*mma && m->shared;
-}
-
-/* Router logits, top-k, and the sort of the (token, slot) pairs by expert that the
- * expert products read (c->g_*): one launch after the router's for decode. */
 static int cu_moe_route(glm_backend *be, int il, const float *h, int32_t *ids, float *w) {
     cu_impl *c = IMPL(be);
     const glm_hparams *hp = &be->model->hp;
@@ -1028,16 +991,9 @@ static int cu_moe_route(glm_backend *be, int il, const float *h, int32_t *ids, f
     const glm_cu_mat r = mat_of(&L->router);
     prof_mat(c, "moe router", &r, 1);
     RUN(lin(c, &r, NULL, h, r.K, c->rlog, r.N, c->T));
-    int dec, mma, sh;
-    moe_kind(c, &c->moe[il], &dec, &mma, &sh);
-    const float *bias = w_empty(&L->router_bias) ? NULL : L->router_bias.dev;
-    const int T = c->T, E = hp->n_expert, k = hp->n_expert_used;
-    prof_op(c, "moe topk+group");
-    if (dec)
-        return glm_cu_moe_route(c->rlog, bias, T, E, k, hp->norm_topk_prob, hp->routed_scale, sh, ids, w, c->g_off,
-                                c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st);
-    RUN(glm_cu_moe_topk(c->rlog, bias, T, E, k, hp->norm_topk_prob, hp->routed_scale, ids, w, c->st));
-    return glm_cu_moe_group(ids, T, k, E, sh, c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st);
+    prof_op(c, "moe topk");
+    return glm_cu_moe_topk(c->rlog, w_empty(&L->router_bias) ? NULL : L->router_bias.dev, c->T, hp->n_expert,
+                           hp->n_expert_used, hp->norm_topk_prob, hp->routed_scale, ids, w, c->st);
 }
 
 /* Prefill MoE on cuBLASLt, where the grouped wgmma kernel does not apply (or with
@@ -1103,13 +1059,15 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
     const cu_moe *m = &c->moe[il];
     const int T = c->T, k = hp->n_expert_used, E = hp->n_expert, D = hp->n_embd, F = hp->n_ff_exp;
     const int rows = T * k;
-    int dec, mma, sh;  /* decode on the GEMV: the shared expert rides in the same launches as expert E */
-    moe_kind(c, m, &dec, &mma, &sh);
+    const int dec = T <= c->graph_max || T <= c->gemv_max;
+    const int mma = dec && T > c->mma_min && glm_cu_mma_ok(&m->gate) && glm_cu_mma_ok(&m->up) && glm_cu_mma_ok(&m->down);
+    /* decode on the GEMV: the shared expert rides in the same launches as expert E */
+    const int sh = dec && !mma && m->shared;
     *with_shared = sh;
     if (op_skip(c, 7, h, ids, out, il * 65536 + c->T)) return GLM_OK;
     RUN(flush(c));
     prof_op(c, sh ? "moe experts+shared" : "moe experts");
-    /* the pairs were sorted by expert in cu_moe_route (c->g_*) */
+    RUN(glm_cu_moe_group(ids, T, k, E, sh, c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st));
     glm_cu_groups g = {c->g_active, c->g_nact, c->g_off, c->g_rows, (rows < E ? rows : E) + sh, T};
     int rc = GLM_ERR_UNSUPPORTED;
     if (mma) {
@@ -1139,6 +1097,7 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, rows, F, 1, c->xq, c->xs, ld_s, c->st));
         prof_mat(c, "moe wgmma down", &m->down, 0);
         RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, rows, c->g_off, E, c->g_tiles, c->st));
+        prof_op(c, "moe combine");
         rc = GLM_OK;
     } else if (m->fused_ok) {
         rc = moe_prefill_lt(c, m, h, T, k, E, D, F);
@@ -1151,26 +1110,13 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
         RUN(glm_cu_gemm_tiled(&m->down, c->mid, F, NULL, c->eo, D, T, &g, 0, c->st));
     }
-    if (c->fuse) {  /* left for the add and RMSNorm that follow (flush() runs it otherwise) */
-        c->pc_out = out;
-        c->pc_eo = c->eo;
-        c->pc_w = w;
-        c->pc_slot = c->g_slot;
-        c->pc_T = T;
-        c->pc_k = k;
-        c->pc_sh = sh;
-        c->pc_D = D;
-        return GLM_OK;
-    }
-    prof_op(c, "moe combine");
     return glm_cu_moe_combine(c->eo, c->g_slot, w, T, k, D, sh, out, c->st);
 }
 
 static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {
     cu_impl *c = IMPL(be);
     if (op_skip(c, 8, x, y, NULL, (int)n)) return GLM_OK;
-    /* x += the deferred combine's output: both wait for the RMSNorm that follows */
-    if (!(c->pc_out == y && !c->pa_x && !c->n_pl)) RUN(flush(c));
+    RUN(flush(c));
     if (c->fuse) {
         c->pa_x = x;
         c->pa_y = y;
@@ -1349,7 +1295,7 @@ static void cu_destroy(glm_backend *be) {
         for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
         free(c->allocs);
         void *dv[] = {c->arena, c->lt_ws, c->lt_y, c->kv_mem, c->d_plan, c->xq, c->xs, c->gtmp, c->rlog, c->mid, c->eo,
-                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->g_tiles, c->att_ws, c->att_done, c->fnorm, c->logits_d};
+                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->g_tiles, c->att_ws, c->fnorm, c->logits_d};
         for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) if (dv[i]) cudaFree(dv[i]);
         if (c->h_plan) cudaFreeHost(c->h_plan);
         if (c->h_off) cudaFreeHost(c->h_off);
