@@ -161,6 +161,17 @@ extern "C" int glm_cu_rope_store(float *q, float *k, const float *v, int T, int 
     return 0;
 }
 
+// The pages of a token at position pos, [0, pos / 16 + 1), fall into n_split splits of
+// pps pages; split s takes [pb, pe) (empty past the context); live: the splits that
+// hold pages. The attention kernel and its combine both ask here.
+struct att_split {
+    int pb, pe, live;
+};
+__device__ __forceinline__ att_split att_split_of(int pos, int n_split, int s) {
+    const int npages = pos / 16 + 1, pps = (npages + n_split - 1) / n_split;
+    return {s * pps, min(npages, (s + 1) * pps), (npages + pps - 1) / pps};
+}
+
 // Dynamic shared memory: qs[G][hd] ks[16][hd+1] vs[16][hd] sc[G][16] m[G] l[G] corr[G]
 __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *q, float *out, int n_head, int n_kv,
                                                                 int hd, glm_cu_plan p, glm_cu_kv kv, int n_split,
@@ -177,10 +188,9 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *q, 
     float *corr = ll + G;
 
     const int pos = p.pos[t], seq = p.seq[t];
-    const int npages = pos / 16 + 1;
-    const int pps = (npages + n_split - 1) / n_split;
-    const int pb = s * pps, pe = min(npages, pb + pps);
-    if (pb >= npages) return;  // a split past the context: the combine reads only the others
+    const att_split sp = att_split_of(pos, n_split, s);
+    const int pb = sp.pb, pe = sp.pe;
+    if (s >= sp.live) return;  // a split past the context: the combine reads only the others
     const float qscale = rsqrtf((float)hd);
     for (int i = tid; i < G * hd; i += ATT_THREADS)
         qs[i] = q[((size_t)t * n_head + (size_t)j * G) * hd + i] * qscale;
@@ -289,18 +299,17 @@ __global__ void attention_combine_kernel(const float *ws, float *out, int n_head
                                          const int32_t *pos) {
     const int t = blockIdx.x, head = blockIdx.y;
     const float *w = ws + ((size_t)t * n_head + head) * n_split * (hd + 2);
-    const int npages = pos[t] / 16 + 1, pps = (npages + n_split - 1) / n_split;
-    n_split = (npages + pps - 1) / pps;
+    const int live = att_split_of(pos[t], n_split, 0).live;
     float M = -INFINITY;
-    for (int s = 0; s < n_split; s++) M = fmaxf(M, w[s * (hd + 2) + hd]);
+    for (int s = 0; s < live; s++) M = fmaxf(M, w[s * (hd + 2) + hd]);
     float L = 0.f;
-    for (int s = 0; s < n_split; s++) {
+    for (int s = 0; s < live; s++) {
         const float m = w[s * (hd + 2) + hd];
         if (m != -INFINITY) L += __expf(m - M) * w[s * (hd + 2) + hd + 1];
     }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.f;
-        for (int s = 0; s < n_split; s++) {
+        for (int s = 0; s < live; s++) {
             const float m = w[s * (hd + 2) + hd];
             if (m != -INFINITY) a += __expf(m - M) * w[s * (hd + 2) + d];
         }

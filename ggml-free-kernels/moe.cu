@@ -64,13 +64,44 @@ extern "C" int glm_cu_moe_topk(const float *logits, const float *bias, int T, in
     return 0;
 }
 
-// One block of 1024 threads. Shared: cnt[E] run[E] wcnt[32][E].
-__global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int n, int k, int E, int shared,
-                                                         int32_t *off, int32_t *off4, int32_t *active,
-                                                         int32_t *n_active, int32_t *rows, int32_t *slot_of) {
+// Exclusive sums over the block of three counts a thread (GROUP_THREADS threads);
+// tot gets the totals. Shared: part[32].
+#define GROUP_THREADS 1024
+__device__ __forceinline__ int3 block_scan3(int3 v, int3 *tot, int3 *part) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int3 in = v;  // inclusive within the warp
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int a = __shfl_up_sync(0xffffffffu, in.x, o), b = __shfl_up_sync(0xffffffffu, in.y, o),
+                  c = __shfl_up_sync(0xffffffffu, in.z, o);
+        if (lane >= o) { in.x += a; in.y += b; in.z += c; }
+    }
+    if (lane == 31) part[warp] = in;
+    __syncthreads();
+    if (warp == 0) {
+        const int3 p = part[lane];
+        int3 q = p;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int a = __shfl_up_sync(0xffffffffu, q.x, o), b = __shfl_up_sync(0xffffffffu, q.y, o),
+                      c = __shfl_up_sync(0xffffffffu, q.z, o);
+            if (lane >= o) { q.x += a; q.y += b; q.z += c; }
+        }
+        part[lane] = make_int3(q.x - p.x, q.y - p.y, q.z - p.z);  // exclusive over the warps
+        if (lane == 31) *tot = q;
+    }
+    __syncthreads();
+    const int3 base = part[warp];
+    return make_int3(base.x + in.x - v.x, base.y + in.y - v.y, base.z + in.z - v.z);
+}
+
+// One block of GROUP_THREADS. Shared: cnt[E] run[E] wcnt[32][E].
+__global__ void __launch_bounds__(GROUP_THREADS) moe_group_kernel(const int32_t *ids, int n, int k, int E, int shared,
+                                                                  int32_t *off, int32_t *off4, int32_t *active,
+                                                                  int32_t *n_active, int32_t *rows, int32_t *slot_of) {
     extern __shared__ int smi[];
     int *cnt = smi, *run = smi + E, *wcnt = smi + 2 * E;
-    __shared__ int routed;  // positions of the routed pairs; a shared expert's follow
+    __shared__ int3 part[32], tot;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
@@ -79,26 +110,27 @@ __global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int
         if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
     }
     __syncthreads();
-    if (tid == 0) {
-        int acc = 0, acc4 = 0, na = 0;
-        for (int e = 0; e < E; e++) {
-            off[e] = acc;
-            off4[e] = acc4;
-            run[e] = acc;
-            if (cnt[e] > 0) active[na++] = e;
-            acc += cnt[e];
-            acc4 += (cnt[e] + 3) & ~3;
+    {   // offsets and the active list, one expert a thread (E <= GROUP_THREADS): sums of
+        // the counts, of the counts rounded up to 4, and of the touched experts
+        const int c = tid < E ? cnt[tid] : 0;
+        const int3 ex = block_scan3(make_int3(c, (c + 3) & ~3, c > 0), &tot, part);
+        if (tid < E) {
+            off[tid] = ex.x;
+            off4[tid] = ex.y;
+            run[tid] = ex.x;
+            if (c > 0) active[ex.z] = tid;
         }
-        off[E] = acc;
-        off4[E] = acc4;
-        routed = acc;
-        if (shared) {  // expert E: every token once, in order
+        if (tid == 0) {
             const int T = n / k;
-            active[na++] = E;
-            off[E + 1] = acc + T;
-            off4[E + 1] = acc4 + ((T + 3) & ~3);
+            off[E] = tot.x;
+            off4[E] = tot.y;
+            if (shared) {  // expert E: every token once, in order
+                active[tot.z] = E;
+                off[E + 1] = tot.x + T;
+                off4[E + 1] = tot.y + ((T + 3) & ~3);
+            }
+            *n_active = tot.z + (shared ? 1 : 0);
         }
-        *n_active = na;
     }
     __syncthreads();
     for (int base = 0; base < n; base += blockDim.x) {
@@ -127,8 +159,8 @@ __global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *ids, int
     }
     if (shared)
         for (int t = tid; t < n / k; t += blockDim.x) {
-            rows[routed + t] = t;
-            slot_of[n + t] = routed + t;
+            rows[tot.x + t] = t;
+            slot_of[n + t] = tot.x + t;
         }
 }
 
@@ -136,9 +168,10 @@ extern "C" int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, 
                                 int32_t *off4, int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
                                 cudaStream_t st) {
     const size_t smem = sizeof(int) * (size_t)34 * n_expert;
-    if (smem + sizeof(int) > 48 * 1024) return glm_err(-7, "moe: %d experts exceed the grouping kernel's shared memory", n_expert);
-    moe_group_kernel<<<1, 1024, smem, st>>>(ids, T * k, k, n_expert, shared, off, off4, active, n_active, rows,
-                                            slot_of);
+    if (n_expert > GROUP_THREADS || smem > 48 * 1024)
+        return glm_err(-7, "moe: %d experts exceed the grouping kernel's shared memory", n_expert);
+    moe_group_kernel<<<1, GROUP_THREADS, smem, st>>>(ids, T * k, k, n_expert, shared, off, off4, active, n_active, rows,
+                                                     slot_of);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

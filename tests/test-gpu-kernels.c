@@ -442,6 +442,72 @@ static void experts_free(hexperts *x, int E) {
     cudaFree(x->d_gu); cudaFree(x->d_dn); cudaFree(x->d_gus); cudaFree(x->d_dns);
 }
 
+/* Top-k and grouping at GLM-4.7's width (160 experts, top 8) against a host reference
+ * of both steps, with the shared expert appended; 160 experts take five warps of the
+ * grouping's block-wide scan. */
+TEST(moe_group_wide) {
+    const int E = 160, k = 8, Ts[] = {1, 9, 64};
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+        const int T = Ts[ti], R = T * k;
+        float *lg = frandv((size_t)T * E, 4.f), *bias = frandv(E, 0.5f);
+        float *d_lg = dup_h(lg, (size_t)T * E * 4), *d_bias = dup_h(bias, (size_t)E * 4);
+        /* host reference: choice by score + bias, weights the scores normalised, times 2.5 */
+        int32_t *ids = malloc((size_t)R * 4), cnt[160] = {0}, off[162], off4[162], act[161], na = 0;
+        float *wref = malloc((size_t)R * 4);
+        for (int t = 0; t < T; t++) {
+            float sc[160], ch[160], sum = 0;
+            for (int e = 0; e < E; e++) { sc[e] = 1.f / (1.f + expf(-lg[t * E + e])); ch[e] = sc[e] + bias[e]; }
+            for (int j = 0; j < k; j++) {
+                int b = 0;
+                for (int e = 1; e < E; e++) if (ch[e] > ch[b]) b = e;
+                ids[t * k + j] = b; wref[t * k + j] = sc[b]; sum += sc[b]; ch[b] = -1e38f;
+                cnt[b]++;
+            }
+            for (int j = 0; j < k; j++) wref[t * k + j] = wref[t * k + j] / sum * 2.5f;
+        }
+        for (int e = 0, a = 0, a4 = 0; e <= E; e++) {
+            off[e] = a; off4[e] = a4;
+            if (e < E) { a += cnt[e]; a4 += (cnt[e] + 3) & ~3; if (cnt[e]) act[na++] = e; }
+        }
+        act[na++] = E;
+        off[E + 1] = R + T;
+        off4[E + 1] = off4[E] + ((T + 3) & ~3);
+        int32_t *rows = malloc((size_t)(R + T) * 4), *slot = malloc((size_t)(R + T) * 4), run[160];
+        memcpy(run, off, sizeof run);
+        for (int i = 0; i < R; i++) { slot[i] = run[ids[i]]++; rows[slot[i]] = i / k; }
+        for (int t = 0; t < T; t++) { rows[R + t] = t; slot[R + t] = R + t; }
+        {
+            int32_t *d_ids = dnew((size_t)R * 4), *d_off = dnew((E + 2) * 4), *d_off4 = dnew((E + 2) * 4);
+            int32_t *d_act = dnew((E + 1) * 4), *d_na = dnew(4), *d_rows = dnew((size_t)(R + T) * 4);
+            int32_t *d_slot = dnew((size_t)(R + T) * 4);
+            float *d_w = dnew((size_t)R * 4);
+            OK(glm_cu_moe_topk(d_lg, d_bias, T, E, k, 1, 2.5f, d_ids, d_w, 0));
+            OK(glm_cu_moe_group(d_ids, T, k, E, 1, d_off, d_off4, d_act, d_na, d_rows, d_slot, 0));
+            int32_t *gi = malloc((size_t)R * 4), go[162], go4[162], ga[161], gna = 0;
+            int32_t *gr = malloc((size_t)(R + T) * 4), *gs = malloc((size_t)(R + T) * 4);
+            float *gw = malloc((size_t)R * 4);
+            down(gi, d_ids, (size_t)R * 4); down(gw, d_w, (size_t)R * 4);
+            down(go, d_off, (E + 2) * 4); down(go4, d_off4, (E + 2) * 4); down(ga, d_act, (size_t)na * 4);
+            down(&gna, d_na, 4); down(gr, d_rows, (size_t)(R + T) * 4); down(gs, d_slot, (size_t)(R + T) * 4);
+            int bad_w = 0;
+            for (int i = 0; i < R; i++) bad_w += fabsf(gw[i] - wref[i]) > 1e-5f;
+            if (memcmp(gi, ids, (size_t)R * 4) || bad_w || memcmp(go, off, (E + 2) * 4) || memcmp(go4, off4, (E + 2) * 4) ||
+                gna != na || memcmp(ga, act, (size_t)na * 4) || memcmp(gr, rows, (size_t)(R + T) * 4) ||
+                memcmp(gs, slot, (size_t)(R + T) * 4)) {
+                fprintf(stderr, "  topk+group T=%d: ids %d w %d off %d off4 %d active %d/%d rows %d slots %d differ\n", T,
+                        !!memcmp(gi, ids, (size_t)R * 4), bad_w,
+                        !!memcmp(go, off, (E + 2) * 4), !!memcmp(go4, off4, (E + 2) * 4), gna, na,
+                        !!memcmp(gr, rows, (size_t)(R + T) * 4), !!memcmp(gs, slot, (size_t)(R + T) * 4));
+                CHECK(0);
+            }
+            free(gi); free(gr); free(gs); free(gw);
+            cudaFree(d_ids); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act); cudaFree(d_na); cudaFree(d_rows);
+            cudaFree(d_slot); cudaFree(d_w);
+        }
+        free(lg); free(bias); free(ids); free(wref); free(rows); free(slot); cudaFree(d_lg); cudaFree(d_bias);
+    }
+}
+
 /* Router top-k, grouping by expert, grouped GEMV/GEMM over the groups, combine. */
 TEST(moe_path) {
     const int E = 12, k = 3, D = 256, F = 96;
