@@ -42,7 +42,13 @@ __device__ __forceinline__ void kv_store(const glm_cu_kv &kv, int page, int j, i
     }
 }
 
-__global__ void rope_store_kernel(float *q, float *k, const float *v, int n_head, int n_kv, int hd,
+// The projections' biases where they are still to be added (prefill: the q/k/v
+// products leave them to this pass), else NULL.
+struct qkv_bias {
+    const float *q, *k, *v;
+};
+
+__global__ void rope_store_kernel(float *q, float *k, float *v, qkv_bias b, int n_head, int n_kv, int hd,
                                   int n_rot, float theta, const float *qn, const float *kn, float eps,
                                   glm_cu_plan p, glm_cu_kv kv) {
     __shared__ float buf[256];
@@ -51,7 +57,8 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, int n_head
     const bool is_q = h < n_head;
     const int j = h - n_head;
     float *vec = is_q ? q + ((size_t)t * n_head + h) * hd : k + ((size_t)t * n_kv + j) * hd;
-    float x = d < hd ? vec[d] : 0.f;
+    const float *bias = is_q ? (b.q ? b.q + (size_t)h * hd : nullptr) : (b.k ? b.k + (size_t)j * hd : nullptr);
+    float x = d < hd ? vec[d] + (bias ? bias[d] : 0.f) : 0.f;
     const float *nw = is_q ? qn : kn;
     if (nw) {
         const float ss = block_sum(x * x, red);
@@ -73,7 +80,9 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, int n_head
 
     const int seq = p.seq[t];
     const int page = p.page_table[(size_t)seq * p.max_pages + pos / 16];
-    const float vv = d < hd ? v[((size_t)t * n_kv + j) * hd + d] : 0.f;
+    float *vr = v + ((size_t)t * n_kv + j) * hd;
+    float vv = d < hd ? vr[d] : 0.f;
+    if (b.v && d < hd) vr[d] = vv += b.v[(size_t)j * hd + d];
     float ksc = 1.f, vsc = 1.f;
     if (kv.fp8) {  // every thread takes part in the reductions
         const float ka = block_max(fabsf(x), red), va = block_max(fabsf(vv), red);
@@ -86,77 +95,98 @@ __global__ void rope_store_kernel(float *q, float *k, const float *v, int n_head
 }
 
 // The same for head_dim 128 with a warp per head vector, four dims a lane (16-byte
-// loads), reductions and the rotation partner (d +- n_rot/2) through shuffles; eight
-// heads a block.
-__global__ void __launch_bounds__(256) rope_store128_kernel(float *q, float *k, const float *v, int n_head, int n_kv,
-                                                            int n_rot, float theta, const float *qn, const float *kn,
-                                                            float eps, glm_cu_plan p, glm_cu_kv kv) {
-    const int t = blockIdx.x, h = blockIdx.y * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (h >= n_head + n_kv) return;
-    const bool is_q = h < n_head;
-    const int j = h - n_head;
-    float *vec = is_q ? q + ((size_t)t * n_head + h) * 128 : k + ((size_t)t * n_kv + j) * 128;
-    float4 x = ((float4 *)vec)[lane];
-    const float *nw = is_q ? qn : kn;
-    if (nw) {
-        const float r = rsqrtf(warp_sum(x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w) / 128.f + eps);
-        const float4 w = ((const float4 *)nw)[lane];
-        x = make_float4(x.x * r * w.x, x.y * r * w.y, x.z * r * w.z, x.w * r * w.w);
-    }
+// loads), reductions and the rotation partner (d +- n_rot/2) through shuffles. Eight
+// warps a block; each warp takes heads with a stride of the grid's warps (one head at
+// decode, several at prefill), the rotation of its lane's dims worked out once.
+__global__ void __launch_bounds__(256) rope_store128_kernel(float *q, float *k, float *v, qkv_bias b, int n_head,
+                                                            int n_kv, int n_rot, float theta, const float *qn,
+                                                            const float *kn, float eps, glm_cu_plan p, glm_cu_kv kv) {
+    const int t = blockIdx.x, lane = threadIdx.x & 31;
     const int pos = p.pos[t], half = n_rot / 2, d0 = 4 * lane;
     const bool rot = d0 < n_rot, lo = d0 < half;
     const int src = !rot ? lane : lo ? lane + half / 4 : lane - half / 4;
-    float4 o;  // the partner dims
-    o.x = __shfl_sync(0xffffffffu, x.x, src);
-    o.y = __shfl_sync(0xffffffffu, x.y, src);
-    o.z = __shfl_sync(0xffffffffu, x.z, src);
-    o.w = __shfl_sync(0xffffffffu, x.w, src);
-    if (rot) {
-        float xe[4] = {x.x, x.y, x.z, x.w};
-        const float oe[4] = {o.x, o.y, o.z, o.w};
+    float cs[4] = {1.f, 1.f, 1.f, 1.f}, sn[4] = {0.f, 0.f, 0.f, 0.f};
+    if (rot)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int d = d0 + e, i = lo ? d : d - half;
             const float inv_freq = powf(theta, -2.f * (float)i / (float)n_rot);
-            float sn, cs;
-            sincosf((float)pos * inv_freq, &sn, &cs);
-            xe[e] = lo ? xe[e] * cs - oe[e] * sn : xe[e] * cs + oe[e] * sn;
+            sincosf((float)pos * inv_freq, &sn[e], &cs[e]);
         }
-        x = make_float4(xe[0], xe[1], xe[2], xe[3]);
-    }
-    ((float4 *)vec)[lane] = x;
-    if (is_q) return;
+    for (int h = blockIdx.y * 8 + (threadIdx.x >> 5); h < n_head + n_kv; h += gridDim.y * 8) {
+        const bool is_q = h < n_head;
+        const int j = h - n_head;
+        float *vec = is_q ? q + ((size_t)t * n_head + h) * 128 : k + ((size_t)t * n_kv + j) * 128;
+        float4 x = ((float4 *)vec)[lane];
+        const float *bias = is_q ? (b.q ? b.q + (size_t)h * 128 : nullptr) : (b.k ? b.k + (size_t)j * 128 : nullptr);
+        if (bias) {
+            const float4 bb = ((const float4 *)bias)[lane];
+            x = make_float4(x.x + bb.x, x.y + bb.y, x.z + bb.z, x.w + bb.w);
+        }
+        const float *nw = is_q ? qn : kn;
+        if (nw) {
+            const float r = rsqrtf(warp_sum(x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w) / 128.f + eps);
+            const float4 w = ((const float4 *)nw)[lane];
+            x = make_float4(x.x * r * w.x, x.y * r * w.y, x.z * r * w.z, x.w * r * w.w);
+        }
+        float4 o;  // the partner dims
+        o.x = __shfl_sync(0xffffffffu, x.x, src);
+        o.y = __shfl_sync(0xffffffffu, x.y, src);
+        o.z = __shfl_sync(0xffffffffu, x.z, src);
+        o.w = __shfl_sync(0xffffffffu, x.w, src);
+        if (rot) {
+            float xe[4] = {x.x, x.y, x.z, x.w};
+            const float oe[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) xe[e] = lo ? xe[e] * cs[e] - oe[e] * sn[e] : xe[e] * cs[e] + oe[e] * sn[e];
+            x = make_float4(xe[0], xe[1], xe[2], xe[3]);
+        }
+        ((float4 *)vec)[lane] = x;
+        if (is_q) continue;
 
-    const int seq = p.seq[t];
-    const int page = p.page_table[(size_t)seq * p.max_pages + pos / 16];
-    const float4 vv = ((const float4 *)(v + ((size_t)t * n_kv + j) * 128))[lane];
-    float ksc = 1.f, vsc = 1.f;
-    if (kv.fp8) {
-        const float ka = warp_max(fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
-        const float va = warp_max(fmaxf(fmaxf(fabsf(vv.x), fabsf(vv.y)), fmaxf(fabsf(vv.z), fabsf(vv.w))));
-        ksc = ka > 0.f ? ka / 448.f : 1.f;
-        vsc = va > 0.f ? va / 448.f : 1.f;
+        const int seq = p.seq[t];
+        const int page = p.page_table[(size_t)seq * p.max_pages + pos / 16];
+        float4 *vr = (float4 *)(v + ((size_t)t * n_kv + j) * 128);
+        float4 vv = vr[lane];
+        if (b.v) {
+            const float4 bb = ((const float4 *)(b.v + (size_t)j * 128))[lane];
+            vv = make_float4(vv.x + bb.x, vv.y + bb.y, vv.z + bb.z, vv.w + bb.w);
+            vr[lane] = vv;
+        }
+        float ksc = 1.f, vsc = 1.f;
+        if (kv.fp8) {
+            const float ka = warp_max(fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))));
+            const float va = warp_max(fmaxf(fmaxf(fabsf(vv.x), fabsf(vv.y)), fmaxf(fabsf(vv.z), fabsf(vv.w))));
+            ksc = ka > 0.f ? ka / 448.f : 1.f;
+            vsc = va > 0.f ? va / 448.f : 1.f;
+        }
+        if (page < 0) continue;
+        const float xk[4] = {x.x, x.y, x.z, x.w}, xv[4] = {vv.x, vv.y, vv.z, vv.w};
+        kv_store<4>(kv, page, j, n_kv, 128, pos % 16, d0, xk, xv, ksc, vsc, lane == 0);
     }
-    if (page < 0) return;
-    const float xk[4] = {x.x, x.y, x.z, x.w}, xv[4] = {vv.x, vv.y, vv.z, vv.w};
-    kv_store<4>(kv, page, j, n_kv, 128, pos % 16, d0, xk, xv, ksc, vsc, lane == 0);
 }
 
-extern "C" int glm_cu_rope_store(float *q, float *k, const float *v, int T, int n_head, int n_kv, int hd,
-                                 int n_rot, float theta, const float *q_norm, const float *k_norm, float eps,
-                                 const glm_cu_plan *p, const glm_cu_kv *kv, cudaStream_t st) {
+extern "C" int glm_cu_rope_store(float *q, float *k, float *v, const float *bq, const float *bk, const float *bv,
+                                 int T, int n_head, int n_kv, int hd, int n_rot, float theta, const float *q_norm,
+                                 const float *k_norm, float eps, const glm_cu_plan *p, const glm_cu_kv *kv,
+                                 cudaStream_t st) {
     if (T <= 0) return 0;
     if (hd > 256 || (n_rot & 1) || n_rot > hd)
         return glm_err(-7, "attention: head_dim %d / rotary dims %d not supported (head_dim <= 256, even n_rot)", hd, n_rot);
-    if (hd == 128 && n_rot % 8 == 0 && ((uintptr_t)q & 15) == 0 && ((uintptr_t)k & 15) == 0 && ((uintptr_t)v & 15) == 0) {
-        rope_store128_kernel<<<dim3(T, (n_head + n_kv + 7) / 8), 256, 0, st>>>(q, k, v, n_head, n_kv, n_rot, theta, q_norm,
-                                                                              k_norm, eps, *p, *kv);
+    const qkv_bias b = {bq, bk, bv};
+    const uintptr_t al = (uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)bq | (uintptr_t)bk | (uintptr_t)bv;
+    if (hd == 128 && n_rot % 8 == 0 && (al & 15) == 0) {
+        // eight heads a block for a few tokens; from 64 up, four times as many (the
+        // rotation is worked out once for each)
+        const int gy = (n_head + n_kv + 7) / 8, gy4 = T >= 64 ? (gy + 3) / 4 : gy;
+        rope_store128_kernel<<<dim3(T, gy4), 256, 0, st>>>(q, k, v, b, n_head, n_kv, n_rot, theta, q_norm, k_norm, eps,
+                                                           *p, *kv);
         CUDA_CHECK_LAUNCH();
         return 0;
     }
     dim3 grid(T, n_head + n_kv);
     const int threads = (hd + 31) / 32 * 32;
-    rope_store_kernel<<<grid, threads, 0, st>>>(q, k, v, n_head, n_kv, hd, n_rot, theta, q_norm, k_norm, eps, *p, *kv);
+    rope_store_kernel<<<grid, threads, 0, st>>>(q, k, v, b, n_head, n_kv, hd, n_rot, theta, q_norm, k_norm, eps, *p, *kv);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

@@ -185,11 +185,13 @@ typedef struct {
     int max_pages;
 } glm_cu_plan;
 
-/* q/k RMSNorm per head (q_norm/k_norm may be NULL), partial NeoX RoPE on the first
- * n_rot dims, and k, v stored into the pages. q[T, n_head*hd], k,v[T, n_kv*hd]. */
-int glm_cu_rope_store(float *q, float *k, const float *v, int T, int n_head, int n_kv, int hd,
-                      int n_rot, float theta, const float *q_norm, const float *k_norm, float eps,
-                      const glm_cu_plan *p, const glm_cu_kv *kv, cudaStream_t st);
+/* The projections' biases bq[n_head*hd], bk, bv[n_kv*hd] added where not NULL (and
+ * written back), q/k RMSNorm per head (q_norm/k_norm may be NULL), partial NeoX RoPE
+ * on the first n_rot dims, and k, v stored into the pages. q[T, n_head*hd],
+ * k,v[T, n_kv*hd]. */
+int glm_cu_rope_store(float *q, float *k, float *v, const float *bq, const float *bk, const float *bv, int T,
+                      int n_head, int n_kv, int hd, int n_rot, float theta, const float *q_norm,
+                      const float *k_norm, float eps, const glm_cu_plan *p, const glm_cu_kv *kv, cudaStream_t st);
 /* Causal GQA over each token's sequence pages: out[T, n_head*hd]. n_split > 1 splits
  * the context (flash-decoding) through ws, which holds T*n_head*n_split*(hd+2) floats. */
 int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
@@ -225,6 +227,11 @@ int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared,
 int glm_cu_quant_fp8_grouped(const float *x, int ldx, const int32_t *rows, const int32_t *off,
                              const int32_t *off4, int n_expert, int R, int K, int channel, uint8_t *q,
                              float *s, cudaStream_t st);
+/* q[p, :] = q_tok[rows[p], :] and s[kb * ld_s + p] = s_tok[rows[p] * K/128 + kb] for the
+ * R sorted positions p: tokens quantised once (glm_cu_quant_fp8, block128 = 2) copied to
+ * their positions in the layout of block128 = 1. K a multiple of 128, rows 16-byte aligned. */
+int glm_cu_gather_fp8(const uint8_t *q_tok, const float *s_tok, const int32_t *rows, int R, int K, uint8_t *q,
+                      float *s, int ld_s, cudaStream_t st);
 /* out[t, :] = sum_j w[t, j] * eo[slot_of[t*k+j], :] (+ eo[slot_of[T*k+t], :] when shared) */
 int glm_cu_moe_combine(const float *eo, const int32_t *slot_of, const float *w, int T, int k, int D,
                        int shared, float *out, cudaStream_t st);

@@ -138,6 +138,10 @@ typedef struct {
     float *pa_x;
     const float *pa_y;
     size_t pa_n;
+    /* biases of products above gemv_max tokens, left for the next op that reads y (the
+     * attention adds those of q, k and v in its RoPE pass) */
+    struct { float *y; const float *b; int N; } pb[3];
+    int n_pb;
     int fuse;                    /* GLM_CUDA_FUSE (default 1) */
     int fa;                      /* GLM_CUDA_FA: tensor-core prefill attention (default 1) */
 
@@ -654,7 +658,7 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
 
     c->xq_bytes = (rows + 4) * kmax * 2;  /* bf16 needs two bytes an element; 4 spare rows */
     RUN(dev_alloc((void **)&c->xq, c->xq_bytes, "quantised activations"));
-    c->xs_floats = (rows + 4 * E + 4) * ((kmax + 127) / 128) + 16;
+    c->xs_floats = (rows + T + 4 * E + 4) * ((kmax + 127) / 128) + 16;  /* + T: the experts' per-token scales */
     RUN(dev_alloc((void **)&c->xs, c->xs_floats * 4, "activation scales"));
     size_t g = T * 2 * F;
     if ((rows + 4) * 2 * Fe > g) g = (rows + 4) * 2 * Fe;
@@ -766,6 +770,7 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->cur = NULL;
     c->n_pl = 0;
     c->pa_x = NULL;
+    c->n_pb = 0;
     c->n_ev = 0;
     c->mode = MODE_EAGER;
     c->n_tiles = 0;
@@ -824,8 +829,26 @@ static void prof_op(cu_impl *c, const char *op) {
     prof_mark(c, name, 0);
 }
 
-/* Launches the deferred GEMVs and add. */
-static int flush(cu_impl *c) {
+/* The deferred bias of y, taken off the list (NULL if none). */
+static const float *take_bias(cu_impl *c, const float *y) {
+    for (int i = 0; i < c->n_pb; i++)
+        if (c->pb[i].y == y) {
+            const float *b = c->pb[i].b;
+            c->pb[i] = c->pb[--c->n_pb];
+            return b;
+        }
+    return NULL;
+}
+
+/* Launches the deferred biases (when biases), GEMVs and add. */
+static int flush_ops(cu_impl *c, int biases) {
+    while (biases && c->n_pb) {
+        const int i = c->n_pb - 1;
+        float *y = c->pb[i].y;
+        const int N = c->pb[i].N;
+        prof_op(c, "add bias");
+        RUN(glm_cu_add_bias(y, take_bias(c, y), c->T, N, N, c->st));
+    }
     if (c->n_pl) {
         const int n = c->n_pl;
         c->n_pl = 0;
@@ -860,6 +883,7 @@ static int flush(cu_impl *c) {
     }
     return GLM_OK;
 }
+static int flush(cu_impl *c) { return flush_ops(c, 1); }
 
 /* ---- ops ---- */
 static int cu_embed(glm_backend *be, float *x) {
@@ -874,7 +898,7 @@ static int cu_embed(glm_backend *be, float *x) {
 static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, float *out, int rows) {
     cu_impl *c = IMPL(be);
     if (op_skip(c, 2, x, w, out, rows)) return GLM_OK;
-    if (c->pa_x == x && c->pa_n == (size_t)rows * w->cols && !c->n_pl && c->pa_y != out) {
+    if (c->pa_x == x && c->pa_n == (size_t)rows * w->cols && !c->n_pl && !c->n_pb && c->pa_y != out) {
         c->pa_x = NULL;
         prof_op(c, "add+rmsnorm");
         return glm_cu_add_rmsnorm((float *)x, c->pa_y, w->dev, out, rows, (int)w->cols, be->model->hp.rms_eps, c->st);
@@ -936,8 +960,18 @@ static int cu_linear(glm_backend *be, const glm_weight *w, const glm_weight *bia
         c->n_pl++;
         return GLM_OK;
     }
-    RUN(flush(c));
+    /* a product that does not read a deferred bias's output leaves it deferred */
+    int reads = 0;
+    for (int i = 0; i < c->n_pb; i++) reads |= c->pb[i].y == x;
+    RUN(flush_ops(c, reads));
     prof_mat(c, "linear", &m, 1);
+    if (b && c->fuse && T > c->gemv_max && c->n_pb < 3) {  /* the bias waits for the op that reads y */
+        c->pb[c->n_pb].y = y;
+        c->pb[c->n_pb].b = b;
+        c->pb[c->n_pb].N = m.N;
+        c->n_pb++;
+        b = NULL;
+    }
     return lin(c, &m, b, x, m.K, y, m.N, T);
 }
 
@@ -968,12 +1002,14 @@ static int cu_attention(glm_backend *be, int il, float *q, float *k, const float
     const glm_hparams *hp = &be->model->hp;
     const glm_layer *L = &be->model->layers[il];
     if (op_skip(c, 5, q, k, out, il * 65536 + c->T)) return GLM_OK;
+    /* deferred q/k/v biases go in with the RoPE pass, which writes v + bv back to v */
+    const float *bq = take_bias(c, q), *bk = take_bias(c, k), *bv = take_bias(c, v);
     RUN(flush(c));
     prof_op(c, "attention");
     const glm_cu_plan p = plan_of(c);
     const glm_cu_kv *kv = &c->kv[il];
-    RUN(glm_cu_rope_store(q, k, v, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_theta,
-                          hp->use_qk_norm && !w_empty(&L->q_norm) ? L->q_norm.dev : NULL,
+    RUN(glm_cu_rope_store(q, k, (float *)v, bq, bk, bv, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot,
+                          hp->rope_theta, hp->use_qk_norm && !w_empty(&L->q_norm) ? L->q_norm.dev : NULL,
                           hp->use_qk_norm && !w_empty(&L->k_norm) ? L->k_norm.dev : NULL, hp->rms_eps, &p, kv, c->st));
     if (c->n_tiles)
         return glm_cu_attention_prefill(q, out, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv,
@@ -1090,7 +1126,11 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
     } else if (c->wgmma && m->wgmma_ok && c->g_tiles) {
         /* prefill: every touched expert in one launch per half, tiles listed on the device */
         const int ld_s = (rows + 3) & ~3;
-        RUN(glm_cu_quant_fp8(h, D, c->g_rows, rows, D, 1, c->xq, c->xs, ld_s, c->st));
+        /* each token quantised once, past the sorted rows, then copied to its positions */
+        uint8_t *q_tok = c->xq + (size_t)rows * D;
+        float *s_tok = c->xs + (size_t)ld_s * (D / 128);
+        RUN(glm_cu_quant_fp8(h, D, NULL, T, D, 2, q_tok, s_tok, 0, c->st));
+        RUN(glm_cu_gather_fp8(q_tok, s_tok, c->g_rows, rows, D, c->xq, c->xs, ld_s, c->st));
         prof_mat(c, "moe wgmma gate+up", &m->gate_up, 0);
         RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, rows, c->g_off, E, c->g_tiles, c->st));
         prof_op(c, "moe swiglu+quant");

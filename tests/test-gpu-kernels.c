@@ -508,6 +508,30 @@ TEST(moe_group_wide) {
     }
 }
 
+/* Tokens quantised once and copied to their sorted positions: the same bytes and scales
+ * as quantising each position's row where it lands (glm_cu_quant_fp8 gathering). */
+TEST(gather_fp8) {
+    const int T = 37, K = 640, R = 101, KB = K / 128, ld_s = (R + 3) & ~3;
+    float *x = frandv((size_t)T * K, 3.f), *d_x = dup_h(x, (size_t)T * K * 4);
+    int32_t rows[101];
+    for (int p = 0; p < R; p++) rows[p] = (int32_t)(frand() * 0.5f * T + 0.5f * T) % T;
+    int32_t *d_rows = dup_h(rows, sizeof rows);
+    uint8_t *d_qt = dnew((size_t)T * K), *d_qa = dnew((size_t)R * K), *d_qb = dnew((size_t)R * K);
+    float *d_st = dnew((size_t)T * KB * 4), *d_sa = dnew((size_t)KB * ld_s * 4), *d_sb = dnew((size_t)KB * ld_s * 4);
+    OK(glm_cu_quant_fp8(d_x, K, d_rows, R, K, 1, d_qa, d_sa, ld_s, 0));
+    OK(glm_cu_quant_fp8(d_x, K, NULL, T, K, 2, d_qt, d_st, 0, 0));
+    OK(glm_cu_gather_fp8(d_qt, d_st, d_rows, R, K, d_qb, d_sb, ld_s, 0));
+    uint8_t *qa = malloc((size_t)R * K), *qb = malloc((size_t)R * K);
+    float *sa = malloc((size_t)KB * ld_s * 4), *sb = malloc((size_t)KB * ld_s * 4);
+    down(qa, d_qa, (size_t)R * K); down(qb, d_qb, (size_t)R * K);
+    down(sa, d_sa, (size_t)KB * ld_s * 4); down(sb, d_sb, (size_t)KB * ld_s * 4);
+    CHECK(!memcmp(qa, qb, (size_t)R * K));
+    for (int kb = 0; kb < KB; kb++) CHECK(!memcmp(sa + (size_t)kb * ld_s, sb + (size_t)kb * ld_s, (size_t)R * 4));
+    free(x); free(qa); free(qb); free(sa); free(sb);
+    cudaFree(d_x); cudaFree(d_rows); cudaFree(d_qt); cudaFree(d_qa); cudaFree(d_qb); cudaFree(d_st); cudaFree(d_sa);
+    cudaFree(d_sb);
+}
+
 /* Router top-k, grouping by expert, grouped GEMV/GEMM over the groups, combine. */
 TEST(moe_path) {
     const int E = 12, k = 3, D = 256, F = 96;
@@ -966,7 +990,24 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
         float *d_q = dup_h(q, (size_t)T * Q * 4), *d_kk = dup_h(k, (size_t)T * KV * 4), *d_vv = dup_h(v, (size_t)T * KV * 4);
         int32_t *d_pos = dup_h(pos, (size_t)T * 4), *d_seq = dup_h(seq, (size_t)T * 4), *d_pt = dup_h(pt, sizeof pt);
         glm_cu_plan plan = {d_pos, d_seq, d_pt, max_pages};
-        OK(glm_cu_rope_store(d_q, d_kk, d_vv, T, n_head, n_kv, hd, n_rot, theta, d_qn, d_kn, eps, &plan, &kv, 0));
+        /* the projections' biases, added here, in the two prefill passes (the second has
+         * more than 64 tokens: several heads a warp) */
+        const int with_bias = pass != 1;
+        float *bq = frandv(Q, 1.f), *bk = frandv(KV, 1.f), *bv = frandv(KV, 1.f);
+        float *d_bq = dup_h(bq, (size_t)Q * 4), *d_bk = dup_h(bk, (size_t)KV * 4), *d_bv = dup_h(bv, (size_t)KV * 4);
+        OK(glm_cu_rope_store(d_q, d_kk, d_vv, with_bias ? d_bq : NULL, with_bias ? d_bk : NULL, with_bias ? d_bv : NULL,
+                             T, n_head, n_kv, hd, n_rot, theta, d_qn, d_kn, eps, &plan, &kv, 0));
+        if (with_bias) {
+            for (int t = 0; t < T; t++) {
+                for (int i = 0; i < Q; i++) q[(size_t)t * Q + i] += bq[i];
+                for (int i = 0; i < KV; i++) { k[(size_t)t * KV + i] += bk[i]; v[(size_t)t * KV + i] += bv[i]; }
+            }
+            float *vg = malloc((size_t)T * KV * 4);
+            down(vg, d_vv, (size_t)T * KV * 4);
+            CHECK(!memcmp(vg, v, (size_t)T * KV * 4));  /* v + bv written back */
+            free(vg);
+        }
+        free(bq); free(bk); free(bv); cudaFree(d_bq); cudaFree(d_bk); cudaFree(d_bv);
         /* CPU: norm + rope on q and k, store k and v as the device rounds them */
         for (int t = 0; t < T; t++)
             for (int h = 0; h < n_head + n_kv; h++) {
