@@ -368,18 +368,15 @@ extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, i
 
 // ---- prefill: tensor-core flash attention ----
 // One block serves one tile of up to FA_ROWS query rows of one sequence (consecutive
-// plan rows, cut by glm_cu_attention_tiles) and FA_HEADS query heads of one KV head,
-// which share each K and V block the block loads (a group of G heads takes
-// ceil(G / FA_HEADS) blocks; a missing last head leaves its warps idle). Four warps of
-// 16 rows a head run mma.sync m16n8k16 (BF16 operands, FP32 accumulators): S = Q K^T over FA_KEYS
+// plan rows, cut by glm_cu_attention_tiles) and one query head. Four warps of 16 rows
+// run mma.sync m16n8k16 (BF16 operands, FP32 accumulators): S = Q K^T over FA_KEYS
 // keys at a time, an online softmax in registers (base-2, the scale folded into Q),
 // then O += P V with P re-packed from the S accumulators. The pages of the tile's
 // sequence are read up to its last position; slots past it are zero-filled (they
 // hold stale bytes) and masked, as are keys past each row's own position.
 #define FA_ROWS 64
 #define FA_KEYS 64
-#define FA_HEADS 2
-#define FA_THREADS (128 * FA_HEADS)
+#define FA_THREADS 128
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
@@ -428,18 +425,15 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
     extern __shared__ __align__(16) uint16_t fa_smem[];  // K and V of two key blocks
     __shared__ int s_pos[FA_ROWS];
     __shared__ int s_max;
-    const int G = n_head / n_kv, hb = (G + FA_HEADS - 1) / FA_HEADS;  // blocks a group
-    const int tile = n_tiles - 1 - (int)blockIdx.y;  // long tiles first
-    const int j = blockIdx.x / hb, hg = (blockIdx.x - j * hb) * FA_HEADS + (threadIdx.x >> 7);  // head in the group
-    const bool head_ok = hg < G;
-    const int h = j * G + (head_ok ? hg : 0);
+    const int h = blockIdx.x, tile = n_tiles - 1 - (int)blockIdx.y;  // long tiles first
+    const int j = h / (n_head / n_kv);
     const int t0 = tiles[tile], nr = tiles[tile + 1] - t0;
-    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int seq = p.seq[t0];
 
     if (threadIdx.x < FA_ROWS) s_pos[threadIdx.x] = (int)threadIdx.x < nr ? p.pos[t0 + threadIdx.x] : -1;
     __syncthreads();
-    if (threadIdx.x < 32) {
+    if (warp == 0) {
         int m = max(s_pos[lane], s_pos[lane + 32]);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -511,7 +505,7 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
         asm volatile("cp.async.wait_group 1;\n" ::);
         __syncthreads();  // block kb is in its buffer for every thread
         const uint16_t *Ks = fa_smem + (kb & 1) * 2 * FA_KEYS * LD, *Vs = Ks + FA_KEYS * LD;
-        if (head_ok && kb * FA_KEYS <= wmax) {  // else every key here is in the future of the warp's rows
+        if (kb * FA_KEYS <= wmax) {  // else every key here is in the future of the warp's rows
 
         // S = Q K^T: [16 rows][FA_KEYS] per warp, n-tiles of 8 keys
         float s[FA_KEYS / 8][4];
@@ -587,7 +581,6 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
     float *y0 = out + ((size_t)(t0 + r0) * n_head + h) * HD + 2 * c, *y1 = out + ((size_t)(t0 + r1) * n_head + h) * HD + 2 * c;
-    if (!head_ok) return;
 #pragma unroll
     for (int dt = 0; dt < HD / 8; dt++) {
         if (r0 < nr) *(float2 *)(y0 + dt * 8) = make_float2(o[dt][0] * inv0, o[dt][1] * inv0);
@@ -624,7 +617,7 @@ extern "C" int glm_cu_attention_prefill(const float *q, float *out, int n_head, 
     if (!glm_cu_attention_prefill_ok(n_head, n_kv, hd) || n_tiles > 65535)
         return glm_err(-7, "prefill attention: %d heads over %d KV heads, head_dim %d, %d tiles not supported",
                        n_head, n_kv, hd, n_tiles);
-    dim3 grid(n_kv * ((n_head / n_kv + FA_HEADS - 1) / FA_HEADS), n_tiles);
+    dim3 grid(n_head, n_tiles);
     if (hd == 32) return fa_launch<32>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
     if (hd == 64) return fa_launch<64>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
     return fa_launch<128>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
