@@ -116,7 +116,10 @@ __device__ __forceinline__ void tma_3d(uint32_t dst, uint64_t map, int c0, int c
 // the stage's "full" mbarrier; the two consumer warpgroups wait on it, run blocks in
 // pairs (the second's products on the tensor cores while the first's are scaled into
 // the totals) and release each stage on its "empty" mbarrier, so no barrier spans
-// the block and the warpgroups drift and interleave on the tensor cores.
+// the block and the warpgroups drift and interleave on the tensor cores. Persistent:
+// one block an SM walks the work items (row tile fastest, then position tile) with a
+// grid stride, the ring running on across items, so the next item's loads proceed
+// under this one's last products and its stores.
 template <int SK>
 __global__ void __launch_bounds__(WG_THREADS + 128, 1)
 moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx) {
@@ -128,17 +131,22 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
     const int g = lane >> 2, tq = lane & 3;
 
-    int e = 0, p0, cnt;
-    if (a.tiles) {
-        if ((int)blockIdx.y >= a.tiles[0]) return;
-        const int32_t *t = a.tiles + 1 + 3 * blockIdx.y;
-        e = t[0]; p0 = t[1]; cnt = t[2];
-    } else {
-        p0 = blockIdx.y * WG_BN;
-        cnt = min(WG_BN, a.R - p0);
-    }
-    const int K = a.w.K, KB = K >> 7, nb = blockIdx.x, n0 = nb * WG_BM;
-    const float *wscale = a.w.scale + (long long)e * a.w.s_stride;
+    const int K = a.w.K, KB = K >> 7, NB = a.w.N / WG_BM;
+    const int n_tiles = a.tiles ? a.tiles[0] : (a.R + WG_BN - 1) / WG_BN, items = NB * n_tiles;
+    // work item w: row tile nb = w % NB of position tile w / NB (expert e, positions p0 + [0, cnt))
+    struct item { int e, p0, cnt, nb; };
+    auto item_of = [&](int w) {
+        item it;
+        const int pt = w / NB;
+        it.nb = w - pt * NB;
+        if (a.tiles) {
+            const int32_t *t = a.tiles + 1 + 3 * pt;
+            it.e = t[0]; it.p0 = t[1]; it.cnt = t[2];
+        } else {
+            it.e = 0; it.p0 = pt * WG_BN; it.cnt = min(WG_BN, a.R - it.p0);
+        }
+        return it;
+    };
 
     if (tid == 0) {
         for (int s = 0; s < WG_STAGES; s++) {
@@ -154,78 +162,93 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
         if (tid >= WG_THREADS + 32) return;
         // the maps stay in parameter space (__grid_constant__): only their addresses travel
         const uint64_t mapw = reinterpret_cast<uint64_t>(&tmw), mapx = reinterpret_cast<uint64_t>(&tmx);
-        for (int kb = 0; kb < KB; kb++) {
-            const int s = kb % WG_STAGES;
-            if (kb >= WG_STAGES) mbar_wait(eb + 8 * s, ((kb / WG_STAGES) - 1) & 1);
-            const uint32_t st = sbase + s * WG_STAGE_BYTES, bar = fb + 8 * s;
-            if (lane == 0) {
-                // W rows n0.. of expert e and X rows p0.. (rows past R read as zeros; rows
-                // of the next expert are computed and not stored)
-                mbar_expect(bar, 2 * WG_TILE_BYTES);
-                tma_3d(st, mapw, kb * WG_BK, n0, e, bar);
-                tma_2d(st + WG_TILE_BYTES, mapx, kb * WG_BK, p0, bar);
-            }
+        int i = 0;  // stages filled so far, across items
+        for (int w = blockIdx.x; w < items; w += gridDim.x) {
+            const item t = item_of(w);
+            for (int kb = 0; kb < KB; kb++, i++) {
+                const int s = i % WG_STAGES;
+                if (i >= WG_STAGES) mbar_wait(eb + 8 * s, ((i / WG_STAGES) - 1) & 1);
+                const uint32_t st = sbase + s * WG_STAGE_BYTES, bar = fb + 8 * s;
+                if (lane == 0) {
+                    // W rows of the row tile of expert e and X rows p0.. (rows past R read as
+                    // zeros; rows of the next expert are computed and not stored)
+                    mbar_expect(bar, 2 * WG_TILE_BYTES);
+                    tma_3d(st, mapw, kb * WG_BK, t.nb * WG_BM, t.e, bar);
+                    tma_2d(st + WG_TILE_BYTES, mapx, kb * WG_BK, t.p0, bar);
+                }
 #pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int i = lane * 4 + r;
-                cp_async4(st + 2 * WG_TILE_BYTES + i * 4, i < cnt ? a.xs + (size_t)kb * a.ld_s + p0 + i : a.xs,
-                          i < cnt ? 4 : 0);
+                for (int r = 0; r < 4; r++) {
+                    const int q = lane * 4 + r;
+                    cp_async4(st + 2 * WG_TILE_BYTES + q * 4, q < t.cnt ? a.xs + (size_t)kb * a.ld_s + t.p0 + q : a.xs,
+                              q < t.cnt ? 4 : 0);
+                }
+                asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
             }
-            asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
         }
         asm volatile("cp.async.wait_all;\n" ::: "memory");
         return;
     }
 
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    auto landed = [&](int kb) { mbar_wait(fb + 8 * (kb % WG_STAGES), (kb / WG_STAGES) & 1); };
-    auto release = [&](int kb) { mbar_arrive(eb + 8 * (kb % WG_STAGES)); };
-    auto wsb_of = [&](int kb) { return SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)nb * a.w.s_ld + kb) : 1.f; };
-    auto xsc_of = [&](int kb) { return (const float *)(sm + (kb % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES); };
+    // stage i of the ring (counted across items)
+    auto landed = [&](int i) { mbar_wait(fb + 8 * (i % WG_STAGES), (i / WG_STAGES) & 1); };
+    auto release = [&](int i) { mbar_arrive(eb + 8 * (i % WG_STAGES)); };
+    auto xsc_of = [&](int i) { return (const float *)(sm + (i % WG_STAGES) * WG_STAGE_BYTES + 2 * WG_TILE_BYTES); };
+    auto sa_of = [&](int i) { return sbase + (i % WG_STAGES) * WG_STAGE_BYTES; };
 
     float acc[64], d0[64], d1[64];
-#pragma unroll
-    for (int i = 0; i < 64; i++) acc[i] = 0.f;
-
-    // blocks kb and kb + 1 into d0 and d1; d0 is promoted while d1's products run
+    int i0 = 0;  // the item's first stage
 #pragma unroll 1
-    for (int kb = 0; kb + 1 < KB; kb += 2) {
-        landed(kb);
-        landed(kb + 1);
-        const uint32_t s0 = sbase + (kb % WG_STAGES) * WG_STAGE_BYTES, s1 = sbase + ((kb + 1) % WG_STAGES) * WG_STAGE_BYTES;
-        wg_fence_regs(d0);
-        wg_fence_regs(d1);
-        wg_issue(d0, s0 + wg * (64 * 128), s0 + WG_TILE_BYTES);
-        wg_issue(d1, s1 + wg * (64 * 128), s1 + WG_TILE_BYTES);
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-        wg_fence_regs(d0);
-        wg_promote(acc, d0, xsc_of(kb), wsb_of(kb), tq);
-        release(kb);
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        wg_fence_regs(d1);
-        wg_promote(acc, d1, xsc_of(kb + 1), wsb_of(kb + 1), tq);
-        release(kb + 1);
-    }
-    if (KB & 1) {  // the last block alone
-        landed(KB - 1);
-        const uint32_t s0 = sbase + ((KB - 1) % WG_STAGES) * WG_STAGE_BYTES;
-        wg_fence_regs(d0);
-        wg_issue(d0, s0 + wg * (64 * 128), s0 + WG_TILE_BYTES);
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        wg_fence_regs(d0);
-        wg_promote(acc, d0, xsc_of(KB - 1), wsb_of(KB - 1), tq);
-    }
-
-    // rows n0 + 64wg + 16wq + g (+8), positions 8j + 2tq (+1)
-    const int row = n0 + wg * 64 + wq * 16 + g;
-    const float c0 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(wscale + row) : 1.f;
-    const float c8 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(wscale + row + 8) : 1.f;
+    for (int w = blockIdx.x; w < items; w += gridDim.x, i0 += KB) {
+        const item t = item_of(w);
+        const float *wscale = a.w.scale + (long long)t.e * a.w.s_stride;
+        auto wsb_of = [&](int kb) { return SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)t.nb * a.w.s_ld + kb) : 1.f; };
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const int t = 8 * j + 2 * tq;
-        float *y0 = a.y + (size_t)(p0 + t) * a.ldy + row;
-        if (t < cnt) { y0[0] = acc[4 * j + 0] * c0; y0[8] = acc[4 * j + 2] * c8; }
-        if (t + 1 < cnt) { y0[a.ldy] = acc[4 * j + 1] * c0; y0[a.ldy + 8] = acc[4 * j + 3] * c8; }
+        for (int q = 0; q < 64; q++) acc[q] = 0.f;
+
+        // blocks kb and kb + 1 into d0 and d1; d0 is promoted while d1's products run
+#pragma unroll 1
+        for (int kb = 0; kb + 1 < KB; kb += 2) {
+            const int i = i0 + kb;
+            landed(i);
+            landed(i + 1);
+            const uint32_t s0 = sa_of(i), s1 = sa_of(i + 1);
+            wg_fence_regs(d0);
+            wg_fence_regs(d1);
+            wg_issue(d0, s0 + wg * (64 * 128), s0 + WG_TILE_BYTES);
+            wg_issue(d1, s1 + wg * (64 * 128), s1 + WG_TILE_BYTES);
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            wg_fence_regs(d0);
+            wg_promote(acc, d0, xsc_of(i), wsb_of(kb), tq);
+            release(i);
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            wg_fence_regs(d1);
+            wg_promote(acc, d1, xsc_of(i + 1), wsb_of(kb + 1), tq);
+            release(i + 1);
+        }
+        if (KB & 1) {  // the last block alone
+            const int i = i0 + KB - 1;
+            landed(i);
+            const uint32_t s0 = sa_of(i);
+            wg_fence_regs(d0);
+            wg_issue(d0, s0 + wg * (64 * 128), s0 + WG_TILE_BYTES);
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            wg_fence_regs(d0);
+            wg_promote(acc, d0, xsc_of(i), wsb_of(KB - 1), tq);
+            release(i);
+        }
+
+        // rows of the row tile: 64wg + 16wq + g (+8), positions 8j + 2tq (+1)
+        const int row = t.nb * WG_BM + wg * 64 + wq * 16 + g;
+        const float c0 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(wscale + row) : 1.f;
+        const float c8 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(wscale + row + 8) : 1.f;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int p = 8 * j + 2 * tq;
+            float *y0 = a.y + (size_t)(t.p0 + p) * a.ldy + row;
+            if (p < t.cnt) { y0[0] = acc[4 * j + 0] * c0; y0[8] = acc[4 * j + 2] * c8; }
+            if (p + 1 < t.cnt) { y0[a.ldy] = acc[4 * j + 1] * c0; y0[a.ldy + 8] = acc[4 * j + 3] * c8; }
+        }
     }
 #else
     __trap();  // built without sm_90a: glm_cu_wgmma_ok refuses before any launch
@@ -325,7 +348,9 @@ extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, con
         a.tiles = tiles;
         ty = (unsigned)(glm_cu_wgmma_tiles_ints(R, n_expert) - 1) / 3;
     }
-    const dim3 grid((unsigned)(w->N / WG_BM), ty);
+    // persistent: at most one block an SM, over NB x (position tiles) items
+    const long long items = (long long)(w->N / WG_BM) * ty, sms = glm_cu_sm_count();
+    const dim3 grid((unsigned)(items < sms ? items : sms));
     return w->scale_kind == GLM_CU_SCALE_CHANNEL ? wg_launch<GLM_CU_SCALE_CHANNEL>(a, grid, m, st)
                                                  : wg_launch<GLM_CU_SCALE_BLOCK>(a, grid, m, st);
 }

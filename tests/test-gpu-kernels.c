@@ -798,7 +798,9 @@ static void dequant_cols(const uint8_t *q, const float *s, int ld_s, int R, int 
 }
 
 TEST(moe_wgmma) {
-    const int E = 12, k = 3, D = 256, F = 128, Ts[] = {5, 40, 700};
+    /* 1024 x 640: k blocks past the six-stage ring, an odd count for down; at 700 tokens
+     * more row-tile x position-tile items than SMs, so blocks take several in turn */
+    const int E = 12, k = 3, D = 1024, F = 640, Ts[] = {5, 40, 700};
     for (int f = 0; f < 2; f++) {
         hexperts X = experts_make(f, E, D, F);
         glm_cu_mat mgu = X.mg, md = X.md;
