@@ -145,14 +145,17 @@ int glm_cu_gemm_fp8_mma(const glm_cu_mat *w, const glm_cu_mat *up, const uint8_t
 /* Grouped FP8 GEMM on Hopper's warpgroup tensor cores (moe-wgmma.cu), for prefill:
  *   y[p, n] = sum_k W_e[n, k] x[p, k], p < R sorted positions,
  * xq [R][K] e4m3 and xs [K/128][ld_s] from glm_cu_quant_fp8(..., block128 = 1, ld_s).
- * Grouped (off != NULL): positions [off[e], off[e+1]) use expert e; the tile list is
- * built on the device in tiles (glm_cu_wgmma_tiles_ints(R, n_expert) int32s). Dense
- * (off == NULL): W itself for all R positions. Needs an sm_90 device, FP8 weights with
+ * Grouped (tiles != NULL, from glm_cu_wgmma_tiles in glm_cu_wgmma_tiles_ints(R, n_expert)
+ * int32s): positions [off[e], off[e+1]) use expert e. Dense (tiles == NULL): W itself
+ * for all R positions. Needs an sm_90 device, FP8 weights with
  * K % 128 == 0 and N % 128 == 0 (glm_cu_wgmma_ok). */
 int glm_cu_wgmma_ok(const glm_cu_mat *w);
 size_t glm_cu_wgmma_tiles_ints(int R, int n_expert);
+/* The tile list of the groups off[0..n_expert] (runs of up to 128 positions an expert),
+ * built on the device; both products of a MoE layer read the same list. */
+int glm_cu_wgmma_tiles(const int32_t *off, int n_expert, int32_t *tiles, cudaStream_t st);
 int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, float *y, int ldy,
-                          int R, const int32_t *off, int n_expert, int32_t *tiles, cudaStream_t st);
+                          int R, int n_expert, const int32_t *tiles, cudaStream_t st);
 
 /* cuBLASLt products (ggml-free-kernels/gemm-lt.cu). A context caches heuristics. */
 typedef struct glm_cu_lt glm_cu_lt;

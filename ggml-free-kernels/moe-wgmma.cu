@@ -255,20 +255,34 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
 #endif
 }
 
-// The tile list: for each expert with positions, runs of up to WG_BN of them.
+// The tile list: for each expert with positions, runs of up to WG_BN of them. One
+// warp: 32 experts at a time, each lane's tile count placed by a warp scan.
 __global__ void moe_tiles_kernel(const int32_t *off, int E, int32_t *tiles) {
-    if (threadIdx.x != 0) return;
-    int n = 0;
-    for (int e = 0; e < E; e++) {
-        const int o = off[e], c = off[e + 1] - o;
-        for (int r = 0; r < c; r += WG_BN) {
-            tiles[1 + 3 * n] = e;
-            tiles[2 + 3 * n] = o + r;
-            tiles[3 + 3 * n] = min(WG_BN, c - r);
-            n++;
+    const int lane = threadIdx.x;
+    int n = 0;  // tiles before this round of 32 experts
+    for (int e0 = 0; e0 < E; e0 += 32) {
+        const int e = e0 + lane;
+        const int o = e < E ? off[e] : 0, c = e < E ? off[e + 1] - o : 0, nt = (c + WG_BN - 1) / WG_BN;
+        int incl = nt;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, d);
+            if (lane >= d) incl += v;
         }
+        for (int r = 0, i = n + incl - nt; r < c; r += WG_BN, i++) {
+            tiles[1 + 3 * i] = e;
+            tiles[2 + 3 * i] = o + r;
+            tiles[3 + 3 * i] = min(WG_BN, c - r);
+        }
+        n += __shfl_sync(0xffffffffu, incl, 31);
     }
-    tiles[0] = n;
+    if (lane == 0) tiles[0] = n;
+}
+
+extern "C" int glm_cu_wgmma_tiles(const int32_t *off, int n_expert, int32_t *tiles, cudaStream_t st) {
+    moe_tiles_kernel<<<1, 32, 0, st>>>(off, n_expert, tiles);
+    CUDA_CHECK_LAUNCH();
+    return 0;
 }
 
 static PFN_cuTensorMapEncodeTiled_v12000 wg_encoder(void) {
@@ -319,8 +333,7 @@ static int wg_launch(const wg_args &a, dim3 grid, const CUtensorMap *m, cudaStre
 }
 
 extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, float *y,
-                                     int ldy, int R, const int32_t *off, int n_expert, int32_t *tiles,
-                                     cudaStream_t st) {
+                                     int ldy, int R, int n_expert, const int32_t *tiles, cudaStream_t st) {
     if (R <= 0) return 0;
     if (!glm_cu_wgmma_ok(w))
         return glm_err(-7, "wgmma: weight %d x %d (type %d) not supported (sm_90 FP8, K %% 128 == 0, N %% 128 == 0)",
@@ -333,7 +346,7 @@ extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, con
     a.w = *w;
     a.xq = xq; a.xs = xs; a.ld_s = ld_s; a.y = y; a.ldy = ldy; a.R = R;
     // W [experts][N][K], X [R][K] bytes in 128 x 128 boxes (128-byte swizzle)
-    const int ne = off ? n_expert : 1;
+    const int ne = tiles ? n_expert : 1;
     CUtensorMap m[2];
     const cuuint64_t wd[3] = {(cuuint64_t)w->K, (cuuint64_t)w->N, (cuuint64_t)ne}, ws[2] = {(cuuint64_t)w->K, (cuuint64_t)w->stride};
     const cuuint64_t xd[2] = {(cuuint64_t)w->K, (cuuint64_t)R}, xst[1] = {(cuuint64_t)w->K};
@@ -342,9 +355,7 @@ extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, con
         wg_map(&m[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, xq, xd, xst, tile, CU_TENSOR_MAP_SWIZZLE_128B))
         return GLM_CU_ERR_CUDA;
     unsigned ty = (unsigned)((R + WG_BN - 1) / WG_BN);
-    if (off) {
-        moe_tiles_kernel<<<1, 32, 0, st>>>(off, n_expert, tiles);
-        CUDA_CHECK_LAUNCH();
+    if (tiles) {
         a.tiles = tiles;
         ty = (unsigned)(glm_cu_wgmma_tiles_ints(R, n_expert) - 1) / 3;
     }

@@ -1131,12 +1131,13 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         float *s_tok = c->xs + (size_t)ld_s * (D / 128);
         RUN(glm_cu_quant_fp8(h, D, NULL, T, D, 2, q_tok, s_tok, 0, c->st));
         RUN(glm_cu_gather_fp8(q_tok, s_tok, c->g_rows, rows, D, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_wgmma_tiles(c->g_off, E, c->g_tiles, c->st));
         prof_mat(c, "moe wgmma gate+up", &m->gate_up, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, rows, c->g_off, E, c->g_tiles, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, rows, E, c->g_tiles, c->st));
         prof_op(c, "moe swiglu+quant");
         RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, rows, F, 1, c->xq, c->xs, ld_s, c->st));
         prof_mat(c, "moe wgmma down", &m->down, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, rows, c->g_off, E, c->g_tiles, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, rows, E, c->g_tiles, c->st));
         prof_op(c, "moe combine");
         rc = GLM_OK;
     } else if (m->fused_ok) {
