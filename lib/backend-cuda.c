@@ -142,6 +142,10 @@ typedef struct {
      * attention adds those of q, k and v in its RoPE pass) */
     struct { float *y; const float *b; int N; } pb[3];
     int n_pb;
+    /* xq holds x quantised (xq_T rows of xq_K, block scales or not) for a linear that
+     * reads the same x next (q, k and v): NULL when unknown */
+    const float *xq_of;
+    int xq_T, xq_K, xq_blk;
     int fuse;                    /* GLM_CUDA_FUSE (default 1) */
     int fa;                      /* GLM_CUDA_FA: tensor-core prefill attention (default 1) */
 
@@ -268,6 +272,7 @@ static void hptr(cu_impl *c, const void *p) { hmix(c, (uint64_t)(uintptr_t)p); }
 /* Every op starts with this: records the op and says whether to enqueue work. */
 static int op_skip(cu_impl *c, int op, const void *a, const void *b, const void *d, int n) {
     hmix(c, (uint64_t)op); hptr(c, a); hptr(c, b); hptr(c, d); hmix(c, (uint64_t)n);
+    if (op != 3) c->xq_of = NULL;  /* any op but linear may write xq or the activations */
     return c->mode == MODE_REPLAY;
 }
 
@@ -771,6 +776,7 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->n_pl = 0;
     c->pa_x = NULL;
     c->n_pb = 0;
+    c->xq_of = NULL;
     c->n_ev = 0;
     c->mode = MODE_EAGER;
     c->n_tiles = 0;
@@ -847,6 +853,7 @@ static int flush_ops(cu_impl *c, int biases) {
         float *y = c->pb[i].y;
         const int N = c->pb[i].N;
         prof_op(c, "add bias");
+        if (y == c->xq_of) c->xq_of = NULL;
         RUN(glm_cu_add_bias(y, take_bias(c, y), c->T, N, N, c->st));
     }
     if (c->n_pl) {
@@ -878,6 +885,7 @@ static int flush_ops(cu_impl *c, int biases) {
     if (c->pa_x) {
         float *x = c->pa_x;
         c->pa_x = NULL;
+        if (x == c->xq_of) c->xq_of = NULL;
         prof_op(c, "add");
         RUN(glm_cu_add(x, c->pa_y, c->pa_n, c->st));
     }
@@ -908,8 +916,10 @@ static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, floa
     return glm_cu_rmsnorm(x, NULL, w->dev, out, rows, (int)w->cols, be->model->hp.rms_eps, c->st);
 }
 
-/* y[T, N] = x[T, K] W^T (+bias): GEMV for small T, cuBLASLt above, tiled otherwise. */
-static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T) {
+/* y[T, N] = x[T, K] W^T (+bias): GEMV for small T, cuBLASLt above, tiled otherwise.
+ * reuse: x's FP8 activations may be those of the previous linear (c->xq_of). */
+static int lin_x(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T,
+                 int reuse) {
     if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
     if (glm_cu_lt_shape_ok(w) && (size_t)T * w->K <= c->xq_bytes) {
         int rc;
@@ -919,12 +929,17 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
             const int T4 = blk ? T & ~3 : T;
             if (T4 < T) RUN(glm_cu_gemv(w, NULL, x + (size_t)T4 * ldx, ldx, bias, y + (size_t)T4 * ldy, ldy, T - T4, NULL, 0, c->gemv_flags, c->st));
             if (!T4) return GLM_OK;
-            RUN(glm_cu_quant_fp8(x, ldx, NULL, T4, w->K, blk, c->xq, c->xs, T4, c->st));
+            if (!(reuse && c->xq_of == x && c->xq_T == T4 && c->xq_K == w->K && c->xq_blk == blk && ldx == w->K)) {
+                RUN(glm_cu_quant_fp8(x, ldx, NULL, T4, w->K, blk, c->xq, c->xs, T4, c->st));
+                c->xq_of = reuse && ldx == w->K ? x : NULL;
+                c->xq_T = T4; c->xq_K = w->K; c->xq_blk = blk;
+            }
             rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, c->xs, T4, T4, y, ldy, c->st);
             if (rc == GLM_OK) return bias ? glm_cu_add_bias(y, bias, T4, w->N, ldy, c->st) : GLM_OK;
             if (rc != GLM_ERR_UNSUPPORTED) return rc;
             T = T4;  /* the GEMV above already did the rest */
         } else if (w->dtype == GLM_CU_BF16) {
+            c->xq_of = NULL;
             RUN(glm_cu_to_bf16(x, ldx, NULL, T, w->K, (uint16_t *)c->xq, c->st));
             rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, NULL, 0, T, y, ldy, c->st);
         } else if (ldx == w->K) {  /* float32 (the router): as it is */
@@ -939,6 +954,10 @@ static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *
      * tiled kernel, whose grid is a handful of blocks for small weights like the router */
     if (T <= c->graph_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
     return glm_cu_gemm_tiled(w, x, ldx, bias, y, ldy, T, NULL, 0, c->st);
+}
+static int lin(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T) {
+    c->xq_of = NULL;  /* xq is overwritten for another purpose, or not reused */
+    return lin_x(c, w, bias, x, ldx, y, ldy, T, 0);
 }
 
 static int cu_linear(glm_backend *be, const glm_weight *w, const glm_weight *bias, const float *x, float *y, int T) {
@@ -972,7 +991,8 @@ static int cu_linear(glm_backend *be, const glm_weight *w, const glm_weight *bia
         c->n_pb++;
         b = NULL;
     }
-    return lin(c, &m, b, x, m.K, y, m.N, T);
+    if (y == c->xq_of) c->xq_of = NULL;  /* written now */
+    return lin_x(c, &m, b, x, m.K, y, m.N, T, 1);
 }
 
 static int cu_glu(glm_backend *be, const glm_weight *gate, const glm_weight *up, const float *x, float *y, int T) {
