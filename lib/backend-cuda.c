@@ -628,9 +628,9 @@ static size_t scratch_bytes(const glm_hparams *hp, int max_tokens, int n_sm) {
     size_t kmax = D > Q ? D : Q;
     if (F > kmax) kmax = F;
     const size_t rows = T * k > T ? T * k : T;
-    size_t b = rows * kmax * 2 + (rows + 4) * ((kmax + 127) / 128) * 4 * 2;                   /* xq, xs */
+    size_t b = (rows + 2 * T) * kmax * 2 + (rows + 2 * T + 4) * ((kmax + 127) / 128) * 4 * 2;   /* xq, xs */
     size_t g = T * 2 * F;
-    if (rows * 2 * Fe > g) g = rows * 2 * Fe;
+    if ((rows + T) * 2 * Fe > g) g = (rows + T) * 2 * Fe;
     b += g * 4 + T * (size_t)hp->n_expert * 4 + rows * Fe * 4 + rows * D * 4;               /* gtmp rlog mid eo */
     b += (4 * (size_t)n_sm + 2 * CU_MAX_SPLIT) * (Q + 2 * (size_t)hp->n_head) * 4;                 /* attention */
     size_t chunk = T < 256 ? T : 256;
@@ -661,12 +661,15 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     CK(cudaMallocHost((void **)&c->h_plan, c->plan_cap * 4));
     RUN(dev_alloc((void **)&c->d_plan, c->plan_cap * 4, "the batch plan"));
 
-    c->xq_bytes = (rows + 4) * kmax * 2;  /* bf16 needs two bytes an element; 4 spare rows */
+    /* bf16 needs two bytes an element (4 spare rows); the prefill experts hold their sorted
+     * rows (the shared expert's too) and each token's once */
+    c->xq_bytes = (rows + 4) * kmax * 2;
+    if ((rows + 2 * T + 4) * D > c->xq_bytes) c->xq_bytes = (rows + 2 * T + 4) * D;
     RUN(dev_alloc((void **)&c->xq, c->xq_bytes, "quantised activations"));
-    c->xs_floats = (rows + T + 4 * E + 4) * ((kmax + 127) / 128) + 16;  /* + T: the experts' per-token scales */
+    c->xs_floats = (rows + 2 * T + 4 * E + 4) * ((kmax + 127) / 128) + 16;  /* + 2T: the shared expert, per-token */
     RUN(dev_alloc((void **)&c->xs, c->xs_floats * 4, "activation scales"));
     size_t g = T * 2 * F;
-    if ((rows + 4) * 2 * Fe > g) g = (rows + 4) * 2 * Fe;
+    if ((rows + T + 4) * 2 * Fe > g) g = (rows + T + 4) * 2 * Fe;  /* + T: the shared expert */
     c->gtmp_floats = g;
     RUN(dev_alloc((void **)&c->gtmp, g * 4, "GEMM scratch"));
     RUN(dev_alloc((void **)&c->rlog, T * E * 4, "router logits"));
@@ -681,7 +684,7 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     RUN(dev_alloc((void **)&c->g_slot, (rows + T) * 4, "expert slots"));
     int wg = 0;  /* the grouped wgmma kernel's tile list, where its route can run */
     for (int il = 0; c->moe && c->wgmma && il < hp->n_layer; il++) wg |= c->moe[il].wgmma_ok;
-    if (wg) RUN(dev_alloc((void **)&c->g_tiles, glm_cu_wgmma_tiles_ints((int)rows, (int)E) * 4, "expert tiles"));
+    if (wg) RUN(dev_alloc((void **)&c->g_tiles, glm_cu_wgmma_tiles_ints((int)(rows + T), (int)E + 1) * 4, "expert tiles"));
     CK(cudaMallocHost((void **)&c->h_off, 2 * (E + 1) * 4));
     size_t aw = 0;
     for (int t = 1; t <= max_tokens; t++) {
@@ -1117,8 +1120,10 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
     const int rows = T * k;
     const int dec = T <= c->graph_max || T <= c->gemv_max;
     const int mma = dec && T > c->mma_min && glm_cu_mma_ok(&m->gate) && glm_cu_mma_ok(&m->up) && glm_cu_mma_ok(&m->down);
-    /* decode on the GEMV: the shared expert rides in the same launches as expert E */
-    const int sh = dec && !mma && m->shared;
+    const int wg = !dec && c->wgmma && m->wgmma_ok && c->g_tiles;
+    /* on the GEMV (decode) and the wgmma kernel (prefill) the shared expert rides in the
+     * same launches as expert E, over every token */
+    const int sh = m->shared && ((dec && !mma) || wg);
     *with_shared = sh;
     if (op_skip(c, 7, h, ids, out, il * 65536 + c->T)) return GLM_OK;
     RUN(flush(c));
@@ -1143,22 +1148,22 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_gemv(&m->gate, &m->up, h, D, NULL, c->mid, F, T, &gv, 1, c->gemv_flags, c->st));
         RUN(glm_cu_gemv(&m->down, NULL, c->mid, F, NULL, c->eo, D, T, &gv, 0, c->gemv_flags, c->st));
         rc = GLM_OK;
-    } else if (c->wgmma && m->wgmma_ok && c->g_tiles) {
-        /* prefill: every touched expert in one launch per half, tiles listed on the device */
-        const int ld_s = (rows + 3) & ~3;
+    } else if (wg) {
+        /* prefill: every touched expert (and the shared one) in one launch per half, tiles
+         * listed on the device */
+        const int R = rows + sh * T, ld_s = (R + 3) & ~3;
         /* each token quantised once, past the sorted rows, then copied to its positions */
-        uint8_t *q_tok = c->xq + (size_t)rows * D;
+        uint8_t *q_tok = c->xq + (size_t)R * D;
         float *s_tok = c->xs + (size_t)ld_s * (D / 128);
         RUN(glm_cu_quant_fp8(h, D, NULL, T, D, 2, q_tok, s_tok, 0, c->st));
-        RUN(glm_cu_gather_fp8(q_tok, s_tok, c->g_rows, rows, D, c->xq, c->xs, ld_s, c->st));
-        RUN(glm_cu_wgmma_tiles(c->g_off, E, c->g_tiles, c->st));
+        RUN(glm_cu_gather_fp8(q_tok, s_tok, c->g_rows, R, D, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_wgmma_tiles(c->g_off, E + sh, c->g_tiles, c->st));
         prof_mat(c, "moe wgmma gate+up", &m->gate_up, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, rows, E, c->g_tiles, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, R, E + sh, c->g_tiles, c->st));
         prof_op(c, "moe swiglu+quant");
-        RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, rows, F, 1, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, R, F, 1, c->xq, c->xs, ld_s, c->st));
         prof_mat(c, "moe wgmma down", &m->down, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, rows, E, c->g_tiles, c->st));
-        prof_op(c, "moe combine");
+        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, R, E + sh, c->g_tiles, c->st));
         rc = GLM_OK;
     } else if (m->fused_ok) {
         rc = moe_prefill_lt(c, m, h, T, k, E, D, F);
