@@ -1176,6 +1176,7 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_swiglu(c->gtmp, 2 * F, c->mid, F, rows, F, c->st));
         RUN(glm_cu_gemm_tiled(&m->down, c->mid, F, NULL, c->eo, D, T, &g, 0, c->st));
     }
+    prof_op(c, "moe combine");
     return glm_cu_moe_combine(c->eo, c->g_slot, w, T, k, D, sh, out, c->st);
 }
 
