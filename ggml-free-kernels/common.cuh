@@ -136,33 +136,28 @@ __device__ __forceinline__ void bulk_g2s(uint32_t dst, const void *src, uint32_t
 // ---- per-device facts, remembered per host thread (each GPU of a host answers for itself) ----
 #define GLM_CU_MAX_DEVICES 16
 
-// SMs of the current device (100 when the runtime cannot say).
+// An attribute of the current device, remembered per device and host thread (slot:
+// its place in the memo, one per attribute asked here); def when it cannot be read.
+static inline int glm_cu_dev_attr(int slot, cudaDeviceAttr attr, int def) {
+    static __thread int memo[GLM_CU_MAX_DEVICES][3];  // value + 1; 0: not asked yet
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) { cudaGetLastError(); return def; }
+    if (dev < GLM_CU_MAX_DEVICES && memo[dev][slot]) return memo[dev][slot] - 1;
+    if (cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess || v < 0) { cudaGetLastError(); return def; }
+    if (dev < GLM_CU_MAX_DEVICES) memo[dev][slot] = v + 1;
+    return v;
+}
+
+// Streaming multiprocessors of the current device (100 when unknown).
 static inline int glm_cu_sm_count(void) {
-    static __thread int sms[GLM_CU_MAX_DEVICES];
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) { cudaGetLastError(); return 100; }
-    if (dev < GLM_CU_MAX_DEVICES && sms[dev]) return sms[dev];
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-        cudaGetLastError();
-        return 100;
-    }
-    if (dev < GLM_CU_MAX_DEVICES) sms[dev] = n;
-    return n;
+    const int n = glm_cu_dev_attr(0, cudaDevAttrMultiProcessorCount, 100);
+    return n > 0 ? n : 100;
 }
 
 // Compute capability of the current device as 10 * major + minor (0 when unknown).
 static inline int glm_cu_arch(void) {
-    static __thread int cc[GLM_CU_MAX_DEVICES];
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) { cudaGetLastError(); return 0; }
-    if (dev < GLM_CU_MAX_DEVICES && cc[dev]) return cc[dev];
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    if (dev < GLM_CU_MAX_DEVICES) cc[dev] = 10 * major + minor;
-    return 10 * major + minor;
+    const int major = glm_cu_dev_attr(1, cudaDevAttrComputeCapabilityMajor, 0);
+    return major > 0 ? 10 * major + glm_cu_dev_attr(2, cudaDevAttrComputeCapabilityMinor, 0) : 0;
 }
 
 // Lets kernel fn use bytes of dynamic shared memory on the current device. The
