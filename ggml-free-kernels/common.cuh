@@ -13,6 +13,8 @@
 
 #define GLM_WARP 32
 
+__device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

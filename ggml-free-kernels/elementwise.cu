@@ -157,7 +157,6 @@ extern "C" int glm_cu_add_bias(float *y, const float *bias, int T, int N, int ld
     return 0;
 }
 
-__device__ __forceinline__ float silu(float g) { return g / (1.f + __expf(-g)); }
 
 __global__ void swiglu_kernel(const float *gu, int ld, float *y, int ldy, int N) {
     const int t = blockIdx.y;

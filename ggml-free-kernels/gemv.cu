@@ -70,7 +70,6 @@ __device__ __forceinline__ void unpack16(const uint4 v, float *f) {
     }
 }
 
-__device__ __forceinline__ float silu_f(float g) { return g / (1.f + __expf(-g)); }
 
 // The weight a row block belongs to: for multi launches (q, k and v side by side) the
 // one whose row blocks contain grb, with grb made relative to it. Compile-time indices
@@ -224,7 +223,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_kernel(const gemv_args a
             const int orow = a.grouped ? row0 + t0 + t : t0 + t;
             float *yr = Y + (size_t)orow * ldy;
             if (a.glu) {
-                if (lane == t) yr[n_out0] = silu_f(acc0[t] * cs0) * (acc1[t] * cs1);
+                if (lane == t) yr[n_out0] = silu(acc0[t] * cs0) * (acc1[t] * cs1);
             } else {
                 if (lane == 2 * t) yr[n_out0] = acc0[t] * cs0 + (bias ? bias[n_out0] : 0.f);
                 if (lane == 2 * t + 1 && n_outs == 2) yr[n_out0 + 1] = acc1[t] * cs1 + (bias ? bias[n_out0 + 1] : 0.f);
@@ -406,7 +405,7 @@ __global__ void __launch_bounds__(FM_WARPS * 32, 2) gemv_fp8mma_kernel(const gem
                 if (GLU) {
                     float u = acc[i + 2];
                     if (SK == GLM_CU_SCALE_CHANNEL) u *= __ldg(s8 + n);
-                    v = silu_f(v) * u;
+                    v = silu(v) * u;
                 } else if (tg.bias) {
                     v += tg.bias[n];
                 }
@@ -565,7 +564,7 @@ __global__ void __launch_bounds__((GB_CW + 1) * 32, 2) gemv_bulk_kernel(const ge
             const float cs0 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(s0p) : 1.f, cs1 = SK == GLM_CU_SCALE_CHANNEL ? __ldg(s1p) : 1.f;
             float *yr = tg.Y + (size_t)orow * tg.ldy;
             if (GLU) {
-                yr[n0] = silu_f(acc0 * cs0) * (acc1 * cs1);
+                yr[n0] = silu(acc0 * cs0) * (acc1 * cs1);
             } else {
                 yr[n0] = acc0 * cs0 + (tg.bias ? tg.bias[n0] : 0.f);
                 if (n0 + 1 < N) yr[n0 + 1] = acc1 * cs1 + (tg.bias ? tg.bias[n0 + 1] : 0.f);

@@ -852,12 +852,10 @@ static const float *take_bias(cu_impl *c, const float *y) {
 /* Launches the deferred biases (when biases), GEMVs and add. */
 static int flush_ops(cu_impl *c, int biases) {
     while (biases && c->n_pb) {
-        const int i = c->n_pb - 1;
-        float *y = c->pb[i].y;
-        const int N = c->pb[i].N;
+        const int i = --c->n_pb;
         prof_op(c, "add bias");
-        if (y == c->xq_of) c->xq_of = NULL;
-        RUN(glm_cu_add_bias(y, take_bias(c, y), c->T, N, N, c->st));
+        if (c->pb[i].y == c->xq_of) c->xq_of = NULL;
+        RUN(glm_cu_add_bias(c->pb[i].y, c->pb[i].b, c->T, c->pb[i].N, c->pb[i].N, c->st));
     }
     if (c->n_pl) {
         const int n = c->n_pl;

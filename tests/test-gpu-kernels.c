@@ -797,25 +797,31 @@ static void dequant_cols(const uint8_t *q, const float *s, int ld_s, int R, int 
         for (int k = 0; k < K; k++) out[(size_t)r * K + k] = glm_fp8e4m3_to_f32(q[(size_t)r * K + k]) * s[(size_t)(k / 128) * ld_s + r];
 }
 
+/* The device tile list of groups off[0..E]: each expert's positions in runs of 128, in order. */
+static void check_tiles(const int32_t *off, int E, const int32_t *d_tiles) {
+    const size_t ni = glm_cu_wgmma_tiles_ints(off[E], E);
+    int32_t *tl = malloc(ni * 4), n = 0;
+    down(tl, d_tiles, ni * 4);
+    for (int e = 0; e < E; e++)
+        for (int r = 0; r < off[e + 1] - off[e]; r += 128, n++)
+            CHECK(n < tl[0] && tl[1 + 3 * n] == e && tl[2 + 3 * n] == off[e] + r &&
+                  tl[3 + 3 * n] == (off[e + 1] - off[e] - r < 128 ? off[e + 1] - off[e] - r : 128));
+    CHECK(tl[0] == n);
+    free(tl);
+}
+
 TEST(moe_wgmma) {
     /* 1024 x 640: k blocks past the six-stage ring, an odd count for down; at 700 tokens
      * more row-tile x position-tile items than SMs, so blocks take several in turn */
     const int E = 12, k = 3, D = 1024, F = 640, Ts[] = {5, 40, 700};
     {   /* the tile list at 160 experts (five rounds of the warp's 32), empty experts among them */
-        int32_t off[161], n = 0;
+        int32_t off[161];
         off[0] = 0;
         for (int e = 0; e < 160; e++) off[e + 1] = off[e] + (rnd() % 3 ? (int)(rnd() % 300) : 0);
-        const int R = off[160];
-        int32_t *d_off = dup_h(off, sizeof off), *d_tiles = dnew(glm_cu_wgmma_tiles_ints(R, 160) * 4);
-        int32_t *tl = malloc(glm_cu_wgmma_tiles_ints(R, 160) * 4);
+        int32_t *d_off = dup_h(off, sizeof off), *d_tiles = dnew(glm_cu_wgmma_tiles_ints(off[160], 160) * 4);
         OK(glm_cu_wgmma_tiles(d_off, 160, d_tiles, 0));
-        down(tl, d_tiles, glm_cu_wgmma_tiles_ints(R, 160) * 4);
-        for (int e = 0; e < 160; e++)
-            for (int r = 0; r < off[e + 1] - off[e]; r += 128, n++)
-                CHECK(n < tl[0] && tl[1 + 3 * n] == e && tl[2 + 3 * n] == off[e] + r &&
-                      tl[3 + 3 * n] == (off[e + 1] - off[e] - r < 128 ? off[e + 1] - off[e] - r : 128));
-        CHECK(tl[0] == n);
-        free(tl); cudaFree(d_off); cudaFree(d_tiles);
+        check_tiles(off, 160, d_tiles);
+        cudaFree(d_off); cudaFree(d_tiles);
     }
     for (int f = 0; f < 2; f++) {
         hexperts X = experts_make(f, E, D, F);
@@ -857,16 +863,7 @@ TEST(moe_wgmma) {
                 ref_mm(X.hu[e].wf, F, D, xd + (size_t)p * D, 1, gref + (size_t)p * 2 * F + F, 2 * F);
             }
             OK(glm_cu_wgmma_tiles(d_off, E, d_tiles, 0));
-            {   /* the tile list: each expert's positions in runs of 128, in order */
-                int32_t *tl = malloc(glm_cu_wgmma_tiles_ints(R, E) * 4), n = 0;
-                down(tl, d_tiles, glm_cu_wgmma_tiles_ints(R, E) * 4);
-                for (int e = 0; e < E; e++)
-                    for (int r = 0; r < off[e + 1] - off[e]; r += 128, n++)
-                        CHECK(n < tl[0] && tl[1 + 3 * n] == e && tl[2 + 3 * n] == off[e] + r &&
-                              tl[3 + 3 * n] == (off[e + 1] - off[e] - r < 128 ? off[e + 1] - off[e] - r : 128));
-                CHECK(tl[0] == n);
-                free(tl);
-            }
+            check_tiles(off, E, d_tiles);
             OK(glm_cu_gemm_fp8_wgmma(&mgu, d_q, d_s, ld_s, d_gt, 2 * F, R, E, d_tiles, 0));
             down(gt, d_gt, (size_t)R * 2 * F * 4);
             char what[128];
