@@ -368,15 +368,18 @@ extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, i
 
 // ---- prefill: tensor-core flash attention ----
 // One block serves one tile of up to FA_ROWS query rows of one sequence (consecutive
-// plan rows, cut by glm_cu_attention_tiles) and one query head. Four warps of 16 rows
+// plan rows, cut by glm_cu_attention_tiles) and one query head. Four warps of 32 rows
+// (two m16 tiles, so each K or V fragment read from shared memory feeds two products)
 // run mma.sync m16n8k16 (BF16 operands, FP32 accumulators): S = Q K^T over FA_KEYS
 // keys at a time, an online softmax in registers (base-2, the scale folded into Q),
-// then O += P V with P re-packed from the S accumulators. The pages of the tile's
-// sequence are read up to its last position; slots past it are zero-filled (they
-// hold stale bytes) and masked, as are keys past each row's own position.
-#define FA_ROWS 64
+// then O += P V with P re-packed from the S accumulators. Q is staged in shared memory
+// as BF16 and read by ldmatrix. The pages of the tile's sequence are read up to its
+// last position; slots past it are zero-filled (they hold stale bytes) and masked, as
+// are keys past each row's own position.
+#define FA_ROWS 128
 #define FA_KEYS 64
 #define FA_THREADS 128
+#define FA_MT 2  // m16 tiles a warp
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
@@ -422,50 +425,54 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
                                                                        int n_kv, glm_cu_plan p, glm_cu_kv kv,
                                                                        const int32_t *tiles, int n_tiles) {
     constexpr int LD = HD + 8;  // BF16 row stride: 16-byte rows, ldmatrix conflict-free
-    extern __shared__ __align__(16) uint16_t fa_smem[];  // K and V of two key blocks
+    extern __shared__ __align__(16) uint16_t fa_smem[];  // Q [FA_ROWS][LD], then K and V of two key blocks
     __shared__ int s_pos[FA_ROWS];
     __shared__ int s_max;
+    uint16_t *Qs = fa_smem, *KV = fa_smem + FA_ROWS * LD;
     const int h = blockIdx.x, tile = n_tiles - 1 - (int)blockIdx.y;  // long tiles first
     const int j = h / (n_head / n_kv);
     const int t0 = tiles[tile], nr = tiles[tile + 1] - t0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int seq = p.seq[t0];
 
-    if (threadIdx.x < FA_ROWS) s_pos[threadIdx.x] = (int)threadIdx.x < nr ? p.pos[t0 + threadIdx.x] : -1;
+    for (int r = threadIdx.x; r < FA_ROWS; r += FA_THREADS) s_pos[r] = r < nr ? p.pos[t0 + r] : -1;
+    // Q rows times log2(e)/sqrt(HD) as BF16 (rows past the tile as zeros)
+    const float qscale = 1.4426950408889634f * rsqrtf((float)HD);
+    for (int i = threadIdx.x; i < FA_ROWS * (HD / 4); i += FA_THREADS) {
+        const int r = i / (HD / 4), d = (i - r * (HD / 4)) * 4;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (r < nr) v = *(const float4 *)(q + ((size_t)(t0 + r) * n_head + h) * HD + d);
+        *(uint2 *)&Qs[r * LD + d] = make_uint2(pack_bf16(v.x * qscale, v.y * qscale), pack_bf16(v.z * qscale, v.w * qscale));
+    }
     __syncthreads();
     if (warp == 0) {
-        int m = max(s_pos[lane], s_pos[lane + 32]);
+        int m = -1;
+        for (int r = lane; r < FA_ROWS; r += 32) m = max(m, s_pos[r]);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
         if (lane == 0) s_max = m;
     }
-    // this thread's two rows of the warp's 16: r0 and r0 + 8
-    const int r0 = warp * 16 + g, r1 = r0 + 8;
-    const int pos0 = s_pos[r0], pos1 = s_pos[r1];
-    int wmax = max(pos0, pos1);
+    // this thread's rows: warp * 32 + mt * 16 + g, and + 8
+    int pos[FA_MT][2];
+    int wmax = -1;
+#pragma unroll
+    for (int mt = 0; mt < FA_MT; mt++) {
+        pos[mt][0] = s_pos[warp * 32 + mt * 16 + g];
+        pos[mt][1] = s_pos[warp * 32 + mt * 16 + g + 8];
+        wmax = max(wmax, max(pos[mt][0], pos[mt][1]));
+    }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, o));
 
-    // Q as A fragments [HD/16][4], times log2(e)/sqrt(HD)
-    const float qscale = 1.4426950408889634f * rsqrtf((float)HD);
-    uint32_t qa[HD / 16][4];
-    const float *q0 = q + ((size_t)(t0 + r0) * n_head + h) * HD, *q1 = q + ((size_t)(t0 + r1) * n_head + h) * HD;
+    float o[FA_MT][HD / 8][4];
+    float m_run[FA_MT][2], l_run[FA_MT][2];
 #pragma unroll
-    for (int ks = 0; ks < HD / 16; ks++) {
-        const int d = ks * 16 + 2 * c;
-        const float2 z = make_float2(0.f, 0.f);
-        const float2 a = r0 < nr ? *(const float2 *)(q0 + d) : z, b = r1 < nr ? *(const float2 *)(q1 + d) : z;
-        const float2 a8 = r0 < nr ? *(const float2 *)(q0 + d + 8) : z, b8 = r1 < nr ? *(const float2 *)(q1 + d + 8) : z;
-        qa[ks][0] = pack_bf16(a.x * qscale, a.y * qscale);
-        qa[ks][1] = pack_bf16(b.x * qscale, b.y * qscale);
-        qa[ks][2] = pack_bf16(a8.x * qscale, a8.y * qscale);
-        qa[ks][3] = pack_bf16(b8.x * qscale, b8.y * qscale);
+    for (int mt = 0; mt < FA_MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+        m_run[mt][0] = m_run[mt][1] = -INFINITY;
+        l_run[mt][0] = l_run[mt][1] = 0.f;
     }
-
-    float o[HD / 8][4];
-#pragma unroll
-    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     __syncthreads();
     const int maxpos = s_max;
 
@@ -473,7 +480,7 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
     // later, so the copy of block kb + 1 runs under the products of block kb); FP8 pages
     // are widened to BF16 on the way, synchronously
     auto fetch = [&](int kb) {
-        uint16_t *Kd = fa_smem + (kb & 1) * 2 * FA_KEYS * LD, *Vd = Kd + FA_KEYS * LD;
+        uint16_t *Kd = KV + (kb & 1) * 2 * FA_KEYS * LD, *Vd = Kd + FA_KEYS * LD;
         for (int i = threadIdx.x; i < FA_KEYS * (HD / 8); i += FA_THREADS) {
             const int r = i / (HD / 8), c8 = (i - r * (HD / 8)) * 8;
             const int kp = kb * FA_KEYS + r;
@@ -499,75 +506,98 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
         asm volatile("cp.async.commit_group;\n" ::);
     };
     fetch(0);
+    const int mi = lane >> 3;  // the 8x8 matrix whose row address this lane gives to ldmatrix
     for (int kb = 0; kb * FA_KEYS <= maxpos; kb++) {
         if ((kb + 1) * FA_KEYS <= maxpos) fetch(kb + 1);  // its buffer was released at the end of kb - 1
         else asm volatile("cp.async.commit_group;\n" ::);
         asm volatile("cp.async.wait_group 1;\n" ::);
         __syncthreads();  // block kb is in its buffer for every thread
-        const uint16_t *Ks = fa_smem + (kb & 1) * 2 * FA_KEYS * LD, *Vs = Ks + FA_KEYS * LD;
+        const uint16_t *Ks = KV + (kb & 1) * 2 * FA_KEYS * LD, *Vs = Ks + FA_KEYS * LD;
         if (kb * FA_KEYS <= wmax) {  // else every key here is in the future of the warp's rows
 
-        // S = Q K^T: [16 rows][FA_KEYS] per warp, n-tiles of 8 keys
-        float s[FA_KEYS / 8][4];
+        // S = Q K^T: [32 rows][FA_KEYS] per warp, n-tiles of 8 keys
+        float s[FA_MT][FA_KEYS / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < FA_KEYS / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+        for (int mt = 0; mt < FA_MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < FA_KEYS / 8; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
 #pragma unroll
         for (int ks = 0; ks < HD / 16; ks++) {
+            // A fragments: rows (mi & 1) * 8.. x d ks*16 + (mi >> 1) * 8.. of each m16 tile
+            uint32_t qa[FA_MT][4];
+#pragma unroll
+            for (int mt = 0; mt < FA_MT; mt++)
+                ldsm_x4<false>(qa[mt], &Qs[(warp * 32 + mt * 16 + (mi & 1) * 8 + (lane & 7)) * LD + ks * 16 + (mi >> 1) * 8]);
 #pragma unroll
             for (int nt = 0; nt < FA_KEYS / 8; nt += 2) {
                 // matrices: keys nt*8.. x d ks*16.., +8 cols; keys (nt+1)*8.. likewise
                 uint32_t b[4];
-                const int mi = lane >> 3;
                 ldsm_x4<false>(b, &Ks[((nt + (mi >> 1)) * 8 + (lane & 7)) * LD + ks * 16 + (mi & 1) * 8]);
-                mma_bf16(s[nt], qa[ks], b[0], b[1]);
-                mma_bf16(s[nt + 1], qa[ks], b[2], b[3]);
+#pragma unroll
+                for (int mt = 0; mt < FA_MT; mt++) {
+                    mma_bf16(s[mt][nt], qa[mt], b[0], b[1]);
+                    mma_bf16(s[mt][nt + 1], qa[mt], b[2], b[3]);
+                }
             }
         }
-        // causal mask, running max over the 4 lanes that share a row
-        float mx0 = m0, mx1 = m1;
 #pragma unroll
-        for (int nt = 0; nt < FA_KEYS / 8; nt++)
+        for (int mt = 0; mt < FA_MT; mt++) {
+            // causal mask, running max over the 4 lanes that share a row
+            float mx0 = m_run[mt][0], mx1 = m_run[mt][1];
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int kp = kb * FA_KEYS + nt * 8 + 2 * c + e;
-                if (kp > pos0) s[nt][e] = -INFINITY;
-                if (kp > pos1) s[nt][2 + e] = -INFINITY;
-                mx0 = fmaxf(mx0, s[nt][e]);
-                mx1 = fmaxf(mx1, s[nt][2 + e]);
+            for (int nt = 0; nt < FA_KEYS / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int kp = kb * FA_KEYS + nt * 8 + 2 * c + e;
+                    if (kp > pos[mt][0]) s[mt][nt][e] = -INFINITY;
+                    if (kp > pos[mt][1]) s[mt][nt][2 + e] = -INFINITY;
+                    mx0 = fmaxf(mx0, s[mt][nt][e]);
+                    mx1 = fmaxf(mx1, s[mt][nt][2 + e]);
+                }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float base0 = mx0 == -INFINITY ? 0.f : mx0, base1 = mx1 == -INFINITY ? 0.f : mx1;
+            const float a0 = exp2f(m_run[mt][0] - base0), a1 = exp2f(m_run[mt][1] - base1);  // 0 while nothing was seen
+            m_run[mt][0] = mx0;
+            m_run[mt][1] = mx1;
+            float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < FA_KEYS / 8; nt++) {
+                s[mt][nt][0] = exp2f(s[mt][nt][0] - base0); s[mt][nt][1] = exp2f(s[mt][nt][1] - base0);
+                s[mt][nt][2] = exp2f(s[mt][nt][2] - base1); s[mt][nt][3] = exp2f(s[mt][nt][3] - base1);
+                sum0 += s[mt][nt][0] + s[mt][nt][1];
+                sum1 += s[mt][nt][2] + s[mt][nt][3];
             }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float base0 = mx0 == -INFINITY ? 0.f : mx0, base1 = mx1 == -INFINITY ? 0.f : mx1;
-        const float a0 = exp2f(m0 - base0), a1 = exp2f(m1 - base1);  // 0 while nothing was seen
-        m0 = mx0;
-        m1 = mx1;
-        float sum0 = 0.f, sum1 = 0.f;
+            l_run[mt][0] = l_run[mt][0] * a0 + sum0;  // per-lane partial sums; the 4 lanes are added at the end
+            l_run[mt][1] = l_run[mt][1] * a1 + sum1;
 #pragma unroll
-        for (int nt = 0; nt < FA_KEYS / 8; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - base0); s[nt][1] = exp2f(s[nt][1] - base0);
-            s[nt][2] = exp2f(s[nt][2] - base1); s[nt][3] = exp2f(s[nt][3] - base1);
-            sum0 += s[nt][0] + s[nt][1];
-            sum1 += s[nt][2] + s[nt][3];
+            for (int dt = 0; dt < HD / 8; dt++) {
+                o[mt][dt][0] *= a0; o[mt][dt][1] *= a0; o[mt][dt][2] *= a1; o[mt][dt][3] *= a1;
+            }
         }
-        l0 = l0 * a0 + sum0;  // per-lane partial sums; the 4 lanes are added at the end
-        l1 = l1 * a1 + sum1;
-#pragma unroll
-        for (int dt = 0; dt < HD / 8; dt++) { o[dt][0] *= a0; o[dt][1] *= a0; o[dt][2] *= a1; o[dt][3] *= a1; }
 
         // O += P V: P [16][16 keys] from two S n-tiles, V B-fragments by ldmatrix.trans
 #pragma unroll
         for (int kk = 0; kk < FA_KEYS / 16; kk++) {
-            uint32_t pa[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                              pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t pa[FA_MT][4];
+#pragma unroll
+            for (int mt = 0; mt < FA_MT; mt++) {
+                pa[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < HD / 16; dp++) {
                 uint32_t b[4];
                 ldsm_x4<true>(b, &Vs[(kk * 16 + (lane & 15)) * LD + dp * 16 + (lane >> 4) * 8]);
-                mma_bf16(o[2 * dp], pa, b[0], b[1]);
-                mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+#pragma unroll
+                for (int mt = 0; mt < FA_MT; mt++) {
+                    mma_bf16(o[mt][2 * dp], pa[mt], b[0], b[1]);
+                    mma_bf16(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+                }
             }
         }
         }
@@ -575,16 +605,21 @@ __global__ void __launch_bounds__(FA_THREADS) attention_prefill_kernel(const flo
     }
     asm volatile("cp.async.wait_group 0;\n" ::);
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    float *y0 = out + ((size_t)(t0 + r0) * n_head + h) * HD + 2 * c, *y1 = out + ((size_t)(t0 + r1) * n_head + h) * HD + 2 * c;
 #pragma unroll
-    for (int dt = 0; dt < HD / 8; dt++) {
-        if (r0 < nr) *(float2 *)(y0 + dt * 8) = make_float2(o[dt][0] * inv0, o[dt][1] * inv0);
-        if (r1 < nr) *(float2 *)(y1 + dt * 8) = make_float2(o[dt][2] * inv1, o[dt][3] * inv1);
+    for (int mt = 0; mt < FA_MT; mt++) {
+        float l0 = l_run[mt][0], l1 = l_run[mt][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+        const int r0 = warp * 32 + mt * 16 + g, r1 = r0 + 8;
+        float *y0 = out + ((size_t)(t0 + r0) * n_head + h) * HD + 2 * c, *y1 = out + ((size_t)(t0 + r1) * n_head + h) * HD + 2 * c;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+            if (r0 < nr) *(float2 *)(y0 + dt * 8) = make_float2(o[mt][dt][0] * inv0, o[mt][dt][1] * inv0);
+            if (r1 < nr) *(float2 *)(y1 + dt * 8) = make_float2(o[mt][dt][2] * inv1, o[mt][dt][3] * inv1);
+        }
     }
 }
 
@@ -603,7 +638,7 @@ extern "C" int glm_cu_attention_prefill_ok(int n_head, int n_kv, int hd) {
 template <int HD>
 static int fa_launch(dim3 grid, const float *q, float *out, int n_head, int n_kv, const glm_cu_plan *p,
                      const glm_cu_kv *kv, const int32_t *tiles, int n_tiles, cudaStream_t st) {
-    const int smem = 2 * 2 * FA_KEYS * (HD + 8) * 2;
+    const int smem = (FA_ROWS + 2 * 2 * FA_KEYS) * (HD + 8) * 2;
     CUDA_CHECK(glm_cu_smem_limit((const void *)attention_prefill_kernel<HD>, smem));
     attention_prefill_kernel<HD><<<grid, FA_THREADS, smem, st>>>(q, out, n_head, n_kv, *p, *kv, tiles, n_tiles);
     CUDA_CHECK_LAUNCH();

@@ -144,7 +144,9 @@ int glm_cu_gemm_fp8_mma(const glm_cu_mat *w, const glm_cu_mat *up, const uint8_t
 
 /* Grouped FP8 GEMM on Hopper's warpgroup tensor cores (moe-wgmma.cu), for prefill:
  *   y[p, n] = sum_k W_e[n, k] x[p, k], p < R sorted positions,
- * xq [R][K] e4m3 and xs [K/128][ld_s] from glm_cu_quant_fp8(..., block128 = 1, ld_s).
+ * xq [R][K] e4m3 and, with act_block = 1, xs [K/128][ld_s] from glm_cu_quant_fp8(...,
+ * block128 = 1, ld_s); with act_block = 0 (per-channel weight scales only) one scale a
+ * position, xs[p] (block128 = 0), on a kernel with 256-row tiles.
  * Grouped (tiles != NULL, from glm_cu_wgmma_tiles in glm_cu_wgmma_tiles_ints(R, n_expert)
  * int32s): positions [off[e], off[e+1]) use expert e. Dense (tiles == NULL): W itself
  * for all R positions. Needs an sm_90 device, FP8 weights with
@@ -155,7 +157,7 @@ size_t glm_cu_wgmma_tiles_ints(int R, int n_expert);
  * built on the device; both products of a MoE layer read the same list. */
 int glm_cu_wgmma_tiles(const int32_t *off, int n_expert, int32_t *tiles, cudaStream_t st);
 int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, float *y, int ldy,
-                          int R, int n_expert, const int32_t *tiles, cudaStream_t st);
+                          int R, int n_expert, const int32_t *tiles, int act_block, cudaStream_t st);
 
 /* cuBLASLt products (ggml-free-kernels/gemm-lt.cu). A context caches heuristics. */
 typedef struct glm_cu_lt glm_cu_lt;
@@ -230,11 +232,12 @@ int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared,
 int glm_cu_quant_fp8_grouped(const float *x, int ldx, const int32_t *rows, const int32_t *off,
                              const int32_t *off4, int n_expert, int R, int K, int channel, uint8_t *q,
                              float *s, cudaStream_t st);
-/* q[p, :] = q_tok[rows[p], :] and s[kb * ld_s + p] = s_tok[rows[p] * K/128 + kb] for the
- * R sorted positions p: tokens quantised once (glm_cu_quant_fp8, block128 = 2) copied to
- * their positions in the layout of block128 = 1. K a multiple of 128, rows 16-byte aligned. */
-int glm_cu_gather_fp8(const uint8_t *q_tok, const float *s_tok, const int32_t *rows, int R, int K, uint8_t *q,
-                      float *s, int ld_s, cudaStream_t st);
+/* q[p, :] = q_tok[rows[p], :] and s[kb * ld_s + p] = s_tok[rows[p] * n_s + kb], kb < n_s,
+ * for the R sorted positions p: tokens quantised once copied to their positions. n_s =
+ * K/128 (glm_cu_quant_fp8 block128 = 2, to the layout of block128 = 1) or 1 (one scale a
+ * token, block128 = 0). K a multiple of 128, rows 16-byte aligned. */
+int glm_cu_gather_fp8(const uint8_t *q_tok, const float *s_tok, int n_s, const int32_t *rows, int R, int K,
+                      uint8_t *q, float *s, int ld_s, cudaStream_t st);
 /* out[t, :] = sum_j w[t, j] * eo[slot_of[t*k+j], :] (+ eo[slot_of[T*k+t], :] when shared) */
 int glm_cu_moe_combine(const float *eo, const int32_t *slot_of, const float *w, int T, int k, int D,
                        int shared, float *out, cudaStream_t st);

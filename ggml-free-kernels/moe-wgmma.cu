@@ -255,6 +255,138 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
 #endif
 }
 
+// Channel-scaled weights with one activation scale a position (glm_cu_quant_fp8,
+// block128 = 0): the products need no scaling until the end, so the accumulators run
+// over all of K and the registers the promotion took carry a second row tile instead.
+// Block tile: 256 weight rows (each consumer warpgroup two m64 tiles) x 128 positions,
+// k in steps of 128, a 4-stage ring of 48 KB stages (W by one 256-row TMA box, X by
+// one 128-row box). Each X tile now serves twice the weight rows, so a block moves
+// three quarters of the bytes the 128-row tile did for the same products. Rows past N
+// (N % 256 == 128) arrive as zeros from the TMA and are not stored. Same producer,
+// ring and item walk as moe_wgmma_kernel; each block's products are waited for one
+// block later, so two blocks' products are queued on the tensor cores.
+#define WT_BM 256
+#define WT_STAGES 4
+#define WT_W_BYTES (WT_BM * WG_BK)                     // 32 KB
+#define WT_STAGE_BYTES (WT_W_BYTES + WG_TILE_BYTES)    // + X 16 KB
+#define WT_SMEM (WT_STAGES * WT_STAGE_BYTES + 1024)
+
+__global__ void __launch_bounds__(WG_THREADS + 128, 1)
+moe_wgmma_tok_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx) {
+#if WG_HAVE
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ __align__(8) uint64_t full[WT_STAGES], empty[WT_STAGES];
+    uint8_t *sm = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    const uint32_t sbase = smem_u32(sm), fb = smem_u32(full), eb = smem_u32(empty);
+    const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
+    const int g = lane >> 2, tq = lane & 3;
+
+    const int K = a.w.K, KB = K >> 7, N = a.w.N, NB = (N + WT_BM - 1) / WT_BM;
+    const int n_tiles = a.tiles ? a.tiles[0] : (a.R + WG_BN - 1) / WG_BN, items = NB * n_tiles;
+    struct item { int e, p0, cnt, nb; };
+    auto item_of = [&](int w) {  // row tile fastest, then position tile (as moe_wgmma_kernel)
+        item it;
+        const int pt = w / NB;
+        it.nb = w - pt * NB;
+        if (a.tiles) {
+            const int32_t *t = a.tiles + 1 + 3 * pt;
+            it.e = t[0]; it.p0 = t[1]; it.cnt = t[2];
+        } else {
+            it.e = 0; it.p0 = pt * WG_BN; it.cnt = min(WG_BN, a.R - it.p0);
+        }
+        return it;
+    };
+
+    if (tid == 0) {
+        for (int s = 0; s < WT_STAGES; s++) {
+            mbar_init(fb + 8 * s, 1);            // the TMA bytes' arrival
+            mbar_init(eb + 8 * s, WG_THREADS);   // every consumer thread, done with the stage
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (tid >= WG_THREADS) {  // producer warpgroup: one lane works
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (tid != WG_THREADS) return;
+        const uint64_t mapw = reinterpret_cast<uint64_t>(&tmw), mapx = reinterpret_cast<uint64_t>(&tmx);
+        int i = 0;
+        for (int w = blockIdx.x; w < items; w += gridDim.x) {
+            const item t = item_of(w);
+            for (int kb = 0; kb < KB; kb++, i++) {
+                const int s = i % WT_STAGES;
+                if (i >= WT_STAGES) mbar_wait(eb + 8 * s, ((i / WT_STAGES) - 1) & 1);
+                const uint32_t st = sbase + s * WT_STAGE_BYTES, bar = fb + 8 * s;
+                mbar_expect(bar, WT_STAGE_BYTES);
+                tma_3d(st, mapw, kb * WG_BK, t.nb * WT_BM, t.e, bar);
+                tma_2d(st + WT_W_BYTES, mapx, kb * WG_BK, t.p0, bar);
+            }
+        }
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    float acc0[64], acc1[64];  // m64 tiles 2wg and 2wg + 1 of the 256 rows
+    int i0 = 0;
+#pragma unroll 1
+    for (int w = blockIdx.x; w < items; w += gridDim.x, i0 += KB) {
+        const item t = item_of(w);
+#pragma unroll
+        for (int q = 0; q < 64; q++) acc0[q] = acc1[q] = 0.f;
+#pragma unroll 1
+        for (int kb = 0; kb < KB; kb++) {
+            const int i = i0 + kb, s = i % WT_STAGES;
+            mbar_wait(fb + 8 * s, (i / WT_STAGES) & 1);
+            const uint32_t sa = sbase + s * WT_STAGE_BYTES + wg * (128 * 128), sb = sbase + s * WT_STAGE_BYTES + WT_W_BYTES;
+            wg_fence_regs(acc0);
+            wg_fence_regs(acc1);
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                wgmma_m64n128k32(acc0, wg_desc(sa + kk * 32), wg_desc(sb + kk * 32), 1);
+                wgmma_m64n128k32(acc1, wg_desc(sa + 64 * 128 + kk * 32), wg_desc(sb + kk * 32), 1);
+            }
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // block kb - 1 is done
+            wg_fence_regs(acc0);
+            wg_fence_regs(acc1);
+            if (kb > 0) mbar_arrive(eb + 8 * ((i - 1) % WT_STAGES));
+        }
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wg_fence_regs(acc0);
+        wg_fence_regs(acc1);
+        mbar_arrive(eb + 8 * ((i0 + KB - 1) % WT_STAGES));
+
+        // rows 256nb + 128wg + 64m + 16wq + g (+8), positions 8j + 2tq (+1); y = acc * cw[row] * xs[p]
+        const float *wscale = a.w.scale + (long long)t.e * a.w.s_stride;
+        auto store = [&](const float (&acc)[64], int m) {
+            const int row = t.nb * WT_BM + wg * 128 + m * 64 + wq * 16 + g;
+            if (row >= N) return;  // the zero rows of a half tile (N % 128 == 0: whole m64 tiles)
+            const float c0 = __ldg(wscale + row), c8 = __ldg(wscale + row + 8);
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const int p = 8 * j + 2 * tq;
+                float *y0 = a.y + (size_t)(t.p0 + p) * a.ldy + row;
+                if (p < t.cnt) {
+                    const float x0 = __ldg(a.xs + t.p0 + p);
+                    y0[0] = acc[4 * j + 0] * c0 * x0;
+                    y0[8] = acc[4 * j + 2] * c8 * x0;
+                }
+                if (p + 1 < t.cnt) {
+                    const float x1 = __ldg(a.xs + t.p0 + p + 1);
+                    y0[a.ldy] = acc[4 * j + 1] * c0 * x1;
+                    y0[a.ldy + 8] = acc[4 * j + 3] * c8 * x1;
+                }
+            }
+        };
+        store(acc0, 0);
+        store(acc1, 1);
+    }
+#else
+    __trap();  // built without sm_90a: glm_cu_wgmma_ok refuses before any launch
+#endif
+}
+
 // The tile list: for each expert with positions, runs of up to WG_BN of them. One
 // warp: 32 experts at a time, each lane's tile count placed by a warp scan.
 __global__ void moe_tiles_kernel(const int32_t *off, int E, int32_t *tiles) {
@@ -333,11 +465,14 @@ static int wg_launch(const wg_args &a, dim3 grid, const CUtensorMap *m, cudaStre
 }
 
 extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, float *y,
-                                     int ldy, int R, int n_expert, const int32_t *tiles, cudaStream_t st) {
+                                     int ldy, int R, int n_expert, const int32_t *tiles, int act_block,
+                                     cudaStream_t st) {
     if (R <= 0) return 0;
     if (!glm_cu_wgmma_ok(w))
         return glm_err(-7, "wgmma: weight %d x %d (type %d) not supported (sm_90 FP8, K %% 128 == 0, N %% 128 == 0)",
                        w->N, w->K, w->dtype);
+    if (!act_block && w->scale_kind != GLM_CU_SCALE_CHANNEL)
+        return glm_err(-7, "wgmma: one activation scale a position needs per-channel weight scales");
     if (ld_s % 4 || ld_s < R || ((uintptr_t)xq & 15) || ((uintptr_t)xs & 15))
         return glm_err(-7, "wgmma: activations not 16-byte aligned or scale stride %d (of %d rows) not a multiple of 4",
                        ld_s, R);
@@ -345,23 +480,29 @@ extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, con
     memset(&a, 0, sizeof a);
     a.w = *w;
     a.xq = xq; a.xs = xs; a.ld_s = ld_s; a.y = y; a.ldy = ldy; a.R = R;
-    // W [experts][N][K], X [R][K] bytes in 128 x 128 boxes (128-byte swizzle)
-    const int ne = tiles ? n_expert : 1;
+    // W [experts][N][K], X [R][K] bytes in boxes of 128 k x (128 or 256 rows) (128-byte swizzle)
+    const int ne = tiles ? n_expert : 1, bm = act_block ? WG_BM : WT_BM;
     CUtensorMap m[2];
     const cuuint64_t wd[3] = {(cuuint64_t)w->K, (cuuint64_t)w->N, (cuuint64_t)ne}, ws[2] = {(cuuint64_t)w->K, (cuuint64_t)w->stride};
     const cuuint64_t xd[2] = {(cuuint64_t)w->K, (cuuint64_t)R}, xst[1] = {(cuuint64_t)w->K};
-    const cuuint32_t tile[3] = {WG_BK, WG_BM, 1};
-    if (wg_map(&m[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, w->data, wd, ws, tile, CU_TENSOR_MAP_SWIZZLE_128B) ||
-        wg_map(&m[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, xq, xd, xst, tile, CU_TENSOR_MAP_SWIZZLE_128B))
+    const cuuint32_t wbox[3] = {WG_BK, (cuuint32_t)bm, 1}, xbox[2] = {WG_BK, WG_BN};
+    if (wg_map(&m[0], CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, w->data, wd, ws, wbox, CU_TENSOR_MAP_SWIZZLE_128B) ||
+        wg_map(&m[1], CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, xq, xd, xst, xbox, CU_TENSOR_MAP_SWIZZLE_128B))
         return GLM_CU_ERR_CUDA;
     unsigned ty = (unsigned)((R + WG_BN - 1) / WG_BN);
     if (tiles) {
         a.tiles = tiles;
         ty = (unsigned)(glm_cu_wgmma_tiles_ints(R, n_expert) - 1) / 3;
     }
-    // persistent: at most one block an SM, over NB x (position tiles) items
-    const long long items = (long long)(w->N / WG_BM) * ty, sms = glm_cu_sm_count();
+    // persistent: at most one block an SM, over (row tiles) x (position tiles) items
+    const long long items = (long long)((w->N + bm - 1) / bm) * ty, sms = glm_cu_sm_count();
     const dim3 grid((unsigned)(items < sms ? items : sms));
+    if (!act_block) {
+        CUDA_CHECK(glm_cu_smem_limit((const void *)moe_wgmma_tok_kernel, WT_SMEM));
+        moe_wgmma_tok_kernel<<<grid, WG_THREADS + 128, WT_SMEM, st>>>(a, m[0], m[1]);
+        CUDA_CHECK_LAUNCH();
+        return 0;
+    }
     return w->scale_kind == GLM_CU_SCALE_CHANNEL ? wg_launch<GLM_CU_SCALE_CHANNEL>(a, grid, m, st)
                                                  : wg_launch<GLM_CU_SCALE_BLOCK>(a, grid, m, st);
 }

@@ -252,24 +252,25 @@ extern "C" int glm_cu_quant_fp8_grouped(const float *x, int ldx, const int32_t *
     return 0;
 }
 
-// Sorted position p gets token rows[p]'s FP8 row and its 1x128 scales: q_tok[T][K],
-// s_tok[T][K/128] (glm_cu_quant_fp8 with block128 = 2) to q[p][K], s[K/128][ld_s]. One
-// block a position, 16 bytes a thread and step.
-__global__ void gather_fp8_kernel(const uint8_t *q_tok, const float *s_tok, const int32_t *rows, int K, uint8_t *q,
-                                  float *s, int ld_s) {
-    const int p = blockIdx.x, r = rows[p], KB = K / 128;
+// Sorted position p gets token rows[p]'s FP8 row and its n_s scales: q_tok[T][K],
+// s_tok[T][n_s] (1x128 blocks or one a token) to q[p][K], s[n_s][ld_s]. One block a
+// position, 16 bytes a thread and step.
+__global__ void gather_fp8_kernel(const uint8_t *q_tok, const float *s_tok, int n_s, const int32_t *rows, int K,
+                                  uint8_t *q, float *s, int ld_s) {
+    const int p = blockIdx.x, r = rows[p];
     const uint4 *src = (const uint4 *)(q_tok + (size_t)r * K);
     uint4 *dst = (uint4 *)(q + (size_t)p * K);
     for (int i = threadIdx.x; i < K / 16; i += blockDim.x) dst[i] = src[i];
-    for (int kb = threadIdx.x; kb < KB; kb += blockDim.x) s[(size_t)kb * ld_s + p] = s_tok[(size_t)r * KB + kb];
+    for (int kb = threadIdx.x; kb < n_s; kb += blockDim.x) s[(size_t)kb * ld_s + p] = s_tok[(size_t)r * n_s + kb];
 }
 
-extern "C" int glm_cu_gather_fp8(const uint8_t *q_tok, const float *s_tok, const int32_t *rows, int R, int K,
-                                 uint8_t *q, float *s, int ld_s, cudaStream_t st) {
+extern "C" int glm_cu_gather_fp8(const uint8_t *q_tok, const float *s_tok, int n_s, const int32_t *rows, int R,
+                                 int K, uint8_t *q, float *s, int ld_s, cudaStream_t st) {
     if (R <= 0) return 0;
-    if (K % 128 || ((uintptr_t)q_tok & 15) || ((uintptr_t)q & 15))
-        return glm_err(-7, "gather_fp8: width %d not a multiple of 128 or rows not 16-byte aligned", K);
-    gather_fp8_kernel<<<R, 128, 0, st>>>(q_tok, s_tok, rows, K, q, s, ld_s);
+    if (K % 128 || ((uintptr_t)q_tok & 15) || ((uintptr_t)q & 15) || (n_s != 1 && n_s != K / 128))
+        return glm_err(-7, "gather_fp8: width %d not a multiple of 128, rows not 16-byte aligned or %d scales a row",
+                       K, n_s);
+    gather_fp8_kernel<<<R, 128, 0, st>>>(q_tok, s_tok, n_s, rows, K, q, s, ld_s);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

@@ -127,6 +127,8 @@ typedef struct {
     int gemv_max;                /* dense products use the GEMV kernels up to this T */
     int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
     int wgmma;                   /* GLM_CUDA_WGMMA: prefill MoE on the grouped wgmma kernel (default 1) */
+    int wgmma_tok;               /* GLM_CUDA_WGMMA_TOK: ... with one activation scale a token for
+                                    channel-scaled weights (default 1; 0: 1x128 blocks) */
     unsigned gemv_flags;         /* GLM_CU_GEMV_*: GLM_CUDA_GEMV_MMA=0 (FP8 GEMVs of 2+ tokens on the CUDA
                                   * cores), GLM_CUDA_GEMV_BULK=0 (one token on the register loop) */
 
@@ -1150,18 +1152,22 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         /* prefill: every touched expert (and the shared one) in one launch per half, tiles
          * listed on the device */
         const int R = rows + sh * T, ld_s = (R + 3) & ~3;
+        /* channel-scaled weights: one activation scale a token (as the dense products on
+         * cuBLASLt), so the kernel scales once at the end; block weights: 1x128 blocks */
+        const int blk = !(c->wgmma_tok && m->gate_up.scale_kind == GLM_CU_SCALE_CHANNEL &&
+                          m->down.scale_kind == GLM_CU_SCALE_CHANNEL);
         /* each token quantised once, past the sorted rows, then copied to its positions */
         uint8_t *q_tok = c->xq + (size_t)R * D;
         float *s_tok = c->xs + (size_t)ld_s * (D / 128);
-        RUN(glm_cu_quant_fp8(h, D, NULL, T, D, 2, q_tok, s_tok, 0, c->st));
-        RUN(glm_cu_gather_fp8(q_tok, s_tok, c->g_rows, R, D, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_quant_fp8(h, D, NULL, T, D, blk ? 2 : 0, q_tok, s_tok, 0, c->st));
+        RUN(glm_cu_gather_fp8(q_tok, s_tok, blk ? D / 128 : 1, c->g_rows, R, D, c->xq, c->xs, ld_s, c->st));
         RUN(glm_cu_wgmma_tiles(c->g_off, E + sh, c->g_tiles, c->st));
         prof_mat(c, "moe wgmma gate+up", &m->gate_up, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, R, E + sh, c->g_tiles, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, R, E + sh, c->g_tiles, blk, c->st));
         prof_op(c, "moe swiglu+quant");
-        RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, R, F, 1, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, R, F, blk, c->xq, c->xs, ld_s, c->st));
         prof_mat(c, "moe wgmma down", &m->down, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, R, E + sh, c->g_tiles, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, R, E + sh, c->g_tiles, blk, c->st));
         rc = GLM_OK;
     } else if (m->fused_ok) {
         rc = moe_prefill_lt(c, m, h, T, k, E, D, F);
@@ -1432,6 +1438,7 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
     c->fuse = env_int("GLM_CUDA_FUSE", 1);
     c->fa = env_int("GLM_CUDA_FA", 1);
     c->wgmma = env_int("GLM_CUDA_WGMMA", 1);
+    c->wgmma_tok = env_int("GLM_CUDA_WGMMA_TOK", 1);
     c->gemv_flags = (env_int("GLM_CUDA_GEMV_MMA", 1) ? 0u : GLM_CU_GEMV_CUDA_CORES) |
                     (env_int("GLM_CUDA_GEMV_BULK", 1) ? 0u : GLM_CU_GEMV_NO_BULK);
     if (c->prof) c->use_graphs = 0;

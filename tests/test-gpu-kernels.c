@@ -509,7 +509,8 @@ TEST(moe_group_wide) {
 }
 
 /* Tokens quantised once and copied to their sorted positions: the same bytes and scales
- * as quantising each position's row where it lands (glm_cu_quant_fp8 gathering). */
+ * as quantising each position's row where it lands (glm_cu_quant_fp8 gathering), with
+ * 1x128 block scales and with one scale a token. */
 TEST(gather_fp8) {
     const int T = 37, K = 640, R = 101, KB = K / 128, ld_s = (R + 3) & ~3;
     float *x = frandv((size_t)T * K, 3.f), *d_x = dup_h(x, (size_t)T * K * 4);
@@ -518,15 +519,23 @@ TEST(gather_fp8) {
     int32_t *d_rows = dup_h(rows, sizeof rows);
     uint8_t *d_qt = dnew((size_t)T * K), *d_qa = dnew((size_t)R * K), *d_qb = dnew((size_t)R * K);
     float *d_st = dnew((size_t)T * KB * 4), *d_sa = dnew((size_t)KB * ld_s * 4), *d_sb = dnew((size_t)KB * ld_s * 4);
-    OK(glm_cu_quant_fp8(d_x, K, d_rows, R, K, 1, d_qa, d_sa, ld_s, 0));
-    OK(glm_cu_quant_fp8(d_x, K, NULL, T, K, 2, d_qt, d_st, 0, 0));
-    OK(glm_cu_gather_fp8(d_qt, d_st, d_rows, R, K, d_qb, d_sb, ld_s, 0));
     uint8_t *qa = malloc((size_t)R * K), *qb = malloc((size_t)R * K);
     float *sa = malloc((size_t)KB * ld_s * 4), *sb = malloc((size_t)KB * ld_s * 4);
-    down(qa, d_qa, (size_t)R * K); down(qb, d_qb, (size_t)R * K);
-    down(sa, d_sa, (size_t)KB * ld_s * 4); down(sb, d_sb, (size_t)KB * ld_s * 4);
-    CHECK(!memcmp(qa, qb, (size_t)R * K));
-    for (int kb = 0; kb < KB; kb++) CHECK(!memcmp(sa + (size_t)kb * ld_s, sb + (size_t)kb * ld_s, (size_t)R * 4));
+    for (int blk = 1; blk >= 0; blk--) {
+        const int n_s = blk ? KB : 1;
+        poison(d_qb, (size_t)R * K);
+        poison(d_sb, (size_t)KB * ld_s * 4);
+        OK(glm_cu_quant_fp8(d_x, K, d_rows, R, K, blk, d_qa, d_sa, ld_s, 0));
+        OK(glm_cu_quant_fp8(d_x, K, NULL, T, K, blk ? 2 : 0, d_qt, d_st, 0, 0));
+        OK(glm_cu_gather_fp8(d_qt, d_st, n_s, d_rows, R, K, d_qb, d_sb, ld_s, 0));
+        down(qa, d_qa, (size_t)R * K); down(qb, d_qb, (size_t)R * K);
+        down(sa, d_sa, (size_t)KB * ld_s * 4); down(sb, d_sb, (size_t)KB * ld_s * 4);
+        CHECK_MSG(!memcmp(qa, qb, (size_t)R * K), "gather_fp8: FP8 rows differ (%s scales)", blk ? "block" : "token");
+        for (int kb = 0; kb < n_s; kb++)
+            CHECK_MSG(!memcmp(sa + (size_t)kb * ld_s, sb + (size_t)kb * ld_s, (size_t)R * 4),
+                      "gather_fp8: scales of block %d differ (%s scales)", kb, blk ? "block" : "token");
+    }
+    CHECK(glm_cu_gather_fp8(d_qt, d_st, 3, d_rows, R, K, d_qb, d_sb, ld_s, 0) != 0);  /* neither 1 nor K/128 */
     free(x); free(qa); free(qb); free(sa); free(sb);
     cudaFree(d_x); cudaFree(d_rows); cudaFree(d_qt); cudaFree(d_qa); cudaFree(d_qb); cudaFree(d_st); cudaFree(d_sa);
     cudaFree(d_sb);
@@ -791,7 +800,8 @@ TEST(moe_mma) {
 /* The grouped wgmma GEMM (prefill experts): gate and up as one [2F, D] weight over
  * positions gathered by expert, down over the device's SwiGLU output, and dense; some
  * experts get more positions than one 128-position tile. References on the
- * dequantised FP8 activations the device produced (1x128 scales, column-major). */
+ * dequantised FP8 activations the device produced (1x128 scales, column-major, or one
+ * scale a position: ld_s = 0). */
 static void dequant_cols(const uint8_t *q, const float *s, int ld_s, int R, int K, float *out) {
     for (int r = 0; r < R; r++)
         for (int k = 0; k < K; k++) out[(size_t)r * K + k] = glm_fp8e4m3_to_f32(q[(size_t)r * K + k]) * s[(size_t)(k / 128) * ld_s + r];
@@ -811,9 +821,10 @@ static void check_tiles(const int32_t *off, int E, const int32_t *d_tiles) {
 }
 
 TEST(moe_wgmma) {
-    /* 1024 x 640: k blocks past the six-stage ring, an odd count for down; at 700 tokens
-     * more row-tile x position-tile items than SMs, so blocks take several in turn */
-    const int E = 12, k = 3, D = 1024, F = 640, Ts[] = {5, 40, 700};
+    /* 1152 x 640: k blocks past the rings (six and four stages), odd counts; at 700
+     * tokens more row-tile x position-tile items than SMs, so blocks take several in
+     * turn; down's 1152 rows end in half a 256-row tile */
+    const int E = 12, k = 3, D = 1152, F = 640, Ts[] = {5, 40, 700};
     {   /* the tile list at 160 experts (five rounds of the warp's 32), empty experts among them */
         int32_t off[161];
         off[0] = 0;
@@ -823,7 +834,11 @@ TEST(moe_wgmma) {
         check_tiles(off, 160, d_tiles);
         cudaFree(d_off); cudaFree(d_tiles);
     }
-    for (int f = 0; f < 2; f++) {
+    /* channel weights with 1x128 activation scales, block weights, channel weights with
+     * one activation scale a position (the 256-row kernel) */
+    for (int v = 0; v < 3; v++) {
+        const int f = v == 1, blk = v != 2;
+        const char *how = blk ? "" : " token scales";
         hexperts X = experts_make(f, E, D, F);
         glm_cu_mat mgu = X.mg, md = X.md;
         mgu.N = 2 * F;
@@ -853,10 +868,10 @@ TEST(moe_wgmma) {
             float *d_gt = dnew((size_t)R * 2 * F * 4);
             float *d_eo = dnew((size_t)R * D * 4), *eo = malloc((size_t)R * D * 4), *eref = malloc((size_t)R * D * 4);
             /* gate and up over the positions gathered by expert */
-            OK(glm_cu_quant_fp8(d_h, D, d_rows, R, D, 1, d_q, d_s, ld_s, 0));
+            OK(glm_cu_quant_fp8(d_h, D, d_rows, R, D, blk, d_q, d_s, ld_s, 0));
             down(q, d_q, (size_t)R * D);
             down(sc, d_s, (size_t)ld_s * (D / 128) * 4);
-            dequant_cols(q, sc, ld_s, R, D, xd);
+            dequant_cols(q, sc, blk ? ld_s : 0, R, D, xd);
             for (int i = 0; i < R; i++) {
                 const int e = ids[i], p = slot[i];
                 ref_mm(X.hg[e].wf, F, D, xd + (size_t)p * D, 1, gref + (size_t)p * 2 * F, 2 * F);
@@ -864,35 +879,38 @@ TEST(moe_wgmma) {
             }
             OK(glm_cu_wgmma_tiles(d_off, E, d_tiles, 0));
             check_tiles(off, E, d_tiles);
-            OK(glm_cu_gemm_fp8_wgmma(&mgu, d_q, d_s, ld_s, d_gt, 2 * F, R, E, d_tiles, 0));
+            poison(d_gt, (size_t)R * 2 * F * 4);
+            OK(glm_cu_gemm_fp8_wgmma(&mgu, d_q, d_s, ld_s, d_gt, 2 * F, R, E, d_tiles, blk, 0));
             down(gt, d_gt, (size_t)R * 2 * F * 4);
             char what[128];
-            snprintf(what, sizeof what, "wgmma gate+up %s T=%d (largest expert %d positions)", FMT_NAMES[f], T, maxc);
+            snprintf(what, sizeof what, "wgmma gate+up %s%s T=%d (largest expert %d positions)", FMT_NAMES[f], how, T, maxc);
             CHECK_REL(gt, gref, (size_t)R * 2 * F, 2e-3, what);
             /* down over the device's SwiGLU output, quantised as it is made */
-            OK(glm_cu_swiglu_quant_fp8(d_gt, 2 * F, R, F, 1, d_q, d_s, ld_s, 0));
+            OK(glm_cu_swiglu_quant_fp8(d_gt, 2 * F, R, F, blk, d_q, d_s, ld_s, 0));
             down(q, d_q, (size_t)R * F);
             down(sc, d_s, (size_t)ld_s * (F / 128) * 4);
-            dequant_cols(q, sc, ld_s, R, F, xd);
+            dequant_cols(q, sc, blk ? ld_s : 0, R, F, xd);
             for (int i = 0; i < R; i++)
                 ref_mm(X.hd[ids[i]].wf, D, F, xd + (size_t)slot[i] * F, 1, eref + (size_t)slot[i] * D, D);
             poison(d_eo, (size_t)R * D * 4);
-            OK(glm_cu_gemm_fp8_wgmma(&md, d_q, d_s, ld_s, d_eo, D, R, E, d_tiles, 0));
+            OK(glm_cu_gemm_fp8_wgmma(&md, d_q, d_s, ld_s, d_eo, D, R, E, d_tiles, blk, 0));
             down(eo, d_eo, (size_t)R * D * 4);
-            snprintf(what, sizeof what, "wgmma down %s T=%d", FMT_NAMES[f], T);
+            snprintf(what, sizeof what, "wgmma down %s%s T=%d", FMT_NAMES[f], how, T);
             CHECK_REL(eo, eref, (size_t)R * D, 2e-3, what);
             /* dense: expert 0's down weight over all R positions */
             poison(d_eo, (size_t)R * D * 4);
-            OK(glm_cu_gemm_fp8_wgmma(&md, d_q, d_s, ld_s, d_eo, D, R, 0, NULL, 0));
+            OK(glm_cu_gemm_fp8_wgmma(&md, d_q, d_s, ld_s, d_eo, D, R, 0, NULL, blk, 0));
             down(eo, d_eo, (size_t)R * D * 4);
             ref_mm(X.hd[0].wf, D, F, xd, R, eref, D);
-            snprintf(what, sizeof what, "wgmma dense %s R=%d", FMT_NAMES[f], R);
+            snprintf(what, sizeof what, "wgmma dense %s%s R=%d", FMT_NAMES[f], how, R);
             CHECK_REL(eo, eref, (size_t)R * D, 2e-3, what);
             free(ids); free(slot); free(off); free(h); free(q); free(sc); free(xd); free(gt); free(gref); free(eo); free(eref);
             cudaFree(d_ids); cudaFree(d_tiles); cudaFree(d_off); cudaFree(d_off4); cudaFree(d_act); cudaFree(d_na);
             cudaFree(d_rows); cudaFree(d_slot); cudaFree(d_h); cudaFree(d_q); cudaFree(d_s); cudaFree(d_gt);
             cudaFree(d_eo);
         }
+        if (f == 1)  /* one activation scale a position needs channel weight scales */
+            CHECK(glm_cu_gemm_fp8_wgmma(&md, NULL, NULL, 4, NULL, D, 4, 0, NULL, 0, 0) != 0);
         experts_free(&X, E);
     }
 }
@@ -984,14 +1002,14 @@ TEST(cublaslt) {
  * sequences, a decode step of three (one new), then a prefill of all three; the split
  * kernel with 1 and several splits, and the tensor-core prefill kernel over tiles. */
 static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
-    const int n_pages = 24, max_pages = 8, n_seq = 3, P = GLM_PAGE;
+    const int n_pages = 40, max_pages = 16, n_seq = 3, P = GLM_PAGE;
     const float theta = 10000.f, eps = 1e-5f;
     const size_t page_el = (size_t)n_kv * P * hd;
     void *d_k = dnew((size_t)n_pages * page_el * (fp8 ? 1 : 2)), *d_v = dnew((size_t)n_pages * page_el * (fp8 ? 1 : 2));
     float *d_ks = fp8 ? dnew((size_t)n_pages * n_kv * P * 4) : NULL, *d_vs = fp8 ? dnew((size_t)n_pages * n_kv * P * 4) : NULL;
     glm_cu_kv kv = {d_k, d_v, d_ks, d_vs, fp8};
     /* page table: pages assigned out of order */
-    int32_t pt[3 * 8];
+    int32_t pt[3 * 16];
     for (int i = 0; i < n_seq * max_pages; i++) pt[i] = -1;
     int next = n_pages - 1;
     float *qn = frandv(hd, 1.f), *kn = frandv(hd, 1.f);
@@ -1001,7 +1019,8 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
     const int maxlen = max_pages * P;
     float *ck = calloc((size_t)n_seq * maxlen * n_kv * hd, 4), *cv = calloc((size_t)n_seq * maxlen * n_kv * hd, 4);
     int len[3] = {0, 0, 0};
-    const int passes[3][3] = {{37, 5, 0}, {1, 1, 1}, {70, 20, 90}};
+    /* the last pass cuts sequence 0's 150 rows into several prefill tiles */
+    const int passes[3][3] = {{37, 5, 0}, {1, 1, 1}, {150, 20, 70}};
     for (int pass = 0; pass < 3; pass++) {
         int T = 0;
         int32_t seq[256], pos[256];
