@@ -57,6 +57,10 @@ __device__ __forceinline__ uint16_t f_to_bf16(float f) {
     return *reinterpret_cast<uint16_t *>(&b);
 }
 
+// One element of a float32 or BF16 array, as float.
+__device__ __forceinline__ float ld_f(const float *p) { return *p; }
+__device__ __forceinline__ float ld_f(const uint16_t *p) { return bf16_to_f(*p); }
+
 // Two FP8 E4M3 codes (low byte first) to two floats, exact.
 __device__ __forceinline__ float2 fp8x2_to_f2(uint16_t v) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v, __NV_E4M3);

@@ -249,21 +249,28 @@ __device__ __forceinline__ uint32_t fp8x4(float a, float b, float c, float d) {
     return (uint32_t)f_to_fp8(a) | (uint32_t)f_to_fp8(b) << 8 | (uint32_t)f_to_fp8(c) << 16 | (uint32_t)f_to_fp8(d) << 24;
 }
 
+// Four consecutive elements i*4 .. i*4+3 of a float32 or BF16 row, as float4.
+__device__ __forceinline__ float4 ld4(const float *r, int i) { return ((const float4 *)r)[i]; }
+__device__ __forceinline__ float4 ld4(const uint16_t *r, int i) {
+    const uint2 v = ((const uint2 *)r)[i];
+    return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                       __uint_as_float(v.y & 0xffff0000u));
+}
+
 // The same function for K % 128 == 0 and 16-byte aligned rows, 16-byte loads: 256
 // threads a row; in the block modes each warp takes whole 128-column blocks (no block
 // barrier). GLU: the row is silu(gu[t, n]) * gu[t, N + n] (SwiGLU fused in front).
-template <int GLU>
-__global__ void __launch_bounds__(256) quant_fp8_vec_kernel(const float *x, int ldx, const int32_t *row_idx, int K,
+template <int GLU, typename TI>
+__global__ void __launch_bounds__(256) quant_fp8_vec_kernel(const TI *x, int ldx, const int32_t *row_idx, int K,
                                                             int block128, uint8_t *q, float *s, int ld_s) {
     __shared__ float red[32];
     const int t = blockIdx.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const float *xr = x + (size_t)(row_idx ? row_idx[t] : t) * ldx;
-    const float4 *x4 = (const float4 *)xr, *u4 = (const float4 *)(xr + K);
+    const TI *xr = x + (size_t)(row_idx ? row_idx[t] : t) * ldx;
     uint32_t *q4 = (uint32_t *)(q + (size_t)t * K);
     auto get = [&](int i) {
-        float4 v = x4[i];
+        float4 v = ld4(xr, i);
         if (GLU) {
-            const float4 u = u4[i];
+            const float4 u = ld4(xr + K, i);
             v = make_float4(silu(v.x) * u.x, silu(v.y) * u.y, silu(v.z) * u.z, silu(v.w) * u.w);
         }
         return v;
@@ -298,17 +305,18 @@ static bool vec_ok(const float *x, int ldx, int K) { return K % 128 == 0 && ldx 
 extern "C" int glm_cu_quant_fp8(const float *x, int ldx, const int32_t *row_idx, int T, int K, int block128,
                                 uint8_t *q, float *s, int ld_s, cudaStream_t st) {
     if (T <= 0) return 0;
-    if (vec_ok(x, ldx, K)) quant_fp8_vec_kernel<0><<<T, 256, 0, st>>>(x, ldx, row_idx, K, block128, q, s, ld_s);
+    if (vec_ok(x, ldx, K)) quant_fp8_vec_kernel<0, float><<<T, 256, 0, st>>>(x, ldx, row_idx, K, block128, q, s, ld_s);
     else quant_fp8_kernel<<<T, 128, 0, st>>>(x, ldx, row_idx, T, K, block128, q, s, ld_s);
     CUDA_CHECK_LAUNCH();
     return 0;
 }
 
-extern "C" int glm_cu_swiglu_quant_fp8(const float *gu, int ld, int T, int N, int block128, uint8_t *q, float *s,
+extern "C" int glm_cu_swiglu_quant_fp8(const uint16_t *gu, int ld, int T, int N, int block128, uint8_t *q, float *s,
                                        int ld_s, cudaStream_t st) {
     if (T <= 0) return 0;
-    if (!vec_ok(gu, ld, N)) return glm_err(-7, "swiglu+quant: width %d (row stride %d) not a multiple of 128", N, ld);
-    quant_fp8_vec_kernel<1><<<T, 256, 0, st>>>(gu, ld, NULL, N, block128, q, s, ld_s);
+    if (N % 128 || ld % 4 || ((uintptr_t)gu & 7))
+        return glm_err(-7, "swiglu+quant: width %d (row stride %d) not a multiple of 128", N, ld);
+    quant_fp8_vec_kernel<1, uint16_t><<<T, 256, 0, st>>>(gu, ld, NULL, N, block128, q, s, ld_s);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

@@ -98,9 +98,9 @@ int glm_cu_to_f32(const void *in, int dtype, float *out, size_t n, cudaStream_t 
  * (glm_cu_gemm_fp8_mma's layout). */
 int glm_cu_quant_fp8(const float *x, int ldx, const int32_t *row_idx, int T, int K, int block128,
                      uint8_t *q, float *s, int ld_s, cudaStream_t st);
-/* glm_cu_quant_fp8 of the SwiGLU rows silu(gu[t, n]) * gu[t, N + n], n < N, without
- * writing them (N % 128 == 0, ld % 4 == 0). */
-int glm_cu_swiglu_quant_fp8(const float *gu, int ld, int T, int N, int block128, uint8_t *q, float *s, int ld_s,
+/* glm_cu_quant_fp8 of the SwiGLU rows silu(gu[t, n]) * gu[t, N + n], n < N, of BF16 gu
+ * (glm_cu_gemm_fp8_wgmma's output), without writing them (N % 128 == 0, ld % 4 == 0). */
+int glm_cu_swiglu_quant_fp8(const uint16_t *gu, int ld, int T, int N, int block128, uint8_t *q, float *s, int ld_s,
                             cudaStream_t st);
 /* dst[t, n] = float(src[t, n]) for a BF16 matrix with row strides lds, ldd. */
 int glm_cu_bf16_to_f32_2d(const uint16_t *src, int lds, float *dst, int ldd, int T, int N, cudaStream_t st);
@@ -143,7 +143,7 @@ int glm_cu_gemm_fp8_mma(const glm_cu_mat *w, const glm_cu_mat *up, const uint8_t
                         float *y, int ldy, int T, const glm_cu_groups *g, int x_gather, cudaStream_t st);
 
 /* Grouped FP8 GEMM on Hopper's warpgroup tensor cores (moe-wgmma.cu), for prefill:
- *   y[p, n] = sum_k W_e[n, k] x[p, k], p < R sorted positions,
+ *   y[p, n] = bf16(sum_k W_e[n, k] x[p, k]), p < R sorted positions,
  * xq [R][K] e4m3 and, with act_block = 1, xs [K/128][ld_s] from glm_cu_quant_fp8(...,
  * block128 = 1, ld_s); with act_block = 0 (per-channel weight scales only) one scale a
  * position, xs[p] (block128 = 0), on a kernel with 256-row tiles.
@@ -156,7 +156,7 @@ size_t glm_cu_wgmma_tiles_ints(int R, int n_expert);
 /* The tile list of the groups off[0..n_expert] (runs of up to 128 positions an expert),
  * built on the device; both products of a MoE layer read the same list. */
 int glm_cu_wgmma_tiles(const int32_t *off, int n_expert, int32_t *tiles, cudaStream_t st);
-int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, float *y, int ldy,
+int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, uint16_t *y, int ldy,
                           int R, int n_expert, const int32_t *tiles, int act_block, cudaStream_t st);
 
 /* cuBLASLt products (ggml-free-kernels/gemm-lt.cu). A context caches heuristics. */
@@ -238,8 +238,9 @@ int glm_cu_quant_fp8_grouped(const float *x, int ldx, const int32_t *rows, const
  * token, block128 = 0). K a multiple of 128, rows 16-byte aligned. */
 int glm_cu_gather_fp8(const uint8_t *q_tok, const float *s_tok, int n_s, const int32_t *rows, int R, int K,
                       uint8_t *q, float *s, int ld_s, cudaStream_t st);
-/* out[t, :] = sum_j w[t, j] * eo[slot_of[t*k+j], :] (+ eo[slot_of[T*k+t], :] when shared) */
-int glm_cu_moe_combine(const float *eo, const int32_t *slot_of, const float *w, int T, int k, int D,
+/* out[t, :] = sum_j w[t, j] * eo[slot_of[t*k+j], :] (+ eo[slot_of[T*k+t], :] when shared);
+ * eo float32, or BF16 when eo_bf16 (the wgmma route's output). */
+int glm_cu_moe_combine(const void *eo, int eo_bf16, const int32_t *slot_of, const float *w, int T, int k, int D,
                        int shared, float *out, cudaStream_t st);
 
 /* ---- profiling (lib/backend-cuda.c) ---- */

@@ -9,7 +9,8 @@
 // c ^ (r & 7)). Each 128-k step runs four m64n128k32 e4m3 wgmma into fresh
 // accumulators, which are then added to float32 totals scaled by the activation
 // scale of each position (and the 128x128 weight scale); per-channel weight scales
-// apply once at the end. So both weight formats are exact up to the products' own
+// apply once at the end, and the results are stored as BF16 (half the bytes for the
+// SwiGLU and the combine that read them). So both weight formats are exact up to the products' own
 // rounding, as in moe-mma.cu.
 #include "common.cuh"
 
@@ -31,7 +32,7 @@ struct wg_args {
     const uint8_t *xq;     // [R][K] e4m3, sorted positions
     const float *xs;       // [K/128][ld_s]
     int ld_s;
-    float *y;
+    uint16_t *y;           // [R][ldy] BF16
     int ldy, R;
     const int32_t *tiles;  // NULL: dense; else [0] = count, then (expert, first position, positions) triples
 };
@@ -245,9 +246,9 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             const int p = 8 * j + 2 * tq;
-            float *y0 = a.y + (size_t)(t.p0 + p) * a.ldy + row;
-            if (p < t.cnt) { y0[0] = acc[4 * j + 0] * c0; y0[8] = acc[4 * j + 2] * c8; }
-            if (p + 1 < t.cnt) { y0[a.ldy] = acc[4 * j + 1] * c0; y0[a.ldy + 8] = acc[4 * j + 3] * c8; }
+            uint16_t *y0 = a.y + (size_t)(t.p0 + p) * a.ldy + row;
+            if (p < t.cnt) { y0[0] = f_to_bf16(acc[4 * j + 0] * c0); y0[8] = f_to_bf16(acc[4 * j + 2] * c8); }
+            if (p + 1 < t.cnt) { y0[a.ldy] = f_to_bf16(acc[4 * j + 1] * c0); y0[a.ldy + 8] = f_to_bf16(acc[4 * j + 3] * c8); }
         }
     }
 #else
@@ -366,16 +367,16 @@ moe_wgmma_tok_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, c
 #pragma unroll
             for (int j = 0; j < 16; j++) {
                 const int p = 8 * j + 2 * tq;
-                float *y0 = a.y + (size_t)(t.p0 + p) * a.ldy + row;
+                uint16_t *y0 = a.y + (size_t)(t.p0 + p) * a.ldy + row;
                 if (p < t.cnt) {
                     const float x0 = __ldg(a.xs + t.p0 + p);
-                    y0[0] = acc[4 * j + 0] * c0 * x0;
-                    y0[8] = acc[4 * j + 2] * c8 * x0;
+                    y0[0] = f_to_bf16(acc[4 * j + 0] * c0 * x0);
+                    y0[8] = f_to_bf16(acc[4 * j + 2] * c8 * x0);
                 }
                 if (p + 1 < t.cnt) {
                     const float x1 = __ldg(a.xs + t.p0 + p + 1);
-                    y0[a.ldy] = acc[4 * j + 1] * c0 * x1;
-                    y0[a.ldy + 8] = acc[4 * j + 3] * c8 * x1;
+                    y0[a.ldy] = f_to_bf16(acc[4 * j + 1] * c0 * x1);
+                    y0[a.ldy + 8] = f_to_bf16(acc[4 * j + 3] * c8 * x1);
                 }
             }
         };
@@ -464,7 +465,7 @@ static int wg_launch(const wg_args &a, dim3 grid, const CUtensorMap *m, cudaStre
     return 0;
 }
 
-extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, float *y,
+extern "C" int glm_cu_gemm_fp8_wgmma(const glm_cu_mat *w, const uint8_t *xq, const float *xs, int ld_s, uint16_t *y,
                                      int ldy, int R, int n_expert, const int32_t *tiles, int act_block,
                                      cudaStream_t st) {
     if (R <= 0) return 0;

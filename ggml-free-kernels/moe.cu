@@ -176,24 +176,25 @@ extern "C" int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, 
     return 0;
 }
 
-__global__ void moe_combine_kernel(const float *eo, const int32_t *slot_of, const float *w, int k, int D,
-                                   int shared, float *out) {
+template <typename TE>
+__global__ void moe_combine_kernel(const TE *eo, const int32_t *slot_of, const float *w, int k, int D, int shared,
+                                   float *out) {
     const int t = blockIdx.y;
     const int d = blockIdx.x * blockDim.x + threadIdx.x;
     if (d >= D) return;
+    auto at = [&](int s) { return ld_f(eo + (size_t)s * D + d); };
     float a = 0.f;
-    for (int j = 0; j < k; j++) {
-        const int s = slot_of[(size_t)t * k + j];
-        a = fmaf(w[(size_t)t * k + j], eo[(size_t)s * D + d], a);
-    }
-    if (shared) a += eo[(size_t)slot_of[(size_t)gridDim.y * k + t] * D + d];
+    for (int j = 0; j < k; j++) a = fmaf(w[(size_t)t * k + j], at(slot_of[(size_t)t * k + j]), a);
+    if (shared) a += at(slot_of[(size_t)gridDim.y * k + t]);
     out[(size_t)t * D + d] = a;
 }
 
-extern "C" int glm_cu_moe_combine(const float *eo, const int32_t *slot_of, const float *w, int T, int k, int D,
-                                  int shared, float *out, cudaStream_t st) {
+extern "C" int glm_cu_moe_combine(const void *eo, int eo_bf16, const int32_t *slot_of, const float *w, int T, int k,
+                                  int D, int shared, float *out, cudaStream_t st) {
     if (T <= 0) return 0;
-    moe_combine_kernel<<<dim3((D + 255) / 256, T), 256, 0, st>>>(eo, slot_of, w, k, D, shared, out);
+    const dim3 grid((D + 255) / 256, T);
+    if (eo_bf16) moe_combine_kernel<<<grid, 256, 0, st>>>((const uint16_t *)eo, slot_of, w, k, D, shared, out);
+    else moe_combine_kernel<<<grid, 256, 0, st>>>((const float *)eo, slot_of, w, k, D, shared, out);
     CUDA_CHECK_LAUNCH();
     return 0;
 }

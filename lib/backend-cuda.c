@@ -1163,11 +1163,13 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_gather_fp8(q_tok, s_tok, blk ? D / 128 : 1, c->g_rows, R, D, c->xq, c->xs, ld_s, c->st));
         RUN(glm_cu_wgmma_tiles(c->g_off, E + sh, c->g_tiles, c->st));
         prof_mat(c, "moe wgmma gate+up", &m->gate_up, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, c->gtmp, 2 * F, R, E + sh, c->g_tiles, blk, c->st));
+        /* gate+up and the expert outputs as BF16 in the float32 scratch */
+        uint16_t *gu16 = (uint16_t *)c->gtmp, *eo16 = (uint16_t *)c->eo;
+        RUN(glm_cu_gemm_fp8_wgmma(&m->gate_up, c->xq, c->xs, ld_s, gu16, 2 * F, R, E + sh, c->g_tiles, blk, c->st));
         prof_op(c, "moe swiglu+quant");
-        RUN(glm_cu_swiglu_quant_fp8(c->gtmp, 2 * F, R, F, blk, c->xq, c->xs, ld_s, c->st));
+        RUN(glm_cu_swiglu_quant_fp8(gu16, 2 * F, R, F, blk, c->xq, c->xs, ld_s, c->st));
         prof_mat(c, "moe wgmma down", &m->down, 0);
-        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, c->eo, D, R, E + sh, c->g_tiles, blk, c->st));
+        RUN(glm_cu_gemm_fp8_wgmma(&m->down, c->xq, c->xs, ld_s, eo16, D, R, E + sh, c->g_tiles, blk, c->st));
         rc = GLM_OK;
     } else if (m->fused_ok) {
         rc = moe_prefill_lt(c, m, h, T, k, E, D, F);
@@ -1181,7 +1183,7 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
         RUN(glm_cu_gemm_tiled(&m->down, c->mid, F, NULL, c->eo, D, T, &g, 0, c->st));
     }
     prof_op(c, "moe combine");
-    return glm_cu_moe_combine(c->eo, c->g_slot, w, T, k, D, sh, out, c->st);
+    return glm_cu_moe_combine(c->eo, wg, c->g_slot, w, T, k, D, sh, out, c->st);
 }
 
 static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {
