@@ -551,7 +551,7 @@ static size_t page_bytes(const glm_hparams *hp, int fp8) {
     return b * hp->n_layer;
 }
 
-/* Scratch bytes reserve() takes for max_tokens (an estimate used before it runs). */
+/* Device bytes reserve() takes for max_tokens (asked before it runs). */
 static size_t scratch_bytes(const glm_hparams *hp, int max_tokens, int n_sm);
 
 static int cu_kv_pages_fit(glm_backend *be, const glm_ctx_params *p) {
@@ -600,10 +600,10 @@ static int cu_kv_init(glm_backend *be, int n_pages, glm_kv_type type) {
 }
 
 /* ---- activation scratch ---- */
-static int att_splits(const cu_impl *c, const glm_hparams *hp, int T) {
+static int att_splits(int n_sm, const glm_hparams *hp, int T) {
     const int blocks = T * hp->n_head_kv;
-    if (blocks >= 2 * c->n_sm) return 1;
-    int s = (2 * c->n_sm + blocks - 1) / blocks;
+    if (blocks >= 2 * n_sm) return 1;
+    int s = (2 * n_sm + blocks - 1) / blocks;
     return s > CU_MAX_SPLIT ? CU_MAX_SPLIT : s;
 }
 
@@ -613,31 +613,71 @@ static size_t ff_width(const glm_hparams *hp) {
     return F;
 }
 
-/* Bytes of the BF16 output buffer cuBLASLt writes before widening. */
-static size_t lt_y_bytes(const glm_hparams *hp, int max_tokens) {
-    size_t n = (size_t)hp->n_embd;
-    const size_t cand[4] = {(size_t)hp->n_head * hp->head_dim, 2 * ff_width(hp), 2 * (size_t)hp->n_ff_exp, (size_t)hp->n_head_kv * hp->head_dim};
+/* The activation scratch for max_tokens tokens, in bytes a buffer: one table for the
+ * allocation (cu_reserve) and the estimate made before it (scratch_bytes). */
+typedef struct {
+    size_t lt_y;      /* BF16 output cuBLASLt writes before widening */
+    size_t plan;      /* the batch plan (host and device) */
+    size_t xq, xs;    /* quantised activations and their scales */
+    size_t gtmp;      /* GEMM scratch (gate and up) */
+    size_t rlog;      /* router logits */
+    size_t mid, eo;   /* expert activations and outputs */
+    size_t g_off, g_active, g_rows, g_tiles;  /* expert groups; the wgmma tile list */
+    size_t att_ws;    /* split attention partials */
+    size_t logits;    /* final-norm rows and logits of one chunk (logit_chunk rows) */
+    int logit_chunk;
+} cu_sizes;
+
+static cu_sizes scratch_sizes(const glm_hparams *hp, int max_tokens, int n_sm) {
+    cu_sizes z;
+    const size_t T = (size_t)max_tokens, D = (size_t)hp->n_embd;
+    const size_t k = hp->n_expert_used > 0 ? (size_t)hp->n_expert_used : 1;
+    const size_t F = ff_width(hp), Fe = hp->n_ff_exp > 0 ? (size_t)hp->n_ff_exp : 1;
+    const size_t Q = (size_t)hp->n_head * hp->head_dim, E = hp->n_expert > 0 ? (size_t)hp->n_expert : 1;
+    size_t kmax = D > Q ? D : Q;
+    if (F > kmax) kmax = F;
+    if (Fe > kmax) kmax = Fe;
+    const size_t rows = T * k;
+    z.logit_chunk = max_tokens < 256 ? max_tokens : 256;
+
+    size_t n = D;  /* widest product output */
+    const size_t cand[4] = {Q, 2 * F, 2 * Fe, (size_t)hp->n_head_kv * hp->head_dim};
     for (int i = 0; i < 4; i++) if (cand[i] > n) n = cand[i];
-    size_t b = (size_t)max_tokens * n;
-    const size_t chunk = max_tokens < 256 ? (size_t)max_tokens : 256;
-    if (chunk * hp->n_vocab > b) b = chunk * hp->n_vocab;
-    return 2 * b;
+    z.lt_y = T * n;
+    if ((size_t)z.logit_chunk * hp->n_vocab > z.lt_y) z.lt_y = (size_t)z.logit_chunk * hp->n_vocab;
+    z.lt_y *= 2;
+    z.plan = (4 * T + 16) * 4;
+    /* bf16 needs two bytes an element (4 spare rows); the prefill experts hold their sorted
+     * rows (the shared expert's too) and each token's once */
+    z.xq = (rows + 4) * kmax * 2;
+    if ((rows + 2 * T + 4) * D > z.xq) z.xq = (rows + 2 * T + 4) * D;
+    z.xs = ((rows + 2 * T + 4 * E + 4) * ((kmax + 127) / 128) + 16) * 4;  /* + 2T: the shared expert, per-token */
+    z.gtmp = T * 2 * F;
+    if ((rows + T + 4) * 2 * Fe > z.gtmp) z.gtmp = (rows + T + 4) * 2 * Fe;  /* + T: the shared expert */
+    z.gtmp *= 4;
+    z.rlog = T * E * 4;
+    z.mid = (rows + T) * Fe * 4;  /* + T: the shared expert's rows when decode groups take it */
+    z.eo = (rows + T + 4) * D * 4;
+    z.g_off = (E + 2) * 4;
+    z.g_active = (E + 1) * 4;
+    z.g_rows = (rows + T) * 4;
+    z.g_tiles = glm_cu_wgmma_tiles_ints((int)(rows + T), (int)E + 1) * 4;
+    size_t aw = 0;
+    for (int t = 1; t <= max_tokens; t++) {
+        const int sp = att_splits(n_sm, hp, t);
+        if (sp == 1) break;
+        const size_t a = (size_t)t * sp * hp->n_head * (hp->head_dim + 2);
+        if (a > aw) aw = a;
+    }
+    z.att_ws = (aw ? aw : 1) * 4;
+    z.logits = (size_t)z.logit_chunk * (D + hp->n_vocab) * 4;
+    return z;
 }
 
 static size_t scratch_bytes(const glm_hparams *hp, int max_tokens, int n_sm) {
-    const size_t T = (size_t)max_tokens, D = (size_t)hp->n_embd, k = hp->n_expert_used > 0 ? hp->n_expert_used : 1;
-    const size_t F = ff_width(hp), Fe = (size_t)hp->n_ff_exp, Q = (size_t)hp->n_head * hp->head_dim;
-    size_t kmax = D > Q ? D : Q;
-    if (F > kmax) kmax = F;
-    const size_t rows = T * k > T ? T * k : T;
-    size_t b = (rows + 2 * T) * kmax * 2 + (rows + 2 * T + 4) * ((kmax + 127) / 128) * 4 * 2;   /* xq, xs */
-    size_t g = T * 2 * F;
-    if ((rows + T) * 2 * Fe > g) g = (rows + T) * 2 * Fe;
-    b += g * 4 + T * (size_t)hp->n_expert * 4 + rows * Fe * 4 + rows * D * 4;               /* gtmp rlog mid eo */
-    b += (4 * (size_t)n_sm + 2 * CU_MAX_SPLIT) * (Q + 2 * (size_t)hp->n_head) * 4;                 /* attention */
-    size_t chunk = T < 256 ? T : 256;
-    b += chunk * D * 4 + chunk * (size_t)hp->n_vocab * 4 + lt_y_bytes(hp, max_tokens);
-    return b + (16u << 20);
+    const cu_sizes z = scratch_sizes(hp, max_tokens, n_sm);
+    return z.lt_y + z.plan + z.xq + z.xs + z.gtmp + z.rlog + z.mid + z.eo + 2 * z.g_off + z.g_active + 16 +
+           2 * z.g_rows + z.g_tiles + z.att_ws + z.logits + (16u << 20);
 }
 
 static int cu_reserve(glm_backend *be, int max_tokens) {
@@ -647,57 +687,36 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     if (max_tokens <= 0) return glm_err(GLM_ERR_ARG, "reserve: %d tokens", max_tokens);
     if (c->max_tokens) return glm_err(GLM_ERR_ARG, "reserve: already reserved for %d tokens", c->max_tokens);
     c->max_tokens = max_tokens;
-    const size_t yb = lt_y_bytes(hp, max_tokens);
-    RUN(dev_alloc(&c->lt_y, yb, "cuBLASLt outputs"));
-    RUN(glm_cu_lt_new(&c->lt, c->lt_ws, CU_LT_WS, c->lt_y, yb));
-    const size_t T = (size_t)max_tokens, D = (size_t)hp->n_embd;
-    const size_t k = hp->n_expert_used > 0 ? (size_t)hp->n_expert_used : 1;
-    const size_t F = ff_width(hp), Fe = hp->n_ff_exp > 0 ? (size_t)hp->n_ff_exp : 1;
-    const size_t Q = (size_t)hp->n_head * hp->head_dim, E = hp->n_expert > 0 ? (size_t)hp->n_expert : 1;
-    size_t kmax = D > Q ? D : Q;
-    if (F > kmax) kmax = F;
-    if (Fe > kmax) kmax = Fe;
-    const size_t rows = T * k;
+    const cu_sizes z = scratch_sizes(hp, max_tokens, c->n_sm);
+    const size_t D = (size_t)hp->n_embd;
+    RUN(dev_alloc(&c->lt_y, z.lt_y, "cuBLASLt outputs"));
+    RUN(glm_cu_lt_new(&c->lt, c->lt_ws, CU_LT_WS, c->lt_y, z.lt_y));
 
-    c->plan_cap = 4 * T + 16;
-    CK(cudaMallocHost((void **)&c->h_plan, c->plan_cap * 4));
-    RUN(dev_alloc((void **)&c->d_plan, c->plan_cap * 4, "the batch plan"));
-
-    /* bf16 needs two bytes an element (4 spare rows); the prefill experts hold their sorted
-     * rows (the shared expert's too) and each token's once */
-    c->xq_bytes = (rows + 4) * kmax * 2;
-    if ((rows + 2 * T + 4) * D > c->xq_bytes) c->xq_bytes = (rows + 2 * T + 4) * D;
-    RUN(dev_alloc((void **)&c->xq, c->xq_bytes, "quantised activations"));
-    c->xs_floats = (rows + 2 * T + 4 * E + 4) * ((kmax + 127) / 128) + 16;  /* + 2T: the shared expert, per-token */
-    RUN(dev_alloc((void **)&c->xs, c->xs_floats * 4, "activation scales"));
-    size_t g = T * 2 * F;
-    if ((rows + T + 4) * 2 * Fe > g) g = (rows + T + 4) * 2 * Fe;  /* + T: the shared expert */
-    c->gtmp_floats = g;
-    RUN(dev_alloc((void **)&c->gtmp, g * 4, "GEMM scratch"));
-    RUN(dev_alloc((void **)&c->rlog, T * E * 4, "router logits"));
-    /* + T: the shared expert's rows when decode groups take it */
-    RUN(dev_alloc((void **)&c->mid, (rows + T) * Fe * 4, "expert activations"));
-    RUN(dev_alloc((void **)&c->eo, (rows + T + 4) * D * 4, "expert outputs"));
-    RUN(dev_alloc((void **)&c->g_off, (E + 2) * 4, "expert offsets"));
-    RUN(dev_alloc((void **)&c->g_off4, (E + 2) * 4, "expert offsets"));
-    RUN(dev_alloc((void **)&c->g_active, (E + 1) * 4, "expert list"));
+    c->plan_cap = z.plan / 4;
+    CK(cudaMallocHost((void **)&c->h_plan, z.plan));
+    RUN(dev_alloc((void **)&c->d_plan, z.plan, "the batch plan"));
+    c->xq_bytes = z.xq;
+    RUN(dev_alloc((void **)&c->xq, z.xq, "quantised activations"));
+    c->xs_floats = z.xs / 4;
+    RUN(dev_alloc((void **)&c->xs, z.xs, "activation scales"));
+    c->gtmp_floats = z.gtmp / 4;
+    RUN(dev_alloc((void **)&c->gtmp, z.gtmp, "GEMM scratch"));
+    RUN(dev_alloc((void **)&c->rlog, z.rlog, "router logits"));
+    RUN(dev_alloc((void **)&c->mid, z.mid, "expert activations"));
+    RUN(dev_alloc((void **)&c->eo, z.eo, "expert outputs"));
+    RUN(dev_alloc((void **)&c->g_off, z.g_off, "expert offsets"));
+    RUN(dev_alloc((void **)&c->g_off4, z.g_off, "expert offsets"));
+    RUN(dev_alloc((void **)&c->g_active, z.g_active, "expert list"));
     RUN(dev_alloc((void **)&c->g_nact, 16, "expert count"));
-    RUN(dev_alloc((void **)&c->g_rows, (rows + T) * 4, "expert rows"));
-    RUN(dev_alloc((void **)&c->g_slot, (rows + T) * 4, "expert slots"));
+    RUN(dev_alloc((void **)&c->g_rows, z.g_rows, "expert rows"));
+    RUN(dev_alloc((void **)&c->g_slot, z.g_rows, "expert slots"));
     int wg = 0;  /* the grouped wgmma kernel's tile list, where its route can run */
     for (int il = 0; c->moe && c->wgmma && il < hp->n_layer; il++) wg |= c->moe[il].wgmma_ok;
-    if (wg) RUN(dev_alloc((void **)&c->g_tiles, glm_cu_wgmma_tiles_ints((int)(rows + T), (int)E + 1) * 4, "expert tiles"));
-    CK(cudaMallocHost((void **)&c->h_off, 2 * (E + 1) * 4));
-    size_t aw = 0;
-    for (int t = 1; t <= max_tokens; t++) {
-        const int s = att_splits(c, hp, t);
-        if (s == 1) break;
-        const size_t n = (size_t)t * s * hp->n_head * (hp->head_dim + 2);
-        if (n > aw) aw = n;
-    }
-    c->att_ws_floats = aw;
-    RUN(dev_alloc((void **)&c->att_ws, (aw ? aw : 1) * 4, "attention partials"));
-    c->logit_chunk = max_tokens < 256 ? max_tokens : 256;
+    if (wg) RUN(dev_alloc((void **)&c->g_tiles, z.g_tiles, "expert tiles"));
+    CK(cudaMallocHost((void **)&c->h_off, z.g_active * 2));
+    c->att_ws_floats = z.att_ws / 4;
+    RUN(dev_alloc((void **)&c->att_ws, z.att_ws, "attention partials"));
+    c->logit_chunk = z.logit_chunk;
     RUN(dev_alloc((void **)&c->fnorm, (size_t)c->logit_chunk * D * 4, "final norm rows"));
     RUN(dev_alloc((void **)&c->logits_d, (size_t)c->logit_chunk * hp->n_vocab * 4, "logits"));
     CK(cudaMallocHost((void **)&c->logits_h, (size_t)c->logit_chunk * hp->n_vocab * 4));
@@ -1037,7 +1056,7 @@ static int cu_attention(glm_backend *be, int il, float *q, float *k, const float
     if (c->n_tiles)
         return glm_cu_attention_prefill(q, out, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv,
                                         c->d_plan + c->tile_off, c->n_tiles, c->st);
-    return glm_cu_attention(q, out, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv, att_splits(c, hp, c->T),
+    return glm_cu_attention(q, out, c->T, hp->n_head, hp->n_head_kv, hp->head_dim, &p, kv, att_splits(c->n_sm, hp, c->T),
                             c->att_ws, c->st);
 }
 
