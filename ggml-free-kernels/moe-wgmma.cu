@@ -111,6 +111,41 @@ __device__ __forceinline__ void tma_3d(uint32_t dst, uint64_t map, int c0, int c
 }
 #endif
 
+#if WG_HAVE
+// Work item w of a launch with NB row tiles: row tile nb = w % NB of position tile
+// w / NB (expert e, positions p0 + [0, cnt)); row tile fastest, so the blocks running
+// together share a position tile's activations in L2.
+struct wg_item { int e, p0, cnt, nb; };
+__device__ __forceinline__ int wg_items(const wg_args &a, int NB) {
+    return NB * (a.tiles ? a.tiles[0] : (a.R + WG_BN - 1) / WG_BN);
+}
+__device__ __forceinline__ wg_item wg_item_of(const wg_args &a, int NB, int w) {
+    wg_item it;
+    const int pt = w / NB;
+    it.nb = w - pt * NB;
+    if (a.tiles) {
+        const int32_t *t = a.tiles + 1 + 3 * pt;
+        it.e = t[0]; it.p0 = t[1]; it.cnt = t[2];
+    } else {
+        it.e = 0; it.p0 = pt * WG_BN; it.cnt = min(WG_BN, a.R - it.p0);
+    }
+    return it;
+}
+
+// The ring's barriers: stage s "full" at fb + 8s (full_count arrivals), "empty" at
+// eb + 8s (every consumer thread); then the whole block syncs.
+__device__ __forceinline__ void wg_ring_init(uint32_t fb, uint32_t eb, int stages, int full_count) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < stages; s++) {
+            mbar_init(fb + 8 * s, full_count);
+            mbar_init(eb + 8 * s, WG_THREADS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+}
+#endif
+
 // Pipeline: a producer warp (threads 256..287 of a third warpgroup, which hands its
 // registers to the other two) fills a ring of WG_STAGES stages: W and
 // X by TMA (lane 0), the activation scales by cp.async (a lane four), all counted on
@@ -132,31 +167,9 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
     const int g = lane >> 2, tq = lane & 3;
 
-    const int K = a.w.K, KB = K >> 7, NB = a.w.N / WG_BM;
-    const int n_tiles = a.tiles ? a.tiles[0] : (a.R + WG_BN - 1) / WG_BN, items = NB * n_tiles;
-    // work item w: row tile nb = w % NB of position tile w / NB (expert e, positions p0 + [0, cnt))
-    struct item { int e, p0, cnt, nb; };
-    auto item_of = [&](int w) {
-        item it;
-        const int pt = w / NB;
-        it.nb = w - pt * NB;
-        if (a.tiles) {
-            const int32_t *t = a.tiles + 1 + 3 * pt;
-            it.e = t[0]; it.p0 = t[1]; it.cnt = t[2];
-        } else {
-            it.e = 0; it.p0 = pt * WG_BN; it.cnt = min(WG_BN, a.R - it.p0);
-        }
-        return it;
-    };
-
-    if (tid == 0) {
-        for (int s = 0; s < WG_STAGES; s++) {
-            mbar_init(fb + 8 * s, 1 + 32);          // the TMA bytes' arrival + each producer lane's scales
-            mbar_init(eb + 8 * s, WG_THREADS);      // every consumer thread, done with the stage
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    const int K = a.w.K, KB = K >> 7, NB = a.w.N / WG_BM, items = wg_items(a, NB);
+    auto item_of = [&](int w) { return wg_item_of(a, NB, w); };
+    wg_ring_init(fb, eb, WG_STAGES, 1 + 32);  // full: the TMA bytes' arrival + each producer lane's scales
 
     if (tid >= WG_THREADS) {  // producer warpgroup: one warp works
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
@@ -165,7 +178,7 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
         const uint64_t mapw = reinterpret_cast<uint64_t>(&tmw), mapx = reinterpret_cast<uint64_t>(&tmx);
         int i = 0;  // stages filled so far, across items
         for (int w = blockIdx.x; w < items; w += gridDim.x) {
-            const item t = item_of(w);
+            const wg_item t = item_of(w);
             for (int kb = 0; kb < KB; kb++, i++) {
                 const int s = i % WG_STAGES;
                 if (i >= WG_STAGES) mbar_wait(eb + 8 * s, ((i / WG_STAGES) - 1) & 1);
@@ -201,7 +214,7 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
     int i0 = 0;  // the item's first stage
 #pragma unroll 1
     for (int w = blockIdx.x; w < items; w += gridDim.x, i0 += KB) {
-        const item t = item_of(w);
+        const wg_item t = item_of(w);
         const float *wscale = a.w.scale + (long long)t.e * a.w.s_stride;
         auto wsb_of = [&](int kb) { return SK == GLM_CU_SCALE_BLOCK ? __ldg(wscale + (size_t)t.nb * a.w.s_ld + kb) : 1.f; };
 #pragma unroll
@@ -282,30 +295,9 @@ moe_wgmma_tok_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, c
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
     const int g = lane >> 2, tq = lane & 3;
 
-    const int K = a.w.K, KB = K >> 7, N = a.w.N, NB = (N + WT_BM - 1) / WT_BM;
-    const int n_tiles = a.tiles ? a.tiles[0] : (a.R + WG_BN - 1) / WG_BN, items = NB * n_tiles;
-    struct item { int e, p0, cnt, nb; };
-    auto item_of = [&](int w) {  // row tile fastest, then position tile (as moe_wgmma_kernel)
-        item it;
-        const int pt = w / NB;
-        it.nb = w - pt * NB;
-        if (a.tiles) {
-            const int32_t *t = a.tiles + 1 + 3 * pt;
-            it.e = t[0]; it.p0 = t[1]; it.cnt = t[2];
-        } else {
-            it.e = 0; it.p0 = pt * WG_BN; it.cnt = min(WG_BN, a.R - it.p0);
-        }
-        return it;
-    };
-
-    if (tid == 0) {
-        for (int s = 0; s < WT_STAGES; s++) {
-            mbar_init(fb + 8 * s, 1);            // the TMA bytes' arrival
-            mbar_init(eb + 8 * s, WG_THREADS);   // every consumer thread, done with the stage
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    const int K = a.w.K, KB = K >> 7, N = a.w.N, NB = (N + WT_BM - 1) / WT_BM, items = wg_items(a, NB);
+    auto item_of = [&](int w) { return wg_item_of(a, NB, w); };
+    wg_ring_init(fb, eb, WT_STAGES, 1);  // full: the TMA bytes' arrival
 
     if (tid >= WG_THREADS) {  // producer warpgroup: one lane works
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
@@ -313,7 +305,7 @@ moe_wgmma_tok_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, c
         const uint64_t mapw = reinterpret_cast<uint64_t>(&tmw), mapx = reinterpret_cast<uint64_t>(&tmx);
         int i = 0;
         for (int w = blockIdx.x; w < items; w += gridDim.x) {
-            const item t = item_of(w);
+            const wg_item t = item_of(w);
             for (int kb = 0; kb < KB; kb++, i++) {
                 const int s = i % WT_STAGES;
                 if (i >= WT_STAGES) mbar_wait(eb + 8 * s, ((i / WT_STAGES) - 1) & 1);
@@ -331,7 +323,7 @@ moe_wgmma_tok_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, c
     int i0 = 0;
 #pragma unroll 1
     for (int w = blockIdx.x; w < items; w += gridDim.x, i0 += KB) {
-        const item t = item_of(w);
+        const wg_item t = item_of(w);
 #pragma unroll
         for (int q = 0; q < 64; q++) acc0[q] = acc1[q] = 0.f;
 #pragma unroll 1
