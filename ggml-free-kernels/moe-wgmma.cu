@@ -132,6 +132,13 @@ __device__ __forceinline__ wg_item wg_item_of(const wg_args &a, int NB, int w) {
     return it;
 }
 
+// The dynamic shared memory from its first 1024-byte boundary (the 128-byte swizzle
+// repeats every 1024 bytes; WG_SMEM and WT_SMEM leave the slack).
+__device__ __forceinline__ uint8_t *wg_smem() {
+    extern __shared__ uint8_t smem_raw[];
+    return smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+}
+
 // The ring's barriers: stage s "full" at fb + 8s (full_count arrivals), "empty" at
 // eb + 8s (every consumer thread); then the whole block syncs.
 __device__ __forceinline__ void wg_ring_init(uint32_t fb, uint32_t eb, int stages, int full_count) {
@@ -160,9 +167,8 @@ template <int SK>
 __global__ void __launch_bounds__(WG_THREADS + 128, 1)
 moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx) {
 #if WG_HAVE
-    extern __shared__ uint8_t smem_raw[];
     __shared__ __align__(8) uint64_t full[WG_STAGES], empty[WG_STAGES];
-    uint8_t *sm = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+    uint8_t *sm = wg_smem();
     const uint32_t sbase = smem_u32(sm), fb = smem_u32(full), eb = smem_u32(empty);
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
     const int g = lane >> 2, tq = lane & 3;
@@ -288,10 +294,8 @@ moe_wgmma_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const
 __global__ void __launch_bounds__(WG_THREADS + 128, 1)
 moe_wgmma_tok_kernel(const wg_args a, const __grid_constant__ CUtensorMap tmw, const __grid_constant__ CUtensorMap tmx) {
 #if WG_HAVE
-    extern __shared__ uint8_t smem_raw[];
     __shared__ __align__(8) uint64_t full[WT_STAGES], empty[WT_STAGES];
-    uint8_t *sm = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-    const uint32_t sbase = smem_u32(sm), fb = smem_u32(full), eb = smem_u32(empty);
+    const uint32_t sbase = smem_u32(wg_smem()), fb = smem_u32(full), eb = smem_u32(empty);
     const int tid = threadIdx.x, wg = tid >> 7, lane = tid & 31, wq = (tid >> 5) & 3;
     const int g = lane >> 2, tq = lane & 3;
 

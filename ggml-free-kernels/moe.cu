@@ -64,29 +64,28 @@ extern "C" int glm_cu_moe_topk(const float *logits, const float *bias, int T, in
     return 0;
 }
 
+// Inclusive sums over the warp of three counts a lane.
+__device__ __forceinline__ int3 warp_scan3(int3 v) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int a = __shfl_up_sync(0xffffffffu, v.x, o), b = __shfl_up_sync(0xffffffffu, v.y, o),
+                  c = __shfl_up_sync(0xffffffffu, v.z, o);
+        if (lane >= o) { v.x += a; v.y += b; v.z += c; }
+    }
+    return v;
+}
+
 // Exclusive sums over the block of three counts a thread (GROUP_THREADS threads);
 // tot gets the totals. Shared: part[32].
 #define GROUP_THREADS 1024
 __device__ __forceinline__ int3 block_scan3(int3 v, int3 *tot, int3 *part) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int3 in = v;  // inclusive within the warp
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const int a = __shfl_up_sync(0xffffffffu, in.x, o), b = __shfl_up_sync(0xffffffffu, in.y, o),
-                  c = __shfl_up_sync(0xffffffffu, in.z, o);
-        if (lane >= o) { in.x += a; in.y += b; in.z += c; }
-    }
+    const int3 in = warp_scan3(v);  // inclusive within the warp
     if (lane == 31) part[warp] = in;
     __syncthreads();
     if (warp == 0) {
-        const int3 p = part[lane];
-        int3 q = p;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int a = __shfl_up_sync(0xffffffffu, q.x, o), b = __shfl_up_sync(0xffffffffu, q.y, o),
-                      c = __shfl_up_sync(0xffffffffu, q.z, o);
-            if (lane >= o) { q.x += a; q.y += b; q.z += c; }
-        }
+        const int3 p = part[lane], q = warp_scan3(p);
         part[lane] = make_int3(q.x - p.x, q.y - p.y, q.z - p.z);  // exclusive over the warps
         if (lane == 31) *tot = q;
     }
