@@ -3,10 +3,60 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+static const char *prog_name;
+
+void tool_init(const char *prog) {
+    const char *slash = prog ? strrchr(prog, '/') : NULL;
+    prog_name = slash ? slash + 1 : prog;
+}
+
+const char *tool_name(void) {
+    return prog_name && *prog_name ? prog_name : program_invocation_short_name;
+}
+
+void tool_usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", tool_name());
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(EXIT_USAGE);
+}
+
+static volatile sig_atomic_t sigint_count;
+
+/* The first SIGINT asks the tool to stop; the second ends the process at once. */
+static void on_sigint(int sig) {
+    (void)sig;
+    if (sigint_count++) _exit(EXIT_INTERRUPTED);
+}
+
+void tool_catch_sigint(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL); /* no SA_RESTART: a blocking read returns EINTR */
+}
+
+int tool_interrupted(void) { return sigint_count != 0; }
+void tool_clear_interrupt(void) { sigint_count = 0; }
+
+void tool_warn_ctx(const char *prog, int n_ctx, const glm_model *m) {
+    int train = glm_model_hparams(m)->n_ctx_train;
+    if (train > 0 && n_ctx > train)
+        fprintf(stderr, "%s: warning: context size %d is past the model's trained context (%d tokens); "
+                "output beyond %d tokens may degrade\n", prog, n_ctx, train, train);
+}
 
 double tool_now(void) {
     struct timespec ts;
@@ -55,10 +105,8 @@ int tool_int(const char *flag, const char *v, long lo, long hi) {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
-    if (!*v || *end || errno || x < lo || x > hi) {
-        fprintf(stderr, "error: %s expects an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, v);
-        exit(EXIT_USAGE);
-    }
+    if (!*v || *end || errno || x < lo || x > hi)
+        tool_usage_error("%s expects an integer in [%ld, %ld], got '%s'", flag, lo, hi, v);
     return (int)x;
 }
 
@@ -66,18 +114,19 @@ float tool_float(const char *flag, const char *v) {
     char *end;
     errno = 0;
     float x = strtof(v, &end);
-    if (!*v || *end || errno || x != x) {
-        fprintf(stderr, "error: %s expects a number, got '%s'\n", flag, v);
-        exit(EXIT_USAGE);
-    }
+    if (!*v || *end || errno || !isfinite(x)) tool_usage_error("%s expects a number, got '%s'", flag, v);
+    return x;
+}
+
+float tool_float_in(const char *flag, const char *v, char lb, double lo, double hi, char rb) {
+    float x = tool_float(flag, v);
+    if ((lb == '(' ? x <= lo : x < lo) || (rb == ')' ? x >= hi : x > hi))
+        tool_usage_error("%s expects a number in %c%g, %g%c, got '%s'", flag, lb, lo, hi, rb, v);
     return x;
 }
 
 const char *tool_arg(int argc, char **argv, int *i) {
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "error: %s needs a value (see --help)\n", argv[*i]);
-        exit(EXIT_USAGE);
-    }
+    if (*i + 1 >= argc) tool_usage_error("%s needs a value (see --help)", argv[*i]);
     return argv[++*i];
 }
 
@@ -102,6 +151,7 @@ const char *tool_default_model(void) {
 
 int tool_progress(uint64_t done, uint64_t total, void *user) {
     (void)user;
+    if (tool_interrupted()) return 1;
     if (!isatty(2) || total == 0) return 0;
     int w = 40, fill = (int)(w * (double)done / (double)total);
     fprintf(stderr, "\rloading [%.*s%*s] %5.1f%% %.2f/%.2f GB", fill, "########################################", w - fill, "",
@@ -148,8 +198,7 @@ char *tool_read_text(const char *prog, const char *path, size_t *len) {
 glm_device tool_device(const char *v) {
     if (strcmp(v, "cpu") == 0) return GLM_DEVICE_CPU;
     if (strcmp(v, "cuda") == 0 || strcmp(v, "gpu") == 0) return GLM_DEVICE_CUDA;
-    fprintf(stderr, "error: --device expects cpu or cuda, got '%s'\n", v);
-    exit(EXIT_USAGE);
+    tool_usage_error("--device expects cpu or cuda, got '%s'", v);
 }
 
 glm_device tool_default_device(void) {

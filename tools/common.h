@@ -8,8 +8,28 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* Exit codes of every tool. */
-enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+/* Exit codes of every tool: 130 is a run stopped by Ctrl-C (128 + SIGINT), as shells report it. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+
+/* Names the tool in every message common.c prints (call first in main; without it the
+ * name is the program's file name). */
+void tool_init(const char *prog);
+/* The tool's name for messages: "glm-run". */
+const char *tool_name(void);
+/* Prints "<tool>: error: <message>" on stderr and exits with EXIT_USAGE. */
+void tool_usage_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
+/* Catches SIGINT: the first one sets the flag tool_interrupted() reads (the tool stops at
+ * its next step; loading stops through tool_progress), a second one exits at once with 130. */
+void tool_catch_sigint(void);
+/* Non-zero once SIGINT arrived (since tool_clear_interrupt). */
+int tool_interrupted(void);
+/* Forgets an earlier SIGINT (a chat goes on after a stopped reply). */
+void tool_clear_interrupt(void);
+
+/* Warns on stderr, in the same words in every tool, when n_ctx is past the model's trained
+ * context (max_position_embeddings); prints nothing otherwise. */
+void tool_warn_ctx(const char *prog, int n_ctx, const glm_model *m);
 
 /* Seconds on a monotonic clock. */
 double tool_now(void);
@@ -17,14 +37,19 @@ double tool_now(void);
 int tool_parse_ids(const char *s, int32_t **ids, int *n, char *err, size_t err_len);
 /* Parses "512,2048" into ints; returns 0 or -1. */
 int tool_parse_int_list(const char *s, int **vals, int *n);
-/* Strict integer / float flag values: exit with a usage error naming the flag when bad. */
+/* Strict integer / float flag values: exit with a usage error naming the tool and the flag
+ * when bad (empty, trailing garbage, overflow, NaN or infinity, out of range). */
 int tool_int(const char *flag, const char *v, long lo, long hi);
 float tool_float(const char *flag, const char *v);
+/* A float in the interval lb lo, hi rb, where lb is '(' or '[' and rb is ')' or ']':
+ * tool_float_in("--top-p", v, '(', 0, 1, ']') takes 0 < p <= 1. */
+float tool_float_in(const char *flag, const char *v, char lb, double lo, double hi, char rb);
 /* The value after a flag, or a usage error when it is missing. */
 const char *tool_arg(int argc, char **argv, int *i);
 /* The default model directory: $GLM_MODEL, else models/glm-tiny next to the build. */
 const char *tool_default_model(void);
-/* Load progress on stderr (a bar on a terminal, nothing otherwise). */
+/* Load progress on stderr (a bar on a terminal, nothing otherwise); returns non-zero, which
+ * cancels the load, once SIGINT arrived. */
 int tool_progress(uint64_t done, uint64_t total, void *user);
 /* Loads a model with progress, printing an error naming the directory on failure. */
 glm_model *tool_load_model(const char *prog, const char *dir);
