@@ -1,8 +1,8 @@
 /* test-parity.c - the CPU backend against transformers (fp32) on the tiny random
  * checkpoints made by scripts/make-tiny-refs.py: BF16, FP8 per-channel (sharded,
- * rope_parameters) and FP8 block-128. Logits within 1e-4 of the largest reference
- * logit, the same argmax everywhere, the same greedy continuation, and
- * prefill-then-decode equal to one long prefill. */
+ * rope_parameters) and FP8 block-128. Logits within 3e-6 of the largest reference
+ * logit (the code achieves 6e-7 to 8e-7), the same argmax everywhere, the same greedy
+ * continuation, and prefill-then-decode equal to one long prefill. */
 #include "glm.h"
 #include "test.h"
 #include "refs.h"
@@ -47,7 +47,12 @@ static void check_dir(const char *dir, int n_threads) {
         argmax_ok += argmax(l, r.n_vocab) == argmax(r.logits + (size_t)t * r.n_vocab, r.n_vocab);
     }
     fprintf(stderr, "  %s: max |logit diff| %.3g (max |logit| %.3g), argmax %d/%d\n", dir, maxdiff, maxref, argmax_ok, r.n_prompt);
-    CHECK(maxdiff <= 1e-4f * maxref);
+    /* measured (gcc -O2 -march=native, x86-64): 2.86e-6 of 3.83 (bf16), 2.86e-6 of 3.97
+     * (fp8ch), 2.38e-6 of 3.87 (fp8blk): at most 7.5e-7 of the largest logit. Bound 3e-6
+     * of it, four times the worst figure (room for another compiler's summation order):
+     * RMSNorm's eps moved outside the square root moves the logits by 3.8e-5 (1e-5 of
+     * the largest), and the old bound 1e-4 let that through. */
+    CHECK_MSG(maxdiff <= 3e-6f * maxref, "%s: max |logit diff| %.3g > 3e-6 of %.3g", dir, maxdiff, maxref);
     CHECK(argmax_ok == r.n_prompt);
 
     /* 2. greedy continuation, token by token (incremental decode over pages) */
@@ -78,7 +83,10 @@ static void check_dir(const char *dir, int n_threads) {
         }
     }
     fprintf(stderr, "  prefill+decode vs one prefill: max diff %.3g\n", stepdiff);
-    CHECK(stepdiff <= 1e-5f * maxref);
+    /* measured 0: every CPU op computes a token's row alone, in the same order, whatever
+     * else is in the batch; 1e-6 of the largest logit leaves room for a summation-order
+     * change while a wrong position or page in decode moves logits by 1e-2 and more */
+    CHECK(stepdiff <= 1e-6f * maxref);
     CHECK(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c) - (r.n_prompt + 15) / 16);
     free(prefill);
     free(want);
