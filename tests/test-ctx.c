@@ -1,6 +1,8 @@
 /* test-ctx.c - the context's batching and paged KV cache: several sequences in one
  * batch equal each run alone, prompts split over passes equal one pass, a full cache
- * is a warning that changes nothing, and cleared sequences give their pages back. */
+ * is a warning that changes nothing, and cleared sequences give their pages back; the
+ * page accounting at every 16-token boundary, a full sequence in the last slot cleared,
+ * and pages reused after a clear giving the logits of a fresh context. */
 #include "glm.h"
 #include "test.h"
 
@@ -93,6 +95,86 @@ TEST(kv_full_is_a_warning) {
     int32_t bad = 100000;
     glm_batch bbad = { 1, &bad, NULL, NULL };
     CHECK(glm_ctx_decode(c, &bbad) == GLM_ERR_ARG);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+/* Decodes n tokens (ids from `from`) into sequence seq; returns the status. */
+static int feed(glm_ctx *c, int seq, int n, int from) {
+    int32_t t[96], sq[96];
+    for (int i = 0; i < n; i++) { t[i] = (from + i * 13) % 500 + 3; sq[i] = seq; }
+    glm_batch b = { n, t, sq, NULL };
+    return glm_ctx_decode(c, &b);
+}
+
+TEST(kv_page_accounting) {
+    glm_model *m = load_model();
+    if (!m) return;
+    glm_ctx *c = new_ctx(m, 3, 96, 14); /* 14 pages of 16 tokens; n_ctx 96 = 6 pages a sequence */
+    if (!c) { glm_model_free(m); return; }
+    CHECK(glm_ctx_kv_pages_total(c) == 14 && glm_ctx_kv_pages_free(c) == 14);
+    /* sequence 0 one token at a time across two page boundaries: a page at 1, 17, 33 */
+    for (int len = 1; len <= 33; len++) {
+        CHECK(feed(c, 0, 1, len) == GLM_OK);
+        const int used = (len + 15) / 16;
+        CHECK_MSG(glm_ctx_kv_pages_free(c) == 14 - used, "sequence 0 at %d tokens: %d pages free, expected %d",
+                  len, glm_ctx_kv_pages_free(c), 14 - used);
+    }
+    CHECK(glm_ctx_seq_len(c, 0) == 33);
+    /* sequence 1: 32 tokens in one batch take exactly 2 pages, 16 more exactly 1 */
+    CHECK(feed(c, 1, 32, 100) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 14 - 3 - 2);
+    CHECK(feed(c, 1, 16, 200) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 14 - 3 - 3);
+    /* the last slot filled to n_ctx: all six pages of its page table */
+    CHECK(feed(c, 2, 90, 300) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 2);
+    CHECK(feed(c, 2, 6, 400) == GLM_OK);
+    CHECK(glm_ctx_seq_len(c, 2) == 96 && glm_ctx_kv_pages_free(c) == 2);
+    /* two pages left: 15 tokens fit in sequence 0's third page, a 16th needs a fourth
+     * (there is one), then sequence 1 at 48 needs a page per 16 more */
+    CHECK(feed(c, 0, 15, 500) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 2);
+    CHECK(feed(c, 1, 17, 600) == GLM_OK); /* 48 -> 65: pages 4 and 5 */
+    CHECK(glm_ctx_kv_pages_free(c) == 0);
+    CHECK(feed(c, 1, 15, 700) == GLM_OK); /* 65 -> 80: fills page 5, no new page */
+    CHECK(feed(c, 1, 1, 800) == GLM_WARN_KV_FULL); /* 81 would need a sixth */
+    CHECK(feed(c, 0, 1, 900) == GLM_WARN_KV_FULL); /* 48 -> 49 would need a fourth */
+    CHECK(glm_ctx_seq_len(c, 0) == 48 && glm_ctx_seq_len(c, 1) == 80);
+    /* clearing the last slot gives back all six pages, the first slot its three */
+    CHECK(glm_ctx_seq_clear(c, 2) == GLM_OK);
+    CHECK(glm_ctx_seq_len(c, 2) == 0 && glm_ctx_kv_pages_free(c) == 6);
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 9);
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK); /* twice: nothing more */
+    CHECK(glm_ctx_kv_pages_free(c) == 9);
+    CHECK(glm_ctx_seq_clear(c, 3) == GLM_ERR_ARG && glm_ctx_seq_clear(c, -1) == GLM_ERR_ARG);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+TEST(reused_pages_equal_fresh) {
+    /* a sequence written over pages that held other tokens gives the logits of a fresh
+     * context, bit for bit (nothing of the old tokens is read) */
+    glm_model *m = load_model();
+    if (!m) return;
+    const int V = glm_model_hparams(m)->n_vocab;
+    glm_ctx *c = new_ctx(m, 2, 96, 8);
+    if (!c) { glm_model_free(m); return; }
+    CHECK(feed(c, 0, 40, 7) == GLM_OK);
+    float *fresh = malloc(sizeof(float) * V);
+    memcpy(fresh, glm_ctx_logits(c, 39), sizeof(float) * V);
+    CHECK(feed(c, 1, 64, 900) == GLM_OK);   /* four more pages: seven of eight written */
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK);
+    CHECK(glm_ctx_seq_clear(c, 1) == GLM_OK);
+    CHECK(feed(c, 1, 90, 1234) == GLM_OK);  /* six pages of other tokens */
+    CHECK(glm_ctx_seq_clear(c, 1) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 8);
+    CHECK(feed(c, 1, 25, 7) == GLM_OK);     /* the same 40 tokens in two batches, slot 1 */
+    CHECK(feed(c, 1, 15, 7 + 25 * 13) == GLM_OK);
+    const float *again = glm_ctx_logits(c, 14);
+    CHECK(again && max_diff(again, fresh, V) == 0.0f);
+    free(fresh);
     glm_ctx_free(c);
     glm_model_free(m);
 }
