@@ -204,3 +204,9 @@ glm_device tool_device(const char *v) {
 glm_device tool_default_device(void) {
     return glm_cuda_available() ? GLM_DEVICE_CUDA : GLM_DEVICE_CPU;
 }
+
+glm_kv_type tool_kv_type(const char *v) {
+    if (strcmp(v, "bf16") == 0) return GLM_KV_BF16;
+    if (strcmp(v, "fp8") == 0) return GLM_KV_FP8;
+    tool_usage_error("--kv-type expects bf16 or fp8, got '%s'", v);
+}

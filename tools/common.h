@@ -60,4 +60,7 @@ glm_device tool_device(const char *v);
 /* The default device: CUDA when the build has it and a GPU is present, else CPU. */
 glm_device tool_default_device(void);
 
+/* Parses a --kv-type value, "bf16" or "fp8"; exits with a usage error otherwise. */
+glm_kv_type tool_kv_type(const char *v);
+
 #endif
