@@ -1,10 +1,17 @@
 /* test-tools.c - the command-line tools end to end on the tiny trained model: the
  * golden perplexity against transformers, glm-run in pipes (stdin, --json, --stop,
- * seeds, --print-ids), glm-perplexity's windows and KL divergence, exit codes. */
+ * seeds, --print-ids, greedy ids against transformers), Ctrl-C, chat, glm-perplexity's
+ * windows and KL divergence, exit codes and the messages of usage errors. */
 #include "test.h"
+#include "refs.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define tmp test_tmp
@@ -27,6 +34,23 @@ static int run(const char *cmd, char **out) {
     int st = pclose(p);
     if (out) *out = buf; else free(buf);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* The stderr of the last run() (malloc'd, NUL-terminated). */
+static char *run_err(void) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/err.txt", tmp);
+    FILE *f = fopen(path, "rb");
+    char *buf = calloc(1, 1 << 16);
+    if (f) { size_t n = fread(buf, 1, (1 << 16) - 1, f); buf[n] = 0; fclose(f); }
+    return buf;
+}
+
+/* Seconds on a monotonic clock. */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static double read_ref_ppl(void) {
@@ -96,14 +120,43 @@ TEST(run_greedy_pipe_and_json) {
     CHECK(run(cmd, &j) == 0);
     fprintf(stderr, "  greedy: '%s'\n", a);
     CHECK(strlen(a) > 20);
-    /* the JSON text is the same continuation; the piped prompt ends with a newline, so compare -p */
+    /* the piped prompt loses its trailing newline: the same tokens, the same continuation as -p */
     snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 12 --temp 0 --device cpu", bin);
     CHECK(run(cmd, &b) == 0);
+    CHECK_MSG(strcmp(a, b) == 0, "stdin '%s' vs -p '%s'", a, b);
     CHECK(strstr(j, "\"finish_reason\": \"length\"") != NULL);
     CHECK(strstr(j, "\"gen_tokens\": 12") != NULL);
     char *t = strstr(j, "\"text\": \"");
-    CHECK(t && strncmp(t + 9, b, 10) == 0);
+    CHECK(t && strncmp(t + 9, b, strlen(b)) == 0 && t[9 + strlen(b)] == '"');
     free(a); free(b); free(j);
+    /* -f keeps the prompt tokens -p gives: the same prompt_tokens in --json */
+    snprintf(cmd, sizeof cmd, "printf 'The jury said\\n' > %s/p.txt && %s/glm-run -f %s/p.txt -n 1 --temp 0 --device cpu --json", tmp, bin, tmp);
+    CHECK(run(cmd, &a) == 0);
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 1 --temp 0 --device cpu --json", bin);
+    CHECK(run(cmd, &b) == 0);
+    const char *pa = strstr(a, "\"prompt_tokens\": "), *pb = strstr(b, "\"prompt_tokens\": ");
+    CHECK(pa && pb && atoi(pa + 17) == atoi(pb + 17) && atoi(pb + 17) > 2);
+    free(a); free(b);
+}
+
+/* glm-run's greedy ids equal transformers' for each tiny checkpoint (tests/data/<dir>/ref.bin). */
+TEST(run_greedy_ids_match_transformers) {
+    const char *dirs[] = { "tests/data/tiny-bf16", "tests/data/tiny-fp8ch", "tests/data/tiny-fp8blk" };
+    for (int d = 0; d < 3; d++) {
+        ref_data ref;
+        CHECK(ref_load(dirs[d], &ref) == 0);
+        if (test_failed_now_) return;
+        char ids[4096], want[4096], cmd[8192], *out;
+        size_t o = 0, w = 0;
+        for (int i = 0; i < ref.n_prompt; i++) o += snprintf(ids + o, sizeof ids - o, "%s%d", i ? "," : "", ref.prompt[i]);
+        for (int i = 0; i < ref.n_gen; i++) w += snprintf(want + w, sizeof want - w, "%s%d", i ? "," : "", ref.gen[i]);
+        snprintf(cmd, sizeof cmd, "%s/glm-run -m %s --prompt-ids %s --print-ids -n %d --temp 0 --ignore-eos --device cpu",
+                 bin, dirs[d], ids, ref.n_gen);
+        CHECK(run(cmd, &out) == 0);
+        CHECK_MSG(strncmp(out, want, w) == 0 && out[w] == '\n', "%s: got %s want %s", dirs[d], out, want);
+        free(out);
+        ref_free(&ref);
+    }
 }
 
 TEST(run_seed_stop_and_ids) {
@@ -116,13 +169,22 @@ TEST(run_seed_stop_and_ids) {
     CHECK(run(cmd, &c) == 0);
     CHECK(strcmp(a, c) != 0);
     free(b); free(c);
-    /* --stop ends at the first occurrence of a string the unstopped run contains */
+    /* --stop ends the text right before the first occurrence of a string the unstopped run
+     * contains: streamed and in --json, exactly the text before it */
     char stop[8] = {0};
     const char *sp = strchr(a + 1, ' ');
-    if (sp && strlen(sp) > 3) memcpy(stop, sp, 3);
+    if (sp && strlen(sp) > 4) memcpy(stop, sp, 4);
+    CHECK(stop[0] != 0);
+    size_t before = strstr(a, stop) - a;
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 24 -s 7 --device cpu --stop '%s'", bin, stop);
+    CHECK(run(cmd, &b) == 0);
+    CHECK_MSG(strlen(b) == before && strncmp(a, b, before) == 0, "stop '%s': '%s' from '%s'", stop, b, a);
+    free(b);
     snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 24 -s 7 --device cpu --json --stop '%s'", bin, stop);
     CHECK(run(cmd, &b) == 0);
     CHECK(strstr(b, "\"finish_reason\": \"stop\"") != NULL);
+    char *t = strstr(b, "\"text\": \"");
+    CHECK(t && strncmp(t + 9, a, before) == 0 && t[9 + before] == '"');
     free(a); free(b);
     /* ids in, ids out, no tokenizer needed */
     snprintf(cmd, sizeof cmd, "%s/glm-run -m tests/data/tiny-bf16 --prompt-ids 458,508,496 --print-ids -n 5 --temp 0 --device cpu", bin);
@@ -145,6 +207,255 @@ TEST(run_chat_from_a_pipe) {
     CHECK(run(cmd, &out) == 0);
     CHECK(out[0] == 0);
     free(out);
+}
+
+/* A 2017-token prompt for glm-tiny (2048 context): a prefill of a few seconds on the CPU. */
+static const char *long_prompt(void) {
+    static char path[300];
+    snprintf(path, sizeof path, "%s/long.txt", tmp);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "head -c 7000 tests/data/tiny-ppl/heldout.txt > %s", path);
+    CHECK(system(cmd) == 0);
+    return path;
+}
+
+/* Starts glm-run (args: a NULL-terminated list after the program) with stdout and stdin on
+ * /dev/null and stderr on a pipe; returns its pid and sets *err_fd. */
+static pid_t spawn_run(const char *const *args, int *err_fd) {
+    char prog[512];
+    snprintf(prog, sizeof prog, "%s/glm-run", bin);
+    const char *argv[32] = { prog };
+    for (int i = 0; args[i] && i < 30; i++) argv[i + 1] = args[i];
+    int fds[2];
+    if (pipe(fds)) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        execv(prog, (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    *err_fd = fds[0];
+    return pid;
+}
+
+/* Reads fd until its text contains needle or timeout_s passes; returns 1 when seen. */
+static int wait_for_text(int fd, const char *needle, double timeout_s) {
+    char buf[8192];
+    size_t n = 0;
+    double end = now_s() + timeout_s;
+    while (now_s() < end) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        if (poll(&p, 1, 50) <= 0) continue;
+        ssize_t r = read(fd, buf + n, sizeof buf - 1 - n);
+        if (r <= 0) return 0;
+        n += (size_t)r;
+        buf[n] = 0;
+        if (strstr(buf, needle)) return 1;
+        if (n > sizeof buf / 2) { memmove(buf, buf + n - 256, 256); n = 256; }
+    }
+    return 0;
+}
+
+/* Waits up to timeout_s for pid; returns its exit status (128 + signal when killed by one),
+ * or -1 after killing it on timeout. */
+static int wait_exit(pid_t pid, double timeout_s) {
+    double end = now_s() + timeout_s;
+    int st;
+    while (now_s() < end) {
+        pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+/* Ctrl-C during the prompt's prefill stops the run within one batch, with status 130. */
+TEST(run_sigint_during_prefill) {
+    const char *args[] = { "-f", long_prompt(), "-n", "8", "--temp", "0", "--device", "cpu", "-b", "32", NULL };
+    int err;
+    pid_t pid = spawn_run(args, &err);
+    CHECK(pid > 0);
+    CHECK(wait_for_text(err, "loaded", 20));
+    usleep(200000);
+    double t0 = now_s();
+    kill(pid, SIGINT);
+    int st = wait_exit(pid, 20);
+    double dt = now_s() - t0;
+    fprintf(stderr, "  exit %d, %.3f s after SIGINT\n", st, dt);
+    CHECK(st == 130);
+    CHECK(dt < 1.5);
+    close(err);
+}
+
+/* A second Ctrl-C exits at once, even in the middle of one long forward pass. */
+TEST(run_sigint_twice_exits_at_once) {
+    const char *args[] = { "-f", long_prompt(), "-n", "8", "--temp", "0", "--device", "cpu", "-b", "2048", NULL };
+    int err;
+    pid_t pid = spawn_run(args, &err);
+    CHECK(pid > 0);
+    CHECK(wait_for_text(err, "loaded", 20));
+    usleep(100000);
+    kill(pid, SIGINT);
+    usleep(100000);
+    double t0 = now_s();
+    kill(pid, SIGINT);
+    int st = wait_exit(pid, 20);
+    double dt = now_s() - t0;
+    fprintf(stderr, "  exit %d, %.3f s after the second SIGINT\n", st, dt);
+    CHECK(st == 130);
+    CHECK(dt < 0.5);
+    close(err);
+}
+
+/* Reads a whole small file (malloc'd); "" when missing. */
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char *buf = calloc(1, 1 << 16);
+    if (f) { size_t n = fread(buf, 1, (1 << 16) - 1, f); buf[n] = 0; fclose(f); }
+    return buf;
+}
+
+/* The number after the last "seed " in text, or -1. */
+static long long seed_in(const char *text) {
+    const char *p = NULL;
+    for (const char *q = strstr(text, "seed "); q; q = strstr(q + 1, "seed ")) p = q;
+    return p ? atoll(p + 5) : -1;
+}
+
+/* Without -s, runs started together draw different seeds; the seed is printed in the timing
+ * summary and in --json, and -s with it gives the same text again. */
+TEST(run_seed_random_per_run) {
+    char cmd[2048], *out;
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 24 --device cpu -t 1 >%s/o1 2>%s/e1 & "
+             "%s/glm-run -p 'The jury said' -n 24 --device cpu -t 1 >%s/o2 2>%s/e2; wait", bin, tmp, tmp, bin, tmp, tmp);
+    CHECK(run(cmd, NULL) == 0);
+    char path[300];
+    snprintf(path, sizeof path, "%s/o1", tmp); char *o1 = slurp(path);
+    snprintf(path, sizeof path, "%s/o2", tmp); char *o2 = slurp(path);
+    snprintf(path, sizeof path, "%s/e1", tmp); char *e1 = slurp(path);
+    snprintf(path, sizeof path, "%s/e2", tmp); char *e2 = slurp(path);
+    long long s1 = seed_in(e1), s2 = seed_in(e2);
+    fprintf(stderr, "  seeds %lld and %lld\n", s1, s2);
+    CHECK(s1 >= 0 && s2 >= 0 && s1 != s2);
+    CHECK(strcmp(o1, o2) != 0);
+    const char *summary = strstr(e1, "finish: ");
+    CHECK(summary && seed_in(summary) == s1);
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 24 --device cpu -s %lld", bin, s1);
+    CHECK(run(cmd, &out) == 0);
+    CHECK(strcmp(out, o1) == 0);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 2 --device cpu --json", bin);
+    CHECK(run(cmd, &out) == 0);
+    const char *js = strstr(out, "\"seed\": ");
+    CHECK(js && atoll(js + 8) >= 0);
+    free(out);
+    free(o1); free(o2); free(e1); free(e2);
+}
+
+/* -n far past the context is capped to what the context leaves, with a message, and
+ * reserves nothing by it (it runs under a 1 GB address-space limit). */
+TEST(run_n_capped_to_context) {
+    char cmd[2048], *out;
+    const char *limit = "ulimit -v 1000000; ";
+#if defined(__SANITIZE_ADDRESS__)
+    limit = ""; /* the sanitizer's shadow memory needs more address space */
+#endif
+    snprintf(cmd, sizeof cmd, "%s%s/glm-run -p 'The jury said' -c 32 -n 1000000000 --temp 0 --ignore-eos --device cpu --json",
+             limit, bin);
+    CHECK(run(cmd, &out) == 0);
+    char *err = run_err();
+    CHECK_MSG(strstr(err, "glm-run: -n 1000000000 is more than the context leaves") != NULL, "%s", err);
+    const char *p = strstr(out, "\"prompt_tokens\": "), *g = strstr(out, "\"gen_tokens\": ");
+    CHECK(p && g && atoi(p + 17) + atoi(g + 14) == 32);
+    CHECK(strstr(out, "\"finish_reason\": \"length\"") != NULL);
+    free(out); free(err);
+}
+
+/* Every usage error exits 2 with a message naming the tool and the flag; nothing leaks on the
+ * way out (the sanitizer build fails the exit status otherwise). */
+TEST(run_usage_errors_name_flag_and_tool) {
+    static const struct { const char *args, *needle; } cases[] = {
+        { "-p x --top-p 0", "--top-p" },          { "-p x --top-p 1.5", "--top-p" },
+        { "-p x --min-p 1", "--min-p" },          { "-p x --min-p -0.1", "--min-p" },
+        { "-p x --repeat-penalty 0", "--repeat-penalty" }, { "-p x --repeat-penalty -1", "--repeat-penalty" },
+        { "-p x --kv-frac 0", "--kv-frac" },      { "-p x --kv-frac 1.5", "--kv-frac" },
+        { "-p x --stop ''", "--stop" },           { "-p x -n 12abc", "-n" },
+        { "-p x -n ''", "-n" },                   { "-p x -n 99999999999999999999", "-n" },
+        { "-p x --temp nan", "--temp" },          { "-p x --temp 1e99", "--temp" },
+        { "-p x --temp -1", "--temp" },           { "-p x --top-k 3x", "--top-k" },
+        { "-p x -s -1", "-s" },
+        { "-p x --presence-penalty inf", "--presence-penalty" },
+        { "-p x -c", "-c" },                      { "-p x --device tpu", "--device" },
+        { "-p x --kv-type q4", "--kv-type" },     { "-p x --bogus", "--bogus" },
+        { "--prompt-ids 1,2,999999 --print-ids", "--prompt-ids" },
+        { "--prompt-ids 1,x", "--prompt-ids" },
+        { "--chat --json", "--json" },            { "--chat --print-ids", "--print-ids" },
+        { "--chat -p x", "--chat" },              { "-p x -f y", "-p" },
+        { "-p ''", "--allow-empty" },             { "-f /dev/null", "--allow-empty" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "%s/glm-run --device cpu %s </dev/null", bin, cases[i].args);
+        int rc = run(cmd, NULL);
+        char *err = run_err();
+        CHECK_MSG(rc == 2 && strstr(err, "glm-run: error: ") && strstr(err, cases[i].needle),
+                  "glm-run %s: exit %d, stderr '%s'", cases[i].args, rc, err);
+        free(err);
+    }
+    /* a failure at run time is 1, naming what failed */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/glm-run -m %s/no-such-model -p x --device cpu", bin, tmp);
+    CHECK(run(cmd, NULL) == 1);
+    char *err = run_err();
+    CHECK(strstr(err, "glm-run: error: ") && strstr(err, "no-such-model"));
+    free(err);
+    /* an empty prompt is fine when asked for */
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p '' --allow-empty -n 2 --device cpu", bin);
+    CHECK(run(cmd, NULL) == 0);
+}
+
+/* -c past the trained context is used, with the common warning; the default is the trained
+ * context (2048 for glm-tiny). */
+TEST(run_context_default_and_warning) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -c 4096 -n 1 --device cpu", bin);
+    CHECK(run(cmd, NULL) == 0);
+    char *err = run_err();
+    CHECK_MSG(strstr(err, "glm-run: warning: context size 4096 is past the model's trained context (2048 tokens)") &&
+              strstr(err, "context 4096,"), "%s", err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 1 --device cpu", bin);
+    CHECK(run(cmd, NULL) == 0);
+    err = run_err();
+    CHECK_MSG(strstr(err, "context 2048,") && !strstr(err, "warning"), "%s", err);
+    free(err);
+    char *out;
+    snprintf(cmd, sizeof cmd, "%s/glm-run --help", bin);
+    CHECK(run(cmd, &out) == 0);
+    CHECK(strstr(out, "4096") == NULL && strstr(out, "trained context") != NULL);
+    free(out);
+}
+
+/* A chat that outgrows the context drops its oldest turns (keeping the system message)
+ * and answers every message. */
+TEST(run_chat_drops_oldest_turns) {
+    char cmd[2048], *out;
+    snprintf(cmd, sizeof cmd, "printf 'Tell me about the jury.\\nAnd the court?\\nWhat did the judge say?\\n"
+             "Who was there?\\nWhat happened next?\\n' | %s/glm-run --chat -c 96 -n 16 --ignore-eos -s 3 --device cpu "
+             "--no-think -sys 'Be brief.'", bin);
+    int rc = run(cmd, &out);
+    char *err = run_err();
+    CHECK_MSG(rc == 0, "exit %d: %s", rc, err);
+    CHECK_MSG(strstr(err, "dropped the oldest turn") != NULL, "%s", err);
+    CHECK(strstr(err, "error") == NULL);
+    free(out); free(err);
 }
 
 TEST(help_everywhere) {

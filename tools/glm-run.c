@@ -1,12 +1,14 @@
 /* glm-run - generate text with a GLM-4 MoE model: a prompt from -p, -f, stdin or
  * --prompt-ids, text streamed to stdout as it is decoded, diagnostics and timings on
- * stderr; --chat for an interactive conversation with the model's chat template. */
+ * stderr; --chat for an interactive conversation with the model's chat template.
+ * Ctrl-C stops at the next step (exit status 130); a second Ctrl-C exits at once. */
 #include "common.h"
 #include "json.h"
 
-#include <signal.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,41 +22,51 @@ static void usage(FILE *f) {
         "  -m, --model DIR            model directory (default: %s)\n"
         "  --device cpu|cuda          backend (default: cuda when a GPU is usable, else cpu)\n"
         "  -t, --threads N            CPU threads (default: all cores)\n"
-        "  -c, --ctx-size N           context size in tokens (default 4096)\n"
-        "  -b, --batch-size N         prompt tokens per forward pass (default 512)\n"
+        "  -c, --ctx-size N           context size in tokens (default: the model's trained context,\n"
+        "                             on the CPU capped to a KV cache of half the memory; a larger\n"
+        "                             value is used, with a warning)\n"
+        "  -b, --batch-size N         prompt tokens per forward pass (default 512); Ctrl-C takes\n"
+        "                             effect between passes\n"
         "  --kv-type bf16|fp8         CUDA KV cache type (default bf16)\n"
-        "  --kv-frac F                CUDA: fraction of free GPU memory for the KV cache (default 0.9)\n"
+        "  --kv-frac F                CUDA: fraction of free GPU memory for the KV cache, in (0, 1]\n"
+        "                             (default 0.9)\n"
         "prompt:\n"
         "  -p, --prompt TEXT          prompt text (encoded as the tokenizer's default: [gMASK]<sop> etc.)\n"
-        "  -f, --file FILE            read the prompt from FILE ('-' = stdin)\n"
+        "  -f, --file FILE            read the prompt from FILE ('-' = stdin); one trailing newline\n"
+        "                             is dropped, as from stdin\n"
         "  --prompt-ids LIST          token ids used exactly as given, nothing prepended\n"
+        "  --allow-empty              accept an empty text prompt (the template's tokens alone)\n"
         "  --echo                     print the prompt before the continuation\n"
         "generation:\n"
-        "  -n, --n-predict N          tokens to generate (default 128, -1 = until EOS or context full)\n"
-        "  --temp T                   temperature (default 0.8; 0 = greedy)\n"
+        "  -n, --n-predict N          tokens to generate (default 128, -1 = until EOS or context full;\n"
+        "                             capped to what the context leaves after the prompt)\n"
+        "  --temp T                   temperature >= 0 (default 0.8; 0 = greedy)\n"
         "  --top-k N                  top-k (default 40, 0 = off)\n"
-        "  --top-p P                  top-p (default 0.95, 1 = off)\n"
-        "  --min-p P                  min-p (default 0.05, 0 = off)\n"
-        "  --repeat-penalty F         repetition penalty (default 1.0 = off)\n"
+        "  --top-p P                  top-p in (0, 1] (default 0.95, 1 = off)\n"
+        "  --min-p P                  min-p in [0, 1) (default 0.05, 0 = off)\n"
+        "  --repeat-penalty F         repetition penalty > 0 (default 1.0 = off)\n"
         "  --repeat-last-n N          history the penalties look at (default 64, -1 = all)\n"
         "  --presence-penalty F       (default 0)\n"
         "  --frequency-penalty F      (default 0)\n"
-        "  -s, --seed N               random seed (default: from the clock; printed on stderr)\n"
-        "  --stop STR                 stop when the output ends with STR (repeatable)\n"
+        "  -s, --seed N               random seed in [0, 2147483647] (default: a random one; printed\n"
+        "                             on stderr and in --json)\n"
+        "  --stop STR                 stop before the first STR in the output (repeatable, not empty)\n"
         "  --ignore-eos               keep generating past end-of-sequence tokens\n"
         "output:\n"
         "  --print-ids                print the generated ids, comma-separated, instead of text\n"
-        "  --json                     print one JSON object: text, ids, finish_reason, timings\n"
+        "  --json                     print one JSON object: text, ids, finish_reason, seed, timings\n"
         "chat:\n"
-        "  --chat                     interactive conversation (/exit to quit, Ctrl-C stops a reply)\n"
-        "  -sys, --system TEXT        system message\n"
+        "  --chat                     interactive conversation from stdin (/exit to quit; Ctrl-C\n"
+        "                             stops a reply, at the prompt it quits); the oldest turns are\n"
+        "                             dropped when the conversation outgrows the context. Not with\n"
+        "                             --json or --print-ids. The default glm-tiny is not chat-trained.\n"
+        "  -sys, --system TEXT        system message (always kept)\n"
         "  --no-think                 turn thinking off in the chat template\n"
-        "  -h, --help                 this text\n",
+        "  -h, --help                 this text\n"
+        "\n"
+        "exit status: 0 done, 1 run-time failure, 2 usage error, 130 stopped by Ctrl-C\n",
         tool_default_model());
 }
-
-static volatile sig_atomic_t interrupted;
-static void on_sigint(int sig) { (void)sig; interrupted = 1; }
 
 typedef struct {
     glm_model *model;
@@ -62,21 +74,22 @@ typedef struct {
     glm_sampler *sampler;
     glm_tokenizer *tok;             /* NULL with --prompt-ids --print-ids */
     const glm_hparams *hp;
-    int n_predict, ignore_eos, print_ids, json, n_ctx;
+    int n_predict, ignore_eos, print_ids, json, n_ctx, n_batch;
     const char **stops;
     int n_stops;
-    /* the sequence so far (prompt + generated), mirrors the KV cache */
+    uint64_t seed;
+    /* the sequence in the KV cache (prompt + generated) */
     int32_t *hist;
     int n_hist, cap_hist;
 } runner;
 
 typedef struct {
-    int n_prompt, n_gen;
+    int n_prompt, n_gen, cap_gen;
     double t_prompt, t_gen;
-    const char *finish;
+    const char *finish;             /* "length", "eos", "stop", "context" or "interrupted" */
     char *text;
     size_t text_len;
-    int32_t *ids;
+    int32_t *ids;                   /* [n_gen] generated ids */
 } gen_result;
 
 static int is_eos(const runner *r, int32_t t) {
@@ -84,26 +97,29 @@ static int is_eos(const runner *r, int32_t t) {
     return r->tok && t == glm_tokenizer_eos(r->tok);
 }
 
-static int hist_push(runner *r, const int32_t *ids, int n) {
-    if (r->n_hist + n > r->cap_hist) {
-        int cap = (r->n_hist + n) * 2;
-        int32_t *nh = realloc(r->hist, sizeof *nh * (size_t)cap);
-        if (!nh) return -1;
-        r->hist = nh;
-        r->cap_hist = cap;
+/* Appends ids[0..n) to *v (of *len, capacity *cap); returns 0, or -1 out of memory. */
+static int ids_push(int32_t **v, int *len, int *cap, const int32_t *ids, int n) {
+    if (*len + n > *cap) {
+        int nc = (*len + n) * 2;
+        int32_t *nv = realloc(*v, sizeof *nv * (size_t)nc);
+        if (!nv) return -1;
+        *v = nv;
+        *cap = nc;
     }
-    memcpy(r->hist + r->n_hist, ids, sizeof *ids * (size_t)n);
-    r->n_hist += n;
+    memcpy(*v + *len, ids, sizeof *ids * (size_t)n);
+    *len += n;
     return 0;
 }
 
-static void append_text(gen_result *g, const char *s, size_t n) {
+/* Appends s[0..n) to the text; returns 0, or -1 out of memory. */
+static int append_text(gen_result *g, const char *s, size_t n) {
     char *nt = realloc(g->text, g->text_len + n + 1);
-    if (!nt) return;
+    if (!nt) return -1;
     g->text = nt;
     memcpy(g->text + g->text_len, s, n);
     g->text_len += n;
     g->text[g->text_len] = 0;
+    return 0;
 }
 
 /* Writes text[*printed .. upto) to stdout. */
@@ -142,10 +158,32 @@ static size_t stop_holdback(const runner *r, const gen_result *g) {
     return hold;
 }
 
-/* Makes the KV cache hold `ids` (reusing the cached common prefix), then generates.
- * Streams text to stdout unless json/print_ids. Returns 0, or -1 after printing an error. */
+/* Feeds ids[0..n) to the KV cache in passes of n_batch tokens, checking for Ctrl-C between
+ * passes; *last is the logits row of ids[n - 1] in the last pass. Returns 0, 1 when
+ * interrupted (the cache then holds a prefix), or -1 after printing an error. */
+static int prefill(runner *r, const int32_t *ids, int n, int *last) {
+    for (int i = 0; i < n; i += r->n_batch) {
+        if (tool_interrupted()) return 1;
+        int k = n - i < r->n_batch ? n - i : r->n_batch;
+        glm_batch b = { k, ids + i, NULL, NULL };
+        int rc = glm_ctx_decode(r->ctx, &b);
+        if (rc == GLM_WARN_KV_FULL) {
+            fprintf(stderr, "glm-run: error: the KV cache is full after %d tokens of the prompt (%s)\n", r->n_hist, glm_last_error());
+            return -1;
+        }
+        if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); return -1; }
+        if (ids_push(&r->hist, &r->n_hist, &r->cap_hist, ids + i, k)) { fprintf(stderr, "glm-run: error: out of memory\n"); return -1; }
+        *last = k - 1;
+    }
+    return 0;
+}
+
+/* Makes the KV cache hold `ids` (reusing the cached common prefix), then generates up to
+ * n_predict tokens (or to the end of the context). Streams text to stdout unless
+ * json/print_ids. Returns 0 (g->finish says why it ended), or -1 after printing an error. */
 static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
     memset(g, 0, sizeof *g);
+    g->finish = "length";
     int keep = 0;
     while (keep < r->n_hist && keep < n && r->hist[keep] == ids[keep]) keep++;
     if (keep < r->n_hist || keep == n) { /* the cache diverges: start over */
@@ -153,127 +191,168 @@ static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
         r->n_hist = 0;
         keep = 0;
     }
-    if (n - keep + 1 > r->n_ctx - r->n_hist) {
-        fprintf(stderr, "glm-run: error: the prompt (%d tokens) does not fit the context (-c %d)\n", n, r->n_ctx);
+    if (n >= r->n_ctx) {
+        fprintf(stderr, "glm-run: error: the prompt (%d tokens) does not fit the context (-c %d) with room to generate\n", n, r->n_ctx);
         return -1;
     }
     double t0 = tool_now();
-    glm_batch b = { n - keep, ids + keep, NULL, NULL };
-    int rc = glm_ctx_decode(r->ctx, &b);
-    if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); return -1; }
-    hist_push(r, ids + keep, n - keep);
-    g->n_prompt = n - keep;
+    int last = 0;
+    int rc = prefill(r, ids + keep, n - keep, &last);
+    g->n_prompt = r->n_hist - keep;
     g->t_prompt = tool_now() - t0;
-    g->ids = malloc(sizeof(int32_t) * (size_t)(r->n_predict > 0 ? r->n_predict : r->n_ctx) + 4);
+    if (rc < 0) return -1;
+    if (rc > 0) { g->finish = "interrupted"; return append_text(g, "", 0); }
     glm_detok_stream *st = NULL;
     if (r->tok && glm_detok_stream_new(r->tok, GLM_DETOK_SKIP_SPECIAL, &st) != GLM_OK) {
         fprintf(stderr, "glm-run: error: %s\n", glm_last_error());
         return -1;
     }
-    int stream_out = !r->json && !r->print_ids;
+    int stream_out = !r->json && !r->print_ids, status = 0;
     size_t printed = 0;
     double t1 = tool_now();
-    g->finish = "length";
-    const float *logits = glm_ctx_logits(r->ctx, n - keep - 1); /* the prompt's last row */
+    const float *logits = glm_ctx_logits(r->ctx, last); /* the prompt's last token */
     for (;;) {
         if (r->n_predict >= 0 && g->n_gen >= r->n_predict) break;
         if (r->n_hist >= r->n_ctx) { g->finish = "context"; break; }
-        if (interrupted) { g->finish = "interrupted"; break; }
+        if (tool_interrupted()) { g->finish = "interrupted"; break; }
         int32_t t = glm_sampler_sample(r->sampler, logits, r->hp->n_vocab, r->hist, r->n_hist);
-        if (t < 0) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); glm_detok_stream_free(st); return -1; }
-        g->ids[g->n_gen++] = t;
+        if (t < 0) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); status = -1; break; }
+        if (ids_push(&g->ids, &g->n_gen, &g->cap_gen, &t, 1)) { fprintf(stderr, "glm-run: error: out of memory\n"); status = -1; break; }
         if (!r->ignore_eos && is_eos(r, t)) { g->finish = "eos"; break; }
         size_t len = 0;
         const char *piece = NULL;
         if (st) glm_detok_stream_push(st, t, &piece, &len);
         size_t old_len = g->text_len;
-        if (len) append_text(g, piece, len);
-        if (stop_scan(r, g, old_len)) {
-            if (stream_out) emit(g, &printed, g->text_len);
-            g->finish = "stop";
-            hist_push(r, &t, 1);
-            break;
-        }
+        if (len && append_text(g, piece, len)) { fprintf(stderr, "glm-run: error: out of memory\n"); status = -1; break; }
+        if (stop_scan(r, g, old_len)) { g->finish = "stop"; break; }
         if (stream_out) emit(g, &printed, g->text_len - stop_holdback(r, g));
+        if (r->n_predict >= 0 && g->n_gen >= r->n_predict) break; /* no need to decode the last one */
         glm_batch one = { 1, &t, NULL, NULL };
         rc = glm_ctx_decode(r->ctx, &one);
-        if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); glm_detok_stream_free(st); return -1; }
-        hist_push(r, &t, 1);
+        if (rc == GLM_WARN_KV_FULL) { g->finish = "context"; break; }
+        if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); status = -1; break; }
+        if (ids_push(&r->hist, &r->n_hist, &r->cap_hist, &t, 1)) { fprintf(stderr, "glm-run: error: out of memory\n"); status = -1; break; }
         logits = glm_ctx_logits(r->ctx, 0);
     }
     size_t len = 0;
     const char *rest = NULL;
     if (st && strcmp(g->finish, "stop") != 0) glm_detok_stream_flush(st, &rest, &len);
     if (len) append_text(g, rest, len);
+    if (strcmp(g->finish, "stop") != 0 && stop_scan(r, g, 0)) g->finish = "stop";
     if (stream_out) emit(g, &printed, g->text_len);
     glm_detok_stream_free(st);
     g->t_gen = tool_now() - t1;
-    if (!g->text) append_text(g, "", 0);
-    return 0;
+    if (!g->text && append_text(g, "", 0)) status = -1;
+    return status;
 }
 
-static void print_timings(const gen_result *g) {
-    fprintf(stderr, "\nglm-run: prompt %d tokens in %.3f s (%.2f tok/s), generated %d tokens in %.3f s (%.2f tok/s), finish: %s\n",
+static void print_timings(const runner *r, const gen_result *g) {
+    fprintf(stderr, "\nglm-run: prompt %d tokens in %.3f s (%.2f tok/s), generated %d tokens in %.3f s (%.2f tok/s), "
+            "finish: %s, seed %llu\n",
             g->n_prompt, g->t_prompt, g->t_prompt > 0 ? g->n_prompt / g->t_prompt : 0.0, g->n_gen, g->t_gen,
-            g->t_gen > 0 ? g->n_gen / g->t_gen : 0.0, g->finish);
+            g->t_gen > 0 ? g->n_gen / g->t_gen : 0.0, g->finish, (unsigned long long)r->seed);
 }
 
-static void print_json(const gen_result *g) {
+/* Prints the result as one JSON object; returns 0, or -1 out of memory. */
+static int print_json(const runner *r, const gen_result *g) {
     size_t cap = g->text_len * 6 + 16;
     char *esc = malloc(cap);
+    if (!esc) { fprintf(stderr, "glm-run: error: out of memory\n"); return -1; }
     json_escape(esc, cap, g->text, g->text_len);
     printf("{\"text\": %s, \"ids\": [", esc);
     for (int i = 0; i < g->n_gen; i++) printf("%s%d", i ? ", " : "", g->ids[i]);
-    printf("], \"finish_reason\": \"%s\", \"timings\": {\"prompt_tokens\": %d, \"prompt_s\": %.6f, \"prompt_tok_s\": %.3f, "
-           "\"gen_tokens\": %d, \"gen_s\": %.6f, \"gen_tok_s\": %.3f}}\n",
-           g->finish, g->n_prompt, g->t_prompt, g->t_prompt > 0 ? g->n_prompt / g->t_prompt : 0.0, g->n_gen, g->t_gen,
-           g->t_gen > 0 ? g->n_gen / g->t_gen : 0.0);
+    printf("], \"finish_reason\": \"%s\", \"seed\": %llu, \"timings\": {\"prompt_tokens\": %d, \"prompt_s\": %.6f, "
+           "\"prompt_tok_s\": %.3f, \"gen_tokens\": %d, \"gen_s\": %.6f, \"gen_tok_s\": %.3f}}\n",
+           g->finish, (unsigned long long)r->seed, g->n_prompt, g->t_prompt, g->t_prompt > 0 ? g->n_prompt / g->t_prompt : 0.0,
+           g->n_gen, g->t_gen, g->t_gen > 0 ? g->n_gen / g->t_gen : 0.0);
     free(esc);
+    return 0;
 }
 
 static void result_free(gen_result *g) { free(g->text); free(g->ids); }
 
+/* Tokens kept free for the reply when a chat prompt is fitted into the context. */
+static int chat_reserve(const runner *r) {
+    int want = r->n_predict >= 0 ? r->n_predict : r->n_ctx / 4;
+    return want < r->n_ctx / 2 ? want : r->n_ctx / 2;
+}
+
+/* Renders and tokenizes the conversation, dropping its oldest turns (a user message and
+ * the replies after it; the system message stays) while it leaves less than the reply's
+ * reserve. Returns 0 with *ids and *n set, 1 when the last message alone does not fit (the
+ * message is then dropped), or -1 after printing an error. */
+static int chat_prompt(runner *r, glm_chat_msg *msgs, int *n_msgs, int think, int32_t **ids, int *n) {
+    glm_chat_format fmt = glm_tokenizer_chat_format(r->tok);
+    int first = *n_msgs > 0 && !strcmp(msgs[0].role, "system"); /* the oldest droppable message */
+    for (;;) {
+        char *prompt;
+        if (glm_chat_render(fmt, msgs, *n_msgs, 1, think, &prompt, NULL) != GLM_OK) {
+            fprintf(stderr, "glm-run: error: %s\n", glm_last_error());
+            return -1;
+        }
+        int rc = glm_tokenize(r->tok, prompt, strlen(prompt), GLM_TOK_PARSE_SPECIAL, ids, n);
+        free(prompt);
+        if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); return -1; }
+        if (*n + chat_reserve(r) <= r->n_ctx) return 0;
+        if (first >= *n_msgs - 1) { /* only the new message is left to drop */
+            if (*n < r->n_ctx) return 0;
+            fprintf(stderr, "glm-run: error: this message (%d tokens with the template) does not fit the context (-c %d); "
+                    "it is dropped\n", *n, r->n_ctx);
+            free(*ids);
+            free((char *)msgs[--*n_msgs].content);
+            return 1;
+        }
+        free(*ids);
+        int end = first + 1; /* drop msgs[first] and the non-user messages after it */
+        while (end < *n_msgs - 1 && strcmp(msgs[end].role, "user")) end++;
+        for (int i = first; i < end; i++) free((char *)msgs[i].content);
+        memmove(msgs + first, msgs + end, sizeof *msgs * (size_t)(*n_msgs - end));
+        *n_msgs -= end - first;
+        fprintf(stderr, "glm-run: the conversation outgrew the context (-c %d): dropped the oldest turn\n", r->n_ctx);
+    }
+}
+
 /* The interactive chat loop; returns an exit code. */
 static int chat(runner *r, const char *system, int think) {
     glm_chat_msg *msgs = NULL;
-    glm_chat_format fmt = glm_tokenizer_chat_format(r->tok);
-    int n_msgs = 0;
-    if (system) {
-        msgs = realloc(msgs, sizeof *msgs * (size_t)(n_msgs + 1));
-        msgs[n_msgs++] = (glm_chat_msg){ "system", strdup(system), NULL };
-    }
+    int n_msgs = 0, cap_msgs = 0;
     int tty = isatty(0);
     char *line = NULL;
     size_t cap = 0;
     int rc = EXIT_OK;
     for (;;) {
+        if (n_msgs + 3 > cap_msgs) { /* room for a system, a user and an assistant message */
+            int nc = cap_msgs ? cap_msgs * 2 : 8;
+            glm_chat_msg *nm = realloc(msgs, sizeof *nm * (size_t)nc);
+            if (!nm) { fprintf(stderr, "glm-run: error: out of memory\n"); rc = EXIT_FAIL; break; }
+            msgs = nm;
+            cap_msgs = nc;
+        }
+        if (system && n_msgs == 0) msgs[n_msgs++] = (glm_chat_msg){ "system", strdup(system), NULL };
         if (tty) { fprintf(stderr, "\n> "); fflush(stderr); }
-        interrupted = 0;
         ssize_t got = getline(&line, &cap, stdin);
-        if (got < 0 || interrupted) break;
+        if (tool_interrupted()) { rc = EXIT_INTERRUPTED; break; }
+        if (got < 0) break;
         while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = 0;
         if (!strcmp(line, "/exit") || !strcmp(line, "/quit")) break;
         if (!got) continue;
-        msgs = realloc(msgs, sizeof *msgs * (size_t)(n_msgs + 2));
         msgs[n_msgs++] = (glm_chat_msg){ "user", strdup(line), NULL };
         int32_t *ids;
         int n;
-        char *prompt;
-        if (glm_chat_render(fmt, msgs, n_msgs, 1, think, &prompt, NULL) != GLM_OK ||
-            glm_tokenize(r->tok, prompt, strlen(prompt), GLM_TOK_PARSE_SPECIAL, &ids, &n) != GLM_OK) {
-            fprintf(stderr, "glm-run: error: %s\n", glm_last_error());
-            rc = EXIT_FAIL;
-            break;
-        }
-        free(prompt);
+        int fit = chat_prompt(r, msgs, &n_msgs, think, &ids, &n);
+        if (fit < 0) { rc = EXIT_FAIL; break; }
+        if (fit > 0) continue;
         gen_result g;
-        if (generate(r, ids, n, &g)) { free(ids); rc = EXIT_FAIL; break; }
+        int failed = generate(r, ids, n, &g);
         free(ids);
+        if (failed) { result_free(&g); rc = EXIT_FAIL; break; }
         fputc('\n', stdout);
         fflush(stdout);
-        msgs[n_msgs++] = (glm_chat_msg){ "assistant", strdup(g.text ? g.text : ""), NULL };
+        msgs[n_msgs++] = (glm_chat_msg){ "assistant", strdup(g.text), NULL };
         if (!strcmp(g.finish, "interrupted")) fprintf(stderr, "[reply stopped]\n");
+        if (!strcmp(g.finish, "context")) fprintf(stderr, "[reply cut: the context is full]\n");
         result_free(&g);
+        tool_clear_interrupt();
     }
     free(line);
     for (int i = 0; i < n_msgs; i++) free((char *)msgs[i].content);
@@ -281,14 +360,53 @@ static int chat(runner *r, const char *system, int think) {
     return rc;
 }
 
+/* A seed no other run started at the same moment gets: from getrandom, else the clock's
+ * nanoseconds mixed with the process id; in [0, 2^31) so that -s takes it back. */
+static uint64_t random_seed(void) {
+    uint64_t x;
+    if (getrandom(&x, sizeof x, GRND_NONBLOCK) != (ssize_t)sizeof x) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        x = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 32);
+        x *= 0x9e3779b97f4a7c15ull;
+        x ^= x >> 29;
+    }
+    return x & 0x7fffffff;
+}
+
+/* The default context size: the trained context; on the CPU no more than a KV cache of
+ * half the physical memory holds (float32 K and V for every layer). */
+static int default_ctx(const glm_hparams *hp, glm_device dev) {
+    int n = hp->n_ctx_train > 0 ? hp->n_ctx_train : 4096;
+    if (dev == GLM_DEVICE_CPU) {
+        double per_token = 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * sizeof(float);
+        double mem = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+        if (mem > 0 && per_token > 0 && n > mem / 2 / per_token) {
+            n = (int)(mem / 2 / per_token);
+            fprintf(stderr, "glm-run: context %d tokens: a KV cache for the trained context (%d) would take more than half the memory "
+                    "(-c sets it)\n", n, hp->n_ctx_train);
+        }
+    }
+    return n < 16 ? 16 : n;
+}
+
+/* Removes one trailing newline ("\n" or "\r\n") from text[0..*len), as llama.cpp does for
+ * a prompt from a file or stdin. */
+static void strip_newline(char *text, size_t *len) {
+    if (*len && text[*len - 1] == '\n') text[--*len] = 0;
+    if (*len && text[*len - 1] == '\r') text[--*len] = 0;
+}
+
 int main(int argc, char **argv) {
+    tool_init("glm-run");
+    tool_catch_sigint();
     const char *model_dir = NULL, *prompt = NULL, *file = NULL, *prompt_ids = NULL, *system = NULL;
-    int chat_mode = 0, think = 1, echo = 0, seed_set = 0;
+    int chat_mode = 0, think = 1, echo = 0, seed_set = 0, ctx_set = 0, allow_empty = 0;
     runner r = { .n_predict = 128 };
     glm_sampler_params sp = glm_sampler_default_params();
     glm_ctx_params cp = glm_ctx_default_params();
     cp.device = tool_default_device();
-    const char **stops = calloc((size_t)argc, sizeof *stops);
+    const char *stops[argc]; /* --stop values point into argv */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return EXIT_OK; }
@@ -296,18 +414,23 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) prompt = tool_arg(argc, argv, &i);
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = tool_arg(argc, argv, &i);
         else if (!strcmp(a, "--prompt-ids")) prompt_ids = tool_arg(argc, argv, &i);
+        else if (!strcmp(a, "--allow-empty")) allow_empty = 1;
         else if (!strcmp(a, "--echo")) echo = 1;
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) r.n_predict = tool_int(a, tool_arg(argc, argv, &i), -1, 1 << 30);
-        else if (!strcmp(a, "--temp")) sp.temp = tool_float(a, tool_arg(argc, argv, &i));
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) r.n_predict = tool_int(a, tool_arg(argc, argv, &i), -1, 2147483647);
+        else if (!strcmp(a, "--temp")) sp.temp = tool_float_in(a, tool_arg(argc, argv, &i), '[', 0, INFINITY, ')');
         else if (!strcmp(a, "--top-k")) sp.top_k = tool_int(a, tool_arg(argc, argv, &i), 0, 1 << 30);
-        else if (!strcmp(a, "--top-p")) sp.top_p = tool_float(a, tool_arg(argc, argv, &i));
-        else if (!strcmp(a, "--min-p")) sp.min_p = tool_float(a, tool_arg(argc, argv, &i));
-        else if (!strcmp(a, "--repeat-penalty")) sp.repeat_penalty = tool_float(a, tool_arg(argc, argv, &i));
+        else if (!strcmp(a, "--top-p")) sp.top_p = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, 1, ']');
+        else if (!strcmp(a, "--min-p")) sp.min_p = tool_float_in(a, tool_arg(argc, argv, &i), '[', 0, 1, ')');
+        else if (!strcmp(a, "--repeat-penalty")) sp.repeat_penalty = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, INFINITY, ')');
         else if (!strcmp(a, "--repeat-last-n")) sp.repeat_last_n = tool_int(a, tool_arg(argc, argv, &i), -1, 1 << 30);
         else if (!strcmp(a, "--presence-penalty")) sp.presence_penalty = tool_float(a, tool_arg(argc, argv, &i));
         else if (!strcmp(a, "--frequency-penalty")) sp.frequency_penalty = tool_float(a, tool_arg(argc, argv, &i));
         else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) { sp.seed = (uint64_t)tool_int(a, tool_arg(argc, argv, &i), 0, 2147483647); seed_set = 1; }
-        else if (!strcmp(a, "--stop")) stops[r.n_stops++] = tool_arg(argc, argv, &i);
+        else if (!strcmp(a, "--stop")) {
+            stops[r.n_stops] = tool_arg(argc, argv, &i);
+            if (!*stops[r.n_stops]) tool_usage_error("--stop expects a non-empty string");
+            r.n_stops++;
+        }
         else if (!strcmp(a, "--ignore-eos")) r.ignore_eos = 1;
         else if (!strcmp(a, "--print-ids")) r.print_ids = 1;
         else if (!strcmp(a, "--json")) r.json = 1;
@@ -316,98 +439,107 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-think")) think = 0;
         else if (!strcmp(a, "--device")) cp.device = tool_device(tool_arg(argc, argv, &i));
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) cp.n_threads = tool_int(a, tool_arg(argc, argv, &i), 1, 1024);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) cp.n_ctx = tool_int(a, tool_arg(argc, argv, &i), 16, 1 << 24);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { cp.n_ctx = tool_int(a, tool_arg(argc, argv, &i), 16, 1 << 24); ctx_set = 1; }
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) cp.n_batch = tool_int(a, tool_arg(argc, argv, &i), 1, 1 << 16);
-        else if (!strcmp(a, "--kv-frac")) cp.kv_frac = tool_float(a, tool_arg(argc, argv, &i));
+        else if (!strcmp(a, "--kv-frac")) cp.kv_frac = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, 1, ']');
         else if (!strcmp(a, "--kv-type")) {
             const char *v = tool_arg(argc, argv, &i);
             if (!strcmp(v, "bf16")) cp.kv_type = GLM_KV_BF16;
             else if (!strcmp(v, "fp8")) cp.kv_type = GLM_KV_FP8;
-            else { fprintf(stderr, "glm-run: error: --kv-type expects bf16 or fp8, got '%s'\n", v); return EXIT_USAGE; }
-        } else { fprintf(stderr, "glm-run: error: unknown argument '%s' (see --help)\n", a); return EXIT_USAGE; }
+            else tool_usage_error("--kv-type expects bf16 or fp8, got '%s'", v);
+        } else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     r.stops = stops;
-    if ((prompt != NULL) + (file != NULL) + (prompt_ids != NULL) > 1) {
-        fprintf(stderr, "glm-run: error: give only one of -p, -f and --prompt-ids\n");
-        return EXIT_USAGE;
-    }
-    if (chat_mode && (prompt || file || prompt_ids)) { fprintf(stderr, "glm-run: error: --chat reads the conversation from stdin\n"); return EXIT_USAGE; }
-    if (!seed_set) sp.seed = (uint64_t)time(NULL);
+    if ((prompt != NULL) + (file != NULL) + (prompt_ids != NULL) > 1) tool_usage_error("give only one of -p, -f and --prompt-ids");
+    if (chat_mode && (prompt || file || prompt_ids)) tool_usage_error("--chat reads the conversation from stdin: no -p, -f or --prompt-ids");
+    if (chat_mode && (r.json || r.print_ids)) tool_usage_error("--chat writes each reply as text: it does not take %s", r.json ? "--json" : "--print-ids");
+    if (!chat_mode && !prompt && !file && !prompt_ids && isatty(0))
+        tool_usage_error("no prompt: give -p TEXT, -f FILE, --prompt-ids, pipe text on stdin, or use --chat");
+    r.seed = sp.seed = seed_set ? sp.seed : random_seed();
     if (!model_dir) model_dir = tool_default_model();
 
     /* the prompt, as text or ids */
+    int rc = EXIT_FAIL;
     char *text = NULL;
     size_t text_len = 0;
     int32_t *ids = NULL;
     int n_ids = 0;
     if (prompt_ids) {
         char err[160];
-        if (tool_parse_ids(prompt_ids, &ids, &n_ids, err, sizeof err)) { fprintf(stderr, "glm-run: error: --prompt-ids: %s\n", err); return EXIT_USAGE; }
-        if (!n_ids) { fprintf(stderr, "glm-run: error: --prompt-ids is empty\n"); return EXIT_USAGE; }
+        if (tool_parse_ids(prompt_ids, &ids, &n_ids, err, sizeof err)) tool_usage_error("--prompt-ids: %s", err);
+        if (!n_ids) { free(ids); tool_usage_error("--prompt-ids is empty"); }
     } else if (prompt) {
         text = strdup(prompt);
-        text_len = strlen(text);
-    } else if (file || (!chat_mode && !isatty(0))) {
-        text = tool_read_text("glm-run", file ? file : "-", &text_len);
-        if (!text) return EXIT_FAIL;
+        text_len = strlen(prompt);
+        if (!text) { fprintf(stderr, "glm-run: error: out of memory\n"); goto out; }
     } else if (!chat_mode) {
-        fprintf(stderr, "glm-run: error: no prompt: give -p TEXT, -f FILE, --prompt-ids, pipe text on stdin, or use --chat\n");
-        return EXIT_USAGE;
+        text = tool_read_text("glm-run", file ? file : "-", &text_len);
+        if (!text) goto out;
+        strip_newline(text, &text_len);
+    }
+    if (text && !text_len && !allow_empty) {
+        fprintf(stderr, "glm-run: error: the prompt is empty (--allow-empty generates from the template's start tokens alone)\n");
+        rc = EXIT_USAGE;
+        goto out;
     }
 
     double t_load = tool_now();
     r.model = tool_load_model("glm-run", model_dir);
-    if (!r.model) return EXIT_FAIL;
+    if (!r.model) { rc = tool_interrupted() ? EXIT_INTERRUPTED : EXIT_FAIL; goto out; }
     r.hp = glm_model_hparams(r.model);
+    for (int i = 0; prompt_ids && i < n_ids; i++)
+        if (ids[i] >= r.hp->n_vocab) {
+            fprintf(stderr, "glm-run: error: --prompt-ids: token %d (index %d) is outside the vocabulary (%d)\n", ids[i], i, r.hp->n_vocab);
+            rc = EXIT_USAGE;
+            goto out;
+        }
     if (!prompt_ids || !r.print_ids) {
         if (glm_tokenizer_load_dir(model_dir, &r.tok) != GLM_OK) {
             fprintf(stderr, "glm-run: error: %s%s\n", glm_last_error(), prompt_ids ? " (use --print-ids to print ids without a tokenizer)" : "");
-            return EXIT_FAIL;
+            goto out;
         }
     }
     if (text && glm_tokenize(r.tok, text, text_len, GLM_TOK_PARSE_SPECIAL | GLM_TOK_ADD_SPECIAL, &ids, &n_ids) != GLM_OK) {
         fprintf(stderr, "glm-run: error: prompt: %s\n", glm_last_error());
-        return EXIT_FAIL;
+        goto out;
     }
-    if (text && !n_ids) { fprintf(stderr, "glm-run: error: the prompt encodes to no tokens\n"); return EXIT_USAGE; }
-    for (int i = 0; i < n_ids; i++)
-        if (ids[i] >= r.hp->n_vocab) {
-            fprintf(stderr, "glm-run: error: prompt token %d (index %d) is outside the vocabulary (%d)\n", ids[i], i, r.hp->n_vocab);
-            return EXIT_USAGE;
-        }
-    if (cp.n_ctx > r.hp->n_ctx_train) cp.n_ctx = r.hp->n_ctx_train;
+    if (text && !n_ids) { fprintf(stderr, "glm-run: error: the prompt encodes to no tokens\n"); rc = EXIT_USAGE; goto out; }
+
+    if (ctx_set) tool_warn_ctx("glm-run", cp.n_ctx, r.model);
+    else cp.n_ctx = default_ctx(r.hp, cp.device);
     if (cp.n_batch > cp.n_ctx) cp.n_batch = cp.n_ctx;
     r.n_ctx = cp.n_ctx;
-    if (glm_ctx_new(r.model, &cp, &r.ctx) != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); return EXIT_FAIL; }
-    r.sampler = glm_sampler_new(&sp);
-    fprintf(stderr, "glm-run: %s\nglm-run: loaded %s in %.2f s on %s, seed %llu\n", glm_model_desc(r.model), model_dir,
-            tool_now() - t_load, cp.device == GLM_DEVICE_CUDA ? "cuda" : "cpu", (unsigned long long)sp.seed);
+    r.n_batch = cp.n_batch;
+    if (!chat_mode && n_ids < r.n_ctx && r.n_predict > r.n_ctx - n_ids) {
+        fprintf(stderr, "glm-run: -n %d is more than the context leaves after the prompt (%d of %d tokens): generating at most %d\n",
+                r.n_predict, n_ids, r.n_ctx, r.n_ctx - n_ids);
+        r.n_predict = r.n_ctx - n_ids;
+    }
+    if (glm_ctx_new(r.model, &cp, &r.ctx) != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
+    if (!(r.sampler = glm_sampler_new(&sp))) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
+    fprintf(stderr, "glm-run: %s\nglm-run: loaded %s in %.2f s on %s, context %d, seed %llu\n", glm_model_desc(r.model), model_dir,
+            tool_now() - t_load, cp.device == GLM_DEVICE_CUDA ? "cuda" : "cpu", r.n_ctx, (unsigned long long)r.seed);
 
-    struct sigaction sa = {0};
-    sa.sa_handler = on_sigint;
-    sigaction(SIGINT, &sa, NULL);
-
-    int rc = EXIT_OK;
     if (chat_mode) {
         rc = chat(&r, system, think);
     } else {
         if (echo && text && !r.json && !r.print_ids) { fwrite(text, 1, text_len, stdout); fflush(stdout); }
         gen_result g;
-        if (generate(&r, ids, n_ids, &g)) rc = EXIT_FAIL;
-        else {
-            if (r.json) print_json(&g);
+        if (generate(&r, ids, n_ids, &g) == 0) {
+            rc = !strcmp(g.finish, "interrupted") ? EXIT_INTERRUPTED : EXIT_OK;
+            if (r.json) { if (print_json(&r, &g)) rc = EXIT_FAIL; }
             else if (r.print_ids) {
                 for (int i = 0; i < g.n_gen; i++) printf("%s%d", i ? "," : "", g.ids[i]);
                 printf("\n");
             } else if (isatty(1)) printf("\n");
-            print_timings(&g);
-            result_free(&g);
+            print_timings(&r, &g);
         }
+        result_free(&g);
     }
-    fflush(stdout);
+    if (fflush(stdout) != 0 && rc == EXIT_OK) { fprintf(stderr, "glm-run: error: writing the output failed\n"); rc = EXIT_FAIL; }
+out:
     free(ids);
     free(text);
-    free(stops);
     free(r.hist);
     glm_sampler_free(r.sampler);
     glm_tokenizer_free(r.tok);
