@@ -165,9 +165,11 @@ static int cpu_load(glm_backend *be, glm_model *m) {
     return GLM_OK;
 }
 
+/* Pages for n_seq_max full sequences, in 64 bits; INT32_MAX when more (glm_ctx_new refuses those). */
 static int cpu_kv_pages_fit(glm_backend *be, const glm_ctx_params *p) {
     (void)be;
-    return p->n_seq_max * ((p->n_ctx + GLM_PAGE - 1) / GLM_PAGE);
+    const int64_t pages = (int64_t)p->n_seq_max * (((int64_t)p->n_ctx + GLM_PAGE - 1) / GLM_PAGE);
+    return pages > INT32_MAX ? INT32_MAX : (int)pages;
 }
 
 static int cpu_kv_init(glm_backend *be, int n_pages, glm_kv_type type) {

@@ -24,6 +24,9 @@ struct glm_ctx {
     int32_t *pos, *seq, *out_rows;
 };
 
+/* Pages of GLM_PAGE tokens that hold n tokens (no overflow for any int n >= 0). */
+static int pages_for(int64_t n) { return (int)((n + GLM_PAGE - 1) / GLM_PAGE); }
+
 glm_ctx_params glm_ctx_default_params(void) {
     glm_ctx_params p = {0};
     p.device = GLM_DEVICE_CPU;
@@ -40,13 +43,18 @@ int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
     glm_ctx_params p = params ? *params : glm_ctx_default_params();
     if (p.n_ctx < 1 || p.n_seq_max < 1 || p.n_batch < 1)
         return glm_err(GLM_ERR_ARG, "n_ctx, n_seq_max and n_batch must be positive");
+    /* the page table holds n_seq_max x ceil(n_ctx / GLM_PAGE) int32 page ids */
+    const int64_t table = (int64_t)p.n_seq_max * pages_for(p.n_ctx);
+    if (table > INT32_MAX)
+        return glm_err(GLM_ERR_ARG, "n_seq_max %d x n_ctx %d needs %lld KV pages of %d tokens, more than %d",
+                       p.n_seq_max, p.n_ctx, (long long)table, GLM_PAGE, INT32_MAX);
     glm_ctx *c = calloc(1, sizeof *c);
     if (!c) return glm_err(GLM_ERR_OOM, "out of memory");
     c->model = model;
     c->p = p;
     int rc = p.device == GLM_DEVICE_CUDA ? glm_backend_cuda_new(model, &p, &c->be) : glm_backend_cpu_new(model, &p, &c->be);
     if (rc) goto fail;
-    c->max_pages = (p.n_ctx + GLM_PAGE - 1) / GLM_PAGE;
+    c->max_pages = pages_for(p.n_ctx);
     c->n_pages = p.n_kv_pages > 0 ? p.n_kv_pages : c->be->ops->kv_pages_fit(c->be, &p);
     if (c->n_pages < 1) { rc = glm_err(GLM_ERR_OOM, "no memory left for KV pages"); goto fail; }
     if ((rc = glm4moe_reserve(c->be, p.n_batch))) goto fail;
@@ -145,9 +153,9 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
     }
     for (int s = 0; s < c->p.n_seq_max; s++) {
         if (!add[s]) continue;
-        int len = c->seq_len[s] + add[s];
-        if (len > c->p.n_ctx) { rc = glm_err(GLM_ERR_ARG, "sequence %d would hold %d tokens, more than the context size %d", s, len, c->p.n_ctx); goto done; }
-        need += (len + GLM_PAGE - 1) / GLM_PAGE - (c->seq_len[s] + GLM_PAGE - 1) / GLM_PAGE;
+        const int64_t len = (int64_t)c->seq_len[s] + add[s];
+        if (len > c->p.n_ctx) { rc = glm_err(GLM_ERR_ARG, "sequence %d would hold %lld tokens, more than the context size %d", s, (long long)len, c->p.n_ctx); goto done; }
+        need += pages_for(len) - pages_for(c->seq_len[s]);
     }
     if (need > c->n_free) {
         rc = glm_err(GLM_WARN_KV_FULL, "KV cache full: the batch needs %d pages, %d of %d free", need, c->n_free, c->n_pages);
@@ -168,12 +176,12 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
     for (int s = 0; s < c->p.n_seq_max; s++) {
         if (!add[s]) continue;
         int32_t *pt = c->page_table + (size_t)s * c->max_pages;
-        int p0 = (c->seq_len[s] + GLM_PAGE - 1) / GLM_PAGE, p1 = (c->seq_len[s] + add[s] + GLM_PAGE - 1) / GLM_PAGE;
+        int p0 = pages_for(c->seq_len[s]), p1 = pages_for((int64_t)c->seq_len[s] + add[s]);
         for (int i = p0; i < p1; i++) pt[i] = c->free_pages[--c->n_free];
     }
     /* passes of at most n_batch tokens, in order */
     int out_i = 0;
-    for (int t0 = 0; t0 < T; t0 += c->p.n_batch) {
+    for (int t0 = 0; t0 < T; t0 += T - t0 < c->p.n_batch ? T - t0 : c->p.n_batch) {
         int n = T - t0 < c->p.n_batch ? T - t0 : c->p.n_batch, n_out = 0;
         for (int i = 0; i < n; i++) {
             int t = t0 + i, s = b->seq ? b->seq[t] : 0;
@@ -199,7 +207,7 @@ undo:
         if (!add[s]) continue;
         int old = old_len[s];
         int32_t *pt = c->page_table + (size_t)s * c->max_pages;
-        for (int i = (old + GLM_PAGE - 1) / GLM_PAGE; i < (old + add[s] + GLM_PAGE - 1) / GLM_PAGE; i++) {
+        for (int i = pages_for(old); i < pages_for((int64_t)old + add[s]); i++) {
             c->free_pages[c->n_free++] = pt[i];
             pt[i] = -1;
         }

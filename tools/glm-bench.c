@@ -12,8 +12,11 @@
 #endif
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define PROG "glm-bench"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -112,11 +115,63 @@ static model_cost cost_of(const glm_hparams *hp, int fmt) {
     return c;
 }
 
+/* Pages of 16 tokens (the library's KV page) that hold n tokens. */
+static int64_t kv_pages(int64_t n) { return (n + 15) / 16; }
+
+/* Bytes the host can still give (MemAvailable in /proc/meminfo), or -1 when unknown. */
+static double host_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return -1;
+    char line[256];
+    double kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+/* What a run needs besides the weights: the KV cache of kv_tokens tokens in total and the
+ * activations of n_batch tokens a pass (the forward's buffers and the CPU backend's MoE
+ * scratch, float32), with logits for n_logits rows; in bytes. */
+static void run_bytes(const glm_hparams *hp, glm_device dev, glm_kv_type kv, double kv_tokens, double n_batch,
+                      double n_logits, double *kv_bytes, double *act_bytes) {
+    const double D = hp->n_embd, Q = (double)hp->n_head * hp->head_dim, KV = (double)hp->n_head_kv * hp->head_dim;
+    double F = (double)hp->n_ff_exp * hp->n_expert_shared;
+    if (hp->n_dense_layer > 0 && hp->n_ff > F) F = hp->n_ff;
+    const double K = hp->n_expert_used > 0 ? hp->n_expert_used : 1;
+    const double kv_elt = dev == GLM_DEVICE_CPU ? 4 : kv == GLM_KV_FP8 ? 1 + 4.0 / hp->head_dim : 2;
+    *kv_bytes = kv_tokens * hp->n_layer * 2 * KV * kv_elt;
+    *act_bytes = n_batch * 4 * (5 * D + 2 * Q + 2 * KV + F + 2 * K + 3 * D + hp->n_ff_exp + 2 * K) +
+                 n_logits * hp->n_vocab * 4.0;
+}
+
+/* Exits with EXIT_FAIL and both numbers when need bytes exceed what the device has. */
+static void check_memory(glm_device dev, double weights, double kv, double act) {
+    const double need = weights + kv + act;
+    double have = -1;
+    const char *src = "MemAvailable in /proc/meminfo";
+    if (dev == GLM_DEVICE_CPU) have = host_available();
+#ifdef GLM_CUDA
+    else {
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) have = (double)fr - (512 << 20); else cudaGetLastError();
+        src = "free GPU memory less 512 MiB, cudaMemGetInfo";
+    }
+#endif
+    if (have >= 0 && need > have) {
+        fprintf(stderr, PROG ": error: this run needs about %.1f GB of %s memory (weights %.1f GB, KV cache %.1f GB, "
+                "activations %.1f GB), %.1f GB available (%s)\n", need / 1e9, dev == GLM_DEVICE_CPU ? "host" : "GPU",
+                weights / 1e9, kv / 1e9, act / 1e9, have / 1e9, src);
+        exit(EXIT_FAIL);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *synth = NULL, *out_fmt = "md";
     int layers = 0, fmt = GLM_FMT_FP8_CHANNEL, reps = 3, n_threads = 0, probe = 1, profile = 0;
     glm_kv_type kv_type = GLM_KV_BF16;
     int *P = NULL, *N = NULL, *B = NULL, nP = 0, nN = 0, nB = 0;
+    tool_init(PROG);
     glm_device dev = tool_default_device();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -129,39 +184,72 @@ int main(int argc, char **argv) {
             if (!strcmp(v, "bf16")) fmt = GLM_FMT_BF16;
             else if (!strcmp(v, "fp8ch")) fmt = GLM_FMT_FP8_CHANNEL;
             else if (!strcmp(v, "fp8blk")) fmt = GLM_FMT_FP8_BLOCK;
-            else { fprintf(stderr, "error: --fmt expects bf16, fp8ch or fp8blk\n"); return EXIT_USAGE; }
+            else tool_usage_error("--fmt expects bf16, fp8ch or fp8blk, got '%s'", v);
         } else if (!strcmp(a, "-p") || !strcmp(a, "--n-prompt") || !strcmp(a, "-n") || !strcmp(a, "--n-gen") ||
                    !strcmp(a, "-b") || !strcmp(a, "--batch")) {
             int **dst = a[1] == 'p' || !strcmp(a, "--n-prompt") ? &P : (a[1] == 'n' || !strcmp(a, "--n-gen")) ? &N : &B;
             int *cnt = dst == &P ? &nP : dst == &N ? &nN : &nB;
             free(*dst);
-            if (tool_parse_int_list(tool_arg(argc, argv, &i), dst, cnt)) {
-                fprintf(stderr, "error: %s expects a list like 512,2048\n", a);
-                return EXIT_USAGE;
-            }
+            const char *v = tool_arg(argc, argv, &i);
+            if (tool_parse_int_list(v, dst, cnt)) tool_usage_error("%s expects a list like 512,2048, got '%s'", a, v);
             for (int j = 0; j < *cnt; j++)
-                if ((*dst)[j] < (dst == &B ? 1 : 0)) { fprintf(stderr, "error: %s: values must be positive\n", a); return EXIT_USAGE; }
+                if ((*dst)[j] < (dst == &B ? 1 : 0)) tool_usage_error("%s: values must be %s, got %d", a, dst == &B ? "positive" : "0 or more", (*dst)[j]);
         } else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) reps = tool_int(a, tool_arg(argc, argv, &i), 1, 1000);
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
             out_fmt = tool_arg(argc, argv, &i);
-            if (strcmp(out_fmt, "md") && strcmp(out_fmt, "json") && strcmp(out_fmt, "csv")) {
-                fprintf(stderr, "error: -o expects md, json or csv\n");
-                return EXIT_USAGE;
-            }
+            if (strcmp(out_fmt, "md") && strcmp(out_fmt, "json") && strcmp(out_fmt, "csv"))
+                tool_usage_error("-o expects md, json or csv, got '%s'", out_fmt);
         } else if (!strcmp(a, "--device")) dev = tool_device(tool_arg(argc, argv, &i));
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) n_threads = tool_int(a, tool_arg(argc, argv, &i), 1, 4096);
-        else if (!strcmp(a, "--kv-type")) {
-            const char *v = tool_arg(argc, argv, &i);
-            if (!strcmp(v, "bf16")) kv_type = GLM_KV_BF16;
-            else if (!strcmp(v, "fp8")) kv_type = GLM_KV_FP8;
-            else { fprintf(stderr, "error: --kv-type expects bf16 or fp8\n"); return EXIT_USAGE; }
-        } else if (!strcmp(a, "--no-probe")) probe = 0;
+        else if (!strcmp(a, "--kv-type")) kv_type = tool_kv_type(tool_arg(argc, argv, &i));
+        else if (!strcmp(a, "--no-probe")) probe = 0;
         else if (!strcmp(a, "--profile")) profile = 1;
-        else { fprintf(stderr, "error: unknown argument '%s' (see --help)\n", a); return EXIT_USAGE; }
+        else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     if (!nP && !P) { P = malloc(sizeof(int)); P[0] = 512; nP = 1; }
     if (!nN && !N) { N = malloc(sizeof(int)); N[0] = 128; nN = 1; }
     if (!nB && !B) { B = malloc(sizeof(int)); B[0] = 1; nB = 1; }
+    glm_hparams hp;
+    if (synth && glm_preset(synth, layers, &hp)) tool_usage_error("--synthetic: %s", glm_last_error());
+
+    /* sizes in 64 bits: a context past INT32_MAX tokens or pages is refused, not wrapped */
+    int maxP = 0, maxN = 0, maxB = 1;
+    for (int i = 0; i < nP; i++) if (P[i] > maxP) maxP = P[i];
+    for (int i = 0; i < nN; i++) if (N[i] > maxN) maxN = N[i];
+    for (int i = 0; i < nB; i++) if (B[i] > maxB) maxB = B[i];
+    const int64_t n_ctx = (int64_t)(maxP > maxN ? maxP : maxN) + 16;
+    if (n_ctx > INT32_MAX)
+        tool_usage_error("%s %d: a test of %d tokens needs a context of %lld tokens, more than %d", maxP > maxN ? "-p" : "-n",
+                         maxP > maxN ? maxP : maxN, maxP > maxN ? maxP : maxN, (long long)n_ctx, INT32_MAX);
+    if ((int64_t)maxB * kv_pages(n_ctx) > INT32_MAX)
+        tool_usage_error("-b %d: %d sequences of %lld tokens need %lld KV pages of 16 tokens, more than %d", maxB, maxB,
+                         (long long)n_ctx, (long long)(maxB * kv_pages(n_ctx)), INT32_MAX);
+    /* the CPU keeps the pages the largest test holds: one prefill, or maxB decoding sequences */
+    const int64_t pages = kv_pages(maxP) > maxB * kv_pages(maxN + 2) ? kv_pages(maxP) : maxB * kv_pages(maxN + 2);
+
+    /* the device before anything runs on it */
+    if (dev == GLM_DEVICE_CUDA && !glm_cuda_available()) {
+#ifdef GLM_CUDA
+        fprintf(stderr, PROG ": error: --device cuda: no usable CUDA device\n");
+#else
+        fprintf(stderr, PROG ": error: --device cuda: this build has no CUDA backend (built without nvcc); use --device cpu\n");
+#endif
+        return EXIT_FAIL;
+    }
+    /* what the tests need, before anything is allocated */
+    const glm_kv_type kv_run = dev == GLM_DEVICE_CPU ? GLM_KV_F32 : kv_type;
+    const int n_batch = maxP > maxB ? maxP : maxB;
+    double kv_bytes, act_bytes;
+    if (synth) {
+        glm_model *shapes = NULL;  /* shapes only: the weights' size without their data */
+        if (glm_model_synthetic(&hp, (glm_weight_format)fmt, 0, 1234, &shapes)) {
+            fprintf(stderr, PROG ": error: %s\n", glm_last_error());
+            return EXIT_FAIL;
+        }
+        run_bytes(&hp, dev, kv_run, (double)pages * 16, n_batch, maxB, &kv_bytes, &act_bytes);
+        check_memory(dev, (double)glm_model_n_bytes(shapes), kv_bytes, act_bytes);
+        glm_model_free(shapes);
+    }
 
     /* ceilings first, while the GPU is empty */
     double bw = 0, fp8_rate = 0;
@@ -169,48 +257,54 @@ int main(int argc, char **argv) {
     (void)probe;
 #else
     if (dev == GLM_DEVICE_CUDA && probe) {
-        if (glm_cu_probe_copy((size_t)1 << 30, 20, &bw))
-            fprintf(stderr, "glm-bench: copy probe failed: %s\n", glm_last_error());
-        if (glm_cu_probe_fp8_gemm(8192, 20, &fp8_rate))
-            fprintf(stderr, "glm-bench: FP8 GEMM probe failed: %s\n", glm_last_error());
-        fprintf(stderr, "glm-bench: copy bandwidth %.0f GB/s (read+write), FP8 GEMM %.0f TFLOP/s (8192^3, cuBLASLt)\n",
-                bw / 1e9, fp8_rate / 1e12);
+        if (glm_cu_probe_copy((size_t)1 << 30, 20, &bw)) {
+            fprintf(stderr, PROG ": copy probe failed: %s\n", glm_last_error());
+            bw = 0;
+        }
+        if (glm_cu_probe_fp8_gemm(8192, 20, &fp8_rate)) {
+            fprintf(stderr, PROG ": FP8 GEMM probe failed: %s\n", glm_last_error());
+            fp8_rate = 0;
+        }
+        if (bw > 0 && fp8_rate > 0)
+            fprintf(stderr, PROG ": copy bandwidth %.0f GB/s (read+write), FP8 GEMM %.0f TFLOP/s (8192^3, cuBLASLt)\n",
+                    bw / 1e9, fp8_rate / 1e12);
     }
 #endif
 
     glm_model *m = NULL;
-    glm_hparams hp;
     if (synth) {
-        int rc = glm_preset(synth, layers, &hp);
-        if (!rc) rc = glm_model_synthetic(&hp, (glm_weight_format)fmt, dev == GLM_DEVICE_CPU, 1234, &m);
-        if (rc) { fprintf(stderr, "glm-bench: %s\n", glm_last_error()); return EXIT_FAIL; }
+        if (glm_model_synthetic(&hp, (glm_weight_format)fmt, dev == GLM_DEVICE_CPU, 1234, &m)) {
+            fprintf(stderr, PROG ": error: %s\n", glm_last_error());
+            return EXIT_FAIL;
+        }
     } else {
-        m = tool_load_model("glm-bench", model_dir ? model_dir : tool_default_model());
+        m = tool_load_model(PROG, model_dir ? model_dir : tool_default_model());
         if (!m) return EXIT_FAIL;
         const char *d = glm_model_desc(m);
         fmt = strstr(d, "fp8-block") ? GLM_FMT_FP8_BLOCK : strstr(d, "fp8") ? GLM_FMT_FP8_CHANNEL : GLM_FMT_BF16;
+        /* the weights are mapped from the files (the page cache holds them); on a GPU they are copied */
+        run_bytes(glm_model_hparams(m), dev, kv_run, (double)pages * 16, n_batch, maxB, &kv_bytes, &act_bytes);
+        check_memory(dev, dev == GLM_DEVICE_CPU ? 0 : (double)glm_model_n_bytes(m), kv_bytes, act_bytes);
     }
     hp = *glm_model_hparams(m);
+    tool_warn_ctx(PROG, (int)n_ctx, m);
 
-    int maxP = 0, maxN = 0, maxB = 1;
-    for (int i = 0; i < nP; i++) if (P[i] > maxP) maxP = P[i];
-    for (int i = 0; i < nN; i++) if (N[i] > maxN) maxN = N[i];
-    for (int i = 0; i < nB; i++) if (B[i] > maxB) maxB = B[i];
     glm_ctx_params cp = glm_ctx_default_params();
     cp.device = dev;
     cp.n_threads = n_threads;
-    cp.n_ctx = (maxP > maxN ? maxP : maxN) + 16;
+    cp.n_ctx = (int)n_ctx;
     cp.n_seq_max = maxB;
-    cp.n_batch = maxP > maxB ? maxP : maxB;
-    cp.kv_type = dev == GLM_DEVICE_CPU ? GLM_KV_F32 : kv_type;
+    cp.n_batch = n_batch;
+    cp.kv_type = kv_run;
+    if (dev == GLM_DEVICE_CPU) cp.n_kv_pages = (int)pages;
     glm_ctx *ctx = NULL;
 #ifdef GLM_CUDA
     if (profile) setenv("GLM_CUDA_PROFILE", "1", 1);
 #endif
     double t0 = tool_now();
     int rc = glm_ctx_new(m, &cp, &ctx);
-    if (rc) { fprintf(stderr, "glm-bench: %s\n", glm_last_error()); glm_model_free(m); return EXIT_FAIL; }
-    fprintf(stderr, "glm-bench: %s on %s, ready in %.1f s, %d KV pages\n", glm_model_desc(m),
+    if (rc) { fprintf(stderr, PROG ": error: %s\n", glm_last_error()); glm_model_free(m); return EXIT_FAIL; }
+    fprintf(stderr, PROG ": %s on %s, ready in %.1f s, %d KV pages\n", glm_model_desc(m),
             dev == GLM_DEVICE_CUDA ? "cuda" : "cpu", tool_now() - t0, glm_ctx_kv_pages_total(ctx));
 
     const model_cost mc = cost_of(&hp, fmt);
@@ -321,7 +415,7 @@ int main(int argc, char **argv) {
     free(res); free(tv); free(toks); free(seqs); free(want); free(P); free(N); free(B);
     return EXIT_OK;
 fail:
-    fprintf(stderr, "glm-bench: %s\n", glm_last_error());
+    fprintf(stderr, PROG ": error: %s\n", glm_last_error());
     glm_ctx_free(ctx);
     glm_model_free(m);
     return EXIT_FAIL;
