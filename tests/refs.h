@@ -5,6 +5,7 @@
 #ifndef GLM_TEST_REFS_H
 #define GLM_TEST_REFS_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,29 @@ static inline int argmax(const float *x, int n) {
     int b = 0;
     for (int i = 1; i < n; i++) if (x[i] > x[b]) b = i;
     return b;
+}
+
+/* Per-row errors of a[rows, n] against b[rows, n]: *max_rel = the largest over rows of
+ * max|a - b| / max|b| in the row, *rms_rel = the largest of ||a - b|| / ||b|| in the
+ * row, *row = the row of the former; both infinite when a holds a NaN. An RMS or a
+ * maximum over a whole array can hide one wrong row; these cannot. */
+static inline void row_errors(const float *a, const float *b, int rows, int n, double *max_rel, double *rms_rel, int *row) {
+    *max_rel = 0; *rms_rel = 0; *row = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *x = a + (size_t)r * n, *y = b + (size_t)r * n;
+        double md = 0, mb = 0, num = 0, den = 0;
+        for (int i = 0; i < n; i++) {
+            const double d = fabs((double)x[i] - y[i]);
+            if (x[i] != x[i]) { *max_rel = *rms_rel = INFINITY; *row = r; return; }
+            if (d > md) md = d;
+            if (fabs(y[i]) > mb) mb = fabs(y[i]);
+            num += d * d;
+            den += (double)y[i] * y[i];
+        }
+        const double mr = mb > 0 ? md / mb : md, rr = den > 0 ? sqrt(num / den) : sqrt(num);
+        if (mr > *max_rel) { *max_rel = mr; *row = r; }
+        if (rr > *rms_rel) *rms_rel = rr;
+    }
 }
 
 #endif

@@ -8,6 +8,7 @@
 #include "glm.h"
 #include "backend.h"
 #include "test.h"
+#include "refs.h"
 #include "../ggml-free-kernels/kernels.h"
 
 #include <cuda_runtime_api.h>
@@ -1022,18 +1023,32 @@ TEST(cublaslt) {
 }
 
 /* q/k norm + RoPE + paged store, then attention over pages, against a CPU model of
- * the same cache (values rounded exactly as stored). Three passes: a prefill of two
- * sequences, a decode step of three (one new), then a prefill of all three; the split
- * kernel with 1 and several splits, and the tensor-core prefill kernel over tiles. */
-static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
-    const int n_pages = 40, max_pages = 16, n_seq = 3, P = GLM_PAGE;
+ * the same cache (values rounded exactly as stored), over three sequences in
+ * n_passes passes: passes[i][s] new tokens of sequence s in pass i (one token for each
+ * of several sequences is a decode step). The split kernel with 1, 3, 8 and 64 splits
+ * (64 when the longest sequence passes 512 keys: CU_MAX_SPLIT, as the backend picks
+ * for a decode step of one token), and the tensor-core prefill kernel over tiles.
+ * long_rows: also check every (token, head) row of the output on its own. */
+static void attention_case_passes(int n_head, int n_kv, int hd, int n_rot, int fp8, const int (*passes)[3], int n_passes,
+                                  int long_rows) {
+    const int n_seq = 3, P = GLM_PAGE;
+    int total[3] = {0, 0, 0}, max_T = 0;
+    for (int pass = 0; pass < n_passes; pass++) {
+        int T = 0;
+        for (int s = 0; s < n_seq; s++) { total[s] += passes[pass][s]; T += passes[pass][s]; }
+        if (T > max_T) max_T = T;
+    }
+    int max_pages = 1;
+    for (int s = 0; s < n_seq; s++) if ((total[s] + P - 1) / P > max_pages) max_pages = (total[s] + P - 1) / P;
+    const int n_pages = n_seq * max_pages + 4, n_splits = max_pages * P > 512 ? 4 : 3;
     const float theta = 10000.f, eps = 1e-5f;
     const size_t page_el = (size_t)n_kv * P * hd;
     void *d_k = dnew((size_t)n_pages * page_el * (fp8 ? 1 : 2)), *d_v = dnew((size_t)n_pages * page_el * (fp8 ? 1 : 2));
     float *d_ks = fp8 ? dnew((size_t)n_pages * n_kv * P * 4) : NULL, *d_vs = fp8 ? dnew((size_t)n_pages * n_kv * P * 4) : NULL;
     glm_cu_kv kv = {d_k, d_v, d_ks, d_vs, fp8};
     /* page table: pages assigned out of order */
-    int32_t pt[3 * 16];
+    int32_t *pt = malloc(sizeof(int32_t) * n_seq * max_pages);
+    int32_t *seq = malloc(sizeof(int32_t) * max_T), *pos = malloc(sizeof(int32_t) * max_T), *tiles = malloc(sizeof(int32_t) * (max_T + 1));
     for (int i = 0; i < n_seq * max_pages; i++) pt[i] = -1;
     int next = n_pages - 1;
     float *qn = frandv(hd, 1.f), *kn = frandv(hd, 1.f);
@@ -1043,11 +1058,8 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
     const int maxlen = max_pages * P;
     float *ck = calloc((size_t)n_seq * maxlen * n_kv * hd, 4), *cv = calloc((size_t)n_seq * maxlen * n_kv * hd, 4);
     int len[3] = {0, 0, 0};
-    /* the last pass cuts sequence 0's 150 rows into several prefill tiles */
-    const int passes[3][3] = {{37, 5, 0}, {1, 1, 1}, {150, 20, 70}};
-    for (int pass = 0; pass < 3; pass++) {
+    for (int pass = 0; pass < n_passes; pass++) {
         int T = 0;
-        int32_t seq[256], pos[256];
         for (int s = 0; s < n_seq; s++)
             for (int i = 0; i < passes[pass][s]; i++) { seq[T] = s; pos[T] = len[s] + i; T++; }
         for (int t = 0; t < T; t++) {
@@ -1057,7 +1069,8 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
         const int Q = n_head * hd, KV = n_kv * hd;
         float *q = frandv((size_t)T * Q, 2.f), *k = frandv((size_t)T * KV, 2.f), *v = frandv((size_t)T * KV, 2.f);
         float *d_q = dup_h(q, (size_t)T * Q * 4), *d_kk = dup_h(k, (size_t)T * KV * 4), *d_vv = dup_h(v, (size_t)T * KV * 4);
-        int32_t *d_pos = dup_h(pos, (size_t)T * 4), *d_seq = dup_h(seq, (size_t)T * 4), *d_pt = dup_h(pt, sizeof pt);
+        int32_t *d_pos = dup_h(pos, (size_t)T * 4), *d_seq = dup_h(seq, (size_t)T * 4);
+        int32_t *d_pt = dup_h(pt, sizeof(int32_t) * n_seq * max_pages);
         glm_cu_plan plan = {d_pos, d_seq, d_pt, max_pages};
         /* the projections' biases, added here, in the two prefill passes (the second has
          * more than 64 tokens: several heads a warp) */
@@ -1146,8 +1159,10 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
                 }
                 free(sc);
             }
-        const int splits[3] = {1, 3, 8};
-        for (int si = 0; si < 3; si++) {
+        const int splits[4] = {1, 3, 8, 64};
+        double mr, rr;
+        int row;
+        for (int si = 0; si < n_splits; si++) {
             const int ns = splits[si];
             float *d_ws = dnew((size_t)T * n_head * ns * (hd + 2) * 4);
             poison(d_out, (size_t)T * Q * 4);
@@ -1155,10 +1170,16 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
             down(out, d_out, (size_t)T * Q * 4);
             snprintf(what, sizeof what, "attention pass %d split %d (heads %d/%d hd %d fp8 %d)", pass, ns, n_head, n_kv, hd, fp8);
             CHECK_REL(out, ref, (size_t)T * Q, 1e-4, what);
+            if (long_rows) {
+                /* each (token, head) row: float32 sums over up to a few thousand keys,
+                 * 10x the whole-array bound (a wrong row scores about 1) */
+                row_errors(out, ref, T * n_head, hd, &mr, &rr, &row);
+                fprintf(stderr, "  %s: rel err %.3g, per row: max %.3g (row %d), rms %.3g\n", what, rel_err(out, ref, (size_t)T * Q), mr, row, rr);
+                CHECK_MSG(mr <= 2e-3 && rr <= 1e-3, "%s: row %d: max |diff| %.3g of the row's largest, worst row rms %.3g", what, row, mr, rr);
+            }
             cudaFree(d_ws);
         }
         if (glm_cu_attention_prefill_ok(n_head, n_kv, hd)) {  /* BF16 q and p: 1e-2 */
-            int32_t tiles[257];
             const int nt = glm_cu_attention_tiles(seq, T, tiles);
             int32_t *d_tiles = dup_h(tiles, (size_t)(nt + 1) * 4);
             poison(d_out, (size_t)T * Q * 4);
@@ -1168,14 +1189,27 @@ static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
                      n_head, n_kv, hd, fp8);
             fprintf(stderr, "  %s: rel err %.3g\n", what, rel_err(out, ref, (size_t)T * Q));
             CHECK_REL(out, ref, (size_t)T * Q, 1e-2, what);
+            if (long_rows) {
+                /* BF16 q and p: each row at 5x the whole-array bound (a wrong row scores about 1) */
+                row_errors(out, ref, T * n_head, hd, &mr, &rr, &row);
+                fprintf(stderr, "  %s: per row: max %.3g (row %d), rms %.3g\n", what, mr, row, rr);
+                CHECK_MSG(mr <= 1e-1 && rr <= 5e-2, "%s: row %d: max |diff| %.3g of the row's largest, worst row rms %.3g", what, row, mr, rr);
+            }
             cudaFree(d_tiles);
         }
         for (int s = 0; s < n_seq; s++) len[s] += passes[pass][s];
         free(q); free(k); free(v); free(qg); free(kg); free(ref); free(out);
         cudaFree(d_q); cudaFree(d_kk); cudaFree(d_vv); cudaFree(d_pos); cudaFree(d_seq); cudaFree(d_pt); cudaFree(d_out);
     }
-    free(qn); free(kn); free(ck); free(cv);
+    free(qn); free(kn); free(ck); free(cv); free(pt); free(seq); free(pos); free(tiles);
     cudaFree(d_k); cudaFree(d_v); cudaFree(d_ks); cudaFree(d_vs); cudaFree(d_qn); cudaFree(d_kn);
+}
+
+/* A prefill of two sequences, a decode step of three (one new), then a prefill of all
+ * three that cuts sequence 0's 150 rows into several prefill tiles. */
+static void attention_case(int n_head, int n_kv, int hd, int n_rot, int fp8) {
+    static const int passes[3][3] = {{37, 5, 0}, {1, 1, 1}, {150, 20, 70}};
+    attention_case_passes(n_head, n_kv, hd, n_rot, fp8, passes, 3, 0);
 }
 
 TEST(attention) {
@@ -1183,6 +1217,18 @@ TEST(attention) {
     attention_case(6, 2, 32, 16, 1);
     attention_case(12, 1, 128, 64, 0);
     attention_case(12, 1, 128, 64, 1);
+}
+
+/* Long sequences: the split kernel's context splits and the prefill kernel's key tiles
+ * over 300 to 2600 keys. Sequences of 300, 1100 and 2500 keys, a decode step of each
+ * (64 splits: about 5, 17 and 40 keys a split), a prefill of 64 + 130 + 1 rows on top
+ * (tiles that start past 2500 keys), another decode step. */
+TEST(attention_long) {
+    static const int passes[4][3] = {{2500, 300, 1100}, {1, 1, 1}, {64, 130, 1}, {1, 1, 1}};
+    attention_case_passes(6, 2, 32, 16, 0, passes, 4, 1);
+    attention_case_passes(6, 2, 32, 16, 1, passes, 4, 1);
+    static const int passes128[3][3] = {{700, 1, 300}, {1, 1, 1}, {70, 0, 1}};
+    attention_case_passes(12, 1, 128, 64, 0, passes128, 3, 1);
 }
 
 TEST(probes) {
