@@ -6,6 +6,7 @@
 #include "regex.h"
 
 #include <stdint.h>
+#include <time.h>
 
 /* Returns the match as "[s,e)" text, "none", or "error" (for compact checks). */
 static const char *find(const char *pat, const char *text, size_t from) {
@@ -122,6 +123,128 @@ TEST(unsupported_constructs) {
 TEST(retry_limit) {
     const char *r = find("(a+)+b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 0);
     CHECK(!strcmp(r, "error") || !strcmp(r, "none"));
+}
+
+/* Returns pre repeated n times, then mid, then post repeated n times (malloc'd). */
+static char *nest(const char *pre, const char *mid, const char *post, int n) {
+    size_t lp = strlen(pre), lm = strlen(mid), lq = strlen(post);
+    char *p = malloc(lp * (size_t)n + lm + lq * (size_t)n + 1), *q = p;
+    for (int i = 0; i < n; i++, q += lp) memcpy(q, pre, lp);
+    memcpy(q, mid, lm);
+    q += lm;
+    for (int i = 0; i < n; i++, q += lq) memcpy(q, post, lq);
+    *q = 0;
+    return p;
+}
+
+/* Seconds on a monotonic clock. */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* 100,000 levels of groups, classes or quantifiers are a compile error naming the
+ * nesting (they overflowed the stack of the parser and code generator); 200 levels
+ * still compile and match. */
+TEST(nesting_limit) {
+    static const char *deep[][3] = {
+        {"(", "a", ")"}, {"(?:", "a", ")"}, {"(?>", "a", ")"}, {"(?=", "a", ")"}, {"(?i:", "a", ")"},
+        {"[", "a", "]"}, {"(?:a|", "b", ")"}, {"", "a", "*"}, {"", "a", "{1}"}, {"", "a", "+?"},
+        {"(?:", "a", ")*"}, {"[a[", "b", "]]"},
+    };
+    for (size_t i = 0; i < sizeof deep / sizeof deep[0]; i++) {
+        char *p = nest(deep[i][0], deep[i][1], deep[i][2], 100000);
+        double t0 = now_s();
+        const char *e = compile_error(p);
+        CHECK_MSG(strstr(e, "nesting deeper than 256 at offset") != NULL, "%s x 100000: \"%s\"", deep[i][0], e);
+        CHECK_MSG(now_s() - t0 < 1.0, "%s x 100000 took %.1f s", deep[i][0], now_s() - t0);
+        free(p);
+    }
+    /* 10,000 nested classes took 50 s (quadratic); now they stop at the limit at once */
+    char *p = nest("[", "a", "]", 10000);
+    double t0 = now_s();
+    CHECK(strstr(compile_error(p), "nesting deeper than") != NULL && now_s() - t0 < 1.0);
+    free(p);
+    p = nest("(?:", "a", ")", 200);
+    MATCH(p, "ba", "[1,2)");
+    free(p);
+    p = nest("[", "a", "]", 200);
+    MATCH(p, "ba", "[1,2)");
+    free(p);
+}
+
+/* A repeated body that compiles to nothing ((?i), an empty group) repeats to nothing:
+ * {100000}{100000}{100000} over it never reached the instruction cap and hung. */
+TEST(empty_body_repeat) {
+    double t0 = now_s();
+    MATCH("(?:(?i)(?i)){100000}{100000}{100000}", "ab", "[0,0)");
+    MATCH("x(?:(?i)(?m)){5}{100000}{100000}y", "axyb", "[1,3)");
+    MATCH("(?:(?i)(?m)){3,}a", "ba", "[1,2)");
+    CHECK_MSG(now_s() - t0 < 1.0, "took %.1f s", now_s() - t0);
+    /* bodies that compile to something still hit the instruction cap */
+    CHECK(strstr(compile_error("(?:ab){100000}{100000}"), "too large") != NULL);
+}
+
+/* Possessive and atomic groups re-scan the rest of the text from every start: the
+ * work is bounded, and past the bound the search fails (an error) instead of taking
+ * seconds (100 KB of 'a': 12 s before). */
+TEST(bounded_work) {
+    size_t n = 100000;
+    char *text = malloc(n + 1);
+    memset(text, 'a', n);
+    text[n] = 0;
+    const char *pats[] = {"a*+b", "(?>a*)b", "(?>a+)b", "(?:a|b)*+c", "(?=a*c)", "a(?:x?){20000}c"};
+    for (size_t i = 0; i < sizeof pats / sizeof pats[0]; i++) {
+        double t0 = now_s();
+        const char *r = find(pats[i], text, 0);
+        double dt = now_s() - t0;
+        CHECK_MSG(!strcmp(r, "error"), "%s on 100 KB of a: %s, want error", pats[i], r);
+        CHECK_MSG(dt < 2.0, "%s on 100 KB of a took %.1f s", pats[i], dt);
+    }
+    /* the same patterns on short text still answer */
+    MATCH("a*+b", "aaab", "[0,4)");
+    MATCH("(?>a*)b", "xaab", "[1,4)");
+    MATCH("(?:a|b)*+c", "abac", "[0,4)");
+    /* a budget shared by a run of searches (steps_max) stops the run once spent */
+    glm_regex *re = NULL;
+    char err[256];
+    CHECK(glm_regex_compile("a", 1, &re, err, sizeof err) == 0);
+    glm_regex_scratch scr = {0};
+    scr.steps_max = 1000;
+    size_t ms, me, from = 0;
+    int r, hits = 0;
+    while ((r = glm_regex_search(re, &scr, (const uint8_t *)text, n, from, &ms, &me)) == 1) {
+        hits++;
+        from = me;
+    }
+    CHECK(r == -1 && hits > 100 && hits < 1000 && scr.steps_used >= 1000);
+    glm_regex_scratch_free(&scr);
+    glm_regex_free(re);
+    free(text);
+}
+
+/* Multibyte characters are read within the pattern and the subject, never past them. */
+TEST(multibyte_bounds) {
+    /* "(?" then a 2-byte character: the error names it (one byte past the pattern was read) */
+    const char *e = compile_error("(?\xc3\xa9");
+    CHECK_MSG(strstr(e, "(?\xc3\xa9 is not supported") != NULL, "\"%s\"", e);
+    CHECK(strstr(compile_error("(?"), "unterminated") != NULL);
+    CHECK(strstr(compile_error("a(?i\xe4\xb8\xad)"), "not supported") != NULL);
+    /* a subject cut inside a character: the cut bytes match nothing */
+    const char *s = "a\xe4\xb8\xad";
+    glm_regex *re = NULL;
+    char err[256];
+    glm_regex_scratch scr = {0};
+    size_t ms = 0, me = 0;
+    CHECK(glm_regex_compile("[^a]", 4, &re, err, sizeof err) == 0);
+    CHECK(glm_regex_search(re, &scr, (const uint8_t *)s, 2, 0, &ms, &me) == 0);
+    CHECK(glm_regex_search(re, &scr, (const uint8_t *)s, 4, 0, &ms, &me) == 1 && ms == 1 && me == 4);
+    glm_regex_free(re);
+    CHECK(glm_regex_compile("\\b", 2, &re, err, sizeof err) == 0);
+    CHECK(glm_regex_search(re, &scr, (const uint8_t *)s + 1, 2, 0, &ms, &me) == 0);
+    glm_regex_free(re);
+    glm_regex_scratch_free(&scr);
 }
 
 RUN_TESTS()

@@ -12,6 +12,8 @@
 
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 
 #define DATA "tests/data/tok/"
 
@@ -510,6 +512,250 @@ TEST(load_errors) {
                         " \"pre_tokenizer\": {\"type\": \"Metaspace\"}, \"decoder\": {\"type\": \"ByteLevel\"}}";
     CHECK(glm_tokenizer_load_mem(nodec, strlen(nodec), "ms.json", &tok) == GLM_ERR_UNSUPPORTED);
     CHECK(strstr(glm_last_error(), "Metaspace") != NULL);
+}
+
+/* A small tokenizer.json: model type and extra model members, then the normalizer,
+ * pre_tokenizer, decoder and post_processor JSON (NULL for the defaults: none,
+ * ByteLevel without a prefix space, ByteLevel, none). Returns a static buffer. */
+static const char *mini_json(const char *mtype, const char *model_extra, const char *norm, const char *pre,
+                             const char *dec, const char *post) {
+    static char buf[8192];
+    snprintf(buf, sizeof buf,
+             "{\"model\": {\"type\": \"%s\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"<s>\": 3, \"</s>\": 5},"
+             " \"merges\": [[\"a\", \"b\"]]%s},"
+             " \"normalizer\": %s, \"pre_tokenizer\": %s, \"decoder\": %s, \"post_processor\": %s}",
+             mtype ? mtype : "BPE", model_extra ? model_extra : "", norm ? norm : "null",
+             pre ? pre : "{\"type\": \"ByteLevel\", \"add_prefix_space\": false}",
+             dec ? dec : "{\"type\": \"ByteLevel\"}", post ? post : "null");
+    return buf;
+}
+
+/* Loads json; returns the status, and on success frees the tokenizer. */
+static int try_load(const char *json) {
+    glm_tokenizer *tok = NULL;
+    int rc = glm_tokenizer_load_mem(json, strlen(json), "t.json", &tok);
+    glm_tokenizer_free(tok);
+    return rc;
+}
+
+#define SPLIT(pat) "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"" pat "\"}, \"behavior\": \"Isolated\"}"
+#define BL "{\"type\": \"ByteLevel\", \"add_prefix_space\": false}"
+#define SEQ_PRE(a, b) "{\"type\": \"Sequence\", \"pretokenizers\": [" a ", " b "]}"
+#define TPL(single, specials) "{\"type\": \"TemplateProcessing\", \"single\": [" single "], \"special_tokens\": {" specials "}}"
+#define TPL_S(id) "{\"SpecialToken\": {\"id\": \"" id "\"}}"
+#define TPL_A "{\"Sequence\": {\"id\": \"A\"}}"
+
+/* Every construct the loader does not support is refused with a message naming it
+ * (and the file); a tokenizer that is only slightly different still loads. */
+TEST(unsupported_features) {
+    static const struct {
+        const char *mtype, *model_extra, *norm, *pre, *dec, *post, *word;
+    } C[] = {
+        {"Unigram", NULL, NULL, NULL, NULL, NULL, "model type Unigram"},
+        {"WordPiece", NULL, NULL, NULL, NULL, NULL, "model type WordPiece"},
+        {NULL, ", \"byte_fallback\": true", NULL, NULL, NULL, NULL, "byte_fallback"},
+        {NULL, ", \"dropout\": 0.1", NULL, NULL, NULL, NULL, "dropout"},
+        {NULL, ", \"continuing_subword_prefix\": \"##\"", NULL, NULL, NULL, NULL, "continuing_subword_prefix"},
+        {NULL, ", \"end_of_word_suffix\": \"</w>\"", NULL, NULL, NULL, NULL, "end_of_word_suffix"},
+        {NULL, NULL, "{\"type\": \"Lowercase\"}", NULL, NULL, NULL, "normalizer type Lowercase"},
+        {NULL, NULL, "{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"NFC\"}, {\"type\": \"Replace\"}]}", NULL, NULL, NULL,
+         "normalizer type Replace"},
+        {NULL, NULL, "{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"},"
+         " {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"},"
+         " {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"}, {\"type\": \"NFC\"},"
+         " {\"type\": \"NFC\"}, {\"type\": \"NFC\"}]}", NULL, NULL, NULL, "too many normalizers"},
+        {NULL, NULL, NULL, "{\"type\": \"Whitespace\"}", NULL, NULL, "pre_tokenizer type Whitespace"},
+        {NULL, NULL, NULL, "{\"type\": \"Metaspace\"}", NULL, NULL, "pre_tokenizer type Metaspace"},
+        {NULL, NULL, NULL, SEQ_PRE(BL, SPLIT("a")), NULL, NULL, "Split after ByteLevel"},
+        {NULL, NULL, NULL, SEQ_PRE(SPLIT("a"), "{\"type\": \"Digits\"}"), NULL, NULL, "pre_tokenizer type Digits"},
+        {NULL, NULL, NULL, SPLIT("a"), NULL, NULL, "does not end in ByteLevel"},
+        {NULL, NULL, NULL, "null", NULL, NULL, "does not end in ByteLevel"},
+        {NULL, NULL, NULL, SEQ_PRE("{\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Splintered\"}", BL), NULL,
+         NULL, "Split behavior Splintered"},
+        {NULL, NULL, NULL, SEQ_PRE(SPLIT("(?<=a)b"), BL), NULL, NULL, "lookbehind"},
+        {NULL, NULL, NULL, SEQ_PRE(SPLIT("\\\\p{Greek}"), BL), NULL, NULL, "Greek"},
+        {NULL, NULL, NULL, SEQ_PRE(SPLIT("[[:alpha:]]"), BL), NULL, NULL, "POSIX bracket"},
+        {NULL, NULL, NULL, NULL, "null", NULL, "decoder is null"},
+        {NULL, NULL, NULL, NULL, "{\"type\": \"WordPiece\"}", NULL, "decoder type WordPiece"},
+        {NULL, NULL, NULL, NULL, "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteLevel\"}, {\"type\": \"Strip\"}]}", NULL,
+         "decoder type Strip"},
+        {NULL, NULL, NULL, NULL, NULL, "{\"type\": \"Wordy\"}", "post_processor type Wordy"},
+        {NULL, NULL, NULL, NULL, NULL,
+         "{\"type\": \"Sequence\", \"processors\": [{\"type\": \"RobertaProcessing\", \"cls\": [\"<s>\", 3], \"sep\": [\"</s>\", 5]},"
+         " {\"type\": \"BertProcessing\", \"cls\": [\"<s>\", 3], \"sep\": [\"</s>\", 5]}]}",
+         "more than one post-processor"},
+        {NULL, NULL, NULL, NULL, NULL, TPL(TPL_S("<s>") ", " TPL_A ", " TPL_A, "\"<s>\": {\"ids\": [3]}"), "sequence A once"},
+        {NULL, NULL, NULL, NULL, NULL, TPL(TPL_S("<s>") ", {\"Sequence\": {\"id\": \"B\"}}", "\"<s>\": {\"ids\": [3]}"),
+         "sequence A once"},
+        {NULL, NULL, NULL, NULL, NULL, TPL(TPL_S("<s>"), "\"<s>\": {\"ids\": [3]}"), "without sequence A"},
+    };
+    for (size_t i = 0; i < sizeof C / sizeof C[0]; i++) {
+        int rc = try_load(mini_json(C[i].mtype, C[i].model_extra, C[i].norm, C[i].pre, C[i].dec, C[i].post));
+        const char *e = glm_last_error();
+        CHECK_MSG(rc == GLM_ERR_UNSUPPORTED && strstr(e, C[i].word) && strstr(e, "t.json"),
+                  "case %zu: rc %d, \"%s\" should name %s", i, rc, e, C[i].word);
+    }
+    /* the supported neighbours of those load */
+    const char *ok[][6] = {
+        {NULL, ", \"byte_fallback\": false, \"dropout\": null", NULL, NULL, NULL, NULL},
+        {NULL, ", \"continuing_subword_prefix\": \"\", \"fuse_unk\": true", "{\"type\": \"NFKC\"}", NULL, NULL, NULL},
+        {NULL, NULL, NULL, SEQ_PRE(SPLIT("\\\\p{L}+|\\\\s+(?!\\\\S)"), BL), "{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteLevel\"}]}",
+         TPL(TPL_S("<s>") ", " TPL_A ", " TPL_S("</s>"), "\"<s>\": {\"ids\": [3]}, \"</s>\": {\"ids\": [5]}")},
+        {NULL, NULL, NULL, NULL, NULL, "{\"type\": \"RobertaProcessing\", \"cls\": [\"<s>\", 3], \"sep\": [\"</s>\", 5]}"},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        int rc = try_load(mini_json(ok[i][0], ok[i][1], ok[i][2], ok[i][3], ok[i][4], ok[i][5]));
+        CHECK_MSG(rc == GLM_OK, "supported case %zu: %s", i, glm_last_error());
+    }
+}
+
+/* Post-processor ids must be integers naming tokens of the vocabulary: an id in range
+ * but missing crashed glm-tokenize --json --add-special, and RobertaProcessing ids
+ * given as strings or booleans silently became id 0. */
+TEST(post_processor_ids) {
+    static const struct {
+        const char *post, *word;
+    } C[] = {
+        {TPL(TPL_S("<s>") ", " TPL_A, "\"<s>\": {\"ids\": [4]}"), "id 4 is not in the vocabulary"},
+        {TPL(TPL_S("<s>") ", " TPL_A, "\"<s>\": {\"ids\": [6]}"), "id 6 is not in the vocabulary"},
+        {TPL(TPL_S("<s>") ", " TPL_A, "\"<s>\": {\"ids\": [1.5]}"), "ids[0] is not a token id"},
+        {TPL(TPL_S("<s>") ", " TPL_A, "\"<s>\": {\"ids\": [3, 1e20]}"), "ids[1] is not a token id"},
+        {TPL(TPL_S("<s>") ", " TPL_A, "\"<s>\": {\"ids\": [\"3\"]}"), "ids[0] is not a token id"},
+        {TPL(TPL_S("<x>") ", " TPL_A, "\"<s>\": {\"ids\": [3]}"), "special token <x> has no ids"},
+        {"{\"type\": \"RobertaProcessing\", \"cls\": [\"<s>\", \"3\"], \"sep\": [\"</s>\", 5]}", "cls must be [token, id]"},
+        {"{\"type\": \"RobertaProcessing\", \"cls\": [\"<s>\", 3], \"sep\": [\"</s>\", true]}", "sep must be [token, id]"},
+        {"{\"type\": \"BertProcessing\", \"cls\": [\"<s>\", -1], \"sep\": [\"</s>\", 5]}", "cls must be [token, id]"},
+        {"{\"type\": \"BertProcessing\", \"cls\": [3, \"<s>\"], \"sep\": [\"</s>\", 5]}", "cls must be [token, id]"},
+        {"{\"type\": \"RobertaProcessing\", \"cls\": [\"<s>\", 4], \"sep\": [\"</s>\", 5]}", "id 4 is not in the vocabulary"},
+    };
+    for (size_t i = 0; i < sizeof C / sizeof C[0]; i++) {
+        int rc = try_load(mini_json(NULL, NULL, NULL, NULL, NULL, C[i].post));
+        const char *e = glm_last_error();
+        CHECK_MSG(rc == GLM_ERR_FORMAT && strstr(e, C[i].word), "case %zu: rc %d, \"%s\" should say %s", i, rc, e, C[i].word);
+    }
+    /* the vocabulary's ids are checked the same way */
+    const char *bad_vocab = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1.5}, \"merges\": []},"
+                            " \"pre_tokenizer\": " BL ", \"decoder\": {\"type\": \"ByteLevel\"}}";
+    CHECK(try_load(bad_vocab) == GLM_ERR_FORMAT && strstr(glm_last_error(), "vocab entry 1 has a bad id"));
+    /* a valid template: its ids come first and last with --add-special */
+    glm_tokenizer *tok = NULL;
+    const char *j = mini_json(NULL, NULL, NULL, NULL, NULL,
+                              "{\"type\": \"RobertaProcessing\", \"cls\": [\"<s>\", 3], \"sep\": [\"</s>\", 5]}");
+    CHECK(glm_tokenizer_load_mem(j, strlen(j), "t.json", &tok) == GLM_OK);
+    int32_t *ids = NULL;
+    int n = 0;
+    CHECK(tok && glm_tokenize(tok, "ab", 2, GLM_TOK_ADD_SPECIAL, &ids, &n) == GLM_OK);
+    CHECK(n == 3 && ids[0] == 3 && ids[1] == 2 && ids[2] == 5);
+    free(ids);
+    glm_tokenizer_free(tok);
+}
+
+/* Vocabulary keys and unk_token of any length: an unk_token longer than every key
+ * overflowed a heap buffer; an empty key was undefined behaviour. */
+TEST(odd_vocab_keys) {
+    size_t n = 5000;
+    char *j = malloc(n + 512);
+    int k = snprintf(j, n + 512, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [], \"unk_token\": \"");
+    memset(j + k, 'x', n);
+    snprintf(j + k + n, 512, "\"}, \"pre_tokenizer\": " BL ", \"decoder\": {\"type\": \"ByteLevel\"}}");
+    glm_tokenizer *tok = NULL;
+    CHECK_MSG(glm_tokenizer_load_mem(j, strlen(j), "unk.json", &tok) == GLM_OK, "%s", glm_last_error());
+    int32_t *ids = NULL;
+    int cnt = 0;
+    /* the unk_token is not in the vocabulary: unknown bytes are dropped, as HF does */
+    CHECK(tok && glm_tokenize(tok, "acb", 3, 0, &ids, &cnt) == GLM_OK && cnt == 2 && ids[0] == 0 && ids[1] == 1);
+    free(ids);
+    glm_tokenizer_free(tok);
+    free(j);
+    const char *e = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"\": 0, \"a\": 1}, \"merges\": [], \"unk_token\": \"\"},"
+                    " \"pre_tokenizer\": " BL ", \"decoder\": {\"type\": \"ByteLevel\"}}";
+    tok = NULL;
+    CHECK_MSG(glm_tokenizer_load_mem(e, strlen(e), "empty.json", &tok) == GLM_OK, "%s", glm_last_error());
+    if (!tok) return;
+    CHECK(glm_tokenizer_find(tok, "") == 0 && glm_tokenizer_find(tok, "a") == 1);
+    int32_t zero = 0;
+    char *out = NULL;
+    size_t ol = 1;
+    CHECK(glm_detokenize(tok, &zero, 1, 0, &out, &ol) == GLM_OK && ol == 0);
+    free(out);
+    glm_tokenizer_free(tok);
+}
+
+/* Costly split patterns: too deep is a load error naming the nesting; too much work
+ * on a text is an encode error naming the limit, returned at once (a possessive
+ * pattern over 100 KB took 12 s). */
+TEST(costly_split_regex) {
+    static char pat[2048];
+    char *q = pat;
+    for (int i = 0; i < 300; i++) q += sprintf(q, "(?:");
+    q += sprintf(q, "a");
+    for (int i = 0; i < 300; i++) q += sprintf(q, ")");
+    char pre[4096];
+    snprintf(pre, sizeof pre, SEQ_PRE("{\"type\": \"Split\", \"pattern\": {\"Regex\": \"%s\"}, \"behavior\": \"Isolated\"}", BL), pat);
+    CHECK(try_load(mini_json(NULL, NULL, NULL, pre, NULL, NULL)) == GLM_ERR_UNSUPPORTED);
+    CHECK_MSG(strstr(glm_last_error(), "nesting deeper than 256 at offset"), "%s", glm_last_error());
+    const char *j = mini_json(NULL, NULL, NULL, SEQ_PRE(SPLIT("a*+b|(?>a*)b"), BL), NULL, NULL);
+    glm_tokenizer *tok = NULL;
+    CHECK(glm_tokenizer_load_mem(j, strlen(j), "t.json", &tok) == GLM_OK);
+    if (!tok) return;
+    size_t n = 100000;
+    char *text = malloc(n);
+    memset(text, 'a', n);
+    int32_t *ids = NULL;
+    int cnt = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = glm_tokenize(tok, text, n, 0, &ids, &cnt);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    CHECK_MSG(rc == GLM_ERR_UNSUPPORTED && strstr(glm_last_error(), "limits"), "rc %d: %s", rc, glm_last_error());
+    CHECK_MSG(dt < 2.0, "took %.1f s", dt);
+    free(ids);
+    /* short texts still encode */
+    CHECK(glm_tokenize(tok, "aab", 3, 0, &ids, &cnt) == GLM_OK && cnt == 2 && ids[0] == 0 && ids[1] == 2);
+    free(ids);
+    free(text);
+    glm_tokenizer_free(tok);
+}
+
+/* Runs a shell command with stdout and stderr to files; returns its exit status. */
+static int sh(const char *cmd, char **err) {
+    char full[2048], path[64];
+    snprintf(path, sizeof path, "/tmp/test-tokenizer-%d.err", (int)getpid());
+    snprintf(full, sizeof full, "%s >/dev/null 2>%s </dev/null", cmd, path);
+    int st = system(full);
+    *err = slurp(path, NULL);
+    if (!*err) *err = calloc(1, 1);
+    remove(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* glm-tokenize's exit codes: 2 for usage errors (an unknown flag answered in one line,
+ * ids that do not parse or are not in the vocabulary), 1 for run-time failures. */
+TEST(tool_exit_codes) {
+    const char *bin = getenv("GLM_BIN") ? getenv("GLM_BIN") : "build/bin";
+    char cmd[1024], *err;
+    snprintf(cmd, sizeof cmd, "%s/glm-tokenize -m models/glm-tiny --frobnicate", bin);
+    CHECK(sh(cmd, &err) == 2);
+    CHECK_MSG(strstr(err, "unknown argument '--frobnicate'") && !strstr(err, "usage") && strchr(err, '\n') == err + strlen(err) - 1,
+              "\"%s\"", err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s/glm-tokenize -m models/glm-tiny --decode -p '[744, 300, 78, 864]'", bin);
+    CHECK(sh(cmd, &err) == 0);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s/glm-tokenize -m models/glm-tiny --decode -p '[9906, 1917]'", bin);
+    CHECK(sh(cmd, &err) == 2);
+    CHECK_MSG(strstr(err, "id 9906 at position 0 is not in the vocabulary"), "\"%s\"", err);
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s/glm-tokenize -m models/glm-tiny --decode -p '[1, x]'", bin);
+    CHECK(sh(cmd, &err) == 2 && strstr(err, "not a token id at byte 4"));
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s/glm-tokenize -m models/glm-tiny -p \"$(printf 'ab\\377')\"", bin);
+    CHECK(sh(cmd, &err) == 1 && strstr(err, "byte offset 2"));
+    free(err);
+    snprintf(cmd, sizeof cmd, "%s/glm-tokenize --tokenizer tests/data/tok/no-such-file.json -p hi", bin);
+    CHECK(sh(cmd, &err) == 1 && strstr(err, "no-such-file.json"));
+    free(err);
 }
 
 /* Chat rendering against transformers' apply_chat_template of the real templates. */

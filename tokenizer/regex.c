@@ -16,7 +16,10 @@
 
 #define RE_MAX_INST 200000
 #define RE_MAX_REPEAT 100000
-#define RE_RETRY_LIMIT 10000000L  /* Oniguruma's default retry limit in one match */
+#define RE_MAX_DEPTH 256           /* nesting of groups, classes and quantifiers */
+#define RE_RETRY_LIMIT 10000000L   /* Oniguruma's default retry limit in one match */
+#define RE_STEP_LIMIT 100000000L   /* instructions and repeat iterations in one search */
+#define RE_MAX_STACK (1u << 22)    /* backtrack entries (96 MiB) */
 
 /* ---- classes ---- */
 enum { CI_RANGE, CI_CATS, CI_SPACE, CI_WORD, CI_HEX, CI_SUB };
@@ -47,6 +50,7 @@ typedef struct {
     int akind;            /* N_ASSERT */
     int child, next;      /* first child, next sibling (-1) */
     int last;             /* last child, for appends */
+    int height;           /* 1 + the height of the tallest child */
 } rnode;
 
 /* ---- program ---- */
@@ -94,7 +98,10 @@ typedef struct {
     int n_code, cap_code;
     fset *fs;
     int n_fs, cap_fs;
+    fset *node_fs;        /* first set of each node, computed once (node_fs_done) */
+    uint8_t *node_fs_done;
     int n_slots;
+    int depth;            /* groups and classes open while parsing */
     char *err;
     size_t err_len;
     int failed;
@@ -109,7 +116,7 @@ static int perr(rparser *P, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (P->err && P->err_len) snprintf(P->err, P->err_len, "regex offset %zu: %s", P->i, msg);
+    if (P->err && P->err_len) snprintf(P->err, P->err_len, "%s at offset %zu", msg, P->i);
     return -1;
 }
 
@@ -131,15 +138,26 @@ static int new_node(rparser *P, int type) {
     memset(nd, 0, sizeof *nd);
     nd->type = (uint8_t)type;
     nd->child = nd->next = nd->last = -1;
+    nd->height = 1;
     return P->n_nodes++;
 }
 
-/* Appends child c to node parent. */
-static void add_child(rparser *P, int parent, int c) {
+/* Appends child c to node parent; returns 0, or -1 when the tree gets deeper than
+ * RE_MAX_DEPTH (the compiler recurses over it). */
+static int add_child(rparser *P, int parent, int c) {
     rnode *pn = &P->nodes[parent];
     if (pn->child < 0) pn->child = c;
     else P->nodes[pn->last].next = c;
-    P->nodes[parent].last = c;
+    pn->last = c;
+    if (P->nodes[c].height >= pn->height) pn->height = P->nodes[c].height + 1;
+    if (pn->height > RE_MAX_DEPTH) return perr(P, "regex nesting deeper than %d", RE_MAX_DEPTH);
+    return 0;
+}
+
+/* Enters a group or class (the parser recurses); returns 0, or -1 past RE_MAX_DEPTH. */
+static int enter(rparser *P) {
+    if (++P->depth > RE_MAX_DEPTH) return perr(P, "regex nesting deeper than %d", RE_MAX_DEPTH);
+    return 0;
 }
 
 /* Returns the number of children of node k. */
@@ -213,21 +231,31 @@ static void class_finish(glm_regex *re, int k) {
 /* ---- parser ---- */
 static int parse_alt(rparser *P, int *icase, int *dotall);
 
+/* Returns the next pattern character without advancing, or -1 at the end; *len gets
+ * its byte length. The pattern is valid UTF-8 (checked first); a sequence cut by the
+ * end still reads as the end, never past it. */
+static int32_t cp_at(const rparser *P, int *len) {
+    if (P->i >= P->n) return -1;
+    uint8_t c = P->p[P->i];
+    int l = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if ((size_t)l > P->n - P->i) return -1;
+    uint32_t cp;
+    *len = glm_utf8_decode(P->p, P->i, &cp);
+    return (int32_t)cp;
+}
+
 /* Returns the next pattern character (advancing), or -1 at the end. */
 static int32_t next_cp(rparser *P) {
-    if (P->i >= P->n) return -1;
-    uint32_t cp;
-    int l = glm_utf8_decode(P->p, P->i, &cp);
+    int l = 0;
+    int32_t c = cp_at(P, &l);
     P->i += (size_t)l;
-    return (int32_t)cp;
+    return c;
 }
 
 /* Returns the next pattern character without advancing, or -1. */
 static int32_t peek_cp(const rparser *P) {
-    if (P->i >= P->n) return -1;
-    uint32_t cp;
-    glm_utf8_decode(P->p, P->i, &cp);
-    return (int32_t)cp;
+    int l;
+    return cp_at(P, &l);
 }
 
 /* Returns the value of hex digit c, or -1. */
@@ -414,6 +442,7 @@ static int take_items(rparser *P, int mark, item_list *l) {
 static int parse_class(rparser *P, int icase) {
     item_list L = {0};
     int neg = 0, first = 1;
+    if (enter(P)) return -1;
     if (peek_cp(P) == '^') {
         neg = 1;
         P->i++;
@@ -492,6 +521,7 @@ static int parse_class(rparser *P, int icase) {
     rc->n = L.n;
     rc->neg = (uint8_t)neg;
     rc->icase = (uint8_t)icase;
+    P->depth--;
     return P->n_cls++;
 fail:
     free(L.v);
@@ -527,6 +557,7 @@ static int parse_atom(rparser *P, int *icase, int *dotall) {
         int sub_icase = *icase, sub_dotall = *dotall;
         if (peek_cp(P) == '?') {
             P->i++;
+            size_t dpos = P->i;
             int32_t d = next_cp(P);
             if (d == ':') kind = N_CAT;
             else if (d == '=' || d == '!') { kind = N_LOOK; neg = d == '!'; }
@@ -548,7 +579,7 @@ static int parse_atom(rparser *P, int *icase, int *dotall) {
             } else {
                 /* inline options: (?imx-imx) or (?imx-imx:...) */
                 int on = 1, ni = *icase, nd = *dotall;
-                P->i -= d < 0 ? 0 : 1;
+                P->i = dpos;
                 for (;;) {
                     int32_t o = next_cp(P);
                     if (o == '-') on = 0;
@@ -563,23 +594,27 @@ static int parse_atom(rparser *P, int *icase, int *dotall) {
                         return new_node(P, N_EMPTY);
                     } else {
                         P->i = at;
-                        return perr(P, "group construct (?%c is not supported", o < 0 ? '?' : (char)o);
+                        if (o < 0) return perr(P, "unterminated group (?");
+                        char u[5];
+                        int ul = glm_utf8_encode((uint32_t)o, u);
+                        return perr(P, "group construct (?%.*s is not supported", ul, u);
                     }
                 }
             }
         } else {
             kind = N_CAT;  /* capturing group: captures are not needed for splitting */
         }
+        if (enter(P)) return -1;
         int body = parse_alt(P, &sub_icase, &sub_dotall);
         if (body < 0) return -1;
+        P->depth--;
         if (peek_cp(P) != ')') return perr(P, "missing )");
         P->i++;
         if (kind == N_CAT) return body;
         k = new_node(P, kind);
         if (k < 0) return -1;
         P->nodes[k].neg = (uint8_t)neg;
-        add_child(P, k, body);
-        return k;
+        return add_child(P, k, body) ? -1 : k;
     }
     case '[': {
         int cl = parse_class(P, *icase);
@@ -691,7 +726,7 @@ static int parse_repeat(rparser *P, int *icase, int *dotall) {
         P->nodes[r].min = min;
         P->nodes[r].max = max;
         P->nodes[r].mode = (uint8_t)mode;
-        add_child(P, r, k);
+        if (add_child(P, r, k)) return -1;
         k = r;
     }
     return k;
@@ -705,7 +740,7 @@ static int parse_seq(rparser *P, int *icase, int *dotall) {
         int k = parse_repeat(P, icase, dotall);
         if (k == -1) return -1;
         if (k == -2) break;
-        add_child(P, cat, k);
+        if (add_child(P, cat, k)) return -1;
     }
     int n = n_children(P, cat);
     if (n == 0) P->nodes[cat].type = N_EMPTY;
@@ -721,13 +756,11 @@ static int parse_alt(rparser *P, int *icase_in, int *dotall_in) {
     if (first < 0) return -1;
     if (peek_cp(P) != '|') return first;
     int alt = new_node(P, N_ALT);
-    if (alt < 0) return -1;
-    add_child(P, alt, first);
+    if (alt < 0 || add_child(P, alt, first)) return -1;
     while (peek_cp(P) == '|') {
         P->i++;
         int k = parse_seq(P, &icase, &dotall);
-        if (k < 0) return -1;
-        add_child(P, alt, k);
+        if (k < 0 || add_child(P, alt, k)) return -1;
     }
     return alt;
 }
@@ -747,63 +780,63 @@ static void fs_merge(fset *f, const fset *g) {
     f->nonascii |= g->nonascii;
 }
 
-/* Computes the first set of node k into *f (f zeroed by the caller). */
-static void first_of(rparser *P, glm_regex *re, int k, fset *f) {
+/* Returns the first set of node k, computed once per node (P->node_fs). */
+static fset first_of(rparser *P, glm_regex *re, int k) {
+    if (P->node_fs_done[k]) return P->node_fs[k];
     rnode *nd = &P->nodes[k];
+    fset f = {0};
     switch (nd->type) {
     case N_EMPTY: case N_ASSERT: case N_LOOK:
-        f->nullable = 1;
-        return;
-    case N_CHAR: {
-        fs_add(f, nd->cp);
+        f.nullable = 1;
+        break;
+    case N_CHAR:
+        fs_add(&f, nd->cp);
         if (nd->icase) {
-            fs_add(f, glm_fold1(nd->cp));
-            fs_add(f, glm_upper1(nd->cp));
-            fs_add(f, glm_lower1(nd->cp));
+            fs_add(&f, glm_fold1(nd->cp));
+            fs_add(&f, glm_upper1(nd->cp));
+            fs_add(&f, glm_lower1(nd->cp));
             uint32_t fo = glm_fold1(nd->cp);
-            if (fo == 's' || fo == 'k') f->nonascii = 1;  /* U+017F, U+212A */
+            if (fo == 's' || fo == 'k') f.nonascii = 1;  /* U+017F, U+212A */
         }
-        return;
-    }
+        break;
     case N_CLASS: {
         rclass *c = &re->cls[nd->cls];
-        f->ascii[0] |= c->ascii[0];
-        f->ascii[1] |= c->ascii[1];
-        f->nonascii = 1;
-        return;
+        f.ascii[0] = c->ascii[0];
+        f.ascii[1] = c->ascii[1];
+        f.nonascii = 1;
+        break;
     }
     case N_ANY:
-        f->ascii[0] |= ~0ull;
-        f->ascii[1] |= ~0ull;
-        if (!nd->dotall) f->ascii[0] &= ~(1ull << '\n');
-        f->nonascii = 1;
-        return;
-    case N_CAT: {
+        f.ascii[0] = f.ascii[1] = ~0ull;
+        if (!nd->dotall) f.ascii[0] &= ~(1ull << '\n');
+        f.nonascii = 1;
+        break;
+    case N_CAT:
+        f.nullable = 1;
         for (int c = nd->child; c >= 0; c = P->nodes[c].next) {
-            fset g = {0};
-            first_of(P, re, c, &g);
-            fs_merge(f, &g);
-            if (!g.nullable) return;
+            fset g = first_of(P, re, c);
+            fs_merge(&f, &g);
+            if (!g.nullable) {
+                f.nullable = 0;
+                break;
+            }
         }
-        f->nullable = 1;
-        return;
-    }
+        break;
     case N_ALT:
         for (int c = nd->child; c >= 0; c = P->nodes[c].next) {
-            fset g = {0};
-            first_of(P, re, c, &g);
-            fs_merge(f, &g);
-            f->nullable |= g.nullable;
+            fset g = first_of(P, re, c);
+            fs_merge(&f, &g);
+            f.nullable |= g.nullable;
         }
-        return;
-    case N_REP: case N_ATOMIC: {
-        fset g = {0};
-        first_of(P, re, nd->child, &g);
-        *f = g;
-        if (nd->type == N_REP && nd->min == 0) f->nullable = 1;
-        return;
+        break;
+    case N_REP: case N_ATOMIC:
+        f = first_of(P, re, nd->child);
+        if (nd->type == N_REP && nd->min == 0) f.nullable = 1;
+        break;
     }
-    }
+    P->node_fs[k] = f;
+    P->node_fs_done[k] = 1;
+    return f;
 }
 
 /* Stores a first set; returns its index or -1. */
@@ -848,6 +881,20 @@ static int emit_split(rparser *P) {
     return emit(P, OP_SPLIT);
 }
 
+/* Returns non-zero when node k compiles to at least one instruction. */
+static int emits_code(const rparser *P, int k) {
+    const rnode *nd = &P->nodes[k];
+    switch (nd->type) {
+    case N_EMPTY: return 0;
+    case N_CAT:
+        for (int c = nd->child; c >= 0; c = P->nodes[c].next)
+            if (emits_code(P, c)) return 1;
+        return 0;
+    case N_REP: return emits_code(P, nd->child);
+    }
+    return 1;
+}
+
 /* Emits code for a repeat node k; returns 0 or -1. */
 static int gen_rep(rparser *P, glm_regex *re, int k) {
     rnode nd = P->nodes[k];
@@ -873,10 +920,12 @@ static int gen_rep(rparser *P, glm_regex *re, int k) {
         P->code[pc].b = P->n_code;
         return 0;
     }
+    /* a body that compiles to nothing ((?i), an empty group) repeats to nothing; this
+     * also keeps {m}{n}... over such a body from looping m*n... times */
+    if (!emits_code(P, ch)) return 0;
     for (int i = 0; i < nd.min; i++)
         if (gen(P, re, ch) < 0) return -1;
-    fset fc = {0};
-    first_of(P, re, ch, &fc);
+    fset fc = first_of(P, re, ch);
     int fci = fs_store(P, &fc);
     if (fci < 0) return -1;
     int lazy = nd.mode == Q_LAZY;
@@ -941,42 +990,46 @@ static int gen(rparser *P, glm_regex *re, int k) {
             if (gen(P, re, c) < 0) return -1;
         return 0;
     case N_ALT: {
-        int n = n_children(P, k), i = 0;
+        /* rest[i]: the first set of the alternatives after child i (what its SPLIT's
+         * second branch may start with), computed from the back in one pass */
+        int n = n_children(P, k), i = n;
         int *jumps = malloc(sizeof(int) * (size_t)n);
-        if (!jumps) return perr(P, "out of memory");
+        fset *rest = calloc((size_t)n, sizeof(fset));
+        if (!jumps || !rest) { free(jumps); free(rest); return perr(P, "out of memory"); }
+        int *kids = jumps;  /* the children in order, until jumps are filled */
+        for (int c = P->nodes[k].child, j = 0; c >= 0; c = P->nodes[c].next) kids[j++] = c;
+        for (fset acc = {0}; i-- > 0;) {
+            rest[i] = acc;
+            fset g = first_of(P, re, kids[i]);
+            fs_merge(&acc, &g);
+            acc.nullable |= g.nullable;
+        }
+        i = 0;
         for (int c = P->nodes[k].child; c >= 0; c = P->nodes[c].next, i++) {
             int last = P->nodes[c].next < 0;
             int sp = -1;
             if (!last) {
                 sp = emit_split(P);
-                if (sp < 0) { free(jumps); return -1; }
-                fset fa = {0}, fb = {0};
-                first_of(P, re, c, &fa);
-                for (int d = P->nodes[c].next; d >= 0; d = P->nodes[d].next) {
-                    fset g = {0};
-                    first_of(P, re, d, &g);
-                    fb.ascii[0] |= g.ascii[0];
-                    fb.ascii[1] |= g.ascii[1];
-                    fb.nonascii |= g.nonascii;
-                    fb.nullable |= g.nullable;
-                }
-                int ia = fs_store(P, &fa), ib = fs_store(P, &fb);
-                if (ia < 0 || ib < 0) { free(jumps); return -1; }
+                if (sp < 0) { free(jumps); free(rest); return -1; }
+                fset fa = first_of(P, re, c);
+                int ia = fs_store(P, &fa), ib = fs_store(P, &rest[i]);
+                if (ia < 0 || ib < 0) { free(jumps); free(rest); return -1; }
                 P->code[sp].fa = ia;
                 P->code[sp].fb = ib;
                 P->code[sp].a = sp + 1;
             }
-            if (gen(P, re, c) < 0) { free(jumps); return -1; }
+            if (gen(P, re, c) < 0) { free(jumps); free(rest); return -1; }
             jumps[i] = -1;
             if (!last) {
                 jumps[i] = emit(P, OP_JMP);
-                if (jumps[i] < 0) { free(jumps); return -1; }
+                if (jumps[i] < 0) { free(jumps); free(rest); return -1; }
                 P->code[sp].b = P->n_code;
             }
         }
         for (i = 0; i < n; i++)
             if (jumps[i] >= 0) P->code[jumps[i]].a = P->n_code;
         free(jumps);
+        free(rest);
         return 0;
     }
     case N_REP: return gen_rep(P, re, k);
@@ -1029,9 +1082,14 @@ int glm_regex_compile(const char *pat, size_t len, glm_regex **out, char *err, s
     re->items = P.items;
     re->n_items = P.n_items;
     for (int k = 0; k < re->n_cls; k++) class_finish(re, k);
+    P.node_fs = malloc(sizeof(fset) * (size_t)P.n_nodes);
+    P.node_fs_done = calloc((size_t)P.n_nodes, 1);
+    if (!P.node_fs || !P.node_fs_done) {
+        perr(&P, "out of memory");
+        goto fail;
+    }
     if (gen(&P, re, root) < 0 || emit(&P, OP_MATCH) < 0) goto fail;
-    fset fr = {0};
-    first_of(&P, re, root, &fr);
+    fset fr = first_of(&P, re, root);
     re->root_fs = fs_store(&P, &fr);
     if (re->root_fs < 0) goto fail;
     re->code = P.code;
@@ -1040,10 +1098,14 @@ int glm_regex_compile(const char *pat, size_t len, glm_regex **out, char *err, s
     re->n_fs = P.n_fs;
     re->n_slots = P.n_slots;
     free(P.nodes);
+    free(P.node_fs);
+    free(P.node_fs_done);
     *out = re;
     return 0;
 fail:
     free(P.nodes);
+    free(P.node_fs);
+    free(P.node_fs_done);
     free(P.cls);
     free(P.items);
     free(P.code);
@@ -1088,13 +1150,22 @@ static inline int fs_allows(const glm_regex *re, int fi, const uint8_t *s, size_
     return (int)((f->ascii[c >> 6] >> (c & 63)) & 1);
 }
 
+/* Decodes the character at s[pos] (pos < n); returns its byte length, or 0 when its
+ * sequence would run past n. */
+static inline int char_at(const uint8_t *s, size_t n, size_t pos, uint32_t *cp) {
+    uint8_t c = s[pos];
+    if (c < 0x80) { *cp = c; return 1; }
+    size_t l = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    if (l > n - pos) return 0;
+    return glm_utf8_decode(s, pos, cp);
+}
+
 /* Returns the byte length matched by single-character instruction in at pos, or 0. */
 static inline int match_one(const glm_regex *re, const rinst *in, const uint8_t *s, size_t n, size_t pos) {
     if (pos >= n) return 0;
     uint32_t cp;
-    int l;
-    if (s[pos] < 0x80) { cp = s[pos]; l = 1; }
-    else l = glm_utf8_decode(s, pos, &cp);
+    int l = char_at(s, n, pos, &cp);
+    if (!l) return 0;
     switch (in->op) {
     case OP_CHAR:
         if (cp == in->cp) return l;
@@ -1119,17 +1190,31 @@ static int word_at(const uint8_t *s, size_t n, size_t pos, int before) {
     if (before ? pos == 0 : pos >= n) return 0;
     size_t q = before ? prev_char(s, pos) : pos;
     uint32_t cp;
-    glm_utf8_decode(s, q, &cp);
+    if (!char_at(s, n, q, &cp)) return 0;
     citem w = {CI_WORD, 0, 0, 0, 0, 0};
     return item_match(NULL, &w, cp);
 }
 
-/* Pushes a backtrack entry; returns 0 or -1 when out of memory. */
-static inline int push(glm_regex_scratch *scr, int32_t pc, int32_t kind, size_t pos, size_t aux) {
+/* The limits of one search: backtracks and steps left; err says which failure ended it. */
+typedef struct {
+    long retries, steps;
+    int err;  /* -1 a limit, -2 out of memory */
+} vm_limits;
+
+/* Pushes a backtrack entry; returns 0, or -1 (lim->err set) past RE_MAX_STACK entries
+ * or when out of memory. */
+static inline int push(glm_regex_scratch *scr, vm_limits *lim, int32_t pc, int32_t kind, size_t pos, size_t aux) {
     if (scr->sp == scr->cap) {
+        if (scr->cap >= RE_MAX_STACK) {
+            lim->err = -1;
+            return -1;
+        }
         size_t nc = scr->cap ? scr->cap * 2 : 256;
         void *ns = realloc(scr->stack, nc * sizeof(btent));
-        if (!ns) return -1;
+        if (!ns) {
+            lim->err = -2;
+            return -1;
+        }
         scr->stack = ns;
         scr->cap = nc;
     }
@@ -1142,13 +1227,17 @@ static inline int push(glm_regex_scratch *scr, int32_t pc, int32_t kind, size_t 
 }
 
 /* Runs the program from pc at pos; returns the match end, -1 for no match, -2 on
- * error (memory or the retry limit). Backtrack entries it pushes are gone on return,
- * so lookarounds and atomic groups are atomic as in Oniguruma. */
+ * error (lim->err: a limit or memory). Every instruction and every character a
+ * repeat takes costs a step, every backtrack a retry, inside atomic groups and
+ * lookaheads too. Backtrack entries it pushes are gone on return, so lookarounds and
+ * atomic groups are atomic as in Oniguruma. */
 static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s, size_t n,
-                   int pc, size_t pos, long *budget) {
+                   int pc, size_t pos, vm_limits *lim) {
     size_t base = scr->sp;
     const rinst *code = re->code;
+    long steps = lim->steps;
     for (;;) {
+        if (--steps < 0) goto limit;
         const rinst *in = &code[pc];
         switch (in->op) {
         case OP_CHAR: case OP_CLASS: case OP_ANY: {
@@ -1162,7 +1251,7 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
             int oka = fs_allows(re, in->fa, s, n, pos);
             int okb = fs_allows(re, in->fb, s, n, pos);
             if (oka && okb) {
-                if (push(scr, in->b, BT_ALT, pos, 0)) return -2;
+                if (push(scr, lim, in->b, BT_ALT, pos, 0)) goto error;
                 pc = in->a;
             } else if (oka) {
                 pc = in->a;
@@ -1184,10 +1273,12 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
                 int cnt = 0;
                 for (; cnt < min; cnt++) {
                     int l = match_one(re, op, s, n, p);
-                    if (!l) goto fail;
+                    if (!l) break;
                     p += (size_t)l;
                 }
-                if ((max < 0 || cnt < max) && push(scr, pc, BT_REP_LAZY, p, (size_t)cnt)) return -2;
+                steps -= cnt;
+                if (cnt < min) goto fail;
+                if ((max < 0 || cnt < max) && push(scr, lim, pc, BT_REP_LAZY, p, (size_t)cnt)) goto error;
                 pos = p;
                 pc += 2;
                 continue;
@@ -1200,24 +1291,24 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
                 p += (size_t)l;
                 cnt++;
             }
+            steps -= cnt;
             if (cnt < min) goto fail;
-            if (cnt > min && in->mode == Q_GREEDY && push(scr, pc, BT_REP_GREEDY, p, (size_t)cnt)) return -2;
+            if (cnt > min && in->mode == Q_GREEDY && push(scr, lim, pc, BT_REP_GREEDY, p, (size_t)cnt)) goto error;
             pos = p;
             pc += 2;
             continue;
         }
-        case OP_LOOK: {
-            long r = vm_run(re, scr, s, n, in->a, pos, budget);
+        case OP_LOOK: case OP_ATOMIC: {
+            lim->steps = steps;
+            long r = vm_run(re, scr, s, n, in->a, pos, lim);
+            steps = lim->steps;
             if (r == -2) return -2;
-            if ((r >= 0) == (in->mode != 0)) goto fail;
-            pc = in->b;
-            continue;
-        }
-        case OP_ATOMIC: {
-            long r = vm_run(re, scr, s, n, in->a, pos, budget);
-            if (r == -2) return -2;
-            if (r < 0) goto fail;
-            pos = (size_t)r;
+            if (in->op == OP_LOOK) {
+                if ((r >= 0) == (in->mode != 0)) goto fail;
+            } else {
+                if (r < 0) goto fail;
+                pos = (size_t)r;
+            }
             pc = in->b;
             continue;
         }
@@ -1237,7 +1328,7 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
             continue;
         }
         case OP_NULL_START:
-            if (push(scr, in->a, BT_SLOT, scr->slots[in->a], 0)) return -2;
+            if (push(scr, lim, in->a, BT_SLOT, scr->slots[in->a], 0)) goto error;
             scr->slots[in->a] = pos;
             pc++;
             continue;
@@ -1247,12 +1338,16 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
             continue;
         case OP_MATCH:
             scr->sp = base;
+            lim->steps = steps;
             return (long)pos;
         }
     fail:
         for (;;) {
-            if (scr->sp == base) return -1;
-            if (--*budget < 0) { scr->sp = base; return -2; }
+            if (scr->sp == base) {
+                lim->steps = steps;
+                return -1;
+            }
+            if (--lim->retries < 0 || --steps < 0) goto limit;
             btent e = ((btent *)scr->stack)[--scr->sp];
             if (e.kind == BT_SLOT) {
                 scr->slots[e.pc] = e.pos;
@@ -1267,7 +1362,7 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
             if (e.kind == BT_REP_GREEDY) {
                 size_t p = prev_char(s, e.pos);
                 size_t cnt = e.aux - 1;
-                if (cnt > (size_t)rin->a && push(scr, e.pc, BT_REP_GREEDY, p, cnt)) return -2;
+                if (cnt > (size_t)rin->a && push(scr, lim, e.pc, BT_REP_GREEDY, p, cnt)) goto error;
                 pos = p;
                 pc = e.pc + 2;
                 break;
@@ -1277,25 +1372,37 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
             if (!l) continue;
             size_t cnt = e.aux + 1;
             size_t p = e.pos + (size_t)l;
-            if ((rin->b < 0 || cnt < (size_t)rin->b) && push(scr, e.pc, BT_REP_LAZY, p, cnt)) return -2;
+            if ((rin->b < 0 || cnt < (size_t)rin->b) && push(scr, lim, e.pc, BT_REP_LAZY, p, cnt)) goto error;
             pos = p;
             pc = e.pc + 2;
             break;
         }
     }
+limit:
+    lim->err = -1;
+error:
+    scr->sp = base;
+    lim->steps = steps;
+    return -2;
 }
 
-/* Returns 1 with the leftmost match, 0 when none, -1 on error. */
+/* Returns 1 with the leftmost match, 0 when none, -1 at a limit, -2 out of memory. */
 int glm_regex_search(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s, size_t n,
                      size_t from, size_t *ms, size_t *me) {
     if ((size_t)re->n_slots > scr->n_slots) {
         size_t *ns = realloc(scr->slots, sizeof(size_t) * (size_t)re->n_slots);
-        if (!ns) return -1;
+        if (!ns) return -2;
         scr->slots = ns;
         scr->n_slots = (size_t)re->n_slots;
     }
     const fset *rf = &re->fs[re->root_fs];
-    long budget = RE_RETRY_LIMIT;
+    vm_limits lim = {RE_RETRY_LIMIT, RE_STEP_LIMIT, 0};
+    if (scr->steps_max) {
+        if (scr->steps_used >= scr->steps_max) return -1;
+        if (scr->steps_max - scr->steps_used < (uint64_t)lim.steps) lim.steps = (long)(scr->steps_max - scr->steps_used);
+    }
+    const long steps0 = lim.steps;
+    int r = 0;
     for (size_t pos = from; pos <= n;) {
         int try_here = 1;
         if (!rf->nullable) {
@@ -1305,17 +1412,25 @@ int glm_regex_search(const glm_regex *re, glm_regex_scratch *scr, const uint8_t 
         }
         if (try_here) {
             scr->sp = 0;
-            long e = vm_run(re, scr, s, n, 0, pos, &budget);
-            if (e == -2) return -1;
+            long e = vm_run(re, scr, s, n, 0, pos, &lim);
+            if (e == -2) {
+                r = lim.err;
+                break;
+            }
             if (e >= 0) {
                 *ms = pos;
                 *me = (size_t)e;
-                return 1;
+                r = 1;
+                break;
             }
+        } else if (--lim.steps < 0) {
+            r = -1;
+            break;
         }
         if (pos >= n) break;
         uint8_t c = s[pos];
         pos += c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
     }
-    return 0;
+    scr->steps_used += (uint64_t)(steps0 - (lim.steps < 0 ? 0 : lim.steps));
+    return r;
 }

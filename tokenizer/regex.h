@@ -12,12 +12,18 @@
 typedef struct glm_regex glm_regex;
 
 /* Per-thread working memory of a search (backtrack stack); zero-initialise, then
- * glm_regex_scratch_free when done. */
+ * glm_regex_scratch_free when done. Every search is bounded: it fails after
+ * 10,000,000 backtracks (Oniguruma's retry limit), 100,000,000 steps (instructions
+ * run plus characters taken by repeats) or 4M backtrack entries. steps_used adds up
+ * the steps of the searches made with the scratch; when steps_max is not 0, a search
+ * also fails once steps_used would pass it (a budget for a run of searches over one
+ * text, which the caller sets and resets). */
 typedef struct {
     void *stack;
     size_t cap, sp;
     size_t *slots;
     size_t n_slots;
+    uint64_t steps_used, steps_max;
 } glm_regex_scratch;
 
 /* Compiles pat[0..len) (UTF-8). Returns 0 and sets *out, or -1 with a message in err
@@ -25,9 +31,10 @@ typedef struct {
 int glm_regex_compile(const char *pat, size_t len, glm_regex **out, char *err, size_t err_len);
 void glm_regex_free(glm_regex *re);
 
-/* Finds the leftmost match in s[0..n) that starts at or after byte `from` (s must be
- * valid UTF-8). Returns 1 and sets [*ms, *me), 0 when there is none, or -1 when the
- * backtracking limit was hit or memory ran out. */
+/* Finds the leftmost match in s[0..n) that starts at or after byte `from` (s should be
+ * valid UTF-8: an invalid or cut sequence matches nothing but is never read past n).
+ * Returns 1 and sets [*ms, *me), 0 when there is none, -1 when a limit above was hit,
+ * or -2 when memory ran out. */
 int glm_regex_search(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s, size_t n,
                      size_t from, size_t *ms, size_t *me);
 

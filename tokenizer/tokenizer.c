@@ -20,6 +20,11 @@
 #define CACHE_MAX_WORD 128            /* longer pre-tokens are not cached */
 #define CACHE_MAX_ENTRIES (1u << 19)   /* the cache is emptied when it grows past these */
 #define CACHE_MAX_BYTES (32u << 20)
+/* The split regexes' work allowed to one encode (glm_regex_scratch.steps_max): real
+ * patterns take about 10 steps a byte, so this only stops a costly pattern (one that
+ * backtracks over the text again and again) from running for minutes. */
+#define REGEX_STEPS_BASE 100000000ull
+#define REGEX_STEPS_PER_BYTE 1000ull
 
 /* ---- byte-string hash map (keys copied into a pool) ---- */
 typedef struct {
@@ -99,7 +104,7 @@ static int bm_put(bytemap *m, const void *key, size_t len, int32_t val) {
             return 0;
         }
     }
-    if (m->pool_n + len > m->pool_cap) {
+    if (m->pool_n + len > m->pool_cap || !m->pool) {  /* allocated even for an empty first key */
         size_t nc = m->pool_cap ? m->pool_cap * 2 : 4096;
         while (nc < m->pool_n + len) nc *= 2;
         char *np = realloc(m->pool, nc);
@@ -257,10 +262,10 @@ enum { TF_PRESENT = 1, TF_ADDED = 2, TF_SPECIAL = 4 };
 
 /* ---- loading helpers ---- */
 
-/* Converts a byte-level string (UTF-8 of alphabet characters) to raw bytes in out
- * (room for len bytes); returns the byte count, or -1 when a character is not in the
- * alphabet. */
-static long bl_to_bytes(const int16_t *c2b, const char *s, size_t len, uint8_t *out) {
+/* Converts a byte-level string (UTF-8 of alphabet characters) to raw bytes in
+ * out[0..cap); returns the byte count, or -1 when a character is not in the alphabet
+ * or the bytes would not fit (cap >= len always suffices: one byte a character). */
+static long bl_to_bytes(const int16_t *c2b, const char *s, size_t len, uint8_t *out, size_t cap) {
     size_t i = 0;
     long k = 0;
     const uint8_t *u = (const uint8_t *)s;
@@ -269,11 +274,32 @@ static long bl_to_bytes(const int16_t *c2b, const char *s, size_t len, uint8_t *
         if (l < 0) return -1;
         uint32_t cp;
         glm_utf8_decode(u, i, &cp);
-        if (cp >= 324 || c2b[cp] < 0) return -1;
+        if (cp >= 324 || c2b[cp] < 0 || (size_t)k >= cap) return -1;
         out[k++] = (uint8_t)c2b[cp];
         i += (size_t)l;
     }
     return k;
+}
+
+/* Returns the id of the vocabulary key s[0..len) as written in tokenizer.json (a
+ * byte-level string, or any other text), or -1 when absent or out of memory. */
+static int32_t vocab_find(const glm_tokenizer *tok, const char *s, size_t len) {
+    uint8_t small[256];
+    uint8_t *buf = len <= sizeof small ? small : malloc(len);
+    if (!buf) return -1;
+    long k = bl_to_bytes(tok->c2b, s, len, buf, len);
+    int32_t id = k >= 0 ? bm_find(&tok->vocab, buf, (size_t)k) : bm_find(&tok->vocab_str, s, len);
+    if (buf != small) free(buf);
+    return id;
+}
+
+/* Returns 1 and sets *id when v is an integral JSON number in [0, max], else 0. */
+static int json_id(const json_value *v, int64_t max, int32_t *id) {
+    if (!v || v->type != JSON_NUMBER) return 0;
+    double d = v->u.number;
+    if (!(d >= 0 && d <= (double)max) || d != (double)(int64_t)d) return 0;
+    *id = (int32_t)d;
+    return 1;
 }
 
 /* Appends bytes to a growable pool; returns the offset or -1. */
@@ -493,6 +519,15 @@ static int check_decoder(const json_value *v, const char *name) {
     return glm_err(GLM_ERR_UNSUPPORTED, "%s: decoder type %s is not supported (ByteLevel)", name, type ? type : "?");
 }
 
+/* Appends one id to a growable array; returns GLM_OK or GLM_ERR_OOM. */
+static int push_id(int32_t **arr, int *n, int32_t id) {
+    int32_t *na = realloc(*arr, sizeof(int32_t) * (size_t)(*n + 1));
+    if (!na) return glm_err(GLM_ERR_OOM, "out of memory");
+    *arr = na;
+    na[(*n)++] = id;
+    return GLM_OK;
+}
+
 /* Looks up a special token's ids in a TemplateProcessing special_tokens map into the
  * growable array *arr; returns GLM_OK or an error. */
 static int tpl_add(const json_value *specials, const char *key, int32_t **arr, int *n, const char *name) {
@@ -501,21 +536,12 @@ static int tpl_add(const json_value *specials, const char *key, int32_t **arr, i
     if (!ids || ids->type != JSON_ARRAY)
         return glm_err(GLM_ERR_FORMAT, "%s: TemplateProcessing special token %s has no ids", name, key);
     for (size_t i = 0; i < ids->u.arr.n; i++) {
-        if (ids->u.arr.items[i].type != JSON_NUMBER) return glm_err(GLM_ERR_FORMAT, "%s: bad id for %s", name, key);
-        int32_t *na = realloc(*arr, sizeof(int32_t) * (size_t)(*n + 1));
-        if (!na) return glm_err(GLM_ERR_OOM, "out of memory");
-        *arr = na;
-        na[(*n)++] = (int32_t)ids->u.arr.items[i].u.number;
+        int32_t id;
+        if (!json_id(&ids->u.arr.items[i], INT32_MAX, &id))
+            return glm_err(GLM_ERR_FORMAT, "%s: TemplateProcessing special token %s: ids[%zu] is not a token id", name, key, i);
+        int rc = push_id(arr, n, id);
+        if (rc) return rc;
     }
-    return GLM_OK;
-}
-
-/* Appends one id to a growable array; returns GLM_OK or GLM_ERR_OOM. */
-static int push_id(int32_t **arr, int *n, int32_t id) {
-    int32_t *na = realloc(*arr, sizeof(int32_t) * (size_t)(*n + 1));
-    if (!na) return glm_err(GLM_ERR_OOM, "out of memory");
-    *arr = na;
-    na[(*n)++] = id;
     return GLM_OK;
 }
 
@@ -565,10 +591,15 @@ static int load_post(glm_tokenizer *tok, const json_value *v, const char *name) 
     }
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
         const json_value *cls = json_get(v, "cls"), *sep = json_get(v, "sep");
-        if (!cls || cls->type != JSON_ARRAY || cls->u.arr.n != 2 || !sep || sep->type != JSON_ARRAY || sep->u.arr.n != 2)
-            return glm_err(GLM_ERR_FORMAT, "%s: %s needs cls and sep pairs", name, type);
-        int rc = push_id(&tok->tpl_pre, &tok->n_pre, (int32_t)cls->u.arr.items[1].u.number);
-        if (!rc) rc = push_id(&tok->tpl_post, &tok->n_post, (int32_t)sep->u.arr.items[1].u.number);
+        int32_t cls_id, sep_id;
+        if (!cls || cls->type != JSON_ARRAY || cls->u.arr.n != 2 || cls->u.arr.items[0].type != JSON_STRING ||
+            !json_id(&cls->u.arr.items[1], INT32_MAX, &cls_id))
+            return glm_err(GLM_ERR_FORMAT, "%s: %s cls must be [token, id]", name, type);
+        if (!sep || sep->type != JSON_ARRAY || sep->u.arr.n != 2 || sep->u.arr.items[0].type != JSON_STRING ||
+            !json_id(&sep->u.arr.items[1], INT32_MAX, &sep_id))
+            return glm_err(GLM_ERR_FORMAT, "%s: %s sep must be [token, id]", name, type);
+        int rc = push_id(&tok->tpl_pre, &tok->n_pre, cls_id);
+        if (!rc) rc = push_id(&tok->tpl_post, &tok->n_post, sep_id);
         return rc;
     }
     return glm_err(GLM_ERR_UNSUPPORTED, "%s: post_processor type %s is not supported", name, type);
@@ -592,7 +623,7 @@ static int set_token(glm_tokenizer *tok, int32_t id, const char *text, size_t te
  * back to its byte when all of them are in the alphabet, else the UTF-8 as is. Writes
  * into out (len bytes room); returns the byte count. */
 static size_t decode_piece(const int16_t *c2b, const char *s, size_t len, uint8_t *out) {
-    long k = bl_to_bytes(c2b, s, len, out);
+    long k = bl_to_bytes(c2b, s, len, out, len);
     if (k >= 0) return (size_t)k;
     memcpy(out, s, len);
     return len;
@@ -662,13 +693,13 @@ int glm_tokenizer_from_json(const json_value *root, const char *name, glm_tokeni
     for (int b = 0; b < 256; b++) tok->byte_id[b] = -1;
     for (size_t i = 0; i < vocab->u.obj.n; i++) {
         const json_member *m = &vocab->u.obj.members[i];
-        if (m->value.type != JSON_NUMBER || m->value.u.number < 0 || m->value.u.number > 1e8) {
-            rc = glm_err(GLM_ERR_FORMAT, "%s: vocab entry %zu has a bad id", name, i);
+        int32_t id;
+        if (!json_id(&m->value, 100000000, &id)) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: vocab entry %zu has a bad id (an integer in [0, 1e8])", name, i);
             goto fail;
         }
-        int32_t id = (int32_t)m->value.u.number;
         if (id > maxid) maxid = id;
-        long k = bl_to_bytes(c2b, m->key, m->key_len, buf);
+        long k = bl_to_bytes(c2b, m->key, m->key_len, buf, maxkey);
         int r = k >= 0 ? bm_put(&tok->vocab, buf, (size_t)k, id) : bm_put(&tok->vocab_str, m->key, m->key_len, id);
         if (r) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto fail; }
         if (k == 1) tok->byte_id[buf[0]] = id;
@@ -699,8 +730,7 @@ int glm_tokenizer_from_json(const json_value *root, const char *name, glm_tokeni
             if (a) {
                 id = a->id;
             } else {
-                long k = bl_to_bytes(c2b, c->u.str.s, c->u.str.len, buf);
-                id = k >= 0 ? bm_find(&tok->vocab, buf, (size_t)k) : bm_find(&tok->vocab_str, c->u.str.s, c->u.str.len);
+                id = vocab_find(tok, c->u.str.s, c->u.str.len);
                 if (id < 0) {
                     if (max_added < 0) id = (int32_t)model_size;
                     else id = (max_added >= (int64_t)model_size || !model_size) ? (int32_t)(max_added + 1) : (int32_t)model_size;
@@ -739,11 +769,8 @@ int glm_tokenizer_from_json(const json_value *root, const char *name, glm_tokeni
         rc = set_token(tok, (int32_t)m->value.u.number, m->key, m->key_len, buf, plen, 0, &tok->pieces, &pn, &pcap, &tn, &tcap);
         if (rc) goto fail;
     }
-    const char *unk = json_get_str(model, "unk_token");
-    if (unk) {
-        long k = bl_to_bytes(c2b, unk, strlen(unk), buf);
-        tok->unk_id = k >= 0 ? bm_find(&tok->vocab, buf, (size_t)k) : bm_find(&tok->vocab_str, unk, strlen(unk));
-    }
+    const json_value *unk = json_get(model, "unk_token");
+    if (unk && unk->type == JSON_STRING) tok->unk_id = vocab_find(tok, unk->u.str.s, unk->u.str.len);
 
     /* merges */
     if (mm_init(&tok->merges, merges->u.arr.n)) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto fail; }
@@ -769,8 +796,8 @@ int glm_tokenizer_from_json(const json_value *root, const char *name, glm_tokeni
             goto fail;
         }
         if (al + bl > maxkey * 2) { rc = glm_err(GLM_ERR_FORMAT, "%s: merge %zu is too long", name, i); goto fail; }
-        long ka = bl_to_bytes(c2b, a, al, buf);
-        long kb = ka >= 0 ? bl_to_bytes(c2b, b, bl, buf + ka) : -1;
+        long ka = bl_to_bytes(c2b, a, al, buf, al);
+        long kb = ka >= 0 ? bl_to_bytes(c2b, b, bl, buf + ka, bl) : -1;
         int32_t ia = ka >= 0 ? bm_find(&tok->vocab, buf, (size_t)ka) : -1;
         int32_t ib = kb >= 0 ? bm_find(&tok->vocab, buf + ka, (size_t)kb) : -1;
         int32_t in = (ia >= 0 && ib >= 0) ? bm_find(&tok->vocab, buf, (size_t)(ka + kb)) : -1;
@@ -822,7 +849,10 @@ int glm_tokenizer_from_json(const json_value *root, const char *name, glm_tokeni
     if (rc) goto fail;
     for (int k = 0; k < tok->n_pre + tok->n_post; k++) {
         int32_t id = k < tok->n_pre ? tok->tpl_pre[k] : tok->tpl_post[k - tok->n_pre];
-        if (id < 0 || id >= tok->n_vocab) { rc = glm_err(GLM_ERR_FORMAT, "%s: post_processor id %d out of range", name, id); goto fail; }
+        if (id < 0 || id >= tok->n_vocab || !(tok->tflags[id] & TF_PRESENT)) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: post_processor id %d is not in the vocabulary", name, id);
+            goto fail;
+        }
     }
     free(buf);
     *out = tok;
@@ -1126,7 +1156,7 @@ static int split_step(const glm_tokenizer *tok, enc_state *E, int k, const uint8
     for (;;) {
         int r = st->re ? glm_regex_search(st->re, &E->rs, p, n, pos, &ms, &me) : literal_search(st, p, n, pos, &ms, &me);
         if (r < 0) {
-            E->regex_limit = 1;
+            E->regex_limit = r == -1;
             goto fail;
         }
         if (r == 0) break;
@@ -1216,7 +1246,7 @@ static int pretok(const glm_tokenizer *tok, enc_state *E, int k, const uint8_t *
     for (;;) {
         int r = glm_regex_search(st->re, &E->rs, p, n, pos, &ms, &me);
         if (r < 0) {
-            E->regex_limit = 1;
+            E->regex_limit = r == -1;
             return -1;
         }
         if (r == 0) break;
@@ -1357,13 +1387,18 @@ int glm_tokenize(const glm_tokenizer *tok, const char *text, size_t len, int fla
     if (!E) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto done; }
     E->n_ids = 0;
     E->regex_limit = 0;
+    E->rs.steps_used = 0;
+    E->rs.steps_max = REGEX_STEPS_BASE + REGEX_STEPS_PER_BYTE * (uint64_t)len;
     E->flags = flags;
     E->use_cache = 1;
     if (flags & GLM_TOK_ADD_SPECIAL)
         for (int k = 0; k < tok->n_pre; k++)
             if (out_id(E, tok->tpl_pre[k])) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto done; }
     if (split_added(tok, E, &tok->set_raw, 0, s, len, plain_raw)) {
-        rc = E->regex_limit ? glm_err(GLM_ERR_UNSUPPORTED, "tokenize: the split regex hit its backtracking limit")
+        rc = E->regex_limit ? glm_err(GLM_ERR_UNSUPPORTED,
+                                      "tokenize: the split regex needs more work than its limits allow on this text"
+                                      " (%llu steps so far; at most 10M backtracks and 100M steps a search, %llu steps in all)",
+                                      (unsigned long long)E->rs.steps_used, (unsigned long long)E->rs.steps_max)
                             : glm_err(GLM_ERR_OOM, "tokenize: out of memory");
         goto done;
     }
@@ -1422,15 +1457,7 @@ int32_t glm_tokenizer_find(const glm_tokenizer *tok, const char *text) {
     size_t len = strlen(text);
     for (int k = 0; k < tok->n_added; k++)
         if (tok->added[k].len == len && !memcmp(tok->added[k].content, text, len)) return tok->added[k].id;
-    uint8_t *buf = malloc(len + 1);
-    if (!buf) return -1;
-    int32_t id = -1;
-    if (glm_utf8_check((const uint8_t *)text, len) == len) {
-        long k = bl_to_bytes(tok->c2b, text, len, buf);
-        id = k >= 0 ? bm_find(&tok->vocab, buf, (size_t)k) : bm_find(&tok->vocab_str, text, len);
-    }
-    free(buf);
-    return id;
+    return vocab_find(tok, text, len);
 }
 
 /* Returns the eos token id from tokenizer_config.json, or -1. */

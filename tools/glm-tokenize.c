@@ -1,11 +1,14 @@
 /* glm-tokenize - encode text with a model's tokenizer.json and print the tokens, or
  * decode ids back to text, like llama-tokenize. --ids prints exactly what HF
  * tokenizers' encode(text, add_special_tokens=False).ids gives; --bench measures
- * single-thread encode speed. */
+ * single-thread encode speed. Exit status: 0, 1 when a run fails (a tokenizer that
+ * does not load, text that is not UTF-8), 2 for a usage error (an unknown flag, ids
+ * that do not parse or are not in the vocabulary). */
 #include "common.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Prints the usage text to f. */
 static void usage(FILE *f) {
@@ -114,8 +117,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--json")) json = 1;
         else if (!strcmp(a, "--bench")) n_bench = tool_int("--bench", tool_arg(argc, argv, &i), 1, 100000);
         else {
-            fprintf(stderr, "%s: error: unknown argument '%s'\n", prog, a);
-            usage(stderr);
+            fprintf(stderr, "%s: error: unknown argument '%s' (see --help)\n", prog, a);
             return EXIT_USAGE;
         }
     }
@@ -137,6 +139,8 @@ int main(int argc, char **argv) {
     const char *text = prompt;
     size_t len = prompt ? strlen(prompt) : 0;
     if (!prompt) {
+        if ((!file || !strcmp(file, "-")) && isatty(STDIN_FILENO))
+            fprintf(stderr, "%s: reading %s from stdin (Ctrl-D to end)\n", prog, decode ? "ids" : "text");
         owned = tool_read_text(prog, file ? file : "-", &len);
         if (!owned) {
             glm_tokenizer_free(tok);
@@ -160,10 +164,12 @@ int main(int argc, char **argv) {
             status = EXIT_USAGE;
             goto done;
         }
-        if (glm_detokenize(tok, ids, n, 0, &out, &olen)) {
-            fprintf(stderr, "%s: error: %s\n", prog, glm_last_error());
+        rc = glm_detokenize(tok, ids, n, 0, &out, &olen);
+        if (rc) {
+            /* an id outside the vocabulary is a bad argument; anything else a failure */
+            fprintf(stderr, "%s: error: %s: %s\n", prog, prompt ? "-p" : file ? file : "stdin", glm_last_error());
             free(ids);
-            status = EXIT_FAIL;
+            status = rc == GLM_ERR_ARG ? EXIT_USAGE : EXIT_FAIL;
             goto done;
         }
         if (json) {
@@ -192,7 +198,8 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) {
             const char *t = glm_token_text(tok, ids[i]);
             if (i) fputs(", ", stdout);
-            json_str(stdout, t, strlen(t));
+            if (t) json_str(stdout, t, strlen(t));
+            else fputs("null", stdout);  /* the loader refuses templates with such ids */
         }
         printf("], \"count\": %d}\n", n);
     } else if (only_ids) {
