@@ -2,6 +2,7 @@
  * Fast enough for a 10 MB tokenizer.json (one pass, no per-node malloc). */
 #include "json.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -360,11 +361,56 @@ int json_get_num(const json_value *obj, const char *key, double *out) {
     return 1;
 }
 
-int json_get_int(const json_value *obj, const char *key, int64_t *out) {
+const char *json_type_name(const json_value *v) {
+    if (!v) return "missing";
+    switch (v->type) {
+    case JSON_NULL: return "null";
+    case JSON_BOOL: return "a boolean";
+    case JSON_NUMBER: return "a number";
+    case JSON_STRING: return "a string";
+    case JSON_ARRAY: return "an array";
+    default: return "an object";
+    }
+}
+
+/* Writes d to buf in the shortest %g form that reads back as d; returns buf. */
+static char *fmt_num(char *buf, size_t cap, double d) {
+    if (isnan(d)) snprintf(buf, cap, "nan");
+    else if (isinf(d)) snprintf(buf, cap, "%s", d < 0 ? "a negative number too large for a double" : "a number too large for a double");
+    else {
+        snprintf(buf, cap, "%.15g", d);
+        if (strtod(buf, NULL) != d) snprintf(buf, cap, "%.17g", d);
+    }
+    return buf;
+}
+
+int json_to_num(const json_value *v, double lo, double hi, double *out, char *why, size_t cap) {
+    char a[64], b[32], c[32];
+    if (!v || v->type != JSON_NUMBER) {
+        snprintf(why, cap, "is %s, not a number", json_type_name(v));
+        return 0;
+    }
+    double d = v->u.number;
+    if (!(d >= lo && d <= hi)) { /* also NaN and +-inf */
+        snprintf(why, cap, "%s is outside [%s, %s]", fmt_num(a, sizeof a, d), fmt_num(b, sizeof b, lo),
+                 fmt_num(c, sizeof c, hi));
+        return 0;
+    }
+    *out = d;
+    return 1;
+}
+
+int json_to_int(const json_value *v, int64_t lo, int64_t hi, int64_t *out, char *why, size_t cap) {
+    if (lo < -JSON_MAX_EXACT_INT) lo = -JSON_MAX_EXACT_INT;
+    if (hi > JSON_MAX_EXACT_INT) hi = JSON_MAX_EXACT_INT;
     double d;
-    if (!json_get_num(obj, key, &d)) return 0;
-    if (d != (double)(int64_t)d) return 0;
-    *out = (int64_t)d;
+    if (!json_to_num(v, (double)lo, (double)hi, &d, why, cap)) return 0;  /* exact: |lo|, |hi| < 2^53 */
+    if (d != floor(d)) {
+        char a[64];
+        snprintf(why, cap, "%s is not an integer", fmt_num(a, sizeof a, d));
+        return 0;
+    }
+    *out = (int64_t)d;  /* in range: checked above */
     return 1;
 }
 

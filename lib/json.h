@@ -45,10 +45,22 @@ const json_value *json_get(const json_value *v, const char *key);
 const json_value *json_path(const json_value *v, const char *dotted);
 /* Typed accessors: return 1 and set *out when present with the right type, else 0. */
 int json_get_num(const json_value *obj, const char *key, double *out);
-int json_get_int(const json_value *obj, const char *key, int64_t *out);
 int json_get_bool(const json_value *obj, const char *key, int *out);
 /* The string member, or NULL when absent or not a string. */
 const char *json_get_str(const json_value *obj, const char *key);
+
+/* The largest integer a JSON number (an IEEE double) holds exactly: 2^53 - 1. */
+#define JSON_MAX_EXACT_INT 9007199254740991LL
+
+/* Checked conversions of a number value, the only way a JSON number should become an
+ * integer or a narrower type: each returns 1 and sets *out when v is a number within
+ * [lo, hi] (and, for json_to_int, integral; bounds are clamped to +-JSON_MAX_EXACT_INT),
+ * else 0 with why[cap] saying what is wrong ("1e+20 is outside [0, 1073741824]",
+ * "1.5 is not an integer", "is a string, not a number") for a message naming the field. */
+int json_to_int(const json_value *v, int64_t lo, int64_t hi, int64_t *out, char *why, size_t cap);
+int json_to_num(const json_value *v, double lo, double hi, double *out, char *why, size_t cap);
+/* The name of a value's type for messages: "a string", "an array", ... */
+const char *json_type_name(const json_value *v);
 
 /* Appends s as a JSON string literal (quoted, escaped) to buf; returns bytes that
  * would be written (like snprintf). Used by writers of JSON output. */

@@ -6,6 +6,7 @@
 #include "json.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,13 +20,17 @@ glm_model_params glm_model_default_params(void) {
 
 /* ---- config.json ---- */
 
-/* Reads a required integer field; returns a status naming the file and field. */
+/* The largest value an integer field of config.json may take. */
+#define CFG_MAX_INT (1 << 30)
+
+/* Reads a required integer field in [0, CFG_MAX_INT]; returns a status naming the file and field. */
 static int need_int(const json_value *root, const char *key, const char *path, int *out) {
-    int64_t v;
     const json_value *j = json_get(root, key);
+    char why[160];
+    int64_t v;
     if (!j) return glm_err(GLM_ERR_FORMAT, "%s: missing field \"%s\"", path, key);
-    if (!json_get_int(root, key, &v) || v < 0 || v > (1 << 30))
-        return glm_err(GLM_ERR_FORMAT, "%s: field \"%s\" must be a non-negative integer", path, key);
+    if (!json_to_int(j, 0, CFG_MAX_INT, &v, why, sizeof why))
+        return glm_err(GLM_ERR_FORMAT, "%s: field \"%s\" must be a non-negative integer: %s", path, key, why);
     *out = (int)v;
     return GLM_OK;
 }
@@ -36,11 +41,14 @@ static int opt_int(const json_value *root, const char *key, const char *path, in
     return need_int(root, key, path, out);
 }
 
-static int opt_num(const json_value *obj, const char *key, const char *path, double def, double *out) {
+/* Reads an optional number field (default when absent) within what a float holds; errors
+ * when present but not a number or outside [-FLT_MAX, FLT_MAX]. dotted names the field. */
+static int opt_num(const json_value *obj, const char *key, const char *dotted, const char *path, double def, double *out) {
     const json_value *j = json_get(obj, key);
+    char why[160];
     if (!j || j->type == JSON_NULL) { *out = def; return GLM_OK; }
-    if (j->type != JSON_NUMBER) return glm_err(GLM_ERR_FORMAT, "%s: field \"%s\" must be a number", path, key);
-    *out = j->u.number;
+    if (!json_to_num(j, -FLT_MAX, FLT_MAX, out, why, sizeof why))
+        return glm_err(GLM_ERR_FORMAT, "%s: field \"%s\" %s", path, dotted, why);
     return GLM_OK;
 }
 
@@ -49,6 +57,73 @@ static int opt_bool(const json_value *obj, const char *key, const char *path, in
     if (!j || j->type == JSON_NULL) { *out = def; return GLM_OK; }
     if (j->type != JSON_BOOL) return glm_err(GLM_ERR_FORMAT, "%s: field \"%s\" must be true or false", path, key);
     *out = j->u.boolean;
+    return GLM_OK;
+}
+
+/* Reads eos_token_id (absent, null, an id or an array of ids) into hp->eos; every id must
+ * be a token of the vocabulary. Returns a status naming the file and the entry. */
+static int read_eos(const json_value *r, const char *path, glm_hparams *hp) {
+    const json_value *eos = json_get(r, "eos_token_id");
+    char why[160];
+    int64_t id;
+    hp->n_eos = 0;
+    if (!eos || eos->type == JSON_NULL) return GLM_OK;
+    if (eos->type == JSON_NUMBER) {
+        if (!json_to_int(eos, 0, hp->n_vocab - 1, &id, why, sizeof why))
+            return glm_err(GLM_ERR_FORMAT, "%s: field \"eos_token_id\" must be a token id (vocab_size %d): %s",
+                           path, hp->n_vocab, why);
+        hp->eos[hp->n_eos++] = (int32_t)id;
+        return GLM_OK;
+    }
+    if (eos->type != JSON_ARRAY)
+        return glm_err(GLM_ERR_FORMAT, "%s: field \"eos_token_id\" is %s, not a token id or an array of them",
+                       path, json_type_name(eos));
+    if (eos->u.arr.n > GLM_MAX_EOS)
+        return glm_err(GLM_ERR_UNSUPPORTED, "%s: field \"eos_token_id\" lists %zu ids (at most %d supported)",
+                       path, eos->u.arr.n, GLM_MAX_EOS);
+    for (size_t i = 0; i < eos->u.arr.n; i++) {
+        if (!json_to_int(&eos->u.arr.items[i], 0, hp->n_vocab - 1, &id, why, sizeof why))
+            return glm_err(GLM_ERR_FORMAT, "%s: field \"eos_token_id\"[%zu] must be a token id (vocab_size %d): %s",
+                           path, i, hp->n_vocab, why);
+        hp->eos[hp->n_eos++] = (int32_t)id;
+    }
+    return GLM_OK;
+}
+
+/* Checks the relations between hparams the engine relies on (head grouping, rotary
+ * dims, expert counts, positive sizes); returns a status naming the file and field. */
+static int hparams_check(const glm_hparams *hp, double prf, const char *path) {
+#define BAD(cond, ...) do { if (cond) return glm_err(GLM_ERR_FORMAT, __VA_ARGS__); } while (0)
+    BAD(hp->n_vocab < 1, "%s: vocab_size must be at least 1", path);
+    BAD(hp->n_embd < 1, "%s: hidden_size must be at least 1", path);
+    BAD(hp->n_layer < 1, "%s: num_hidden_layers must be at least 1", path);
+    BAD(hp->n_head < 1, "%s: num_attention_heads must be at least 1", path);
+    BAD(hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv,
+        "%s: num_key_value_heads %d must divide num_attention_heads %d", path, hp->n_head_kv, hp->n_head);
+    BAD(hp->head_dim < 2 || hp->head_dim % 2, "%s: head_dim %d must be even and at least 2", path, hp->head_dim);
+    BAD((int64_t)hp->n_head * hp->head_dim > CFG_MAX_INT, "%s: num_attention_heads x head_dim = %lld is too large",
+        path, (long long)hp->n_head * hp->head_dim);
+    BAD(!(prf > 0 && prf <= 1), "%s: partial_rotary_factor %g must be in (0, 1]", path, prf);
+    BAD(hp->n_rot < 2 || hp->n_rot % 2 || hp->n_rot > hp->head_dim,
+        "%s: partial_rotary_factor %g gives %d rotary dims of head_dim %d (must be even, 2 to head_dim)",
+        path, prf, hp->n_rot, hp->head_dim);
+    BAD(hp->n_dense_layer > hp->n_layer, "%s: first_k_dense_replace %d is more than num_hidden_layers %d",
+        path, hp->n_dense_layer, hp->n_layer);
+    BAD(hp->n_dense_layer > 0 && hp->n_ff < 1, "%s: intermediate_size must be at least 1 (dense layers)", path);
+    if (hp->n_dense_layer < hp->n_layer) {   /* MoE layers */
+        BAD(hp->n_expert < 1, "%s: n_routed_experts must be at least 1", path);
+        BAD(hp->n_expert_used < 1 || hp->n_expert_used > hp->n_expert,
+            "%s: num_experts_per_tok %d must be 1 to n_routed_experts %d", path, hp->n_expert_used, hp->n_expert);
+        BAD(hp->n_ff_exp < 1, "%s: moe_intermediate_size must be at least 1", path);
+        BAD((int64_t)hp->n_ff_exp * hp->n_expert_shared > CFG_MAX_INT,
+            "%s: moe_intermediate_size x n_shared_experts = %lld is too large", path,
+            (long long)hp->n_ff_exp * hp->n_expert_shared);
+    }
+    BAD(hp->n_ctx_train < 1, "%s: max_position_embeddings must be at least 1", path);
+    BAD(!(hp->rms_eps > 0), "%s: rms_norm_eps %g must be positive", path, hp->rms_eps);
+    BAD(!(hp->rope_theta > 0), "%s: rope_theta %g must be positive", path, hp->rope_theta);
+    BAD(!(hp->routed_scale > 0), "%s: routed_scaling_factor %g must be positive", path, hp->routed_scale);
+#undef BAD
     return GLM_OK;
 }
 
@@ -96,8 +171,8 @@ int glm_hparams_parse(const char *text, size_t len, const char *path, glm_hparam
         goto done;
     }
     double eps, rs, theta, prf;
-    if ((rc = opt_num(r, "rms_norm_eps", path, 1e-5, &eps)) ||
-        (rc = opt_num(r, "routed_scaling_factor", path, 1.0, &rs)) ||
+    if ((rc = opt_num(r, "rms_norm_eps", "rms_norm_eps", path, 1e-5, &eps)) ||
+        (rc = opt_num(r, "routed_scaling_factor", "routed_scaling_factor", path, 1.0, &rs)) ||
         (rc = opt_bool(r, "norm_topk_prob", path, 1, &hp->norm_topk_prob)) ||
         (rc = opt_bool(r, "use_qk_norm", path, 0, &hp->use_qk_norm)) ||
         (rc = opt_bool(r, "attention_bias", path, 0, &hp->attn_bias)))
@@ -113,36 +188,19 @@ int glm_hparams_parse(const char *text, size_t len, const char *path, glm_hparam
     } else {
         rp = NULL;
     }
-    if ((rc = opt_num(rp && json_get(rp, "rope_theta") ? rp : r, "rope_theta", path, 10000.0, &theta)) ||
-        (rc = opt_num(rp && json_get(rp, "partial_rotary_factor") ? rp : r, "partial_rotary_factor", path, 0.5, &prf)))
+    int theta_in_rp = rp && json_get(rp, "rope_theta"), prf_in_rp = rp && json_get(rp, "partial_rotary_factor");
+    if ((rc = opt_num(theta_in_rp ? rp : r, "rope_theta", theta_in_rp ? "rope_parameters.rope_theta" : "rope_theta",
+                      path, 10000.0, &theta)) ||
+        (rc = opt_num(prf_in_rp ? rp : r, "partial_rotary_factor",
+                      prf_in_rp ? "rope_parameters.partial_rotary_factor" : "partial_rotary_factor", path, 0.5, &prf)))
         goto done;
-    hp->rms_eps = (float)eps;
+    hp->rms_eps = (float)eps;          /* all within [-FLT_MAX, FLT_MAX]: checked above */
     hp->routed_scale = (float)rs;
     hp->rope_theta = (float)theta;
-    hp->n_rot = (int)(hp->head_dim * prf);
-    const json_value *eos = json_get(r, "eos_token_id");
-    if (eos && eos->type == JSON_NUMBER) {
-        hp->eos[hp->n_eos++] = (int32_t)eos->u.number;
-    } else if (eos && eos->type == JSON_ARRAY) {
-        for (size_t i = 0; i < eos->u.arr.n && hp->n_eos < GLM_MAX_EOS; i++)
-            if (eos->u.arr.items[i].type == JSON_NUMBER) hp->eos[hp->n_eos++] = (int32_t)eos->u.arr.items[i].u.number;
-    }
-    /* sanity */
-    const char *bad = NULL;
-    if (hp->n_vocab < 1) bad = "vocab_size";
-    else if (hp->n_embd < 1) bad = "hidden_size";
-    else if (hp->n_layer < 1) bad = "num_hidden_layers";
-    else if (hp->n_head < 1) bad = "num_attention_heads";
-    else if (hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv) bad = "num_key_value_heads (must divide num_attention_heads)";
-    else if (hp->head_dim < 2 || hp->head_dim % 2) bad = "head_dim";
-    else if (hp->n_rot < 2 || hp->n_rot % 2 || hp->n_rot > hp->head_dim) bad = "partial_rotary_factor";
-    else if (hp->n_dense_layer > hp->n_layer) bad = "first_k_dense_replace";
-    else if (hp->n_dense_layer < hp->n_layer && (hp->n_expert < 1 || hp->n_expert_used < 1 || hp->n_expert_used > hp->n_expert || hp->n_ff_exp < 1))
-        bad = "n_routed_experts/num_experts_per_tok/moe_intermediate_size";
-    else if (hp->n_dense_layer > 0 && hp->n_ff < 1) bad = "intermediate_size";
-    else if (!(hp->rms_eps > 0)) bad = "rms_norm_eps";
-    else if (!(hp->rope_theta > 0)) bad = "rope_theta";
-    if (bad) rc = glm_err(GLM_ERR_FORMAT, "%s: invalid value of %s", path, bad);
+    /* rotary dims: int(head_dim * factor) as transformers computes it, for factors in (0, 1] */
+    hp->n_rot = prf > 0 && prf <= 1 ? (int)(hp->head_dim * prf) : 0;
+    if ((rc = hparams_check(hp, prf, path))) goto done;
+    rc = read_eos(r, path, hp);
 done:
     json_free(doc);
     return rc;
@@ -238,6 +296,15 @@ static int model_bind(glm_model *m, const char *where) {
     BIND(&m->tok_embd, hp->n_vocab, D, 0, "model.embed_tokens.weight");
     BIND(&m->out_norm, 0, D, 0, "model.norm.weight");
     BIND(&m->lm_head, hp->n_vocab, D, 0, "lm_head.weight");
+    /* the last layer and expert must exist before arrays of n_layer and n_expert are made */
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", hp->n_layer - 1);
+    if (!glm_st_find(m->st, name))
+        return glm_err(GLM_ERR_FORMAT, "%s: tensor '%s' is missing (config.json: num_hidden_layers %d)", where, name, hp->n_layer);
+    if (hp->n_dense_layer < hp->n_layer) {
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.gate_proj.weight", hp->n_dense_layer, hp->n_expert - 1);
+        if (!glm_st_find(m->st, name))
+            return glm_err(GLM_ERR_FORMAT, "%s: tensor '%s' is missing (config.json: n_routed_experts %d)", where, name, hp->n_expert);
+    }
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return glm_err(GLM_ERR_OOM, "out of memory");
     for (int il = 0; il < hp->n_layer; il++) {

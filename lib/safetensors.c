@@ -112,10 +112,37 @@ const char *glm_st_file_path(const glm_st_set *s, int file) {
 }
 uint64_t glm_st_total_bytes(const glm_st_set *s) { return s->total_bytes; }
 
+/* qsort order of tensor pointers: by begin, then by end. */
 static int cmp_begin(const void *a, const void *b) {
     const glm_st_tensor *x = *(glm_st_tensor *const *)a, *y = *(glm_st_tensor *const *)b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
 }
+
+/* Checks that no two of the n tensors starting at first share a byte (tensors of zero
+ * bytes hold none); returns a status naming both tensors. O(n log n). */
+static int st_check_overlap(glm_st_set *s, size_t first, size_t n, const char *path) {
+    if (n < 2) return GLM_OK;
+    glm_st_tensor **order = malloc(n * sizeof *order);
+    if (!order) return glm_err(GLM_ERR_OOM, "out of memory");
+    for (size_t i = 0; i < n; i++) order[i] = &s->tensors[first + i];
+    qsort(order, n, sizeof *order, cmp_begin);
+    const glm_st_tensor *reach = NULL;   /* the tensor with the furthest end so far */
+    int rc = GLM_OK;
+    for (size_t i = 0; i < n && rc == GLM_OK; i++) {
+        const glm_st_tensor *t = order[i];
+        if (t->end == t->begin) continue;
+        if (reach && t->begin < reach->end)
+            rc = glm_err(GLM_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap at byte %llu",
+                         path, reach->name, t->name, (unsigned long long)t->begin);
+        if (!reach || t->end > reach->end) reach = t;
+    }
+    free(order);
+    return rc;
+}
+
+/* Sets *out = a * b; returns 0 when the product does not fit in 64 bits. */
+static int mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
 
 /* Maps one file and appends its validated tensors to the set. */
 static int st_add_file(glm_st_set *s, const char *path) {
@@ -133,6 +160,7 @@ static int st_add_file(glm_st_set *s, const char *path) {
     if (fd < 0) return glm_err(GLM_ERR_IO, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) { close(fd); return glm_err(GLM_ERR_IO, "%s: %s", path, strerror(errno)); }
+    if (!S_ISREG(st.st_mode)) { close(fd); return glm_err(GLM_ERR_IO, "%s: not a regular file", path); }
     f->size = (size_t)st.st_size;
     if (f->size < 8) {
         close(fd);
@@ -160,6 +188,11 @@ static int st_add_file(glm_st_set *s, const char *path) {
         const json_member *m = &root->u.obj.members[i];
         if (strcmp(m->key, "__metadata__") == 0) continue;
         const json_value *v = &m->value;
+        char why[160];
+        if (strlen(m->key) != m->key_len) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': the name holds a NUL byte", path, m->key);
+            goto done;
+        }
         const char *dt = json_get_str(v, "dtype");
         const json_value *shape = json_get(v, "shape"), *offs = json_get(v, "data_offsets");
         if (!dt || !shape || shape->type != JSON_ARRAY || !offs || offs->type != JSON_ARRAY || offs->u.arr.n != 2) {
@@ -177,32 +210,39 @@ static int st_add_file(glm_st_set *s, const char *path) {
             goto done;
         }
         t.n_dims = (int)shape->u.arr.n;
-        uint64_t numel = 1;
+        uint64_t nbytes = glm_dtype_size(t.dtype);   /* numel x element size, overflow-checked */
         for (int d = 0; d < t.n_dims; d++) {
-            const json_value *e = &shape->u.arr.items[d];
-            if (e->type != JSON_NUMBER || e->u.number < 0 || e->u.number != (double)(int64_t)e->u.number || e->u.number > 1e15) {
-                rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': bad shape entry %d", path, m->key, d);
+            int64_t dim;
+            if (!json_to_int(&shape->u.arr.items[d], 0, JSON_MAX_EXACT_INT, &dim, why, sizeof why)) {
+                rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': shape[%d] %s", path, m->key, d, why);
                 goto done;
             }
-            t.shape[d] = (int64_t)e->u.number;
-            numel *= (uint64_t)t.shape[d];
+            t.shape[d] = dim;
+            if (!mul_u64(nbytes, (uint64_t)dim, &nbytes)) {
+                rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': shape x %s is more than 2^64 bytes", path, m->key, dt);
+                goto done;
+            }
         }
-        double b = offs->u.arr.items[0].type == JSON_NUMBER ? offs->u.arr.items[0].u.number : -1;
-        double e = offs->u.arr.items[1].type == JSON_NUMBER ? offs->u.arr.items[1].u.number : -1;
-        if (b < 0 || e < b || b != (double)(uint64_t)b || e != (double)(uint64_t)e) {
-            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': bad data_offsets [%g, %g]", path, m->key, b, e);
+        int64_t b, e;
+        if (!json_to_int(&offs->u.arr.items[0], 0, JSON_MAX_EXACT_INT, &b, why, sizeof why) ||
+            !json_to_int(&offs->u.arr.items[1], 0, JSON_MAX_EXACT_INT, &e, why, sizeof why)) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': data_offsets entry %s", path, m->key, why);
+            goto done;
+        }
+        if (e < b) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': data_offsets [%lld, %lld] end before they begin",
+                         path, m->key, (long long)b, (long long)e);
             goto done;
         }
         if ((uint64_t)e > data_size) {
-            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] end at byte %llu, past the end of the file (%zu bytes)",
-                         path, m->key, (unsigned long long)b, (unsigned long long)e,
+            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': data_offsets [%lld, %lld] end at byte %llu, past the end of the file (%zu bytes)",
+                         path, m->key, (long long)b, (long long)e,
                          (unsigned long long)(data_start + (uint64_t)e), f->size);
             goto done;
         }
-        if ((uint64_t)e - (uint64_t)b != numel * glm_dtype_size(t.dtype)) {
+        if ((uint64_t)(e - b) != nbytes) {
             rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s': %llu bytes in data_offsets but shape x %s needs %llu",
-                         path, m->key, (unsigned long long)((uint64_t)e - (uint64_t)b), dt,
-                         (unsigned long long)(numel * glm_dtype_size(t.dtype)));
+                         path, m->key, (unsigned long long)(e - b), dt, (unsigned long long)nbytes);
             goto done;
         }
         t.begin = data_start + (uint64_t)b;
@@ -216,22 +256,7 @@ static int st_add_file(glm_st_set *s, const char *path) {
         s->tensors[s->n_tensors++] = t;
         s->total_bytes += t.end - t.begin;
     }
-    /* overlap check within this file */
-    size_t n = s->n_tensors - first;
-    if (n > 1) {
-        glm_st_tensor **order = malloc(n * sizeof *order);
-        if (!order) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto done; }
-        for (size_t i = 0; i < n; i++) order[i] = &s->tensors[first + i];
-        qsort(order, n, sizeof *order, cmp_begin);
-        for (size_t i = 1; i < n; i++) {
-            if (order[i]->begin < order[i - 1]->end && order[i]->end > order[i]->begin) {
-                rc = glm_err(GLM_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap at byte %llu",
-                             path, order[i - 1]->name, order[i]->name, (unsigned long long)order[i]->begin);
-                break;
-            }
-        }
-        free(order);
-    }
+    rc = st_check_overlap(s, first, s->n_tensors - first, path);
 done:
     json_free(doc);
     return rc;
@@ -261,6 +286,12 @@ int glm_st_open_file(const char *path, glm_st_set **out) {
     return GLM_OK;
 }
 
+/* Returns 1 when name[0..len) names a file directly inside a folder: not empty, "." or
+ * "..", and free of '/' and NUL bytes. */
+static int plain_file_name(const char *name, size_t len) {
+    return len > 0 && strlen(name) == len && !strchr(name, '/') && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
+}
+
 int glm_st_open_dir(const char *dir, glm_st_set **out) {
     char path[4096], idx[4096];
     *out = NULL;
@@ -284,42 +315,62 @@ int glm_st_open_dir(const char *dir, glm_st_set **out) {
     if (!doc) return glm_err(GLM_ERR_FORMAT, "%s: %s", idx, jerr);
     const json_value *wm = json_get(json_root(doc), "weight_map");
     glm_st_set *s = NULL;
+    int32_t *shard_of = NULL, *slots = NULL;   /* [n] file index of each entry; hash of shard names -> entry */
+    size_t n = wm && wm->type == JSON_OBJECT ? wm->u.obj.n : 0, n_slots = 16;
     if (!wm || wm->type != JSON_OBJECT) { rc = glm_err(GLM_ERR_FORMAT, "%s: no \"weight_map\" object", idx); goto fail; }
+    while (n_slots < 2 * n) n_slots <<= 1;
     s = calloc(1, sizeof *s);
-    if (!s) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto fail; }
+    shard_of = malloc((n ? n : 1) * sizeof *shard_of);
+    slots = malloc(n_slots * sizeof *slots);
+    if (!s || !shard_of || !slots) { rc = glm_err(GLM_ERR_OOM, "out of memory"); goto fail; }
+    memset(slots, 0xff, n_slots * sizeof *slots);
+    size_t dir_len = strlen(dir);
     /* open each distinct shard once, in order of first mention */
-    for (size_t i = 0; i < wm->u.obj.n; i++) {
-        const json_value *v = &wm->u.obj.members[i].value;
-        if (v->type != JSON_STRING || strchr(v->u.str.s, '/')) {
-            rc = glm_err(GLM_ERR_FORMAT, "%s: weight_map entry '%s' is not a file name", idx, wm->u.obj.members[i].key);
+    for (size_t i = 0; i < n; i++) {
+        const json_member *m = &wm->u.obj.members[i];
+        const json_value *v = &m->value;
+        if (v->type != JSON_STRING) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: weight_map entry '%s' is %s, not a file name", idx, m->key, json_type_name(v));
             goto fail;
         }
+        if (!plain_file_name(v->u.str.s, v->u.str.len) || dir_len + v->u.str.len + 2 > sizeof path) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: weight_map entry '%s': '%s' is not a file name in the folder",
+                         idx, m->key, v->u.str.s);
+            goto fail;
+        }
+        size_t j = hash_str(v->u.str.s) & (n_slots - 1);
+        while (slots[j] >= 0 && strcmp(wm->u.obj.members[slots[j]].value.u.str.s, v->u.str.s) != 0)
+            j = (j + 1) & (n_slots - 1);
+        if (slots[j] >= 0) { shard_of[i] = shard_of[slots[j]]; continue; }
+        slots[j] = (int32_t)i;
         glm_path_join(path, sizeof path, dir, v->u.str.s);
-        int seen = 0;
-        for (int k = 0; k < s->n_files && !seen; k++) seen = strcmp(s->files[k].path, path) == 0;
-        if (seen) continue;
         if (access(path, F_OK) != 0) {
-            rc = glm_err(GLM_ERR_IO, "%s: shard '%s' (named for tensor '%s') is missing", idx, path, wm->u.obj.members[i].key);
+            rc = glm_err(GLM_ERR_IO, "%s: shard '%s' (named for tensor '%s') is missing", idx, path, m->key);
             goto fail;
         }
         if ((rc = st_add_file(s, path))) goto fail;
+        shard_of[i] = s->n_files - 1;
     }
     if ((rc = st_index(s))) goto fail;
     /* every tensor the index names must be in the shard it names */
-    for (size_t i = 0; i < wm->u.obj.n; i++) {
+    for (size_t i = 0; i < n; i++) {
         const json_member *m = &wm->u.obj.members[i];
         const glm_st_tensor *t = glm_st_find(s, m->key);
-        glm_path_join(path, sizeof path, dir, m->value.u.str.s);
-        if (!t) { rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s' is listed but not in %s", idx, m->key, path); goto fail; }
-        if (strcmp(s->files[t->file].path, path) != 0) {
-            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s' is listed in %s but found in %s", idx, m->key, path, s->files[t->file].path);
+        const char *want = s->files[shard_of[i]].path;
+        if (!t) { rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s' is listed but not in %s", idx, m->key, want); goto fail; }
+        if (t->file != shard_of[i]) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: tensor '%s' is listed in %s but found in %s", idx, m->key, want, s->files[t->file].path);
             goto fail;
         }
     }
+    free(shard_of);
+    free(slots);
     json_free(doc);
     *out = s;
     return GLM_OK;
 fail:
+    free(shard_of);
+    free(slots);
     json_free(doc);
     glm_st_close(s);
     return rc;
