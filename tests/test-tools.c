@@ -219,27 +219,31 @@ static const char *long_prompt(void) {
     return path;
 }
 
-/* Starts glm-run (args: a NULL-terminated list after the program) with stdout and stdin on
- * /dev/null and stderr on a pipe; returns its pid and sets *err_fd. */
-static pid_t spawn_run(const char *const *args, int *err_fd) {
+/* Starts glm-run (args: a NULL-terminated list after the program) with stdout on /dev/null,
+ * stderr on a pipe (*err_fd) and stdin on a pipe (*in_fd) or, with in_fd NULL, /dev/null;
+ * returns its pid. */
+static pid_t spawn_run(const char *const *args, int *err_fd, int *in_fd) {
     char prog[512];
     snprintf(prog, sizeof prog, "%s/glm-run", bin);
     const char *argv[32] = { prog };
     for (int i = 0; args[i] && i < 30; i++) argv[i + 1] = args[i];
-    int fds[2];
-    if (pipe(fds)) return -1;
+    int fds[2], ins[2] = { -1, -1 };
+    if (pipe(fds) || (in_fd && pipe(ins))) return -1;
     pid_t pid = fork();
     if (pid == 0) {
         int null = open("/dev/null", O_RDWR);
-        dup2(null, 0);
+        dup2(in_fd ? ins[0] : null, 0);
         dup2(null, 1);
         dup2(fds[1], 2);
         close(fds[0]);
+        if (in_fd) close(ins[1]);
+        signal(SIGINT, SIG_DFL); /* not ignored, even when the tests run as a background job */
         execv(prog, (char *const *)argv);
         _exit(127);
     }
     close(fds[1]);
     *err_fd = fds[0];
+    if (in_fd) { close(ins[0]); *in_fd = ins[1]; }
     return pid;
 }
 
@@ -280,7 +284,7 @@ static int wait_exit(pid_t pid, double timeout_s) {
 TEST(run_sigint_during_prefill) {
     const char *args[] = { "-f", long_prompt(), "-n", "8", "--temp", "0", "--device", "cpu", "-b", "32", NULL };
     int err;
-    pid_t pid = spawn_run(args, &err);
+    pid_t pid = spawn_run(args, &err, NULL);
     CHECK(pid > 0);
     CHECK(wait_for_text(err, "loaded", 20));
     usleep(200000);
@@ -298,7 +302,7 @@ TEST(run_sigint_during_prefill) {
 TEST(run_sigint_twice_exits_at_once) {
     const char *args[] = { "-f", long_prompt(), "-n", "8", "--temp", "0", "--device", "cpu", "-b", "2048", NULL };
     int err;
-    pid_t pid = spawn_run(args, &err);
+    pid_t pid = spawn_run(args, &err, NULL);
     CHECK(pid > 0);
     CHECK(wait_for_text(err, "loaded", 20));
     usleep(100000);
@@ -311,6 +315,32 @@ TEST(run_sigint_twice_exits_at_once) {
     fprintf(stderr, "  exit %d, %.3f s after the second SIGINT\n", st, dt);
     CHECK(st == 130);
     CHECK(dt < 0.5);
+    close(err);
+}
+
+/* In a chat, Ctrl-C stops the reply and the chat goes on; at the prompt it ends the chat
+ * with status 130. */
+TEST(run_chat_sigint) {
+    const char *args[] = { "--chat", "-n", "-1", "--ignore-eos", "-s", "1", "--device", "cpu", NULL };
+    int err, in;
+    pid_t pid = spawn_run(args, &err, &in);
+    CHECK(pid > 0);
+    CHECK(wait_for_text(err, "loaded", 20));
+    const char *msg[] = { "Tell me about the jury.\n", "And the court?\n" };
+    for (int i = 0; i < 2; i++) { /* the second reply runs as long as the first: the stop was forgotten */
+        CHECK(write(in, msg[i], strlen(msg[i])) == (ssize_t)strlen(msg[i]));
+        usleep(300000); /* the reply runs to the end of the context: seconds */
+        kill(pid, SIGINT);
+        CHECK(wait_for_text(err, "[reply stopped]", 10));
+        usleep(100000);
+        CHECK(waitpid(pid, NULL, WNOHANG) == 0); /* still there, waiting for the next message */
+    }
+    double t0 = now_s();
+    kill(pid, SIGINT);
+    int st = wait_exit(pid, 10);
+    fprintf(stderr, "  exit %d, %.3f s after SIGINT at the prompt\n", st, now_s() - t0);
+    CHECK(st == 130);
+    close(in);
     close(err);
 }
 
@@ -360,14 +390,18 @@ TEST(run_seed_random_per_run) {
 }
 
 /* -n far past the context is capped to what the context leaves, with a message, and
- * reserves nothing by it (it runs under a 1 GB address-space limit). */
+ * reserves nothing by it (it runs under a 2 GB address-space limit). */
 TEST(run_n_capped_to_context) {
     char cmd[2048], *out;
-    const char *limit = "ulimit -v 1000000; ";
+    const char *limit = "ulimit -v 2000000; ";
 #if defined(__SANITIZE_ADDRESS__)
     limit = ""; /* the sanitizer's shadow memory needs more address space */
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    limit = "";
 #endif
-    snprintf(cmd, sizeof cmd, "%s%s/glm-run -p 'The jury said' -c 32 -n 1000000000 --temp 0 --ignore-eos --device cpu --json",
+#endif
+    snprintf(cmd, sizeof cmd, "%s%s/glm-run -p 'The jury said' -c 32 -n 1000000000 --temp 0 --ignore-eos --device cpu -t 2 --json",
              limit, bin);
     CHECK(run(cmd, &out) == 0);
     char *err = run_err();

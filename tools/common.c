@@ -42,6 +42,7 @@ static void on_sigint(int sig) {
 
 void tool_catch_sigint(void) {
     struct sigaction sa;
+    if (sigaction(SIGINT, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) return; /* a background job keeps ignoring it */
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
     sigemptyset(&sa.sa_mask);

@@ -20,7 +20,8 @@ const char *tool_name(void);
 void tool_usage_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
 /* Catches SIGINT: the first one sets the flag tool_interrupted() reads (the tool stops at
- * its next step; loading stops through tool_progress), a second one exits at once with 130. */
+ * its next step; loading stops through tool_progress), a second one exits at once with 130.
+ * A SIGINT ignored when the tool started (a background job) stays ignored. */
 void tool_catch_sigint(void);
 /* Non-zero once SIGINT arrived (since tool_clear_interrupt). */
 int tool_interrupted(void);

@@ -442,12 +442,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { cp.n_ctx = tool_int(a, tool_arg(argc, argv, &i), 16, 1 << 24); ctx_set = 1; }
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) cp.n_batch = tool_int(a, tool_arg(argc, argv, &i), 1, 1 << 16);
         else if (!strcmp(a, "--kv-frac")) cp.kv_frac = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, 1, ']');
-        else if (!strcmp(a, "--kv-type")) {
-            const char *v = tool_arg(argc, argv, &i);
-            if (!strcmp(v, "bf16")) cp.kv_type = GLM_KV_BF16;
-            else if (!strcmp(v, "fp8")) cp.kv_type = GLM_KV_FP8;
-            else tool_usage_error("--kv-type expects bf16 or fp8, got '%s'", v);
-        } else tool_usage_error("unknown argument '%s' (see --help)", a);
+        else if (!strcmp(a, "--kv-type")) cp.kv_type = tool_kv_type(tool_arg(argc, argv, &i));
+        else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     r.stops = stops;
     if ((prompt != NULL) + (file != NULL) + (prompt_ids != NULL) > 1) tool_usage_error("give only one of -p, -f and --prompt-ids");
@@ -474,7 +470,7 @@ int main(int argc, char **argv) {
         if (!text) { fprintf(stderr, "glm-run: error: out of memory\n"); goto out; }
     } else if (!chat_mode) {
         text = tool_read_text("glm-run", file ? file : "-", &text_len);
-        if (!text) goto out;
+        if (!text) { rc = tool_interrupted() ? EXIT_INTERRUPTED : EXIT_FAIL; goto out; }
         strip_newline(text, &text_len);
     }
     if (text && !text_len && !allow_empty) {
