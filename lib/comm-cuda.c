@@ -32,7 +32,7 @@ static int none_init(glm_comm_group *g) {
 }
 static void none_free(glm_comm_group *g) { (void)g; }
 
-const glm_comm_ops glm_comm_nccl_ops = { "nccl", none_init, none_free, NULL, NULL, NULL, NULL };
+const glm_comm_ops glm_comm_nccl_ops = { "nccl", none_init, none_free, NULL, NULL, NULL, NULL, NULL };
 
 #else
 
@@ -49,6 +49,8 @@ typedef struct {
     int aborted;
     void *host;                /* shared-gpu: page-locked staging copy */
     size_t host_cap;
+    void *host_out;            /* shared-gpu: page-locked all-gather result */
+    size_t host_out_cap;
     int32_t *scratch;          /* device word for the barrier across processes */
 } cu_rank;
 
@@ -284,10 +286,22 @@ static void cu_free(glm_comm_group *g) {
         }
 #endif
         if (cr->host) cudaFreeHost(cr->host);
+        if (cr->host_out) cudaFreeHost(cr->host_out);
         if (cr->scratch) cudaFree(cr->scratch);
     }
     free(cg);
     g->impl = NULL;
+}
+
+/* Grows the page-locked buffer *p of capacity *cap to bytes; returns a status. */
+static int grow_host(glm_comm *c, void **p, size_t *cap, size_t bytes, const char *what) {
+    if (bytes <= *cap) return 0;
+    if (*p) CU_CHECK(c, cudaFreeHost(*p), what);
+    *p = NULL;
+    *cap = 0;
+    CU_CHECK(c, cudaMallocHost(p, bytes), what);
+    *cap = bytes;
+    return 0;
 }
 
 /* Shared-gpu: copies buf[bytes] from the device to the rank's page-locked copy and
@@ -299,13 +313,8 @@ static int stage_down(glm_comm *c, const void *buf, size_t bytes, cudaStream_t s
     CU_CHECK(c, cudaStreamIsCapturing(st, &cap), what);
     if (cap != cudaStreamCaptureStatusNone)
         return fail_rank(c, "ranks sharing a GPU cannot capture a collective in a CUDA graph", what);
-    if (bytes > cr->host_cap) {
-        if (cr->host) CU_CHECK(c, cudaFreeHost(cr->host), what);
-        cr->host = NULL;
-        cr->host_cap = 0;
-        CU_CHECK(c, cudaMallocHost(&cr->host, bytes), what);
-        cr->host_cap = bytes;
-    }
+    int rc = grow_host(c, &cr->host, &cr->host_cap, bytes, what);
+    if (rc) return rc;
     if (bytes) CU_CHECK(c, cudaMemcpyAsync(cr->host, buf, bytes, cudaMemcpyDeviceToHost, st), what);
     return wait_stream(c, st, what);
 }
@@ -329,6 +338,29 @@ static int cu_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dt, vo
     return 0;
 #else
     return glm_err(GLM_ERR_NOT_IMPLEMENTED, "all-reduce: NCCL not built");
+#endif
+}
+
+static int cu_all_gather(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dt, void *stream) {
+    cudaStream_t st = (cudaStream_t)stream;
+    int rc = glm_comm_enter(c, "all-gather");
+    if (rc) return rc;
+    cu_rank *cr = rank_of(c);
+    if (((cu_group *)c->g->impl)->shared) {
+        size_t bytes = n * (dt == GLM_COMM_F32 ? 4 : 2), all = bytes * (size_t)c->g->n;
+        if ((rc = stage_down(c, send, bytes, st, "all-gather"))) return rc;
+        if ((rc = grow_host(c, &cr->host_out, &cr->host_out_cap, all, "all-gather"))) return rc;
+        if ((rc = glm_comm_host_all_gather(c, cr->host, cr->host_out, n, dt, "all-gather"))) return rc;
+        if (all) CU_CHECK(c, cudaMemcpyAsync(recv, cr->host_out, all, cudaMemcpyHostToDevice, st), "all-gather");
+        return 0;
+    }
+#ifdef GLM_NCCL
+    CU_CHECK(c, cudaSetDevice(cr->device), "all-gather");
+    NCCL_CHECK(c, ncclAllGather(send, recv, n, dt == GLM_COMM_F32 ? ncclFloat32 : ncclBfloat16, cr->comm, st),
+               "all-gather");
+    return 0;
+#else
+    return glm_err(GLM_ERR_NOT_IMPLEMENTED, "all-gather: NCCL not built");
 #endif
 }
 
@@ -375,7 +407,7 @@ static int cu_wait(glm_comm *c, void *stream) {
 }
 
 const glm_comm_ops glm_comm_nccl_ops = {
-    "nccl", cu_init, cu_free, cu_all_reduce, cu_broadcast_i32, cu_barrier, cu_wait,
+    "nccl", cu_init, cu_free, cu_all_reduce, cu_all_gather, cu_broadcast_i32, cu_barrier, cu_wait,
 };
 
 #endif

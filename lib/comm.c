@@ -193,6 +193,20 @@ int glm_comm_host_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dt
     return glm_comm_host_barrier(c, what);   /* no rank returns before every slice is written */
 }
 
+/* Bytes of one element of dt. */
+static size_t dtype_size(glm_comm_dtype dt) { return dt == GLM_COMM_F32 ? 4 : 2; }
+
+int glm_comm_host_all_gather(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dt, const char *what) {
+    glm_comm_group *g = c->g;
+    c->src = send; c->n = n; c->dtype = (int)dt;
+    int rc = glm_comm_host_barrier(c, what);
+    if (!rc) rc = check_posts(c, what);
+    if (rc) return rc;
+    size_t bytes = n * dtype_size(dt);
+    for (int r = 0; r < g->n && bytes; r++) memcpy((char *)recv + (size_t)r * bytes, g->ranks[r].src, bytes);
+    return glm_comm_host_barrier(c, what);   /* no rank reuses its send buffer before all have read it */
+}
+
 int glm_comm_host_broadcast_i32(glm_comm *c, int32_t *ids, size_t n, const char *what) {
     glm_comm_group *g = c->g;
     c->buf = ids; c->n = n; c->dtype = -1;
@@ -214,6 +228,12 @@ static int local_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dt,
     return rc ? rc : glm_comm_host_all_reduce(c, buf, n, dt, "all-reduce");
 }
 
+static int local_all_gather(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dt, void *stream) {
+    (void)stream;
+    int rc = glm_comm_enter(c, "all-gather");
+    return rc ? rc : glm_comm_host_all_gather(c, send, recv, n, dt, "all-gather");
+}
+
 static int local_broadcast_i32(glm_comm *c, int32_t *ids, size_t n, void *stream) {
     (void)stream;
     int rc = glm_comm_enter(c, "broadcast");
@@ -232,7 +252,8 @@ static int local_wait(glm_comm *c, void *stream) {
 }
 
 static const glm_comm_ops local_ops = {
-    "local", local_init, local_free, local_all_reduce, local_broadcast_i32, local_barrier, local_wait,
+    "local", local_init, local_free, local_all_reduce, local_all_gather, local_broadcast_i32, local_barrier,
+    local_wait,
 };
 
 /* ---- the group ---- */
@@ -330,6 +351,17 @@ int glm_comm_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dtype, 
     if (dtype != GLM_COMM_F32 && dtype != GLM_COMM_BF16)
         return glm_err(GLM_ERR_ARG, "all-reduce on rank %d: unknown dtype %d", c->rank, (int)dtype);
     return c->g->ops->all_reduce(c, buf, n, dtype, stream);
+}
+
+int glm_comm_all_gather(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dtype, void *stream) {
+    if (!c || ((!send || !recv) && n)) return glm_err(GLM_ERR_ARG, "all-gather: NULL communicator or buffer");
+    if (dtype != GLM_COMM_F32 && dtype != GLM_COMM_BF16)
+        return glm_err(GLM_ERR_ARG, "all-gather on rank %d: unknown dtype %d", c->rank, (int)dtype);
+    size_t bytes = n * dtype_size(dtype);
+    const char *s = send, *r = recv;
+    if (n && s < r + (size_t)c->g->world * bytes && r < s + bytes)
+        return glm_err(GLM_ERR_ARG, "all-gather on rank %d: send and recv overlap", c->rank);
+    return c->g->ops->all_gather(c, send, recv, n, dtype, stream);
 }
 
 int glm_comm_broadcast_i32(glm_comm *c, int32_t *ids, size_t n, void *stream) {

@@ -1,6 +1,6 @@
 /* comm.h - the communicator of a tensor-parallel model: N ranks that sum their partial
- * activations in place (all-reduce), share the sampled ids (broadcast from rank 0) and
- * meet at barriers. Internal to libglm; docs/PARALLEL.md says where each call sits.
+ * activations in place (all-reduce), gather the logits slices (all-gather), share the
+ * sampled ids (broadcast from rank 0) and meet at barriers. Internal to libglm; docs/PARALLEL.md says where each call sits.
  *
  * A group holds the ranks of this process; each rank is driven by its own thread
  * through its glm_comm handle (one thread a rank: the collectives of one rank are never
@@ -72,6 +72,9 @@ const char *glm_comm_kind_name(const glm_comm *c);
  * NCCL: device buffer, enqueued on stream (a cudaStream_t); call glm_comm_wait before
  * the host reads what depends on it. Returns a status. */
 int glm_comm_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dtype, void *stream);
+/* Gathers every rank's send[n] into recv[world_size * n] in rank order, on every rank
+ * (the logits slices of a vocabulary-split lm_head); send and recv do not overlap. */
+int glm_comm_all_gather(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dtype, void *stream);
 /* Copies rank 0's ids[n] into every rank's ids (host for local, device for NCCL). */
 int glm_comm_broadcast_i32(glm_comm *c, int32_t *ids, size_t n, void *stream);
 /* Returns when every rank has reached the barrier (NCCL: and the rank's earlier work on
@@ -100,6 +103,7 @@ struct glm_comm {
     uint64_t gen;                      /* barriers this rank has passed */
     /* posted for the local all-reduce / broadcast */
     void *buf;
+    const void *src;                   /* all-gather: the rank's send buffer */
     size_t n;
     int dtype;
     void *impl;                        /* the implementation's per-rank state */
@@ -128,6 +132,7 @@ struct glm_comm_ops {
     int (*init)(glm_comm_group *g);
     void (*free)(glm_comm_group *g);
     int (*all_reduce)(glm_comm *c, void *buf, size_t n, glm_comm_dtype dt, void *stream);
+    int (*all_gather)(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dt, void *stream);
     int (*broadcast_i32)(glm_comm *c, int32_t *ids, size_t n, void *stream);
     int (*barrier)(glm_comm *c, void *stream);
     int (*wait)(glm_comm *c, void *stream);
@@ -150,6 +155,7 @@ int glm_comm_enter(glm_comm *c, const char *what);
 /* The local all-reduce and broadcast over host buffers (the shared-GPU mode sums its
  * staged copies with these). */
 int glm_comm_host_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dt, const char *what);
+int glm_comm_host_all_gather(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dt, const char *what);
 int glm_comm_host_broadcast_i32(glm_comm *c, int32_t *ids, size_t n, const char *what);
 
 #endif

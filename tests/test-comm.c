@@ -1,5 +1,5 @@
 /* test-comm.c - the local communicator with 1, 2, 4 and 8 ranks as threads: all-reduce
- * sums bitwise equal to the serial sum in rank order (float32 and BF16), broadcast,
+ * sums bitwise equal to the serial sum in rank order (float32 and BF16), all-gather, broadcast,
  * barrier, a thousand small collectives in a row, and failures (an injected failure on
  * rank 3, a rank that never arrives, a count mismatch, a rank reporting its own error)
  * that reach every rank as an error naming the failed rank within a bounded time. */
@@ -142,6 +142,42 @@ TEST(all_reduce_bf16_sums_in_f32_rounds_once) {
         free(want);
         glm_comm_group_free(g);
     }
+}
+
+/* ---- all-gather ---- */
+static int ag_rank(glm_comm *c, void *arg) {
+    size_t n = *(size_t *)arg;
+    int r = glm_comm_rank(c), N = glm_comm_size(c);
+    float *send = malloc(n * sizeof *send), *recv = malloc(n * N * sizeof *recv);
+    for (size_t i = 0; i < n; i++) send[i] = value(r, i);
+    int rc = glm_comm_all_gather(c, send, recv, n, GLM_COMM_F32, NULL);
+    for (int q = 0; q < N && !rc; q++)
+        for (size_t i = 0; i < n && !rc; i++)
+            if (memcmp(&recv[q * n + i], &(float){ value(q, i) }, sizeof(float)))
+                rc = glm_err(GLM_ERR_ARG, "rank %d: recv[%d * %zu + %zu] is not rank %d's value", r, q, n, i, q);
+    free(send);
+    free(recv);
+    return rc;
+}
+
+TEST(all_gather_in_rank_order) {
+    size_t sizes_ag[] = { 3, 18944 };    /* 18944: one rank's lm_head rows at N = 8 */
+    for (size_t ni = 0; ni < sizeof rank_counts / sizeof *rank_counts; ni++)
+        for (int si = 0; si < 2; si++) {
+            int N = rank_counts[ni];
+            glm_comm_group *g = make_group(N, 10, -1, 0);
+            if (!g) return;
+            job jobs[GLM_COMM_MAX_RANKS];
+            run_ranks(g, N, ag_rank, &sizes_ag[si], jobs);
+            for (int r = 0; r < N; r++) CHECK_MSG(jobs[r].rc == 0, "N=%d rank %d: %s", N, r, jobs[r].msg);
+            glm_comm_group_free(g);
+        }
+    glm_comm_group *g = make_group(2, 10, -1, 0);
+    if (!g) return;
+    float b[8];
+    CHECK(glm_comm_all_gather(glm_comm_get(g, 0), b + 2, b, 2, GLM_COMM_F32, NULL) == GLM_ERR_ARG);
+    CHECK_MSG(strstr(glm_last_error(), "overlap"), "'%s'", glm_last_error());
+    glm_comm_group_free(g);
 }
 
 /* ---- broadcast, barrier, many collectives ---- */
