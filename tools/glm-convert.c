@@ -34,7 +34,8 @@ static void usage(FILE *f) {
         "  --synthetic        random weights in the real layout (nothing to download)\n"
         "  --preset NAME      tiny (1.3M params) or glm-4.7 (full width: hidden 5120, 160 experts)\n"
         "  --layers L         number of layers (glm-4.7: the first 3 are dense)\n"
-        "  --vocab V          vocabulary size of a synthetic model (default: the preset's)\n"
+        "  --vocab V          vocabulary size of a synthetic model (default: the preset's; its\n"
+        "                     end-of-sequence ids move below V)\n"
         "  --format F         fp8-channel (GLM-4.7-FP8, default), fp8-block (128x128 blocks),\n"
         "                     or bf16 (--synthetic only)\n"
         "  --seed S           random seed of --synthetic (default 1)\n"
@@ -242,7 +243,7 @@ static int place(out_dir *o) {
 static int failed(out_dir *o, const char *what) {
     int sig = got_signal;
     if (sig) fprintf(stderr, "%sglm-convert: interrupted; removing %s\n", isatty(2) ? "\n" : "", o->tmp);
-    else fprintf(stderr, "%sglm-convert: error: %s\n", isatty(2) ? "\n" : "", what);
+    else fprintf(stderr, "%sglm-convert: error: %s\nglm-convert: nothing written to %s\n", isatty(2) ? "\n" : "", what, o->path);
     drop_tmp(o);
     return sig ? 130 : EXIT_FAIL;
 }
@@ -281,7 +282,12 @@ int main(int argc, char **argv) {
     if (synthetic) {
         if (!preset) { fprintf(stderr, "glm-convert: error: --synthetic needs --preset tiny|glm-4.7\n"); return EXIT_USAGE; }
         if (glm_preset(preset, layers, &hp) != GLM_OK) { fprintf(stderr, "glm-convert: error: --preset: %s\n", glm_last_error()); return EXIT_USAGE; }
-        if (vocab) hp.n_vocab = vocab;
+        if (vocab) {
+            /* end-of-sequence ids the smaller vocabulary lacks move to its last ids */
+            hp.n_vocab = vocab;
+            for (int i = 0; i < hp.n_eos; i++)
+                if (hp.eos[i] >= vocab) hp.eos[i] = vocab - 1 - i < 0 ? 0 : vocab - 1 - i;
+        }
     } else {
         struct stat si;
         if (stat(in, &si) != 0 || !S_ISDIR(si.st_mode)) {
