@@ -83,8 +83,10 @@ TEST(golden_perplexity_text_and_ids) {
     double a = perplexity("-m models/glm-tiny -f tests/data/tiny-ppl/heldout.txt -c 256 --chunks 16 --device cpu");
     double b = perplexity("-m models/glm-tiny --ids \"$(cat tests/data/tiny-ppl/heldout.ids)\" -c 256 --device cpu");
     fprintf(stderr, "  glm.c PPL %.6f (text), %.6f (ids); transformers %.6f\n", a, b, ref);
-    CHECK(fabs(a - ref) / ref < 1e-3);
-    CHECK(fabs(b - ref) / ref < 1e-3);
+    /* measured 152.1564 (printed to 4 decimals) against 152.156334: 4.3e-7 relative,
+     * of which the printing's rounding may be up to 3.3e-7; bound 2e-6 */
+    CHECK_MSG(fabs(a - ref) / ref < 2e-6, "PPL %.6f (text), transformers %.6f", a, ref);
+    CHECK_MSG(fabs(b - ref) / ref < 2e-6, "PPL %.6f (ids), transformers %.6f", b, ref);
 }
 
 TEST(perplexity_stride_and_kld) {
@@ -99,7 +101,8 @@ TEST(perplexity_stride_and_kld) {
     CHECK(run(cmd, NULL) == 0);
     snprintf(cmd, sizeof cmd, "%s/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 128 --chunks 2 --device cpu -t 1 --kl-divergence-base %s/base.kld --kl-divergence", bin, tmp);
     CHECK(run(cmd, &out) == 0);
-    CHECK(strstr(out, "Mean KLD: 0.000000") != NULL);
+    const char *kld = strstr(out, "Mean KLD: ");
+    CHECK(kld && fabs(atof(kld + 10)) < 1e-6); /* rounding may print -0.000000 */
     CHECK(strstr(out, "Same top token: 100.00 %") != NULL);
     free(out);
     /* against another model (a different input length) it refuses */
