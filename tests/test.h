@@ -1,10 +1,14 @@
 /* test.h - the tiny harness every test binary uses: TEST(name) defines a test,
- * CHECK/CHECK_NEAR record failures with file:line, RUN_TESTS() runs them all (or the
- * one GLM_TEST_ONLY names) and ends with "N passed, N failed" and a non-zero exit
- * status on any failure. */
+ * CHECK/CHECK_NEAR record failures with file:line, SKIP(reason) leaves a test that
+ * cannot run here, RUN_TESTS() runs them all (or those GLM_TEST_ONLY names: a name or
+ * a shell pattern such as 'parity_*') and ends with "N passed, N failed, N skipped"
+ * and a non-zero exit status on any failure. A filter matching nothing here prints
+ * "0 passed, 0 failed, 0 skipped" and exits 0: tests/run-tests.sh fails the run when
+ * no binary ran a test. */
 #ifndef GLM_TEST_H
 #define GLM_TEST_H
 
+#include <fnmatch.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,9 +27,34 @@ static inline double rel_err(const float *a, const float *b, size_t n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* TEST_ASAN: 1 in a build with AddressSanitizer (make SAN=1), else 0. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifndef TEST_ASAN
+#define TEST_ASAN 0
+#endif
+
+/* A shell prefix capping what the command after it may allocate to kb KiB, so that a
+ * tool allocating before it checks fails fast instead of filling the machine:
+ * "ulimit -v kb; ", or under AddressSanitizer (whose shadow memory needs terabytes of
+ * address space) its allocator's own limit on one allocation, past which malloc
+ * returns NULL. Usage: run_tool(&t, TEST_ULIMIT_V(4000000) "%s/glm-bench ...", ...). */
+#if TEST_ASAN
+#define TEST_ULIMIT_V(kb)                                                   \
+    "export ASAN_OPTIONS=\"${ASAN_OPTIONS:+$ASAN_OPTIONS:}allocator_may_return_null=1:" \
+    "max_allocation_size_mb=$((" #kb " / 1024))\"; "
+#else
+#define TEST_ULIMIT_V(kb) "ulimit -v " #kb "; "
+#endif
+
 typedef void (*test_fn)(void);
 static struct { const char *name; test_fn fn; } test_list_[512];
-static int test_count_, test_failed_now_;
+static int test_count_, test_failed_now_, test_skipped_now_;
 
 #define TEST(tname)                                                         \
     static void test_##tname(void);                                         \
@@ -66,20 +95,45 @@ static int test_count_, test_failed_now_;
         }                                                                   \
     } while (0)
 
+/* Marks the current test skipped (unless a check already failed) with the reason
+ * why, and returns from the enclosing function: SKIP("GLM_TEST_QUICK is set"). */
+#define SKIP(reason)                                                        \
+    do {                                                                    \
+        fprintf(stderr, "  %s:%d: skipped: %s\n", __FILE__, __LINE__,      \
+                (reason));                                                  \
+        test_skipped_now_ = 1;                                              \
+        return;                                                             \
+    } while (0)
+
+/* Returns 1 when the test called name runs: no GLM_TEST_ONLY, or it matches the name
+ * (an exact name or a shell pattern). */
+static inline int test_selected_(const char *name) {
+    const char *only = getenv("GLM_TEST_ONLY");
+    return !only || !*only || !strcmp(only, name) || !fnmatch(only, name, 0);
+}
+
+/* Prints the summary line tests/run-tests.sh sums; returns the exit status. */
+static inline int test_summary_(int passed, int failed, int skipped) {
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    fflush(stdout);
+    return failed ? 1 : 0;
+}
+
 /* Runs the registered tests; returns the process exit status. */
 static inline int run_tests_(void) {
-    int passed = 0, failed = 0;
-    const char *only = getenv("GLM_TEST_ONLY");  /* a test name: run that one alone */
+    int passed = 0, failed = 0, skipped = 0;
     for (int i = 0; i < test_count_; i++) {
-        if (only && *only && strcmp(only, test_list_[i].name)) continue;
-        test_failed_now_ = 0;
+        if (!test_selected_(test_list_[i].name)) continue;
+        test_failed_now_ = test_skipped_now_ = 0;
         fprintf(stderr, "[ RUN  ] %s\n", test_list_[i].name);
         test_list_[i].fn();
-        fprintf(stderr, "[ %s ] %s\n", test_failed_now_ ? "FAIL" : " OK ", test_list_[i].name);
-        if (test_failed_now_) failed++; else passed++;
+        const char *res = test_failed_now_ ? "FAIL" : test_skipped_now_ ? "SKIP" : " OK ";
+        fprintf(stderr, "[ %s ] %s\n", res, test_list_[i].name);
+        if (test_failed_now_) failed++;
+        else if (test_skipped_now_) skipped++;
+        else passed++;
     }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return test_summary_(passed, failed, skipped);
 }
 #define RUN_TESTS() int main(void) { return run_tests_(); }
 
