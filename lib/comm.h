@@ -92,6 +92,23 @@ int glm_comm_fail(glm_comm *c, int status, const char *why);
  * it to the others before glm_comm_group_new). Returns a status. */
 int glm_comm_unique_id(uint8_t out[GLM_COMM_ID_BYTES]);
 
+/* The place of this process in a world of several processes. */
+typedef struct {
+    int rank;                          /* RANK: global rank, 0..world_size-1 (unset: 0) */
+    int world_size;                    /* WORLD_SIZE: ranks in all processes (unset: 1) */
+    int local_rank;                    /* LOCAL_RANK: this process's GPU on its host (unset: 0) */
+} glm_comm_dist;
+
+/* Reads RANK, WORLD_SIZE and LOCAL_RANK into d; returns a status (GLM_ERR_ARG naming a
+ * variable that is not an integer in range, or WORLD_SIZE without RANK). */
+int glm_comm_dist_from_env(glm_comm_dist *d);
+/* Hands global rank 0's id to every rank of a world of world_size processes through spec,
+ * "file:PATH" (a shared file system) or "tcp:HOST:PORT" (rank 0 listens on PORT of HOST);
+ * rank 0 passes its id in, the others receive it. Returns a status; every wait ends after
+ * timeout_s with an error naming the file or address and the missing ranks. */
+int glm_comm_rendezvous(const char *spec, int rank, int world_size, double timeout_s,
+                        uint8_t id[GLM_COMM_ID_BYTES]);
+
 /* ---- shared by the implementations (comm.c, comm-cuda.c); not for callers ---- */
 typedef struct glm_comm_ops glm_comm_ops;
 

@@ -2,13 +2,18 @@
  * sums bitwise equal to the serial sum in rank order (float32 and BF16), all-gather, broadcast,
  * barrier, a thousand small collectives in a row, and failures (an injected failure on
  * rank 3, a rank that never arrives, a count mismatch, a rank reporting its own error)
- * that reach every rank as an error naming the failed rank within a bounded time. */
+ * that reach every rank as an error naming the failed rank within a bounded time; and the
+ * start of a world of several processes (RANK/WORLD_SIZE/LOCAL_RANK, the file and TCP
+ * rendezvous, with ranks as threads). */
 #include "comm.h"
 #include "internal.h"
 #include "test.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <time.h>
 
 static const int rank_counts[] = { 1, 2, 4, 8 };
@@ -391,6 +396,130 @@ TEST(rank_error_reaches_every_rank_with_its_status) {
         CHECK_MSG(jobs[r].seconds < 1.0, "rank %d took %.2f s", r, jobs[r].seconds);
     }
     glm_comm_group_free(g);
+}
+
+/* ---- several processes: the environment and the rendezvous ---- */
+TEST(dist_environment) {
+    glm_comm_dist d;
+    unsetenv("RANK"); unsetenv("WORLD_SIZE"); unsetenv("LOCAL_RANK");
+    CHECK(glm_comm_dist_from_env(&d) == 0 && d.rank == 0 && d.world_size == 1 && d.local_rank == 0);
+    setenv("RANK", "11", 1); setenv("WORLD_SIZE", "16", 1); setenv("LOCAL_RANK", "3", 1);
+    CHECK(glm_comm_dist_from_env(&d) == 0 && d.rank == 11 && d.world_size == 16 && d.local_rank == 3);
+    setenv("RANK", "16", 1);
+    CHECK(glm_comm_dist_from_env(&d) == GLM_ERR_ARG);
+    CHECK_MSG(strstr(glm_last_error(), "RANK='16'"), "'%s'", glm_last_error());
+    setenv("RANK", "1x", 1);
+    CHECK(glm_comm_dist_from_env(&d) == GLM_ERR_ARG);
+    unsetenv("RANK");
+    CHECK(glm_comm_dist_from_env(&d) == GLM_ERR_ARG);
+    CHECK_MSG(strstr(glm_last_error(), "RANK is not"), "'%s'", glm_last_error());
+    unsetenv("WORLD_SIZE"); unsetenv("LOCAL_RANK");
+}
+
+typedef struct {
+    const char *spec;
+    int rank, world;
+    double timeout_s;
+    uint8_t id[GLM_COMM_ID_BYTES];
+    int rc;
+    char msg[512];
+} rdv_job;
+
+static void *rdv_main(void *p) {
+    rdv_job *j = p;
+    j->rc = glm_comm_rendezvous(j->spec, j->rank, j->world, j->timeout_s, j->id);
+    snprintf(j->msg, sizeof j->msg, "%s", j->rc ? glm_last_error() : "");
+    return NULL;
+}
+
+/* Runs the rendezvous for ranks [0, n) of a world of world ranks (rank 0 holds the id
+ * 0, 7, 14, ...); skip: a rank that does not take part. */
+static void rendezvous(const char *spec, int n, int world, double timeout_s, int skip, rdv_job *jobs) {
+    pthread_t th[16];
+    for (int r = 0; r < n; r++) {
+        jobs[r] = (rdv_job){ .spec = spec, .rank = r, .world = world, .timeout_s = timeout_s };
+        for (int i = 0; i < GLM_COMM_ID_BYTES; i++) jobs[r].id[i] = r == 0 ? (uint8_t)(7 * i) : 0;
+        if (r != skip) pthread_create(&th[r], NULL, rdv_main, &jobs[r]);
+    }
+    for (int r = 0; r < n; r++)
+        if (r != skip) pthread_join(th[r], NULL);
+}
+
+static int same_id(const rdv_job *j) {
+    for (int i = 0; i < GLM_COMM_ID_BYTES; i++)
+        if (j->id[i] != (uint8_t)(7 * i)) return 0;
+    return 1;
+}
+
+TEST(rendezvous_file) {
+    char spec[300], path[280], ack[300];
+    snprintf(path, sizeof path, "/tmp/glm-comm-test-%d.id", (int)getpid());
+    snprintf(spec, sizeof spec, "file:%s", path);
+    rdv_job j[8];
+    rendezvous(spec, 8, 8, 5, -1, j);
+    for (int r = 0; r < 8; r++) {
+        CHECK_MSG(j[r].rc == 0, "rank %d: %s", r, j[r].msg);
+        CHECK_MSG(same_id(&j[r]), "rank %d has another id", r);
+    }
+    struct stat st;
+    snprintf(ack, sizeof ack, "%s.ack.3", path);
+    CHECK(stat(path, &st) != 0 && stat(ack, &st) != 0);    /* cleaned up */
+    /* a stale file stops rank 0 */
+    FILE *f = fopen(path, "w");
+    if (f) fclose(f);
+    rendezvous(spec, 1, 2, 0.2, -1, j);
+    CHECK(j[0].rc == GLM_ERR_IO);
+    CHECK_MSG(strstr(j[0].msg, "already exists"), "'%s'", j[0].msg);
+    unlink(path);
+    /* rank 0 absent: rank 1 times out naming the file */
+    double t0 = now_s();
+    rendezvous(spec, 2, 2, 0.2, 0, j);
+    CHECK(j[1].rc == GLM_ERR_IO && now_s() - t0 < 2);
+    CHECK_MSG(strstr(j[1].msg, "rank 0 did not write it within 0.2 s"), "'%s'", j[1].msg);
+    /* rank 2 absent: rank 0 names it */
+    rendezvous(spec, 3, 3, 0.3, 2, j);
+    CHECK(j[1].rc == 0);
+    CHECK_MSG(j[0].rc == GLM_ERR_IO && strstr(j[0].msg, "rank 2 did not answer"), "'%s'", j[0].msg);
+    CHECK(stat(path, &st) != 0);
+}
+
+/* Returns a TCP port that was free a moment ago. */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    int port = 0;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+TEST(rendezvous_tcp) {
+    char spec[64];
+    snprintf(spec, sizeof spec, "tcp:127.0.0.1:%d", free_port());
+    rdv_job j[8];
+    rendezvous(spec, 8, 8, 5, -1, j);
+    for (int r = 0; r < 8; r++) {
+        CHECK_MSG(j[r].rc == 0, "rank %d: %s", r, j[r].msg);
+        CHECK_MSG(same_id(&j[r]), "rank %d has another id", r);
+    }
+    snprintf(spec, sizeof spec, "tcp:localhost:%d", free_port());
+    double t0 = now_s();
+    rendezvous(spec, 4, 4, 0.3, 2, j);    /* rank 2 never connects */
+    CHECK(now_s() - t0 < 3);
+    CHECK(j[1].rc == 0 && j[3].rc == 0 && same_id(&j[3]));
+    CHECK_MSG(j[0].rc == GLM_ERR_IO && strstr(j[0].msg, "1 of 3 ranks did not connect within 0.3 s (ranks: 2)"),
+              "'%s'", j[0].msg);
+    rendezvous(spec, 2, 2, 0.2, 0, j);    /* rank 0 never listens */
+    CHECK_MSG(j[1].rc == GLM_ERR_IO && strstr(j[1].msg, "rank 1 could not get the id from rank 0"), "'%s'", j[1].msg);
+    uint8_t id[GLM_COMM_ID_BYTES] = { 0 };
+    CHECK(glm_comm_rendezvous("nfs:/x", 1, 2, 1, id) == GLM_ERR_ARG);
+    CHECK(glm_comm_rendezvous("tcp:host", 1, 2, 1, id) == GLM_ERR_ARG);
+    CHECK(glm_comm_rendezvous("tcp:host:99999", 1, 2, 1, id) == GLM_ERR_ARG);
+    CHECK(glm_comm_rendezvous("file:", 1, 2, 1, id) == GLM_ERR_ARG);
+    CHECK(glm_comm_rendezvous("tcp:h:1", 2, 2, 1, id) == GLM_ERR_ARG);
+    CHECK(glm_comm_rendezvous("tcp:h:1", 0, 1, 1, id) == 0);     /* a world of one needs nobody */
 }
 
 /* ---- parameters ---- */
