@@ -10,9 +10,9 @@
 #include <stdint.h>
 #include <time.h>
 
-/* Every command runs under a 4 GB address-space limit: a run that allocates before it
- * checks fails fast instead of filling the machine. */
-#define BENCH "ulimit -v 4000000; %s/glm-bench"
+/* Every command runs with its allocations capped at about 4 GB (TEST_ULIMIT_V): a run
+ * that allocates before it checks fails fast instead of filling the machine. */
+#define BENCH TEST_ULIMIT_V(4000000) "%s/glm-bench"
 #define BF16_DIR "tests/data/tiny-bf16"
 
 /* Runs glm-bench with args; checks the exit status and that stderr holds msg. */
