@@ -262,29 +262,40 @@ static int cu_init(glm_comm_group *g) {
 #endif
 }
 
-/* Frees the group state: finalises healthy communicators, aborts failed ones. */
+/* Frees the group state: finalises healthy communicators (every one started before any
+ * is waited for: a finalize may wait for the peers' finalize), aborts failed ones. */
 static void cu_free(glm_comm_group *g) {
     cu_group *cg = g->impl;
     if (!cg) return;
+#ifdef GLM_NCCL
+    int healthy = g->failed_rank < 0;
+    ncclResult_t state[GLM_COMM_MAX_RANKS];
+    for (int i = 0; i < g->n; i++) {
+        cu_rank *cr = &cg->r[i];
+        state[i] = ncclInternalError;
+        if (!cr->comm || cr->aborted || !healthy) continue;
+        cudaSetDevice(cr->device);
+        state[i] = ncclCommFinalize(cr->comm);
+    }
+    double t0 = now_s();
+    for (int i = 0; i < g->n; i++) {
+        cu_rank *cr = &cg->r[i];
+        while (state[i] == ncclInProgress && now_s() - t0 < g->p.timeout_s) {
+            nap(now_s() - t0);
+            if (ncclCommGetAsyncError(cr->comm, &state[i]) != ncclSuccess) state[i] = ncclInternalError;
+        }
+    }
+    for (int i = 0; i < g->n; i++) {
+        cu_rank *cr = &cg->r[i];
+        if (!cr->comm) continue;
+        cudaSetDevice(cr->device);
+        if (state[i] == ncclSuccess) ncclCommDestroy(cr->comm);
+        else if (!cr->aborted) ncclCommAbort(cr->comm);
+    }
+#endif
     for (int i = 0; i < g->n; i++) {
         cu_rank *cr = &cg->r[i];
         cudaSetDevice(cr->device);
-#ifdef GLM_NCCL
-        if (cr->comm) {
-            int ok = !cr->aborted && g->failed_rank < 0;
-            if (ok) {
-                ncclResult_t r = ncclCommFinalize(cr->comm), a = r;
-                double t0 = now_s();
-                while (a == ncclInProgress && now_s() - t0 < g->p.timeout_s) {
-                    nap(now_s() - t0);
-                    if (ncclCommGetAsyncError(cr->comm, &a) != ncclSuccess) a = ncclInternalError;
-                }
-                ok = a == ncclSuccess;
-            }
-            if (ok) ncclCommDestroy(cr->comm);
-            else if (!cr->aborted) ncclCommAbort(cr->comm);
-        }
-#endif
         if (cr->host) cudaFreeHost(cr->host);
         if (cr->host_out) cudaFreeHost(cr->host_out);
         if (cr->scratch) cudaFree(cr->scratch);
