@@ -2,7 +2,8 @@
  * count passes INT32_MAX are refused (tool and library) rather than wrapped, a run that
  * needs more memory than the machine has is refused with both numbers before anything
  * is allocated, the device is checked before anything runs on it, usage errors exit 2
- * and run-time failures 1, each with its message, and a small run reports every test. */
+ * and run-time failures 1, each with its message, and a small run reports every test
+ * (and warns past the model's trained context). */
 #include "glm.h"
 #include "test.h"
 #include "tool-run.h"
@@ -108,7 +109,7 @@ TEST(usage_errors_exit_2_run_time_failures_exit_1) {
     expect_error("-m tests/data/no-model --device cpu", 1, "glm-bench: error: cannot load model");
 }
 
-TEST(small_run_reports_every_test) {
+TEST(small_run_reports_every_test_and_warns_past_the_trained_context) {
     tool_result t;
     int rc = run_tool(&t, BENCH " -m " BF16_DIR " --device cpu -p 32 -n 4 -b 1,2 -r 2 -o csv", tool_bin());
     CHECK_MSG(rc == 0, "exit %d, stderr: %s", rc, t.err);
@@ -116,6 +117,12 @@ TEST(small_run_reports_every_test) {
     for (const char *p = t.out; *p; p++) lines += *p == '\n';
     CHECK_MSG(lines == 4 && strstr(t.out, ",pp32,32,") && strstr(t.out, ",tg4 b1,4,") && strstr(t.out, ",tg4 b2,8,"),
               "stdout: %s", t.out);
+    CHECK_MSG(!strstr(t.err, "warning"), "stderr: %s", t.err);
+    tool_result_free(&t);
+    /* a prefill past tiny-bf16's 512 trained positions: the warning every tool prints */
+    rc = run_tool(&t, BENCH " -m " BF16_DIR " --device cpu -p 600 -n 1 -r 1", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.err, "glm-bench: warning: context size 600 is past the model's trained context (512 tokens)"),
+              "exit %d, stderr: %s", rc, t.err);
     tool_result_free(&t);
 }
 

@@ -145,7 +145,8 @@ static void run_bytes(const glm_hparams *hp, glm_device dev, glm_kv_type kv, dou
                  n_logits * hp->n_vocab * 4.0;
 }
 
-/* Exits with EXIT_FAIL and both numbers when need bytes exceed what the device has. */
+/* Exits with EXIT_FAIL and both numbers when the run's bytes exceed what the device has
+ * (weights 0: not counted, a checkpoint mapped from its files on the CPU). */
 static void check_memory(glm_device dev, double weights, double kv, double act) {
     const double need = weights + kv + act;
     double have = -1;
@@ -159,9 +160,11 @@ static void check_memory(glm_device dev, double weights, double kv, double act) 
     }
 #endif
     if (have >= 0 && need > have) {
-        fprintf(stderr, PROG ": error: this run needs about %.1f GB of %s memory (weights %.1f GB, KV cache %.1f GB, "
-                "activations %.1f GB), %.1f GB available (%s)\n", need / 1e9, dev == GLM_DEVICE_CPU ? "host" : "GPU",
-                weights / 1e9, kv / 1e9, act / 1e9, have / 1e9, src);
+        char w[48] = "";
+        if (weights > 0) snprintf(w, sizeof w, "weights %.1f GB, ", weights / 1e9);
+        fprintf(stderr, PROG ": error: this run needs about %.1f GB of %s memory (%sKV cache %.1f GB, activations %.1f GB), "
+                "%.1f GB available (%s)\n", need / 1e9, dev == GLM_DEVICE_CPU ? "host" : "GPU", w, kv / 1e9, act / 1e9,
+                have / 1e9, src);
         exit(EXIT_FAIL);
     }
 }
@@ -287,7 +290,7 @@ int main(int argc, char **argv) {
         check_memory(dev, dev == GLM_DEVICE_CPU ? 0 : (double)glm_model_n_bytes(m), kv_bytes, act_bytes);
     }
     hp = *glm_model_hparams(m);
-    tool_warn_ctx(PROG, (int)n_ctx, m);
+    tool_warn_ctx(PROG, maxP > maxN ? maxP : maxN, m);
 
     glm_ctx_params cp = glm_ctx_default_params();
     cp.device = dev;
