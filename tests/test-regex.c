@@ -241,6 +241,15 @@ TEST(multibyte_bounds) {
     CHECK(glm_regex_search(re, &scr, (const uint8_t *)s, 2, 0, &ms, &me) == 0);
     CHECK(glm_regex_search(re, &scr, (const uint8_t *)s, 4, 0, &ms, &me) == 1 && ms == 1 && me == 4);
     glm_regex_free(re);
+    /* bytes that are no character match nothing, and backtracking over what a repeat
+     * took never steps back before where it started (found by fuzz-regex) */
+    CHECK(glm_regex_compile("\\w+$|.+x", 8, &re, err, sizeof err) == 0);
+    const char *bad = "A\x85\x85\x85\x85\x85.";
+    CHECK(glm_regex_search(re, &scr, (const uint8_t *)bad, 7, 0, &ms, &me) == 0);
+    CHECK(glm_regex_search(re, &scr, (const uint8_t *)bad + 1, 6, 0, &ms, &me) == 0);
+    CHECK(glm_regex_search(re, &scr, (const uint8_t *)"\xc3\xa9\x85x", 4, 0, &ms, &me) == 0);
+    CHECK(glm_regex_search(re, &scr, (const uint8_t *)"\xc3\xa9\xc3\xa9x", 5, 0, &ms, &me) == 1 && ms == 0 && me == 5);
+    glm_regex_free(re);
     CHECK(glm_regex_compile("\\b", 2, &re, err, sizeof err) == 0);
     CHECK(glm_regex_search(re, &scr, (const uint8_t *)s + 1, 2, 0, &ms, &me) == 0);
     glm_regex_free(re);

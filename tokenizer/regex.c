@@ -8,6 +8,7 @@
 #include "regex.h"
 #include "unicode.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +19,6 @@
 #define RE_MAX_REPEAT 100000
 #define RE_MAX_DEPTH 256           /* nesting of groups, classes and quantifiers */
 #define RE_RETRY_LIMIT 10000000L   /* Oniguruma's default retry limit in one match */
-#define RE_STEP_LIMIT 100000000L   /* instructions and repeat iterations in one search */
 #define RE_MAX_STACK (1u << 22)    /* backtrack entries (96 MiB) */
 
 /* ---- classes ---- */
@@ -1150,13 +1150,18 @@ static inline int fs_allows(const glm_regex *re, int fi, const uint8_t *s, size_
     return (int)((f->ascii[c >> 6] >> (c & 63)) & 1);
 }
 
-/* Decodes the character at s[pos] (pos < n); returns its byte length, or 0 when its
- * sequence would run past n. */
+/* Decodes the character at s[pos] (pos < n); returns its byte length, or 0 when the
+ * bytes there are not a lead byte and its continuation bytes within n (in an invalid
+ * subject). So whatever a repeat takes is whole sequences, and stepping back over
+ * continuation bytes (prev_char) lands where it took them. */
 static inline int char_at(const uint8_t *s, size_t n, size_t pos, uint32_t *cp) {
     uint8_t c = s[pos];
     if (c < 0x80) { *cp = c; return 1; }
+    if (c < 0xC2 || c > 0xF4) return 0;
     size_t l = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
     if (l > n - pos) return 0;
+    for (size_t k = 1; k < l; k++)
+        if ((s[pos + k] & 0xC0) != 0x80) return 0;
     return glm_utf8_decode(s, pos, cp);
 }
 
@@ -1396,7 +1401,9 @@ int glm_regex_search(const glm_regex *re, glm_regex_scratch *scr, const uint8_t 
         scr->n_slots = (size_t)re->n_slots;
     }
     const fset *rf = &re->fs[re->root_fs];
-    vm_limits lim = {RE_RETRY_LIMIT, RE_STEP_LIMIT, 0};
+    uint64_t budget = GLM_REGEX_STEPS_BASE + GLM_REGEX_STEPS_PER_BYTE * (uint64_t)n;
+    if (budget > (uint64_t)LONG_MAX / 2) budget = (uint64_t)LONG_MAX / 2;
+    vm_limits lim = {RE_RETRY_LIMIT, (long)budget, 0};
     if (scr->steps_max) {
         if (scr->steps_used >= scr->steps_max) return -1;
         if (scr->steps_max - scr->steps_used < (uint64_t)lim.steps) lim.steps = (long)(scr->steps_max - scr->steps_used);

@@ -11,10 +11,17 @@
 
 typedef struct glm_regex glm_regex;
 
+/* The steps a search in a subject of n bytes may take, BASE + PER_BYTE * n; the
+ * tokenizer gives all the searches over one text that many (steps_max below). Real
+ * split patterns take 3 to 6 steps a byte, so this only stops a costly one
+ * (backtracking over the text again and again) from running for minutes. */
+#define GLM_REGEX_STEPS_BASE 1000000ull
+#define GLM_REGEX_STEPS_PER_BYTE 1000ull
+
 /* Per-thread working memory of a search (backtrack stack); zero-initialise, then
  * glm_regex_scratch_free when done. Every search is bounded: it fails after
- * 10,000,000 backtracks (Oniguruma's retry limit), 100,000,000 steps (instructions
- * run plus characters taken by repeats) or 4M backtrack entries. steps_used adds up
+ * 10,000,000 backtracks (Oniguruma's retry limit), the steps above (instructions run
+ * plus characters taken by repeats) or 4M backtrack entries. steps_used adds up
  * the steps of the searches made with the scratch; when steps_max is not 0, a search
  * also fails once steps_used would pass it (a budget for a run of searches over one
  * text, which the caller sets and resets). */

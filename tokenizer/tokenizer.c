@@ -20,11 +20,6 @@
 #define CACHE_MAX_WORD 128            /* longer pre-tokens are not cached */
 #define CACHE_MAX_ENTRIES (1u << 19)   /* the cache is emptied when it grows past these */
 #define CACHE_MAX_BYTES (32u << 20)
-/* The split regexes' work allowed to one encode (glm_regex_scratch.steps_max): real
- * patterns take about 10 steps a byte, so this only stops a costly pattern (one that
- * backtracks over the text again and again) from running for minutes. */
-#define REGEX_STEPS_BASE 100000000ull
-#define REGEX_STEPS_PER_BYTE 1000ull
 
 /* ---- byte-string hash map (keys copied into a pool) ---- */
 typedef struct {
@@ -1388,7 +1383,7 @@ int glm_tokenize(const glm_tokenizer *tok, const char *text, size_t len, int fla
     E->n_ids = 0;
     E->regex_limit = 0;
     E->rs.steps_used = 0;
-    E->rs.steps_max = REGEX_STEPS_BASE + REGEX_STEPS_PER_BYTE * (uint64_t)len;
+    E->rs.steps_max = GLM_REGEX_STEPS_BASE + GLM_REGEX_STEPS_PER_BYTE * (uint64_t)len;
     E->flags = flags;
     E->use_cache = 1;
     if (flags & GLM_TOK_ADD_SPECIAL)
@@ -1397,7 +1392,7 @@ int glm_tokenize(const glm_tokenizer *tok, const char *text, size_t len, int fla
     if (split_added(tok, E, &tok->set_raw, 0, s, len, plain_raw)) {
         rc = E->regex_limit ? glm_err(GLM_ERR_UNSUPPORTED,
                                       "tokenize: the split regex needs more work than its limits allow on this text"
-                                      " (%llu steps so far; at most 10M backtracks and 100M steps a search, %llu steps in all)",
+                                      " (%llu of its %llu steps used; one search may take 1M + 1000 a byte, and 10M backtracks)",
                                       (unsigned long long)E->rs.steps_used, (unsigned long long)E->rs.steps_max)
                             : glm_err(GLM_ERR_OOM, "tokenize: out of memory");
         goto done;
