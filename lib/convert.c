@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -120,6 +121,7 @@ typedef struct {
     atomic_size_t next;          /* the next unit to take */
     atomic_uint_least64_t done;  /* input bytes converted */
     atomic_int stop, running;
+    uintptr_t page;              /* the memory page size */
     pthread_mutex_t mu;
     pthread_cond_t finished;     /* signalled when the last worker ends */
     int rc;                      /* the first failure, with its message in err */
@@ -147,6 +149,13 @@ static int plan(job *j, uint64_t shard_bytes) {
     for (size_t i = 0; i < n; i++) {
         const glm_st_tensor *s = order[i];
         out_tensor *o = &j->t[i];
+        if (strlen(s->name) > 900) { free(order); return glm_err(GLM_ERR_FORMAT, "%s: a tensor name of %zu bytes is too long",
+                                                                 glm_st_file_path(j->st, s->file), strlen(s->name)); }
+        if (s->dtype == GLM_DT_F8E4M3) {
+            free(order);
+            return glm_err(GLM_ERR_UNSUPPORTED, "%s: tensor '%s' is already F8_E4M3; give a BF16 checkpoint",
+                           glm_st_file_path(j->st, s->file), s->name);
+        }
         o->src = s;
         uint64_t in_bytes = s->end - s->begin;
         o->quant = s->n_dims == 2 && glm_convert_is_quantized(s->name) &&
@@ -322,6 +331,14 @@ static void rows_f32(const glm_st_tensor *s, int64_t cols, int64_t r0, int64_t n
     }
 }
 
+/* Lets the kernel drop the input pages wholly inside [p, p + n) (read once, not needed
+ * again), so the process never holds the whole mapped model. */
+static void release_input(const job *j, const void *p, size_t n) {
+    uintptr_t page = j->page;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1), e = ((uintptr_t)p + n) & ~((uintptr_t)page - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 /* Converts (or copies) one work unit and writes it in place; returns a status. */
 static int do_unit(job *j, const work_unit *u, bufs *b) {
     const out_tensor *o = &j->t[u->tensor];
@@ -329,6 +346,7 @@ static int do_unit(job *j, const work_unit *u, bufs *b) {
     uint64_t base = sh->data_start;
     if (!o->quant) {
         int rc = pwrite_all(sh->fd, (const char *)o->src->data + u->a, (size_t)(u->b - u->a), base + o->off + (uint64_t)u->a, sh->path);
+        release_input(j, (const char *)o->src->data + u->a, (size_t)(u->b - u->a));
         atomic_fetch_add(&j->done, (uint64_t)(u->b - u->a));
         return rc;
     }
@@ -338,6 +356,8 @@ static int do_unit(job *j, const work_unit *u, bufs *b) {
         grow(&b->s, &b->s_cap, (size_t)(nr > bc ? nr : bc) * 4))
         return glm_err(GLM_ERR_OOM, "out of memory converting '%s'", o->src->name);
     rows_f32(o->src, cols, u->a, nr, b->w);
+    size_t esz = glm_dtype_size(o->src->dtype);
+    release_input(j, (const char *)o->src->data + (size_t)u->a * (size_t)cols * esz, n * esz);
     int rc = GLM_OK;
     if (j->fmt == GLM_FMT_FP8_CHANNEL) {
         int64_t bad = glm_quant_channel(b->w, nr, cols, b->q, b->s);
@@ -524,7 +544,7 @@ int glm_convert_checkpoint(const char *in_dir, const char *out_dir, glm_weight_f
     glm_numbers_init();
     if (n_threads < 1) { long c = sysconf(_SC_NPROCESSORS_ONLN); n_threads = c > 0 ? (int)c : 1; }
     if (shard_bytes == 0) shard_bytes = DEFAULT_SHARD_BYTES;
-    job j = { .fmt = fmt };
+    job j = { .fmt = fmt, .page = (uintptr_t)sysconf(_SC_PAGESIZE) };
     pthread_mutex_init(&j.mu, NULL);
     pthread_cond_init(&j.finished, NULL);
     char path[4096], *cfg = NULL;

@@ -484,6 +484,8 @@ TEST(usage_errors_and_help) {
     CHECK(sh("%s/glm-convert -m '%s' --out %s/x --bogus", bin(), src, tmp) == 2);
     CHECK(sh("%s/glm-convert -m %s/no-such-dir --out %s/x", bin(), tmp, tmp) == 1);
     CHECK(stderr_has("no-such-dir"));
+    CHECK(sh("%s/glm-convert -m tests/data/tiny-fp8ch --out %s/x", bin(), tmp) == 1);
+    CHECK(stderr_has("already quantised"));
     CHECK(sh("%s/glm-convert -m '%s' --out %s/no-such-parent/x", bin(), src, tmp) == 1);
     CHECK(stderr_has("no-such-parent"));
     /* --help names every flag the parser takes */

@@ -69,6 +69,7 @@ static void on_signal(int sig) {
 }
 
 typedef struct {
+    const char *what;        /* "converting" or "writing" */
     double t0;
     uint64_t total;
     int tty;
@@ -82,7 +83,7 @@ static int progress(uint64_t done, uint64_t total, void *user) {
     if (!p->tty || total == 0) return 0;
     double dt = tool_now() - p->t0, frac = (double)done / (double)total;
     int w = 40, fill = (int)(w * frac);
-    fprintf(stderr, "\rconverting [%.*s%*s] %5.1f%% %.2f/%.2f GB %6.0f MB/s", fill,
+    fprintf(stderr, "\r%s [%.*s%*s] %5.1f%% %.2f/%.2f GB %6.0f MB/s", p->what, fill,
             "########################################", w - fill, "", 100.0 * frac, done / 1e9, total / 1e9,
             dt > 0 ? done / 1e6 / dt : 0.0);
     if (done >= total) fputc('\n', stderr);
@@ -307,7 +308,7 @@ int main(int argc, char **argv) {
     sigaction(SIGHUP, &sa, NULL);
     if ((rc = make_tmp(&o))) return rc;
 
-    progress_state ps = { .t0 = tool_now(), .tty = isatty(2) };
+    progress_state ps = { .what = in ? "converting" : "writing", .t0 = tool_now(), .tty = isatty(2) };
     if (in) {
         if (threads == 0) { long c = sysconf(_SC_NPROCESSORS_ONLN); threads = c > 0 ? (int)c : 1; }
         if (glm_convert_checkpoint(in, o.tmp, fmt, threads, (uint64_t)shard_mb * 1000000, progress, &ps) != GLM_OK)
