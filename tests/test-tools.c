@@ -142,6 +142,28 @@ TEST(run_greedy_pipe_and_json) {
     free(a); free(b);
 }
 
+/* A stop string spread over several tokens: the streamed text ends right before it, none
+ * of it printed while it was still only a possible start. */
+TEST(run_stop_across_tokens) {
+    char cmd[2048], *a, *b;
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 12 --temp 0 --device cpu", bin);
+    CHECK(run(cmd, &a) == 0);
+    /* the stop: two words from after the third space (" that the jury had not ...": "had not") */
+    const char *w3 = a;
+    for (int k = 0; k < 3 && w3; k++) w3 = strchr(w3 + 1, ' ');
+    const char *e4 = w3 ? strchr(w3 + 1, ' ') : NULL;
+    e4 = e4 ? strchr(e4 + 1, ' ') : NULL;
+    CHECK(w3 && e4);
+    if (!w3 || !e4) { free(a); return; }
+    char stop[64] = {0};
+    snprintf(stop, sizeof stop, "%.*s", (int)(e4 - w3 - 1), w3 + 1);
+    snprintf(cmd, sizeof cmd, "%s/glm-run -p 'The jury said' -n 12 --temp 0 --device cpu --stop '%s'", bin, stop);
+    CHECK(run(cmd, &b) == 0);
+    size_t before = (size_t)(w3 + 1 - a);
+    CHECK_MSG(strlen(b) == before && strncmp(a, b, before) == 0, "stop '%s': '%s' from '%s'", stop, b, a);
+    free(a); free(b);
+}
+
 /* glm-run's greedy ids equal transformers' for each tiny checkpoint (tests/data/<dir>/ref.bin). */
 TEST(run_greedy_ids_match_transformers) {
     const char *dirs[] = { "tests/data/tiny-bf16", "tests/data/tiny-fp8ch", "tests/data/tiny-fp8blk" };
