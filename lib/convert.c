@@ -135,6 +135,16 @@ static int cmp_src(const void *pa, const void *pb) {
     return a->begin < b->begin ? -1 : a->begin > b->begin;
 }
 
+/* Rows of a quantised tensor in one work unit: about UNIT_BYTES of input, whole
+ * 128-row block rows for the block format. */
+static int64_t unit_rows(const job *j, const out_tensor *o) {
+    uint64_t per = (uint64_t)o->cols * glm_dtype_size(o->src->dtype);
+    int64_t step = per ? (int64_t)(UNIT_BYTES / per) : 1;
+    if (step < 1) step = 1;
+    if (j->fmt == GLM_FMT_FP8_BLOCK) step = (step + GLM_BLOCK - 1) / GLM_BLOCK * GLM_BLOCK;
+    return step;
+}
+
 /* Fills j->t (shards and offsets) and j->u (work units); returns a status. */
 static int plan(job *j, uint64_t shard_bytes) {
     size_t n = glm_st_count(j->st);
@@ -166,10 +176,7 @@ static int plan(job *j, uint64_t shard_bytes) {
             o->nbytes = (uint64_t)o->rows * (uint64_t)o->cols;
             int64_t br = (o->rows + GLM_BLOCK - 1) / GLM_BLOCK, bc = (o->cols + GLM_BLOCK - 1) / GLM_BLOCK;
             o->scale_nbytes = j->fmt == GLM_FMT_FP8_CHANNEL ? (uint64_t)o->rows * 2 : (uint64_t)(br * bc) * 4;
-            uint64_t per = (uint64_t)o->cols * glm_dtype_size(s->dtype);
-            int64_t step = per ? (int64_t)(UNIT_BYTES / per) : 1;
-            if (step < 1) step = 1;
-            if (j->fmt == GLM_FMT_FP8_BLOCK) step = (step + GLM_BLOCK - 1) / GLM_BLOCK * GLM_BLOCK;
+            int64_t step = unit_rows(j, o);
             n_units += (size_t)((o->rows + step - 1) / step);
         } else {
             o->nbytes = in_bytes;
@@ -191,10 +198,7 @@ static int plan(job *j, uint64_t shard_bytes) {
     for (size_t i = 0; i < n; i++) {
         const out_tensor *o = &j->t[i];
         if (o->quant) {
-            uint64_t per = (uint64_t)o->cols * glm_dtype_size(o->src->dtype);
-            int64_t step = per ? (int64_t)(UNIT_BYTES / per) : 1;
-            if (step < 1) step = 1;
-            if (j->fmt == GLM_FMT_FP8_BLOCK) step = (step + GLM_BLOCK - 1) / GLM_BLOCK * GLM_BLOCK;
+            int64_t step = unit_rows(j, o);
             for (int64_t r = 0; r < o->rows; r += step)
                 j->u[k++] = (work_unit){ i, r, r + step < o->rows ? r + step : o->rows };
         } else {
