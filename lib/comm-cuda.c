@@ -26,8 +26,9 @@
 #if !defined(GLM_CUDA)
 
 /* Returns the error of a build without CUDA. */
-static int none_init(glm_comm_group *g) {
+static int none_init(glm_comm_group *g, const glm_comm_params *p) {
     (void)g;
+    (void)p;
     return glm_err(GLM_ERR_NOT_IMPLEMENTED, "NCCL communicator: not implemented in a build without CUDA");
 }
 static void none_free(glm_comm_group *g) { (void)g; }
@@ -127,9 +128,17 @@ static int wait_stream(glm_comm *c, cudaStream_t st, const char *what) {
 #endif
         double waited = now_s() - t0;
         if (waited > timeout) {
-            char why[200];
-            snprintf(why, sizeof why, "its stream did not finish within %g s (a peer rank may have stopped)", timeout);
-            return fail_rank(c, why, what);
+            char why[400], late[256];
+            int first = glm_comm_late_ranks(c, late, sizeof late);
+            if (first < 0) {
+                snprintf(why, sizeof why, "its stream did not finish within %g s", timeout);
+                return fail_rank(c, why, what);
+            }
+            snprintf(why, sizeof why, "did not reach collective %ld within %g s (late ranks: %s)", c->n_coll - 1,
+                     timeout, late);
+            int rc = glm_comm_set_failed(c, first, GLM_ERR_IO, why, what);
+            abort_rank(cr);
+            return rc;
         }
         nap(waited);
     }
@@ -164,15 +173,15 @@ static int nccl_done(glm_comm *c, ncclResult_t r, const char *call, const char *
 #define NCCL_CHECK(c, call, what) do { int rc_ = nccl_done((c), (call), #call, (what)); if (rc_) return rc_; } while (0)
 
 /* Creates every local communicator in one NCCL group; returns a status. */
-static int nccl_init_all(glm_comm_group *g, cu_group *cg) {
+static int nccl_init_all(glm_comm_group *g, const glm_comm_params *p, cu_group *cg) {
     setenv("NCCL_NVLS_ENABLE", "0", 0);   /* NVLink multicast off unless the user set it */
     ncclUniqueId id;
     ncclResult_t r;
     if (g->world > g->n) {
-        if (!g->p.unique_id)
+        if (!p->unique_id)
             return glm_err(GLM_ERR_ARG, "NCCL communicator: a world of %d ranks across processes needs the "
                            "unique id of global rank 0 (glm_comm_unique_id)", g->world);
-        memcpy(&id, g->p.unique_id, sizeof id);
+        memcpy(&id, p->unique_id, sizeof id);
     } else if ((r = ncclGetUniqueId(&id)) != ncclSuccess) {
         return glm_err(GLM_ERR_CUDA, "NCCL communicator: ncclGetUniqueId: %s (%s)", ncclGetErrorString(r),
                        ncclGetLastError(NULL));
@@ -231,7 +240,7 @@ static int nccl_init_all(glm_comm_group *g, cu_group *cg) {
 #endif
 
 /* Creates the group state: checks the devices, picks NCCL or the shared-gpu mode. */
-static int cu_init(glm_comm_group *g) {
+static int cu_init(glm_comm_group *g, const glm_comm_params *p) {
     cu_group *cg = calloc(1, sizeof *cg);
     if (!cg) return glm_err(GLM_ERR_OOM, "NCCL communicator: out of memory");
     g->impl = cg;
@@ -239,7 +248,7 @@ static int cu_init(glm_comm_group *g) {
     cudaError_t e = cudaGetDeviceCount(&nd);
     if (e != cudaSuccess) return glm_err(GLM_ERR_CUDA, "NCCL communicator: no CUDA device: %s", cudaGetErrorString(e));
     for (int i = 0; i < g->n; i++) {
-        int d = g->p.devices ? g->p.devices[i] : i;
+        int d = p->devices ? p->devices[i] : i;
         if (d < 0 || d >= nd)
             return glm_err(GLM_ERR_ARG, "NCCL communicator: rank %d: CUDA device %d does not exist (%d visible)",
                            g->ranks[i].rank, d, nd);
@@ -255,7 +264,7 @@ static int cu_init(glm_comm_group *g) {
         return 0;
     }
 #ifdef GLM_NCCL
-    return nccl_init_all(g, cg);
+    return nccl_init_all(g, p, cg);
 #else
     return glm_err(GLM_ERR_NOT_IMPLEMENTED, "NCCL communicator: not implemented in this build (compiled without "
                    "GLM_NCCL; one GPU a rank needs NCCL, ranks sharing a GPU do not)");

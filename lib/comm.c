@@ -85,16 +85,34 @@ int glm_comm_fail(glm_comm *c, int status, const char *why) {
 }
 
 int glm_comm_enter(glm_comm *c, const char *what) {
-    int rc = glm_comm_check(c, what);
-    if (rc) return rc;
+    glm_comm_group *g = c->g;
+    pthread_mutex_lock(&g->mu);
+    int rc = g->failed_rank >= 0 ? report_locked(c, what) : 0;
     long k = c->n_coll++;
-    const glm_comm_params *p = &c->g->p;
+    pthread_mutex_unlock(&g->mu);
+    if (rc) return rc;
+    const glm_comm_params *p = &g->p;
     if (p->fail_rank == c->rank && k == p->fail_after) {
         char why[128];
         snprintf(why, sizeof why, "injected failure at its collective %ld (%s)", k, what);
         return glm_comm_set_failed(c, c->rank, GLM_ERR_IO, why, what);
     }
     return 0;
+}
+
+int glm_comm_late_ranks(glm_comm *c, char *buf, size_t cap) {
+    glm_comm_group *g = c->g;
+    int first = -1;
+    size_t len = 0;
+    if (cap) buf[0] = 0;
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < g->n; i++)
+        if (g->ranks[i].n_coll < c->n_coll) {
+            if (first < 0) first = g->ranks[i].rank;
+            if (len < cap) len += snprintf(buf + len, cap - len, "%s%d", len ? " " : "", g->ranks[i].rank);
+        }
+    pthread_mutex_unlock(&g->mu);
+    return first;
 }
 
 /* Returns now + s on CLOCK_MONOTONIC. */
@@ -219,7 +237,7 @@ int glm_comm_host_broadcast_i32(glm_comm *c, int32_t *ids, size_t n, const char 
 
 /* ---- the local kind ---- */
 
-static int local_init(glm_comm_group *g) { (void)g; return 0; }
+static int local_init(glm_comm_group *g, const glm_comm_params *p) { (void)g; (void)p; return 0; }
 static void local_free(glm_comm_group *g) { (void)g; }
 
 static int local_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dt, void *stream) {
@@ -292,7 +310,7 @@ int glm_comm_group_new(const glm_comm_params *p, glm_comm_group **out) {
     glm_comm_group *g = calloc(1, sizeof *g);
     if (!g) return glm_err(GLM_ERR_OOM, "communicator: out of memory");
     g->p = *p;
-    g->p.devices = NULL;        /* borrowed only during init */
+    g->p.devices = NULL;        /* borrowed only by init */
     g->p.unique_id = NULL;
     g->n = p->n_ranks;
     g->world = p->world_size ? p->world_size : p->n_ranks;
@@ -310,11 +328,7 @@ int glm_comm_group_new(const glm_comm_params *p, glm_comm_group **out) {
     }
     g->ops = p->kind == GLM_COMM_LOCAL ? &local_ops : &glm_comm_nccl_ops;
     g->kind_name = g->ops->name;
-    g->p.devices = p->devices;
-    g->p.unique_id = p->unique_id;
-    rc = g->ops->init(g);
-    g->p.devices = NULL;
-    g->p.unique_id = NULL;
+    rc = g->ops->init(g, p);
     if (rc) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", glm_last_error());

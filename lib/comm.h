@@ -116,7 +116,7 @@ struct glm_comm {
     glm_comm_group *g;
     int local;                         /* index in the group */
     int rank;                          /* global rank */
-    long n_coll;                       /* collectives this rank has entered */
+    long n_coll;                       /* collectives this rank has entered (under g->mu) */
     uint64_t gen;                      /* barriers this rank has passed */
     /* posted for the local all-reduce / broadcast */
     void *buf;
@@ -146,7 +146,7 @@ struct glm_comm_group {
 
 struct glm_comm_ops {
     const char *name;
-    int (*init)(glm_comm_group *g);
+    int (*init)(glm_comm_group *g, const glm_comm_params *p);   /* p->devices, p->unique_id: read here only */
     void (*free)(glm_comm_group *g);
     int (*all_reduce)(glm_comm *c, void *buf, size_t n, glm_comm_dtype dt, void *stream);
     int (*all_gather)(glm_comm *c, const void *send, void *recv, size_t n, glm_comm_dtype dt, void *stream);
@@ -167,6 +167,9 @@ int glm_comm_check(glm_comm *c, const char *what);
 /* Marks the group failed by rank with status and why (the first failure wins); wakes
  * every waiter. Returns the status to propagate, with this thread's message set. */
 int glm_comm_set_failed(glm_comm *c, int rank, int status, const char *why, const char *what);
+/* Returns the first local rank that has entered fewer collectives than c (a rank c's
+ * collective may be waiting for), or -1; lists all of them in buf. */
+int glm_comm_late_ranks(glm_comm *c, char *buf, size_t cap);
 /* Counts one collective of c; returns an error when it is the injected failure. */
 int glm_comm_enter(glm_comm *c, const char *what);
 /* The local all-reduce and broadcast over host buffers (the shared-GPU mode sums its

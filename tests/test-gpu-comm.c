@@ -1,10 +1,11 @@
 /* test-gpu-comm.c - the NCCL communicator on the GPUs this machine has: one rank through
  * init, a graph-captured all-reduce, a broadcast, an all-gather, and teardown; one rank a
- * GPU on every visible GPU (skipped with one); eight ranks sharing GPU 0 (NCCL refuses two ranks of
- * a communicator on one device, so they sum through host memory: bitwise equal to the
- * serial sum); and an injected failure on rank 3 (or the last rank) that ends every
- * rank's collective or wait with an error naming it, within a bounded time. Values are
- * small integers where NCCL sums, so every sum is exact whatever its order. */
+ * GPU on every visible GPU (skipped with one); eight ranks sharing GPU 0 (NCCL refuses two
+ * ranks of a communicator on one device, so they sum through host memory: bitwise equal
+ * to the serial sum); an injected failure on rank 3 (or the last rank) and a rank that
+ * stops coming, each ending every rank's collective or wait with an error naming it,
+ * within a bounded time. Values are small integers where NCCL sums, so every sum is exact
+ * whatever its order. */
 #include "comm.h"
 #include "internal.h"
 #include "test.h"
@@ -41,12 +42,12 @@ static float value(int r, size_t i, int varied) {
     return ldexpf(u, (int)(x % 24) - 8);
 }
 
-static glm_comm_group *make_group(int n, const int *devices, int fail_rank, int fail_after) {
+static glm_comm_group *make_group_timeout(int n, const int *devices, int fail_rank, int fail_after, double timeout_s) {
     glm_comm_params p = glm_comm_default_params();
     p.kind = GLM_COMM_NCCL;
     p.n_ranks = n;
     p.devices = devices;
-    p.timeout_s = 20;
+    p.timeout_s = timeout_s;
     p.fail_rank = fail_rank;
     p.fail_after = fail_after;
     glm_comm_group *g = NULL;
@@ -55,10 +56,15 @@ static glm_comm_group *make_group(int n, const int *devices, int fail_rank, int 
     return g;
 }
 
+static glm_comm_group *make_group(int n, const int *devices, int fail_rank, int fail_after) {
+    return make_group_timeout(n, devices, fail_rank, fail_after, 20);
+}
+
 /* ---- one thread a rank ---- */
 typedef struct {
     glm_comm *c;
     int device, n_ranks, varied, capture, reps;
+    int absent_at;             /* >= 0: this rank stops before that all-reduce, without an error */
     size_t n;
     int rc;                    /* first error */
     int bad_at;                /* collective index of the first error, -1 if none */
@@ -90,6 +96,7 @@ static void *rank_main(void *p) {
     }
     int rc = 0;
     for (int k = 0; k < j->reps && !rc; k++) {
+        if (k == j->absent_at) goto done;
         cudaMemcpyAsync(d, h, j->n * sizeof *d, cudaMemcpyHostToDevice, st);
         if (j->capture) {
             if (!exec) {
@@ -134,6 +141,7 @@ static void *rank_main(void *p) {
         cudaFree(gr);
         free(hr);
     }
+done:
     j->rc = rc;
     snprintf(j->msg, sizeof j->msg, "%s", rc ? glm_last_error() : "");
     if (exec) cudaGraphExecDestroy(exec);
@@ -147,16 +155,22 @@ static void *rank_main(void *p) {
     return NULL;
 }
 
-/* Runs rank_main on every rank of g; fills jobs[n]. */
-static void run_ranks(glm_comm_group *g, int n, const int *devices, size_t count, int varied, int capture,
-                      int reps, rank_job *jobs) {
+/* Runs rank_main on every rank of g (rank absent stops before its all-reduce absent_at);
+ * fills jobs[n]. */
+static void run_ranks_absent(glm_comm_group *g, int n, const int *devices, size_t count, int varied, int capture,
+                             int reps, int absent, int absent_at, rank_job *jobs) {
     pthread_t th[GLM_COMM_MAX_RANKS];
     for (int i = 0; i < n; i++) {
         jobs[i] = (rank_job){ .c = glm_comm_get(g, i), .device = devices[i], .n_ranks = n, .varied = varied,
-                              .capture = capture, .reps = reps, .n = count };
+                              .capture = capture, .reps = reps, .n = count, .absent_at = i == absent ? absent_at : -1 };
         pthread_create(&th[i], NULL, rank_main, &jobs[i]);
     }
     for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+}
+
+static void run_ranks(glm_comm_group *g, int n, const int *devices, size_t count, int varied, int capture,
+                      int reps, rank_job *jobs) {
+    run_ranks_absent(g, n, devices, count, varied, capture, reps, -1, -1, jobs);
 }
 
 TEST(nccl_one_rank_graph_captured) {
@@ -259,6 +273,31 @@ TEST(injected_failure_nccl) {
     for (int i = 0; i < N; i++) dev[i] = i;
     check_failure(N, dev, N > 3 ? 3 : N - 1, 0);
     check_failure(N, dev, N > 3 ? 3 : N - 1, 1);
+}
+
+/* The last rank stops before its second all-reduce: the others, left waiting in NCCL,
+ * time out, abort and name it. */
+TEST(absent_rank_nccl_times_out_naming_it) {
+    NEED_NCCL();
+    int N = n_gpus();
+    if (N < 2) SKIP("fewer than 2 GPUs");
+    if (N > 8) N = 8;
+    int dev[8];
+    for (int i = 0; i < N; i++) dev[i] = i;
+    glm_comm_group *g = make_group_timeout(N, dev, -1, 0, 2.0);
+    if (!g) return;
+    rank_job j[8];
+    double t0 = now_s();
+    run_ranks_absent(g, N, dev, 5120, 0, 0, 3, N - 1, 1, j);
+    double took = now_s() - t0;
+    char want[64];
+    snprintf(want, sizeof want, "rank %d failed: did not reach collective 1", N - 1);
+    CHECK(j[N - 1].rc == 0);
+    for (int r = 0; r < N - 1; r++)
+        CHECK_MSG(j[r].rc != 0 && strstr(j[r].msg, want), "rank %d: '%s'", r, j[r].msg);
+    CHECK_MSG(took < 10.0, "took %.1f s (timeout 2 s)", took);
+    fprintf(stderr, "  N=%d: rank 0 sees in %.2f s: %s\n", N, took, j[0].msg);
+    glm_comm_group_free(g);
 }
 
 RUN_TESTS()
