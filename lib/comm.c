@@ -154,8 +154,8 @@ int glm_comm_host_barrier(glm_comm *c, const char *what) {
         for (int i = 0; i < g->n; i++)
             if (g->ranks[i].gen <= mine) {
                 if (first < 0) first = g->ranks[i].rank;
-                len += snprintf(late + len, len < sizeof late ? sizeof late - len : 0, "%s%d",
-                                len ? " " : "", g->ranks[i].rank);
+                if (len < sizeof late)
+                    len += snprintf(late + len, sizeof late - len, "%s%d", len ? " " : "", g->ranks[i].rank);
             }
         g->failed_rank = first;
         g->failed_status = GLM_ERR_IO;
@@ -169,6 +169,11 @@ int glm_comm_host_barrier(glm_comm *c, const char *what) {
     return rc;
 }
 
+/* Returns the name of a posted dtype (-1: the int32 ids of a broadcast). */
+static const char *post_dtype_name(int dt) {
+    return dt == GLM_COMM_F32 ? "f32" : dt == GLM_COMM_BF16 ? "bf16" : "i32";
+}
+
 /* Checks that every rank posted what rank 0 posted (count and dtype); on a mismatch
  * marks the group failed naming the first odd rank and returns the error. */
 static int check_posts(glm_comm *c, const char *what) {
@@ -178,8 +183,8 @@ static int check_posts(glm_comm *c, const char *what) {
         const glm_comm *r = &g->ranks[i];
         if (r->n != r0->n || r->dtype != r0->dtype) {
             char why[200];
-            snprintf(why, sizeof why, "passed %zu values of dtype %d to the %s, rank %d passed %zu of dtype %d",
-                     r->n, r->dtype, what, r0->rank, r0->n, r0->dtype);
+            snprintf(why, sizeof why, "passed %zu %s values to the %s, rank %d passed %zu %s", r->n,
+                     post_dtype_name(r->dtype), what, r0->rank, r0->n, post_dtype_name(r0->dtype));
             return glm_comm_set_failed(c, r->rank, GLM_ERR_ARG, why, what);
         }
     }
