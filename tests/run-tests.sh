@@ -15,8 +15,10 @@ fi
 total_p=0; total_f=0; total_s=0; status=0
 for t in "$@"; do
   echo "== $t"
+  t0=$(date +%s)
   out=$($run "$t" 2>&1); rc=$?
   printf '%s\n' "$out"
+  echo "-- $t: exit $rc, $(( $(date +%s) - t0 )) s"
   if [ -n "$run" ] && { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; }; then
     echo "$t: FAILED: still running after ${limit} s (GLM_TEST_TIMEOUT=$limit), killed"
     total_f=$((total_f + 1)); status=1; continue
