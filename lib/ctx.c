@@ -1,7 +1,9 @@
 /* ctx.c - a context: one backend, a paged KV cache (16-token pages, a page table per
- * sequence, a free list), and glm_ctx_decode, which plans a batch (positions, pages,
+ * sequence, a free list, a reference count per page so that full pages can be shared
+ * between sequences and the scheduler's prefix cache), and glm_ctx_decode, which plans a batch (positions, pages,
  * logits rows), splits it into passes of at most n_batch tokens and runs the model. */
 #include "backend.h"
+#include "scheduler.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,7 @@ struct glm_ctx {
     int max_pages;          /* pages one sequence may hold: ceil(n_ctx / GLM_PAGE) */
     int32_t *free_pages;    /* stack of free page ids */
     int n_free;
+    int32_t *page_ref;      /* [n_pages] holders of each page (sequences, the prefix cache); 0 = free */
     int32_t *page_table;    /* [n_seq_max, max_pages] */
     int32_t *seq_len;       /* [n_seq_max] */
     float *logits;          /* [cap_logits, n_vocab] rows wanted by the last decode */
@@ -60,12 +63,13 @@ int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
     if ((rc = glm4moe_reserve(c->be, p.n_batch))) goto fail;
     if ((rc = c->be->ops->kv_init(c->be, c->n_pages, p.kv_type))) goto fail;
     c->free_pages = malloc((size_t)c->n_pages * sizeof(int32_t));
+    c->page_ref = calloc((size_t)c->n_pages, sizeof(int32_t));
     c->page_table = malloc((size_t)p.n_seq_max * c->max_pages * sizeof(int32_t));
     c->seq_len = calloc((size_t)p.n_seq_max, sizeof(int32_t));
     c->pos = malloc((size_t)p.n_batch * sizeof(int32_t));
     c->seq = malloc((size_t)p.n_batch * sizeof(int32_t));
     c->out_rows = malloc((size_t)p.n_batch * sizeof(int32_t));
-    if (!c->free_pages || !c->page_table || !c->seq_len || !c->pos || !c->seq || !c->out_rows) {
+    if (!c->free_pages || !c->page_ref || !c->page_table || !c->seq_len || !c->pos || !c->seq || !c->out_rows) {
         rc = glm_err(GLM_ERR_OOM, "out of memory");
         goto fail;
     }
@@ -104,6 +108,7 @@ void glm_ctx_free(glm_ctx *c) {
     if (c->be) c->be->ops->destroy(c->be);
     free(fwd);
     free(c->free_pages);
+    free(c->page_ref);
     free(c->page_table);
     free(c->seq_len);
     free(c->logit_row);
@@ -117,8 +122,37 @@ int glm_ctx_seq_clear(glm_ctx *c, int seq) {
     if (seq < 0 || seq >= c->p.n_seq_max) return glm_err(GLM_ERR_ARG, "sequence %d out of range [0, %d)", seq, c->p.n_seq_max);
     int32_t *pt = c->page_table + (size_t)seq * c->max_pages;
     for (int i = 0; i < c->max_pages; i++)
-        if (pt[i] >= 0) { c->free_pages[c->n_free++] = pt[i]; pt[i] = -1; }
+        if (pt[i] >= 0) { glm_ctx_page_release(c, pt[i]); pt[i] = -1; }
     c->seq_len[seq] = 0;
+    return GLM_OK;
+}
+
+void glm_ctx_page_retain(glm_ctx *c, int32_t page) { c->page_ref[page]++; }
+
+void glm_ctx_page_release(glm_ctx *c, int32_t page) {
+    if (--c->page_ref[page] == 0) c->free_pages[c->n_free++] = page;
+}
+
+int glm_ctx_page_refs(const glm_ctx *c, int32_t page) { return c->page_ref[page]; }
+
+const glm_ctx_params *glm_ctx_params_of(const glm_ctx *c) { return &c->p; }
+const glm_model *glm_ctx_model(const glm_ctx *c) { return c->model; }
+
+int32_t glm_ctx_seq_page(const glm_ctx *c, int seq, int i) {
+    if (seq < 0 || seq >= c->p.n_seq_max || i < 0 || i >= c->max_pages) return -1;
+    return c->page_table[(size_t)seq * c->max_pages + i];
+}
+
+int glm_ctx_seq_share(glm_ctx *c, int seq, const int32_t *pages, int n) {
+    if (seq < 0 || seq >= c->p.n_seq_max) return glm_err(GLM_ERR_ARG, "sequence %d out of range [0, %d)", seq, c->p.n_seq_max);
+    if (c->seq_len[seq]) return glm_err(GLM_ERR_ARG, "sequence %d is not empty (%d tokens)", seq, c->seq_len[seq]);
+    if (n < 0 || n > c->max_pages) return glm_err(GLM_ERR_ARG, "%d shared pages, a sequence holds at most %d", n, c->max_pages);
+    for (int i = 0; i < n; i++)
+        if (pages[i] < 0 || pages[i] >= c->n_pages || !c->page_ref[pages[i]])
+            return glm_err(GLM_ERR_ARG, "shared page %d: %d is not a page in use", i, pages[i]);
+    int32_t *pt = c->page_table + (size_t)seq * c->max_pages;
+    for (int i = 0; i < n; i++) { pt[i] = pages[i]; c->page_ref[pages[i]]++; }
+    c->seq_len[seq] = n * GLM_PAGE;
     return GLM_OK;
 }
 
@@ -177,7 +211,7 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
         if (!add[s]) continue;
         int32_t *pt = c->page_table + (size_t)s * c->max_pages;
         int p0 = pages_for(c->seq_len[s]), p1 = pages_for((int64_t)c->seq_len[s] + add[s]);
-        for (int i = p0; i < p1; i++) pt[i] = c->free_pages[--c->n_free];
+        for (int i = p0; i < p1; i++) { pt[i] = c->free_pages[--c->n_free]; c->page_ref[pt[i]] = 1; }
     }
     /* passes of at most n_batch tokens, in order */
     int out_i = 0;
@@ -208,7 +242,7 @@ undo:
         int old = old_len[s];
         int32_t *pt = c->page_table + (size_t)s * c->max_pages;
         for (int i = pages_for(old); i < pages_for((int64_t)old + add[s]); i++) {
-            c->free_pages[c->n_free++] = pt[i];
+            glm_ctx_page_release(c, pt[i]);
             pt[i] = -1;
         }
         c->seq_len[s] = old;

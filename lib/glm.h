@@ -269,6 +269,95 @@ int glm_chat_render(glm_chat_format format, const glm_chat_msg *msgs, int n_msgs
                     int add_generation_prompt, int thinking, char **out, size_t *len);
 /* END tokenizer API */
 
+
+/* ---- scheduler ---- */
+/* Continuous batching over one context: requests come and go between steps; each step
+ * feeds the running requests' next tokens (one a decoding request, then chunks of
+ * prompts) under a token budget, and samples every request whose tokens are all in the
+ * cache. Admission waits for free KV pages; when pages run out the newest running
+ * request is preempted (its pages freed, recomputed later: its output is what it would
+ * have been). With the prefix cache, full 16-token pages are shared between requests
+ * whose tokens agree up to the end of the page; cached pages no request holds are
+ * reclaimed, least recently used first, before anything is preempted. Uses the context's
+ * sequences 0..n_seq_max-1 as request slots. Not thread-safe: one thread calls it. */
+typedef struct glm_sched glm_sched;
+
+typedef enum {
+    GLM_FINISH_NONE = 0,       /* still generating */
+    GLM_FINISH_STOP = 1,       /* an end-of-sequence token or a stop string */
+    GLM_FINISH_LENGTH = 2,     /* max_tokens generated, or the context is full */
+    GLM_FINISH_CANCELLED = 3,  /* glm_sched_cancel */
+    GLM_FINISH_ERROR = 4,      /* a step failed (glm_sched_step returned the error) */
+} glm_finish_reason;
+
+/* What a request's callback receives: one event a generated token, the last one with
+ * finish set (a cancelled or failed request gets a last event with token -1). */
+typedef struct {
+    int64_t id;
+    int32_t token;             /* the token generated, or -1 */
+    const char *text;          /* text that became final with this event (NULL without a
+                                  tokenizer); text that may begin a stop string is held back */
+    size_t len;
+    glm_finish_reason finish;
+    int n_prompt;              /* prompt tokens */
+    int n_cached;              /* of them taken from the prefix cache at admission */
+    int n_gen;                 /* tokens generated so far, this one included */
+} glm_sched_event;
+
+typedef void (*glm_sched_fn)(void *user, const glm_sched_event *ev);
+
+typedef struct {
+    int batch_tokens;              /* tokens one step feeds at most; 0 = the context's n_batch */
+    int prefix_cache;              /* 1 = share full pages between requests by content */
+    const glm_tokenizer *tok;      /* for text in the events and stop strings; NULL: ids only */
+} glm_sched_params;
+
+typedef struct {
+    const int32_t *prompt;         /* [n_prompt], copied */
+    int n_prompt;
+    int max_tokens;                /* tokens to generate at most, >= 1 */
+    glm_sampler_params sampling;   /* penalties look at the generated tokens */
+    const char *const *stop;       /* [n_stop] stop strings (copied; need a tokenizer) */
+    int n_stop;
+    int ignore_eos;                /* 1 = go on past the model's end-of-sequence tokens */
+    glm_sched_fn on_event;         /* called from glm_sched_step / glm_sched_cancel */
+    void *user;
+} glm_request;
+
+typedef struct {
+    int running, waiting;          /* requests holding a slot / queued (preempted ones too) */
+    int kv_pages_total;
+    int kv_pages_used;             /* held by requests */
+    int kv_pages_cached;           /* held only by the prefix cache (reclaimable) */
+    uint64_t prompt_tokens;        /* prompt tokens of admitted requests */
+    uint64_t cached_tokens;        /* of them found in the prefix cache */
+    uint64_t computed_tokens;      /* tokens fed to the model (recomputation included) */
+    uint64_t generated_tokens;
+    uint64_t preemptions;
+    uint64_t finished;             /* requests ended (any reason) */
+} glm_sched_stats;
+
+glm_sched_params glm_sched_default_params(void);
+/* A scheduler over ctx (which it does not own; its sequences must be empty). */
+int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out);
+/* Frees the scheduler; requests still in it end without an event. */
+void glm_sched_free(glm_sched *s);
+/* Queues a request; *id identifies it. GLM_ERR_ARG when it can never run (tokens out of
+ * the vocabulary, n_prompt + max_tokens past the context or the cache, stop strings
+ * without a tokenizer). */
+int glm_sched_submit(glm_sched *s, const glm_request *r, int64_t *id);
+/* Ends a request now, freeing its pages; its callback gets GLM_FINISH_CANCELLED.
+ * GLM_ERR_ARG when there is no such request (it may have finished). */
+int glm_sched_cancel(glm_sched *s, int64_t id);
+/* Runs one step. Returns the tokens it fed (0: nothing to do) or an error, after which
+ * every request that was running has ended with GLM_FINISH_ERROR. */
+int glm_sched_step(glm_sched *s);
+/* Non-zero when no request is queued or running. */
+int glm_sched_idle(const glm_sched *s);
+void glm_sched_get_stats(const glm_sched *s, glm_sched_stats *st);
+/* Drops the cached pages no request holds; returns how many were freed. */
+int glm_sched_cache_clear(glm_sched *s);
+
 #ifdef __cplusplus
 }
 #endif

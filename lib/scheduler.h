@@ -1,0 +1,26 @@
+/* scheduler.h (not sched.h: that name is the system header pthread.h includes) - what the scheduler (lib/sched.c) needs from the context beyond glm.h:
+ * reference-counted KV pages, so that one physical page can sit in several sequences'
+ * page tables and in the prefix cache. Only full pages are shared (a sequence never
+ * writes into a page it shares). Internal to libglm. */
+#ifndef GLM_SCHEDULER_H
+#define GLM_SCHEDULER_H
+
+#include "glm.h"
+
+/* Adds a holder to a page in use. */
+void glm_ctx_page_retain(glm_ctx *ctx, int32_t page);
+/* Drops a holder; the page goes back to the free list when none is left. */
+void glm_ctx_page_release(glm_ctx *ctx, int32_t page);
+/* Holders of a page (0 = free). */
+int glm_ctx_page_refs(const glm_ctx *ctx, int32_t page);
+/* The page id of page i of a sequence, -1 when it has none. */
+int32_t glm_ctx_seq_page(const glm_ctx *ctx, int seq, int i);
+/* Starts an empty sequence on n shared full pages (each retained): it then holds
+ * n * GLM_PAGE tokens. GLM_ERR_ARG when the sequence is not empty or a page is free. */
+int glm_ctx_seq_share(glm_ctx *ctx, int seq, const int32_t *pages, int n);
+/* The context's parameters as created. */
+const glm_ctx_params *glm_ctx_params_of(const glm_ctx *ctx);
+/* The model a context runs. */
+const glm_model *glm_ctx_model(const glm_ctx *ctx);
+
+#endif

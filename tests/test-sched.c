@@ -1,0 +1,327 @@
+/* test-sched.c - the scheduler on glm-tiny: requests run together (any batch budget,
+ * chunked prompts, prefix cache on or off) give each the tokens it gives alone; a KV
+ * cache too small for all of them preempts and still gives the same tokens (greedy and
+ * seeded sampling); a second request with the same 32-token prefix feeds only its new
+ * tokens; cancellation frees pages at once; stop strings end the text before them; no
+ * page is leaked. */
+#include "glm.h"
+#include "test.h"
+
+#include <stdint.h>
+
+#define MODEL "models/glm-tiny"
+
+static glm_model *model;
+static glm_tokenizer *tok;
+
+/* The tiny model, loaded once. */
+static glm_model *tiny(void) {
+    if (!model && glm_model_load(MODEL, NULL, &model)) fprintf(stderr, "  cannot load %s: %s\n", MODEL, glm_last_error());
+    return model;
+}
+
+/* A request's output as the callback saw it. */
+typedef struct {
+    int32_t toks[512];
+    int n;
+    char text[4096];
+    size_t text_len;
+    glm_finish_reason fin;
+    int n_cached, events_after_finish;
+} out_t;
+
+static void on_event(void *user, const glm_sched_event *ev) {
+    out_t *o = user;
+    if (o->fin) o->events_after_finish++;
+    if (ev->token >= 0 && o->n < 512) o->toks[o->n++] = ev->token;
+    if (ev->text && o->text_len + ev->len < sizeof o->text) {
+        memcpy(o->text + o->text_len, ev->text, ev->len);
+        o->text_len += ev->len;
+        o->text[o->text_len] = 0;
+    }
+    o->fin = ev->finish;
+    o->n_cached = ev->n_cached;
+}
+
+/* A test request: prompt tokens from a seed, its length and max_tokens. */
+typedef struct {
+    int32_t prompt[256];
+    int n_prompt, max_tokens;
+    glm_sampler_params sp;
+} spec_t;
+
+static void make_spec(spec_t *s, uint64_t seed, int n_prompt, int max_tokens, int greedy) {
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (int i = 0; i < n_prompt; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        s->prompt[i] = (int32_t)(x % 8000);
+    }
+    s->n_prompt = n_prompt;
+    s->max_tokens = max_tokens;
+    s->sp = glm_sampler_default_params();
+    s->sp.seed = seed;
+    if (greedy) s->sp.temp = 0;
+}
+
+/* A context for n_slots requests of up to 512 tokens, with n_pages KV pages (0: all). */
+static glm_ctx *make_ctx(int n_slots, int n_pages) {
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = 512;
+    cp.n_seq_max = n_slots;
+    cp.n_batch = 256;
+    cp.n_threads = 1;
+    cp.kv_type = GLM_KV_F32;
+    cp.n_kv_pages = n_pages;
+    glm_ctx *c = NULL;
+    if (glm_ctx_new(tiny(), &cp, &c)) fprintf(stderr, "  ctx: %s\n", glm_last_error());
+    return c;
+}
+
+/* Runs the n requests through one scheduler (all submitted at once) into outs; returns
+ * the scheduler's statistics at the end, and checks that no page is leaked. */
+static glm_sched_stats run_all(const spec_t *sp, int n, out_t *outs, int n_slots, int n_pages, int batch_tokens, int cache) {
+    glm_sched_stats st = {0};
+    glm_ctx *c = make_ctx(n_slots, n_pages);
+    if (!c) { CHECK(0); return st; }
+    glm_sched_params p = glm_sched_default_params();
+    p.batch_tokens = batch_tokens;
+    p.prefix_cache = cache;
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, &p, &s) == GLM_OK);
+    for (int i = 0; i < n; i++) {
+        memset(&outs[i], 0, sizeof outs[i]);
+        glm_request r = {sp[i].prompt, sp[i].n_prompt, sp[i].max_tokens, sp[i].sp, NULL, 0, 1, on_event, &outs[i]};
+        CHECK_MSG(glm_sched_submit(s, &r, NULL) == GLM_OK, "%s", glm_last_error());
+    }
+    int steps = 0, rc;
+    while ((rc = glm_sched_step(s)) > 0) steps++;
+    CHECK_MSG(rc == 0, "step: %d %s", rc, glm_last_error());
+    CHECK(glm_sched_idle(s));
+    glm_sched_get_stats(s, &st);
+    CHECK_MSG(st.kv_pages_used == 0, "%d pages still held", st.kv_pages_used);
+    CHECK(st.finished == (uint64_t)n);
+    glm_sched_cache_clear(s);
+    CHECK_MSG(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c), "%d of %d pages free after the run",
+              glm_ctx_kv_pages_free(c), glm_ctx_kv_pages_total(c));
+    glm_sched_free(s);
+    glm_ctx_free(c);
+    return st;
+}
+
+/* Each request run alone, in a scheduler of one slot. */
+static void run_alone(const spec_t *sp, int n, out_t *outs) {
+    for (int i = 0; i < n; i++) run_all(sp + i, 1, outs + i, 1, 0, 0, 0);
+}
+
+static int same_tokens(const out_t *a, const out_t *b) {
+    return a->n == b->n && !memcmp(a->toks, b->toks, sizeof(int32_t) * (size_t)a->n);
+}
+
+static spec_t specs[32];
+static out_t alone[32], together[32];
+
+TEST(many_requests_equal_each_alone) {
+    if (!tiny()) { CHECK(0); return; }
+    for (int i = 0; i < 32; i++) make_spec(&specs[i], 100 + i, 3 + (i * 37) % 120, 2 + (i * 11) % 30, 1);
+    run_alone(specs, 32, alone);
+    /* budgets: everything at once, odd chunks, and one token a request (decode only) */
+    const int budgets[] = {0, 37, 32}, caches[] = {0, 1, 1};
+    for (int bi = 0; bi < 3; bi++) {
+        const int cache = caches[bi];
+        run_all(specs, 32, together, 32, 0, budgets[bi], cache);
+        for (int i = 0; i < 32; i++) {
+            CHECK_MSG(same_tokens(&together[i], &alone[i]), "budget %d cache %d: request %d: %d tokens vs %d alone",
+                      budgets[bi], cache, i, together[i].n, alone[i].n);
+            CHECK(together[i].fin == GLM_FINISH_LENGTH && together[i].n == specs[i].max_tokens);
+            CHECK(together[i].events_after_finish == 0);
+        }
+    }
+}
+
+TEST(preemption_gives_the_same_output) {
+    if (!tiny()) { CHECK(0); return; }
+    spec_t sp[8];
+    out_t a[8], b[8];
+    for (int greedy = 1; greedy >= 0; greedy--) {
+        for (int i = 0; i < 8; i++) make_spec(&sp[i], 7 + i, 20 + 3 * i, 40, greedy);
+        run_alone(sp, 8, a);
+        /* 14 pages: each request ends holding 4 or 5, so 8 at once must preempt */
+        glm_sched_stats st = run_all(sp, 8, b, 8, 14, 0, 0);
+        CHECK_MSG(st.preemptions > 0, "no preemption with 14 pages");
+        for (int i = 0; i < 8; i++)
+            CHECK_MSG(same_tokens(&a[i], &b[i]), "greedy %d: request %d differs after preemption", greedy, i);
+        /* with the prefix cache, recomputation finds its own pages */
+        st = run_all(sp, 8, b, 8, 14, 24, 1);
+        CHECK(st.preemptions > 0);
+        for (int i = 0; i < 8; i++)
+            CHECK_MSG(same_tokens(&a[i], &b[i]), "greedy %d, cache: request %d differs after preemption", greedy, i);
+    }
+}
+
+/* Runs one request to the end in s. */
+static void run_one(glm_sched *s, const spec_t *sp, out_t *o) {
+    memset(o, 0, sizeof *o);
+    glm_request r = {sp->prompt, sp->n_prompt, sp->max_tokens, sp->sp, NULL, 0, 1, on_event, o};
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_OK);
+    while (glm_sched_step(s) > 0) {}
+}
+
+TEST(prefix_cache_feeds_only_new_tokens) {
+    if (!tiny()) { CHECK(0); return; }
+    spec_t a, b;
+    make_spec(&a, 1, 45, 5, 1);
+    make_spec(&b, 2, 50, 5, 1);
+    memcpy(b.prompt, a.prompt, 40 * sizeof(int32_t));  /* 40 tokens in common: 2 full pages */
+    out_t oa, ob, ob_alone;
+    run_alone(&b, 1, &ob_alone);
+    glm_ctx *c = make_ctx(4, 0);
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, NULL, &s) == GLM_OK);
+    run_one(s, &a, &oa);
+    glm_sched_stats st0, st1;
+    glm_sched_get_stats(s, &st0);
+    CHECK(st0.computed_tokens == 45 + 4);
+    CHECK(st0.kv_pages_cached == 3);  /* 49 tokens: 3 full pages */
+    run_one(s, &b, &ob);
+    glm_sched_get_stats(s, &st1);
+    CHECK_MSG(ob.n_cached == 32, "%d cached tokens", ob.n_cached);
+    CHECK_MSG(st1.computed_tokens - st0.computed_tokens == 50 - 32 + 4, "fed %llu tokens",
+              (unsigned long long)(st1.computed_tokens - st0.computed_tokens));
+    CHECK(st1.cached_tokens == 32 && st1.prompt_tokens == 95);
+    CHECK(same_tokens(&ob, &ob_alone));
+    /* the same prompt again: all its full pages but the one holding its last token */
+    run_one(s, &b, &ob);
+    CHECK_MSG(ob.n_cached == 48, "%d cached tokens", ob.n_cached);
+    CHECK(same_tokens(&ob, &ob_alone));
+    CHECK(glm_sched_cache_clear(s) > 0);
+    CHECK(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c));
+    glm_sched_free(s);
+    glm_ctx_free(c);
+}
+
+TEST(cached_pages_are_reclaimed_before_preemption) {
+    if (!tiny()) { CHECK(0); return; }
+    spec_t a, b;
+    make_spec(&a, 3, 60, 4, 1);
+    make_spec(&b, 4, 60, 4, 1);
+    glm_ctx *c = make_ctx(2, 6);
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, NULL, &s) == GLM_OK);
+    out_t o;
+    run_one(s, &a, &o);
+    glm_sched_stats st;
+    glm_sched_get_stats(s, &st);
+    CHECK(st.kv_pages_cached == 3);
+    run_one(s, &b, &o);  /* needs 4 of 6 pages: the cached ones make room */
+    glm_sched_get_stats(s, &st);
+    CHECK(st.preemptions == 0 && o.n == 4 && st.kv_pages_used == 0);
+    glm_sched_free(s);
+    CHECK(glm_ctx_kv_pages_free(c) == 6);
+    glm_ctx_free(c);
+}
+
+TEST(cancel_frees_pages_at_once) {
+    if (!tiny()) { CHECK(0); return; }
+    spec_t a, b;
+    make_spec(&a, 5, 40, 200, 1);
+    make_spec(&b, 6, 40, 200, 1);
+    glm_ctx *c = make_ctx(1, 0);
+    glm_sched_params p = glm_sched_default_params();
+    p.prefix_cache = 0;
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, &p, &s) == GLM_OK);
+    out_t oa, ob;
+    memset(&oa, 0, sizeof oa);
+    memset(&ob, 0, sizeof ob);
+    glm_request ra = {a.prompt, a.n_prompt, a.max_tokens, a.sp, NULL, 0, 1, on_event, &oa};
+    glm_request rb = {b.prompt, b.n_prompt, b.max_tokens, b.sp, NULL, 0, 1, on_event, &ob};
+    int64_t ia, ib;
+    CHECK(glm_sched_submit(s, &ra, &ia) == GLM_OK);
+    CHECK(glm_sched_submit(s, &rb, &ib) == GLM_OK);
+    for (int i = 0; i < 5; i++) CHECK(glm_sched_step(s) > 0);
+    glm_sched_stats st;
+    glm_sched_get_stats(s, &st);
+    CHECK(st.running == 1 && st.waiting == 1 && st.kv_pages_used == 3);
+    CHECK(glm_sched_cancel(s, ib) == GLM_OK);  /* waiting */
+    CHECK(ob.fin == GLM_FINISH_CANCELLED && ob.n == 0);
+    CHECK(glm_sched_cancel(s, ia) == GLM_OK);  /* running */
+    CHECK(oa.fin == GLM_FINISH_CANCELLED && oa.n == 5);
+    CHECK(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c));
+    CHECK(glm_sched_idle(s) && glm_sched_step(s) == 0);
+    CHECK(glm_sched_cancel(s, ia) == GLM_ERR_ARG);
+    glm_sched_free(s);
+    glm_ctx_free(c);
+}
+
+TEST(stop_strings_end_the_text) {
+    if (!tiny()) { CHECK(0); return; }
+    if (!tok && glm_tokenizer_load_dir(MODEL, &tok)) { CHECK_MSG(0, "%s", glm_last_error()); return; }
+    spec_t a;
+    make_spec(&a, 9, 12, 60, 1);
+    glm_ctx *c = make_ctx(2, 0);
+    glm_sched_params p = glm_sched_default_params();
+    p.tok = tok;
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, &p, &s) == GLM_OK);
+    out_t full, cut;
+    run_one(s, &a, &full);
+    CHECK(full.n == 60 && full.fin == GLM_FINISH_LENGTH);
+    char *ref = NULL;
+    CHECK(glm_detokenize(tok, full.toks, full.n, GLM_DETOK_SKIP_SPECIAL, &ref, NULL) == GLM_OK);
+    CHECK_MSG(ref && !strcmp(ref, full.text), "streamed text differs from the detokenized ids");
+    /* a stop string from the middle of that text */
+    size_t L = strlen(full.text);
+    if (L < 20) { free(ref); SKIP("the greedy text is too short for a stop string"); }
+    char stop[8];
+    memcpy(stop, full.text + L / 2, 5);
+    stop[5] = 0;
+    const char *stops[2] = {"\x01never", stop};
+    glm_request r = {a.prompt, a.n_prompt, a.max_tokens, a.sp, stops, 2, 1, on_event, &cut};
+    memset(&cut, 0, sizeof cut);
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_OK);
+    while (glm_sched_step(s) > 0) {}
+    const char *at = strstr(full.text, stop);
+    CHECK(cut.fin == GLM_FINISH_STOP);
+    CHECK_MSG(at && cut.text_len == (size_t)(at - full.text) && !memcmp(cut.text, full.text, cut.text_len),
+              "text before the stop string: '%s' (stop '%s')", cut.text, stop);
+    CHECK(cut.n < full.n);
+    free(ref);
+    glm_sched_free(s);
+    glm_ctx_free(c);
+}
+
+TEST(bad_requests_are_refused) {
+    if (!tiny()) { CHECK(0); return; }
+    glm_ctx *c = make_ctx(1, 8);
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, NULL, &s) == GLM_OK);
+    int32_t p[4] = {1, 2, 3, 9000};
+    glm_request r = {p, 3, 600, glm_sampler_default_params(), NULL, 0, 0, NULL, NULL};
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_ERR_ARG && strstr(glm_last_error(), "more than the context size 512"));
+    r.max_tokens = 200;  /* 13 pages, the cache has 8 */
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_ERR_ARG && strstr(glm_last_error(), "the cache has 8"));
+    r.max_tokens = 0;
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_ERR_ARG);
+    r.max_tokens = 4;
+    r.n_prompt = 4;
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_ERR_ARG && strstr(glm_last_error(), "id 9000"));
+    r.n_prompt = 0;
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_ERR_ARG);
+    const char *st[1] = {"x"};
+    r.n_prompt = 3;
+    r.stop = st;
+    r.n_stop = 1;
+    CHECK(glm_sched_submit(s, &r, NULL) == GLM_ERR_ARG && strstr(glm_last_error(), "tokenizer"));
+    CHECK(glm_sched_idle(s));
+    glm_sched_free(s);
+    glm_ctx_free(c);
+}
+
+TEST(zz_cleanup) {
+    glm_tokenizer_free(tok);
+    glm_model_free(model);
+    tok = NULL;
+    model = NULL;
+}
+
+RUN_TESTS()
