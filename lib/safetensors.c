@@ -334,7 +334,7 @@ int glm_st_open_dir(const char *dir, glm_st_set **out) {
             goto fail;
         }
         if (!plain_file_name(v->u.str.s, v->u.str.len) || dir_len + v->u.str.len + 2 > sizeof path) {
-            rc = glm_err(GLM_ERR_FORMAT, "%s: weight_map entry '%s': '%s' is not a file name in the folder",
+            rc = glm_err(GLM_ERR_FORMAT, "%s: weight_map entry '%.256s': '%.256s' is not a file name in the folder",
                          idx, m->key, v->u.str.s);
             goto fail;
         }

@@ -6,6 +6,7 @@
  * the tools exit non-zero with the message. */
 #include "glm.h"
 #include "internal.h"
+#include "json.h"
 #include "test.h"
 
 #include <stdarg.h>
@@ -391,6 +392,19 @@ TEST(index_bad_shard_names) {
     }
 }
 
+/* A shard name longer than any path: an error, not a truncated path naming another file. */
+TEST(index_shard_name_too_long) {
+    const char *d = fresh("tiny-fp8ch", "longshard");
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", d);
+    FILE *f = fopen(path, "wb");
+    fprintf(f, "{\"weight_map\": {\"model.norm.weight\": \"");
+    for (int i = 0; i < 5000; i++) fputc('x', f);
+    fprintf(f, "\"}}");
+    fclose(f);
+    expect_fail(d, GLM_ERR_FORMAT, "model.safetensors.index.json", "'model.norm.weight': 'xxxx", "is not a file name in the folder");
+}
+
 TEST(index_shard_is_directory) {
     expect_fail(edited("tiny-fp8ch", "sharddir",
                        "rm '%s/model-00002-of-00002.safetensors' && mkdir '%s/model-00002-of-00002.safetensors'"),
@@ -409,6 +423,69 @@ TEST(index_without_weight_map) {
 TEST(index_bad_json) {
     expect_fail(edited("tiny-fp8ch", "idxjson", "echo '{\"weight_map\": {' > '%s/model.safetensors.index.json'"),
                 GLM_ERR_FORMAT, "model.safetensors.index.json", "line 2");
+}
+
+/* ---- the checked number conversions every parser uses ---- */
+
+/* Parses text (one JSON value) and converts it with json_to_int(lo, hi); returns the
+ * result (1 converted) and writes the value or the reason. */
+static int to_int(const char *text, int64_t lo, int64_t hi, int64_t *out, char *why, size_t cap) {
+    char err[200];
+    json_doc *d = json_parse(text, strlen(text), err, sizeof err);
+    CHECK_MSG(d != NULL, "%s: %s", text, err);
+    if (!d) return 0;
+    why[0] = 0;
+    int ok = json_to_int(json_root(d), lo, hi, out, why, cap);
+    json_free(d);
+    return ok;
+}
+
+TEST(json_number_conversions) {
+    static const struct { const char *text; int64_t lo, hi; int ok; int64_t want; const char *why; } c[] = {
+        {"0", 0, 10, 1, 0, ""},
+        {"-0", 0, 10, 1, 0, ""},
+        {"10", 0, 10, 1, 10, ""},
+        {"11", 0, 10, 0, 0, "11 is outside [0, 10]"},
+        {"-1", 0, 10, 0, 0, "-1 is outside [0, 10]"},
+        {"2.0", 0, 10, 1, 2, ""},
+        {"2e0", 0, 10, 1, 2, ""},
+        {"2.5", 0, 10, 0, 0, "2.5 is not an integer"},
+        {"1e-300", 0, 10, 0, 0, "1e-300 is not an integer"},
+        {"9007199254740991", 0, INT64_MAX, 1, 9007199254740991LL, ""},
+        {"-9007199254740991", INT64_MIN, 0, 1, -9007199254740991LL, ""},
+        {"9007199254740992", 0, INT64_MAX, 0, 0, "9007199254740992 is outside [0, 9007199254740991]"},
+        {"9007199254740993", 0, INT64_MAX, 0, 0, "is outside"},   /* reads as 2^53: not exact */
+        {"9223372036854775807", INT64_MIN, INT64_MAX, 0, 0, "is outside"},
+        {"1e20", 0, INT64_MAX, 0, 0, "1e+20 is outside"},
+        {"1e999", 0, INT64_MAX, 0, 0, "a number too large for a double is outside"},
+        {"-1e999", INT64_MIN, INT64_MAX, 0, 0, "a negative number too large for a double is outside"},
+        {"\"5\"", 0, 10, 0, 0, "is a string, not a number"},
+        {"null", 0, 10, 0, 0, "is null, not a number"},
+        {"[5]", 0, 10, 0, 0, "is an array, not a number"},
+        {"{}", 0, 10, 0, 0, "is an object, not a number"},
+        {"true", 0, 10, 0, 0, "is a boolean, not a number"},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        int64_t v = -7;
+        char why[160];
+        int ok = to_int(c[i].text, c[i].lo, c[i].hi, &v, why, sizeof why);
+        CHECK_MSG(ok == c[i].ok, "%s: converted %d (%s)", c[i].text, ok, why);
+        if (ok) CHECK_MSG(v == c[i].want, "%s: %lld", c[i].text, (long long)v);
+        else CHECK_MSG(v == -7 && strstr(why, c[i].why), "%s: '%s' lacks '%s'", c[i].text, why, c[i].why);
+    }
+    /* json_to_num: within the bounds, NaN-free, a wrong type named */
+    char err[200], why[160];
+    double d = 0;
+    const char *text = "[0.5, 1e39, \"x\"]";
+    json_doc *doc = json_parse(text, strlen(text), err, sizeof err);
+    CHECK(doc != NULL);
+    if (doc) {
+        const json_value *a = json_root(doc);
+        CHECK(json_to_num(&a->u.arr.items[0], 0, 1, &d, why, sizeof why) && d == 0.5);
+        CHECK(!json_to_num(&a->u.arr.items[1], -3.4e38, 3.4e38, &d, why, sizeof why) && strstr(why, "1e+39 is outside"));
+        CHECK(!json_to_num(&a->u.arr.items[2], 0, 1, &d, why, sizeof why) && strstr(why, "is a string, not a number"));
+    }
+    json_free(doc);
 }
 
 /* ---- config.json: syntax, types and numbers ---- */
