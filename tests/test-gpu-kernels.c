@@ -1152,11 +1152,12 @@ static void attention_case_passes(int n_head, int n_kv, int hd, int n_rot, int f
                     if (sc[i] > mx) mx = sc[i];
                 }
                 for (int i = 0; i < L; i++) { sc[i] = exp(sc[i] - mx); sum += sc[i]; }
-                for (int d = 0; d < hd; d++) {
-                    double a = 0;
-                    for (int i = 0; i < L; i++) a += sc[i] * cv[(((size_t)seq[t] * maxlen + i) * n_kv + j) * hd + d];
-                    ref[((size_t)t * n_head + h) * hd + d] = (float)(a / sum);
+                double acc[256] = {0};
+                for (int i = 0; i < L; i++) {
+                    const float *vv = cv + (((size_t)seq[t] * maxlen + i) * n_kv + j) * hd;
+                    for (int d = 0; d < hd; d++) acc[d] += sc[i] * vv[d];
                 }
+                for (int d = 0; d < hd; d++) ref[((size_t)t * n_head + h) * hd + d] = (float)(acc[d] / sum);
                 free(sc);
             }
         const int splits[4] = {1, 3, 8, 64};
