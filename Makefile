@@ -142,7 +142,7 @@ fuzz: check-fuzz-deps $(FUZZ_BIN)
 	@echo "glm.c: $(words $(FUZZ_BIN)) fuzz targets in $(FUZZ_BUILD)/; run them: make fuzz-run FUZZ_SECONDS=60 FUZZ_JOBS=2"
 
 fuzz-run: fuzz
-	@sh scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_NAMES)
+	@FUZZ_BUILD=$(FUZZ_BUILD) sh scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_NAMES)
 
 # clang and its libFuzzer runtime (Debian 12: clang, libclang-rt-14-dev): installed when missing.
 FUZZ_PROBE = f=$$(mktemp); \
