@@ -43,7 +43,7 @@ else
   LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o)
 endif
 
-TOOLS    := glm-convert glm-run glm-bench glm-perplexity glm-tokenize
+TOOLS    := $(patsubst tools/%.c,%,$(wildcard tools/glm-*.c))
 TOOL_BIN := $(TOOLS:%=$(BUILD)/bin/%)
 TESTS_C  := $(filter-out tests/test-gpu-%,$(wildcard tests/test-*.c))
 TEST_BIN := $(TESTS_C:tests/%.c=$(BUILD)/tests/%)
@@ -54,7 +54,7 @@ GPU_TESTS_C := $(wildcard tests/test-gpu-*.c)
 GPU_TEST_BIN := $(GPU_TESTS_C:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/lib/libglm.a
 
-.PHONY: all test test-gpu clean deps check-deps check-fuzz-deps info tokenizers fuzz fuzz-run
+.PHONY: all test test-gpu clean deps check-deps check-server-deps check-fuzz-deps info tokenizers fuzz fuzz-run
 .SECONDARY:
 all: check-deps info $(LIB) $(TOOL_BIN)
 
@@ -74,13 +74,21 @@ apt_install = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    sudo apt-get install -y $(1); \
 	  else false; fi
 
-# utf8proc is the one system library the CPU build needs: install it when we can.
-check-deps:
-	@if ! echo '#include <utf8proc.h>' | $(CC) -E -x c - >/dev/null 2>&1; then \
-	  echo "glm.c: utf8proc headers missing; installing libutf8proc-dev"; \
-	  $(call apt_install,libutf8proc-dev) || \
-	  { echo "glm.c: could not install libutf8proc-dev: please install utf8proc (Debian/Ubuntu: libutf8proc-dev, Fedora: utf8proc-devel, macOS: brew install utf8proc)"; exit 1; }; \
+# $(call need_header,HEADER,DEBIAN_PACKAGE,ELSEWHERE): shell commands installing the
+# package when the header is missing, or failing with where to get it.
+need_header = if ! echo '\#include <$(1)>' | $(CC) -E -x c - >/dev/null 2>&1; then \
+	  echo "glm.c: $(1) missing; installing $(2)"; \
+	  $(call apt_install,$(2)) || \
+	  { echo "glm.c: could not install $(2): please install it (Debian/Ubuntu: $(2); $(3))"; exit 1; }; \
 	fi
+
+# utf8proc is the one system library the library needs: install it when we can.
+check-deps:
+	@$(call need_header,utf8proc.h,libutf8proc-dev,Fedora: utf8proc-devel; macOS: brew install utf8proc)
+
+# glm-server is built on libmicrohttpd.
+check-server-deps:
+	@$(call need_header,microhttpd.h,libmicrohttpd-dev,Fedora: libmicrohttpd-devel; macOS: brew install libmicrohttpd)
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -98,6 +106,9 @@ $(BUILD)/%.cu.o: %.cu
 $(BUILD)/bin/%: $(BUILD)/tools/%.o $(BUILD)/tools/common.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< $(BUILD)/tools/common.o -o $@ $(LIB) $(LDLIBS)
+
+$(BUILD)/tools/glm-server.o: | check-server-deps
+$(BUILD)/bin/glm-server: LDLIBS += -lmicrohttpd
 
 $(TEST_BIN) $(GPU_TEST_BIN): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@mkdir -p $(dir $@)
@@ -122,7 +133,9 @@ tokenizers:
 test: all tokenizers $(TEST_BIN) $(REPLAY_BIN)
 	@GLM_BIN=$(BUILD)/bin $(TEST_ENV) sh tests/run-tests.sh $(TEST_BIN) $(REPLAY_BIN)
 
-test-gpu: all $(GPU_TEST_BIN)
+# The GPU tests need the library alone (no tools): they build where glm-server's
+# libmicrohttpd is missing.
+test-gpu: check-deps info $(LIB) $(GPU_TEST_BIN)
 	@if [ -z "$(NVCC)" ]; then echo "test-gpu needs nvcc and a GPU"; exit 1; fi
 	@GLM_BIN=$(BUILD)/bin sh tests/run-tests.sh $(GPU_TEST_BIN)
 
