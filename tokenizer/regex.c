@@ -1150,27 +1150,37 @@ static inline int fs_allows(const glm_regex *re, int fi, const uint8_t *s, size_
     return (int)((f->ascii[c >> 6] >> (c & 63)) & 1);
 }
 
-/* Decodes the character at s[pos] (pos < n); returns its byte length, or 0 when the
- * bytes there are not a lead byte and its continuation bytes within n (in an invalid
- * subject). So whatever a repeat takes is whole sequences, and stepping back over
- * continuation bytes (prev_char) lands where it took them. */
-static inline int char_at(const uint8_t *s, size_t n, size_t pos, uint32_t *cp) {
+/* Decodes the non-ASCII character at s[pos] (pos < n); returns its byte length, or 0
+ * when its sequence would run past n. (In invalid UTF-8 the bytes decode to whatever
+ * their lead byte says, within n.) */
+static inline int char_at_multi(const uint8_t *s, size_t n, size_t pos, uint32_t *cp) {
     uint8_t c = s[pos];
-    if (c < 0x80) { *cp = c; return 1; }
-    if (c < 0xC2 || c > 0xF4) return 0;
     size_t l = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
     if (l > n - pos) return 0;
-    for (size_t k = 1; k < l; k++)
-        if ((s[pos + k] & 0xC0) != 0x80) return 0;
     return glm_utf8_decode(s, pos, cp);
 }
 
-/* Returns the byte length matched by single-character instruction in at pos, or 0. */
-static inline int match_one(const glm_regex *re, const rinst *in, const uint8_t *s, size_t n, size_t pos) {
+/* Decodes the character at s[pos] (pos < n); returns its byte length, or 0 (above). */
+static inline int char_at(const uint8_t *s, size_t n, size_t pos, uint32_t *cp) {
+    if (s[pos] < 0x80) {
+        *cp = s[pos];
+        return 1;
+    }
+    return char_at_multi(s, n, pos, cp);
+}
+
+/* Returns the byte length matched by single-character instruction in at pos, or 0.
+ * (Always inlined: the matcher's hot path.) */
+static inline __attribute__((always_inline)) int match_one(const glm_regex *re, const rinst *in, const uint8_t *s, size_t n, size_t pos) {
     if (pos >= n) return 0;
     uint32_t cp;
-    int l = char_at(s, n, pos, &cp);
-    if (!l) return 0;
+    int l;
+    if (s[pos] < 0x80) {
+        cp = s[pos];
+        l = 1;
+    } else if (!(l = char_at_multi(s, n, pos, &cp))) {
+        return 0;
+    }
     switch (in->op) {
     case OP_CHAR:
         if (cp == in->cp) return l;
@@ -1273,23 +1283,27 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
         case OP_REP: {
             const rinst *op = in + 1;
             int min = in->a, max = in->b;
-            if (in->mode == Q_LAZY) {
-                size_t p = pos;
-                int cnt = 0;
-                for (; cnt < min; cnt++) {
-                    int l = match_one(re, op, s, n, p);
-                    if (!l) break;
-                    p += (size_t)l;
-                }
+            size_t p = pos;
+            int cnt = 0;
+            for (; cnt < min; cnt++) {
+                int l = match_one(re, op, s, n, p);
+                if (!l) break;
+                p += (size_t)l;
+            }
+            if (cnt < min) {
                 steps -= cnt;
-                if (cnt < min) goto fail;
+                goto fail;
+            }
+            if (in->mode == Q_LAZY) {
+                steps -= cnt;
                 if ((max < 0 || cnt < max) && push(scr, lim, pc, BT_REP_LAZY, p, (size_t)cnt)) goto error;
                 pos = p;
                 pc += 2;
                 continue;
             }
-            size_t p = pos;
-            int cnt = 0;
+            /* greedy backtracking gives characters back down to floor, the end of the
+             * first min */
+            size_t floor = p;
             while (max < 0 || cnt < max) {
                 int l = match_one(re, op, s, n, p);
                 if (!l) break;
@@ -1297,8 +1311,7 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
                 cnt++;
             }
             steps -= cnt;
-            if (cnt < min) goto fail;
-            if (cnt > min && in->mode == Q_GREEDY && push(scr, lim, pc, BT_REP_GREEDY, p, (size_t)cnt)) goto error;
+            if (p > floor && in->mode == Q_GREEDY && push(scr, lim, pc, BT_REP_GREEDY, p, floor)) goto error;
             pos = p;
             pc += 2;
             continue;
@@ -1365,9 +1378,11 @@ static long vm_run(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s
             }
             const rinst *rin = &code[e.pc];
             if (e.kind == BT_REP_GREEDY) {
+                /* one character back, never below the floor (in invalid UTF-8 the
+                 * continuation bytes need not lead back to where the repeat was) */
                 size_t p = prev_char(s, e.pos);
-                size_t cnt = e.aux - 1;
-                if (cnt > (size_t)rin->a && push(scr, lim, e.pc, BT_REP_GREEDY, p, cnt)) goto error;
+                if (p < e.aux) p = e.aux;
+                if (p > e.aux && push(scr, lim, e.pc, BT_REP_GREEDY, p, e.aux)) goto error;
                 pos = p;
                 pc = e.pc + 2;
                 break;
@@ -1401,12 +1416,16 @@ int glm_regex_search(const glm_regex *re, glm_regex_scratch *scr, const uint8_t 
         scr->n_slots = (size_t)re->n_slots;
     }
     const fset *rf = &re->fs[re->root_fs];
-    uint64_t budget = GLM_REGEX_STEPS_BASE + GLM_REGEX_STEPS_PER_BYTE * (uint64_t)n;
-    if (budget > (uint64_t)LONG_MAX / 2) budget = (uint64_t)LONG_MAX / 2;
-    vm_limits lim = {RE_RETRY_LIMIT, (long)budget, 0};
+    /* the run's budget when there is one, else this search's (no overflow: n is far
+     * below 2^63 / 1000) */
+    vm_limits lim;
+    lim.retries = RE_RETRY_LIMIT;
     if (scr->steps_max) {
         if (scr->steps_used >= scr->steps_max) return -1;
-        if (scr->steps_max - scr->steps_used < (uint64_t)lim.steps) lim.steps = (long)(scr->steps_max - scr->steps_used);
+        uint64_t left = scr->steps_max - scr->steps_used;
+        lim.steps = left < (uint64_t)LONG_MAX ? (long)left : LONG_MAX;
+    } else {
+        lim.steps = (long)(GLM_REGEX_STEPS_BASE + GLM_REGEX_STEPS_PER_BYTE * n);
     }
     const long steps0 = lim.steps;
     int r = 0;

@@ -22,9 +22,10 @@ typedef struct glm_regex glm_regex;
  * glm_regex_scratch_free when done. Every search is bounded: it fails after
  * 10,000,000 backtracks (Oniguruma's retry limit), the steps above (instructions run
  * plus characters taken by repeats) or 4M backtrack entries. steps_used adds up
- * the steps of the searches made with the scratch; when steps_max is not 0, a search
- * also fails once steps_used would pass it (a budget for a run of searches over one
- * text, which the caller sets and resets). */
+ * the steps of the searches made with the scratch; when steps_max is not 0, it takes
+ * the place of the per-search step limit: a search fails once steps_used would pass
+ * it (a budget for a run of searches over one text, which the caller sets and
+ * resets). */
 typedef struct {
     void *stack;
     size_t cap, sp;
@@ -39,7 +40,8 @@ int glm_regex_compile(const char *pat, size_t len, glm_regex **out, char *err, s
 void glm_regex_free(glm_regex *re);
 
 /* Finds the leftmost match in s[0..n) that starts at or after byte `from` (s should be
- * valid UTF-8: an invalid or cut sequence matches nothing but is never read past n).
+ * valid UTF-8; other bytes match as whatever their lead bytes decode to, a sequence cut
+ * by the end matches nothing, and nothing is read outside s[0..n)).
  * Returns 1 and sets [*ms, *me), 0 when there is none, -1 when a limit above was hit,
  * or -2 when memory ran out. */
 int glm_regex_search(const glm_regex *re, glm_regex_scratch *scr, const uint8_t *s, size_t n,

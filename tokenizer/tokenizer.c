@@ -258,18 +258,20 @@ enum { TF_PRESENT = 1, TF_ADDED = 2, TF_SPECIAL = 4 };
 /* ---- loading helpers ---- */
 
 /* Converts a byte-level string (UTF-8 of alphabet characters) to raw bytes in
- * out[0..cap); returns the byte count, or -1 when a character is not in the alphabet
- * or the bytes would not fit (cap >= len always suffices: one byte a character). */
+ * out[0..cap); returns the byte count, or -1 when a character is not in the alphabet.
+ * Each character gives one byte, so out must hold len bytes: a smaller cap is refused
+ * (-1) rather than overflowed. */
 static long bl_to_bytes(const int16_t *c2b, const char *s, size_t len, uint8_t *out, size_t cap) {
     size_t i = 0;
     long k = 0;
     const uint8_t *u = (const uint8_t *)s;
+    if (cap < len) return -1;
     while (i < len) {
         int l = glm_utf8_next(u, len, i, NULL);
         if (l < 0) return -1;
         uint32_t cp;
         glm_utf8_decode(u, i, &cp);
-        if (cp >= 324 || c2b[cp] < 0 || (size_t)k >= cap) return -1;
+        if (cp >= 324 || c2b[cp] < 0) return -1;
         out[k++] = (uint8_t)c2b[cp];
         i += (size_t)l;
     }
