@@ -134,10 +134,10 @@ test: all tokenizers $(TEST_BIN) $(REPLAY_BIN)
 	@GLM_BIN=$(BUILD)/bin $(TEST_ENV) sh tests/run-tests.sh $(TEST_BIN) $(REPLAY_BIN)
 
 # The GPU tests need the library alone (no tools): they build where glm-server's
-# libmicrohttpd is missing.
+# libmicrohttpd is missing. 1200 s a binary: their full-width checks compute CPU references.
 test-gpu: check-deps info $(LIB) $(GPU_TEST_BIN)
 	@if [ -z "$(NVCC)" ]; then echo "test-gpu needs nvcc and a GPU"; exit 1; fi
-	@GLM_BIN=$(BUILD)/bin sh tests/run-tests.sh $(GPU_TEST_BIN)
+	@GLM_BIN=$(BUILD)/bin GLM_TEST_TIMEOUT=$${GLM_TEST_TIMEOUT:-1200} sh tests/run-tests.sh $(GPU_TEST_BIN)
 
 # The fuzz targets: clang with libFuzzer, ASan and UBSan, the library CPU only.
 FUZZ_BUILD  ?= build-fuzz
