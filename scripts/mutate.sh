@@ -163,7 +163,9 @@ run_suite() {
 failures() {
     awk '/^== /{b=$2; sub(/.*\//, "", b)}
          /^\[ FAIL \]/{printf "%s:%s ", b, $4}
-         /exited [0-9]+ without a summary line/{printf "%s:crash ", b}' "$WORK/log"
+         /exited [0-9]+ without a summary line|FAILED: exited with status [0-9]+ without a summary/{printf "%s:crash ", b}
+         /FAILED: still running after/{printf "%s:hang ", b}
+         /FAILED: exited with status [0-9]+ after its summary/{printf "%s:exit-status ", b}' "$WORK/log"
 }
 
 echo "mutate.sh: scratch tree $TREE; baseline run" >&2
