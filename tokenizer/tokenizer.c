@@ -302,7 +302,7 @@ static int json_id(const json_value *v, int64_t max, int32_t *id) {
 /* Appends bytes to a growable pool; returns the offset or -1. */
 static long pool_add(char **pool, size_t *n, size_t *cap, const void *p, size_t len, int nul) {
     size_t need = *n + len + (nul ? 1 : 0);
-    if (need > *cap) {
+    if (need > *cap || !*pool) {  /* allocated even for an empty first entry */
         size_t nc = *cap ? *cap : 65536;
         while (nc < need) nc *= 2;
         char *np = realloc(*pool, nc);
