@@ -182,8 +182,16 @@ TEST(empty_body_repeat) {
     MATCH("x(?:(?i)(?m)){5}{100000}{100000}y", "axyb", "[1,3)");
     MATCH("(?:(?i)(?m)){3,}a", "ba", "[1,2)");
     CHECK_MSG(now_s() - t0 < 1.0, "took %.1f s", now_s() - t0);
-    /* bodies that compile to something still hit the instruction cap */
+    /* bodies that compile to something still hit the instruction cap, and bodies that
+     * compile to little (20,000 (?i) and one character) a cap on the work */
     CHECK(strstr(compile_error("(?:ab){100000}{100000}"), "too large") != NULL);
+    char *p = nest("(?i)", "", "", 20000), *q = malloc(strlen(p) + 32);
+    sprintf(q, "(?:%sa){100000}", p);
+    t0 = now_s();
+    CHECK(strstr(compile_error(q), "too large") != NULL);
+    CHECK_MSG(now_s() - t0 < 1.0, "took %.1f s", now_s() - t0);
+    free(p);
+    free(q);
 }
 
 /* Possessive and atomic groups re-scan the rest of the text from every start: the
@@ -231,6 +239,11 @@ TEST(multibyte_bounds) {
     CHECK_MSG(strstr(e, "(?\xc3\xa9 is not supported") != NULL, "\"%s\"", e);
     CHECK(strstr(compile_error("(?"), "unterminated") != NULL);
     CHECK(strstr(compile_error("a(?i\xe4\xb8\xad)"), "not supported") != NULL);
+    /* an escaped non-ASCII character is that character (U+1F600 was taken for the end of
+     * a list of escape letters, with an empty error; U+0173 for \s), found by fuzz-regex */
+    MATCH("\\\xf0\x9f\x98\x80+", "a\xf0\x9f\x98\x80\xf0\x9f\x98\x80", "[1,9)");
+    MATCH("\\\xc5\xb3", "a \xc5\xb3", "[2,4)");
+    MATCH("[a-\\\xc5\xb3]+", "!\xc5\xb2\xc5\xb3z", "[1,6)");
     /* a subject cut inside a character: the cut bytes match nothing */
     const char *s = "a\xe4\xb8\xad";
     glm_regex *re = NULL;

@@ -16,6 +16,7 @@
 #include <utf8proc.h>
 
 #define RE_MAX_INST 200000
+#define RE_MAX_GEN 2000000         /* nodes visited while compiling (repeats visit their body again) */
 #define RE_MAX_REPEAT 100000
 #define RE_MAX_DEPTH 256           /* nesting of groups, classes and quantifiers */
 #define RE_RETRY_LIMIT 10000000L   /* Oniguruma's default retry limit in one match */
@@ -102,6 +103,7 @@ typedef struct {
     uint8_t *node_fs_done;
     int n_slots;
     int depth;            /* groups and classes open while parsing */
+    long gen_visits;      /* nodes the code generator visited */
     char *err;
     size_t err_len;
     int failed;
@@ -256,6 +258,12 @@ static int32_t next_cp(rparser *P) {
 static int32_t peek_cp(const rparser *P) {
     int l;
     return cp_at(P, &l);
+}
+
+/* Returns non-zero when code point c is one of the ASCII characters of set (strchr
+ * alone would take U+1F600 for the terminating NUL, U+0173 for 's'). */
+static int ascii_in(int32_t c, const char *set) {
+    return c > 0 && c < 128 && strchr(set, (int)c) != NULL;
 }
 
 /* Returns the value of hex digit c, or -1. */
@@ -495,7 +503,7 @@ static int parse_class(rparser *P, int icase) {
             if (d == '\\') {
                 int32_t e = next_cp(P);
                 if (e < 0) { perr(P, "trailing backslash"); goto fail; }
-                if (strchr("sSdDwWhHpP", (int)e)) { perr(P, "class range ending in \\%c", (char)e); goto fail; }
+                if (ascii_in(e, "sSdDwWhHpP")) { perr(P, "class range ending in \\%c", (char)e); goto fail; }
                 d = simple_escape(P, e, 1);
                 if (d == -1) goto fail;
                 if (d == -2) d = e;
@@ -638,7 +646,7 @@ static int parse_atom(rparser *P, int *icase, int *dotall) {
     case '\\': {
         int32_t e = next_cp(P);
         if (e < 0) return perr(P, "trailing backslash");
-        if (strchr("sSdDwWhHpP", (int)e)) return escape_class_node(P, e, *icase);
+        if (ascii_in(e, "sSdDwWhHpP")) return escape_class_node(P, e, *icase);
         int ak = -1;
         switch (e) {
         case 'A': ak = A_BOS; break;
@@ -654,7 +662,7 @@ static int parse_atom(rparser *P, int *icase, int *dotall) {
         }
         if ((e >= '1' && e <= '9') || e == 'k' || e == 'g')
             return perr(P, "backreference or subexpression call \\%c is not supported", (char)e);
-        if (strchr("GKRXNOyYcCM", (int)e)) return perr(P, "escape \\%c is not supported", (char)e);
+        if (ascii_in(e, "GKRXNOyYcCM")) return perr(P, "escape \\%c is not supported", (char)e);
         int32_t v = simple_escape(P, e, 0);
         if (v == -1) return -1;
         c = v == -2 ? e : v;
@@ -981,6 +989,9 @@ static int gen_rep(rparser *P, glm_regex *re, int k) {
 
 /* Emits code for node k; returns 0 or -1. */
 static int gen(rparser *P, glm_regex *re, int k) {
+    /* a repeat emits its body again for each copy: bounded by the instructions emitted,
+     * and by the nodes visited for bodies that emit little ((?i) by the thousand) */
+    if (++P->gen_visits > RE_MAX_GEN) return perr(P, "pattern too large after expanding repeats");
     rnode *nd = &P->nodes[k];
     switch (nd->type) {
     case N_EMPTY: return 0;

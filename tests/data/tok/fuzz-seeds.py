@@ -167,6 +167,8 @@ def regex():
     write("regex", "repro-optional-repeat-slow", "a(?:x?){20000}c\0" + "a" * 1500)
     write("regex", "repro-qmark-multibyte", "(?\u00e9")
     write("regex", "repro-cut-subject", b"[^a]|\\b\0a\xe4")
+    # an escaped U+1F600 was read as the end of a list of escape letters (fuzz-regex)
+    write("regex", "repro-escaped-emoji", "\\x41\\u00e9\\x{1F600}\\t\\n\\\U0001F600\t\n\0")
     # backtracking over invalid UTF-8 stepped back before the repeat's start (fuzz-regex)
     write("regex", "repro-invalid-subject-backtrack", b"^\\w+$|\\A\\B|\\Z\0A" + b"\x85" * 60 + b".|.\\z|\\bx\\Bab\ncd\nxy\n")
 
