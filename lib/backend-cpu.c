@@ -188,6 +188,7 @@ static int cpu_kv_init(glm_backend *be, int n_pages, glm_kv_type type) {
                            2.0 * hp->n_layer * per * 4 / 1048576.0);
     }
     s->n_pages = n_pages;
+    be->kv_bytes = 2 * (uint64_t)hp->n_layer * per * sizeof(float);
     return GLM_OK;
 }
 
@@ -430,6 +431,7 @@ static int cpu_moe_experts(glm_backend *be, int il, const float *h, const int32_
     const int K = hp->n_expert_used, D = hp->n_embd, T = s->plan.n_tokens;
     memset(out, 0, (size_t)T * D * sizeof(float));
     for (int e = 0; e < hp->n_expert; e++) {
+        if (!L->exp_gate[e].rows) continue;   /* tensor parallel: held by another rank */
         /* gather the tokens routed to expert e */
         int n = 0;
         for (int i = 0; i < T * K; i++) {

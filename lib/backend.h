@@ -8,6 +8,7 @@
 #ifndef GLM_BACKEND_H
 #define GLM_BACKEND_H
 
+#include "comm.h"
 #include "internal.h"
 
 #define GLM_PAGE 16   /* tokens per KV page */
@@ -81,12 +82,37 @@ struct glm_backend {
     glm_ctx_params params;
     void *impl;                 /* backend-private state */
     void *fwd;                  /* the forward's activation buffers (models/glm4-moe.c) */
+    glm_comm *comm;             /* tensor parallel: this rank's communicator (model is the rank's
+                                   slice, lib/tp.c); NULL with one rank */
+    uint64_t kv_bytes;          /* bytes of K and V storage kv_init allocated */
 };
 
 /* Creates the CPU backend. */
 int glm_backend_cpu_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
 /* Creates the CUDA backend (GLM_ERR_NOT_IMPLEMENTED in builds without CUDA). */
 int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
+
+/* ---- tensor parallel (lib/tp.c): n_tp ranks, each a backend over its slice of the
+ * model, run as threads of this process that meet in the communicator ---- */
+typedef struct glm_tp glm_tp;
+/* Checks n_tp and moe_split against the model; returns a status naming the field. */
+int glm_tp_check(const glm_model *model, const glm_ctx_params *p);
+/* Makes every rank: its model slice, its backend (CPU; CUDA is not implemented) and the
+ * local communicator. */
+int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out);
+void glm_tp_free(glm_tp *tp);
+int glm_tp_n(const glm_tp *tp);
+/* Rank r's backend (owned by tp). */
+glm_backend *glm_tp_rank(glm_tp *tp, int r);
+/* glm4moe_reserve and kv_init on every rank. */
+int glm_tp_reserve(glm_tp *tp, int max_tokens);
+int glm_tp_kv_init(glm_tp *tp, int n_pages, glm_kv_type type);
+/* Runs glm4moe_forward on every rank at once (rank 0 on the calling thread) and returns
+ * the first failure, its message naming the rank; rank 0 writes logits_host. */
+int glm_tp_forward(glm_tp *tp, const glm_plan *plan, float *logits_host);
+
+/* Bytes of K and V storage rank r of the context holds (0 for no such rank). */
+uint64_t glm_ctx_kv_bytes(const glm_ctx *c, int rank);
 
 /* Runs the whole model over one planned batch (models/glm4-moe.c). */
 int glm4moe_forward(glm_backend *be, const glm_plan *plan, float *logits_host);

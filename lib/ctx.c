@@ -10,7 +10,8 @@
 
 struct glm_ctx {
     glm_model *model;
-    glm_backend *be;
+    glm_backend *be;        /* with n_tp > 1: rank 0's backend, owned by tp */
+    glm_tp *tp;             /* tensor-parallel ranks, or NULL (lib/tp.c) */
     glm_ctx_params p;
     int n_pages;
     int max_pages;          /* pages one sequence may hold: ceil(n_ctx / GLM_PAGE) */
@@ -38,6 +39,7 @@ glm_ctx_params glm_ctx_default_params(void) {
     p.n_batch = 512;
     p.kv_frac = 0.9f;
     p.kv_type = GLM_KV_BF16;
+    p.n_tp = 1;
     return p;
 }
 
@@ -55,13 +57,15 @@ int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
     if (!c) return glm_err(GLM_ERR_OOM, "out of memory");
     c->model = model;
     c->p = p;
-    int rc = p.device == GLM_DEVICE_CUDA ? glm_backend_cuda_new(model, &p, &c->be) : glm_backend_cpu_new(model, &p, &c->be);
+    int rc = glm_tp_check(model, &p);
+    if (!rc && p.n_tp > 1) { if (!(rc = glm_tp_new(model, &p, &c->tp))) c->be = glm_tp_rank(c->tp, 0); }
+    else if (!rc) rc = p.device == GLM_DEVICE_CUDA ? glm_backend_cuda_new(model, &p, &c->be) : glm_backend_cpu_new(model, &p, &c->be);
     if (rc) goto fail;
     c->max_pages = pages_for(p.n_ctx);
     c->n_pages = p.n_kv_pages > 0 ? p.n_kv_pages : c->be->ops->kv_pages_fit(c->be, &p);
     if (c->n_pages < 1) { rc = glm_err(GLM_ERR_OOM, "no memory left for KV pages"); goto fail; }
-    if ((rc = glm4moe_reserve(c->be, p.n_batch))) goto fail;
-    if ((rc = c->be->ops->kv_init(c->be, c->n_pages, p.kv_type))) goto fail;
+    if ((rc = c->tp ? glm_tp_reserve(c->tp, p.n_batch) : glm4moe_reserve(c->be, p.n_batch))) goto fail;
+    if ((rc = c->tp ? glm_tp_kv_init(c->tp, c->n_pages, p.kv_type) : c->be->ops->kv_init(c->be, c->n_pages, p.kv_type))) goto fail;
     c->free_pages = malloc((size_t)c->n_pages * sizeof(int32_t));
     c->page_ref = calloc((size_t)c->n_pages, sizeof(int32_t));
     c->page_table = malloc((size_t)p.n_seq_max * c->max_pages * sizeof(int32_t));
@@ -105,8 +109,11 @@ void glm_ctx_free(glm_ctx *c) {
     if (!c) return;
     void *fwd = c->be ? c->be->fwd : NULL;
     logits_free(c);
-    if (c->be) c->be->ops->destroy(c->be);
-    free(fwd);
+    if (c->tp) glm_tp_free(c->tp);
+    else {
+        if (c->be) c->be->ops->destroy(c->be);
+        free(fwd);
+    }
     free(c->free_pages);
     free(c->page_ref);
     free(c->page_table);
@@ -231,7 +238,8 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
             .n_seq_slots = c->p.n_seq_max, .max_pages = c->max_pages, .page_table = c->page_table,
             .n_out = n_out, .out_rows = c->out_rows,
         };
-        rc = glm4moe_forward(c->be, &plan, c->logits + (size_t)(out_i - n_out) * V);
+        float *lg = c->logits + (size_t)(out_i - n_out) * V;
+        rc = c->tp ? glm_tp_forward(c->tp, &plan, lg) : glm4moe_forward(c->be, &plan, lg);
         if (rc) goto undo;
     }
     goto done;
@@ -250,4 +258,10 @@ undo:
 done:
     free(add);
     return rc;
+}
+
+uint64_t glm_ctx_kv_bytes(const glm_ctx *c, int rank) {
+    if (!c->tp) return rank == 0 ? c->be->kv_bytes : 0;
+    const glm_backend *be = glm_tp_rank(c->tp, rank);
+    return be ? be->kv_bytes : 0;
 }

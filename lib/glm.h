@@ -127,7 +127,17 @@ typedef struct {
     float kv_frac;      /* CUDA: fraction of free GPU memory for KV pages after loading */
     glm_kv_type kv_type;
     int gpu;            /* CUDA device index */
+    int n_tp;           /* tensor-parallel ranks (0 or 1: one); must divide n_head_kv. CPU: the
+                           ranks are threads of this process (n_threads split between them);
+                           CUDA: not implemented yet (docs/PARALLEL.md) */
+    int moe_split;      /* glm_moe_split: how the routed experts are shared out between ranks */
 } glm_ctx_params;
+
+/* Routed experts over tensor-parallel ranks (docs/PARALLEL.md). */
+typedef enum {
+    GLM_MOE_SPLIT_TP = 0,   /* every rank a 1/n_tp slice of every expert's intermediate rows (default) */
+    GLM_MOE_SPLIT_EP = 1,   /* each rank n_expert/n_tp whole experts (n_tp must divide n_expert) */
+} glm_moe_split;
 
 glm_ctx_params glm_ctx_default_params(void);
 int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out);

@@ -48,14 +48,22 @@ typedef struct {
     const void *scale;         /* CHANNEL: [rows]; BLOCK: [ceil(rows/128), ceil(cols/128)] */
     void *dev;                 /* backend copy of data (CUDA), or NULL */
     void *dev_scale;           /* backend copy of the scale as float32, or NULL */
+    /* A view (a tensor-parallel rank's slice): rows x cols of the stored tensor starting
+     * at (row0, col0), whose rows are ld elements apart; data and scale stay those of the
+     * whole tensor. All zero for a whole tensor (ld 0 = cols). */
+    int64_t row0, col0, ld;
 } glm_weight;
 
 /* Bytes the weight occupies as stored (data + scales). */
 uint64_t glm_weight_bytes(const glm_weight *w);
-/* Dequantises row r into out[cols] (float32). */
+/* Dequantises row r into out[cols] (float32); of a view, the view's row r and columns. */
 void glm_weight_row(const glm_weight *w, int64_t r, float *out);
-/* Reads element i of a 1-D weight as float. */
+/* Reads element i of a 1-D weight (or view) as float. */
 float glm_weight_get1(const glm_weight *w, int64_t i);
+/* Returns the view of rows [r0, r1) of w (w may itself be a view). */
+glm_weight glm_weight_rows(const glm_weight *w, int64_t r0, int64_t r1);
+/* Returns the view of columns [c0, c1) of w (a 1-D weight's elements [c0, c1)). */
+glm_weight glm_weight_cols(const glm_weight *w, int64_t c0, int64_t c1);
 
 /* ---- safetensors ---- */
 typedef struct {

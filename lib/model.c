@@ -424,33 +424,60 @@ static float scalar_at(const void *p, glm_dtype t, int64_t i) {
     }
 }
 
-float glm_weight_get1(const glm_weight *w, int64_t i) { return scalar_at(w->data, w->dtype, i); }
+/* Row stride of the stored tensor in elements (a view's ld, else its cols). */
+static int64_t stored_cols(const glm_weight *w) { return w->ld ? w->ld : w->cols; }
+
+float glm_weight_get1(const glm_weight *w, int64_t i) {
+    return scalar_at(w->data, w->dtype, w->row0 * stored_cols(w) + w->col0 + i);
+}
+
+glm_weight glm_weight_rows(const glm_weight *w, int64_t r0, int64_t r1) {
+    glm_weight v = *w;
+    v.ld = stored_cols(w);
+    v.row0 = w->row0 + r0;
+    v.rows = r1 - r0;
+    v.dev = v.dev_scale = NULL;
+    return v;
+}
+
+glm_weight glm_weight_cols(const glm_weight *w, int64_t c0, int64_t c1) {
+    glm_weight v = *w;
+    v.ld = stored_cols(w);
+    v.col0 = w->col0 + c0;
+    v.cols = c1 - c0;
+    v.dev = v.dev_scale = NULL;
+    return v;
+}
 
 void glm_weight_row(const glm_weight *w, int64_t r, float *out) {
-    const int64_t K = w->cols;
+    const int64_t K = w->cols, ld = stored_cols(w), sr = w->row0 + r, c0 = w->col0; /* stored row, first column */
+    const int64_t off = sr * ld + c0;
     switch (w->dtype) {
-    case GLM_DT_F32: memcpy(out, (const float *)w->data + r * K, (size_t)K * 4); return;
+    case GLM_DT_F32: memcpy(out, (const float *)w->data + off, (size_t)K * 4); return;
     case GLM_DT_BF16: {
-        const uint16_t *s = (const uint16_t *)w->data + r * K;
+        const uint16_t *s = (const uint16_t *)w->data + off;
         for (int64_t k = 0; k < K; k++) out[k] = glm_bf16_to_f32(s[k]);
         return;
     }
     case GLM_DT_F16: {
-        const uint16_t *s = (const uint16_t *)w->data + r * K;
+        const uint16_t *s = (const uint16_t *)w->data + off;
         for (int64_t k = 0; k < K; k++) out[k] = glm_f16_to_f32(s[k]);
         return;
     }
     case GLM_DT_F8E4M3: {
-        const uint8_t *s = (const uint8_t *)w->data + r * K;
+        const uint8_t *s = (const uint8_t *)w->data + off;
         if (w->scale_kind == GLM_SCALE_CHANNEL) {
-            float sc = scalar_at(w->scale, w->scale_dtype, r);
+            float sc = scalar_at(w->scale, w->scale_dtype, sr);
             for (int64_t k = 0; k < K; k++) out[k] = glm_fp8_lut[s[k]] * sc;
         } else {
-            int64_t nb = (K + GLM_BLOCK - 1) / GLM_BLOCK, br = r / GLM_BLOCK;
-            for (int64_t b = 0; b < nb; b++) {
+            /* 128 x 128 blocks of the stored tensor: block column (c0 + k) / 128 */
+            int64_t nb = (ld + GLM_BLOCK - 1) / GLM_BLOCK, br = sr / GLM_BLOCK;
+            for (int64_t k0 = 0; k0 < K;) {
+                int64_t b = (c0 + k0) / GLM_BLOCK, k1 = (b + 1) * GLM_BLOCK - c0;
+                if (k1 > K) k1 = K;
                 float sc = scalar_at(w->scale, w->scale_dtype, br * nb + b);
-                int64_t k1 = (b + 1) * GLM_BLOCK < K ? (b + 1) * GLM_BLOCK : K;
-                for (int64_t k = b * GLM_BLOCK; k < k1; k++) out[k] = glm_fp8_lut[s[k]] * sc;
+                for (int64_t k = k0; k < k1; k++) out[k] = glm_fp8_lut[s[k]] * sc;
+                k0 = k1;
             }
         }
         return;

@@ -2,7 +2,14 @@
  * once against the backend ops of lib/backend.h so the CPU reference and the CUDA
  * engine run the same graph. Shapes: T tokens in the batch, D = n_embd,
  * Q = n_head*head_dim, KV = n_head_kv*head_dim, F = n_ff (dense) or the shared
- * expert width, K = num_experts_per_tok. */
+ * expert width, K = num_experts_per_tok.
+ *
+ * Tensor parallel (lib/tp.c): every rank runs this same forward on its slice of the
+ * model (be->model: its heads, its rows of the intermediate dimensions, its vocabulary
+ * rows), so Q, KV, F and the routed experts' work are the rank's share; the rank's o_proj
+ * and FFN outputs are partial sums over its share, completed by all_reduce_sum (two a
+ * layer), and the logits rows are gathered from every rank. With one rank (be->comm
+ * NULL) both are no-ops. */
 #include "backend.h"
 
 #include <stdlib.h>
@@ -21,7 +28,13 @@ typedef struct {
     float *y2;     /* [T, D] shared expert output */
     int32_t *ids;  /* [T, K] routed experts */
     float *w;      /* [T, K] their weights */
+    /* tensor parallel: the rank's logits and the gather, LG_ROWS rows a collective */
+    float *lg;     /* [T, Vr] this rank's vocabulary rows */
+    float *lg_send;/* [LG_ROWS, Vmax] Vmax = ceil(V / N): every rank sends the same count */
+    float *lg_recv;/* [N, LG_ROWS, Vmax] */
 } fwd_bufs;
+
+#define LG_ROWS 16
 
 int glm4moe_reserve(glm_backend *be, int max_tokens) {
     const glm_hparams *hp = &be->model->hp;
@@ -49,10 +62,47 @@ int glm4moe_reserve(glm_backend *be, int max_tokens) {
     be->fwd = b; /* owned by the backend's allocator; the struct is freed by the ctx */
     if (!b->x || !b->h || !b->q || !b->k || !b->v || !b->att || !b->ff || !b->y || !b->y2 || !b->ids || !b->w)
         return glm_err(GLM_ERR_OOM, "out of memory reserving activations for %d tokens", max_tokens);
+    if (be->comm) {
+        size_t N = (size_t)glm_comm_size(be->comm), Vmax = ((size_t)hp->n_vocab + N - 1) / N;
+        b->lg = be->ops->alloc(be, T * Vmax * 4);
+        b->lg_send = be->ops->alloc(be, LG_ROWS * Vmax * 4);
+        b->lg_recv = be->ops->alloc(be, N * LG_ROWS * Vmax * 4);
+        if (!b->lg || !b->lg_send || !b->lg_recv)
+            return glm_err(GLM_ERR_OOM, "out of memory reserving the logits gather for %d tokens", max_tokens);
+    }
     return GLM_OK;
 }
 
 #define RUN(call) do { int rc_ = (call); if (rc_) return rc_; } while (0)
+
+/* x[n] = the sum of every rank's x[n], in place (a no-op with one rank). Host buffers:
+ * the CPU backend (a CUDA rank would pass its stream). Returns a status naming a failed rank. */
+static int all_reduce_sum(glm_backend *be, float *x, size_t n) {
+    return be->comm ? glm_comm_all_reduce(be->comm, x, n, GLM_COMM_F32, NULL) : GLM_OK;
+}
+
+/* logits_host[n_out, V] = rmsnorm(x[out_rows]) @ lm_head^T: each rank computes its
+ * vocabulary rows [r*V/N, (r+1)*V/N), the all-gather collects them in rank order and rank
+ * 0 (the one with logits_host) lays them side by side. Host buffers (CPU backend). */
+static int logits_gather(glm_backend *be, const float *x, int n_out, float *logits_host) {
+    if (!be->comm) return be->ops->logits(be, x, logits_host);
+    fwd_bufs *b = be->fwd;
+    const int N = glm_comm_size(be->comm), V = be->model->hp.n_vocab;
+    const size_t Vmax = ((size_t)V + N - 1) / N, Vr = (size_t)be->model->lm_head.rows;
+    RUN(be->ops->logits(be, x, b->lg));                                /* this rank's  [n_out, Vr] */
+    for (int i0 = 0; i0 < n_out; i0 += LG_ROWS) {
+        const int n = n_out - i0 < LG_ROWS ? n_out - i0 : LG_ROWS;
+        memcpy(b->lg_send, b->lg + (size_t)i0 * Vr, (size_t)n * Vr * 4);
+        RUN(glm_comm_all_gather(be->comm, b->lg_send, b->lg_recv, LG_ROWS * Vmax, GLM_COMM_F32, NULL));
+        for (int q = 0; logits_host && q < N; q++) {                   /* rank q's rows [v0, v1) */
+            const size_t v0 = (size_t)V * q / N, v1 = (size_t)V * (q + 1) / N;
+            for (int i = 0; i < n; i++)                                /* sent as [n, v1 - v0] */
+                memcpy(logits_host + (size_t)(i0 + i) * V + v0, b->lg_recv + (size_t)q * LG_ROWS * Vmax + (size_t)i * (v1 - v0),
+                       (v1 - v0) * 4);
+        }
+    }
+    return GLM_OK;
+}
 
 int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
     const glm_backend_ops *op = be->ops;
@@ -73,7 +123,8 @@ int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
         RUN(op->linear(be, &L->wk, L->bk.name ? &L->bk : NULL, b->h, b->k, T)); /* [T, KV] */
         RUN(op->linear(be, &L->wv, L->bv.name ? &L->bv : NULL, b->h, b->v, T)); /* [T, KV] */
         RUN(op->attention(be, il, b->q, b->k, b->v, b->att));      /* qk-norm, rope, cache   [T, Q] */
-        RUN(op->linear(be, &L->wo, NULL, b->att, b->y, T));         /* y = att Wo^T           [T, D] */
+        RUN(op->linear(be, &L->wo, NULL, b->att, b->y, T));         /* y = att Wo^T (partial) [T, D] */
+        RUN(all_reduce_sum(be, b->y, TD));                           /* y = sum over ranks     [T, D] */
         RUN(op->add(be, b->x, b->y, TD));                            /* x += y */
         /* MLP / MoE block */
         RUN(op->rmsnorm(be, b->x, &L->ffn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
@@ -90,7 +141,8 @@ int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
                 RUN(op->add(be, b->y, b->y2, TD));                   /* y += shared(h) */
             }
         }
+        RUN(all_reduce_sum(be, b->y, TD));                           /* y = sum over ranks     [T, D] */
         RUN(op->add(be, b->x, b->y, TD));                            /* x += y */
     }
-    return op->logits(be, b->x, logits_host);                        /* norm + lm_head  [n_out, V] */
+    return logits_gather(be, b->x, p->n_out, logits_host);           /* norm + lm_head  [n_out, V] */
 }

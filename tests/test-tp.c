@@ -1,0 +1,219 @@
+/* test-tp.c - tensor parallel on the CPU (lib/tp.c, docs/PARALLEL.md): the sharded
+ * forward at --tp 1, 2, 4, 8 with either expert split gives the logits of one rank
+ * within 1e-5 of the largest logit, the same greedy continuation, KV storage per rank
+ * of 1/N, and a failing rank ends a pass with an error naming it; the tools take
+ * --tp, --moe-split and --gpus. On tests/data/tiny-tp (scripts/make-tiny-tp.sh): 8 KV
+ * heads, 16 experts, intermediate sizes 8 does not divide, a vocabulary of 509. */
+#include "test.h"
+#include "tool-run.h"
+#include "backend.h"
+
+#include <time.h>
+
+static const char *const FORMATS[] = { "tests/data/tiny-tp/bf16", "tests/data/tiny-tp/fp8ch" };
+static const int TPS[] = { 1, 2, 4, 8 };
+static const int SPLITS[] = { GLM_MOE_SPLIT_TP, GLM_MOE_SPLIT_EP };
+static const char *const SPLIT_NAMES[] = { "tp", "ep" };
+
+/* The bound: |logit - logit at TP 1| <= 1e-5 x the largest |logit at TP 1|. Measured on
+ * both checkpoints over every case below: at most 4.5e-07 (float32 sums in another order). */
+#define TP_TOL 1e-5
+static double worst_seen;
+
+/* Seconds on a monotonic clock. */
+static double tool_now_(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+#define N_PROMPT 40
+#define N_GEN 12
+
+typedef struct {
+    float *logits;              /* [N_PROMPT + N_GEN, V]: every prompt row, then each step's */
+    int32_t gen[N_GEN];         /* greedy continuation */
+    uint64_t kv[8];             /* KV bytes of each rank */
+} run_out;
+
+/* Runs the prompt (every row's logits, passes of 16 tokens) then N_GEN greedy steps on a
+ * context with n_tp ranks; returns 0 or the failing status. */
+static int run_model(glm_model *m, int n_tp, int split, run_out *o) {
+    const int V = glm_model_hparams(m)->n_vocab;
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = 64;
+    cp.n_batch = 24;            /* two passes for the prompt; 24 rows gathered in two chunks */
+    cp.n_threads = 2;
+    cp.n_tp = n_tp;
+    cp.moe_split = split;
+    glm_ctx *c = NULL;
+    int rc = glm_ctx_new(m, &cp, &c);
+    if (rc) return rc;
+    for (int r = 0; r < 8; r++) o->kv[r] = glm_ctx_kv_bytes(c, r);
+    o->logits = malloc(sizeof(float) * (size_t)(N_PROMPT + N_GEN) * V);
+    int32_t toks[N_PROMPT];
+    int8_t want[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++) { toks[i] = (i * 37 + 11) % V; want[i] = 1; }
+    glm_batch b = { N_PROMPT, toks, NULL, want };
+    if ((rc = glm_ctx_decode(c, &b))) goto out;
+    for (int i = 0; i < N_PROMPT; i++) memcpy(o->logits + (size_t)i * V, glm_ctx_logits(c, i), sizeof(float) * V);
+    const float *last = glm_ctx_logits(c, N_PROMPT - 1);
+    for (int s = 0; s < N_GEN; s++) {
+        int32_t best = 0;
+        for (int v = 1; v < V; v++) if (last[v] > last[best]) best = v;
+        o->gen[s] = best;
+        glm_batch one = { 1, &best, NULL, NULL };
+        if ((rc = glm_ctx_decode(c, &one))) goto out;
+        last = glm_ctx_logits(c, 0);
+        memcpy(o->logits + (size_t)(N_PROMPT + s) * V, last, sizeof(float) * V);
+    }
+out:
+    glm_ctx_free(c);
+    return rc;
+}
+
+/* Returns max |a - b| / max |b| over n values. */
+static double rel_to_max(const float *a, const float *b, size_t n) {
+    double d = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fabs((double)a[i] - b[i]) > d || a[i] != a[i]) d = a[i] != a[i] ? INFINITY : fabs((double)a[i] - b[i]);
+        if (fabs(b[i]) > mx) mx = fabs(b[i]);
+    }
+    return d / mx;
+}
+
+TEST(tp_logits_match_one_rank) {
+    for (int f = 0; f < 2; f++) {
+        glm_model *m = NULL;
+        CHECK(glm_model_load(FORMATS[f], NULL, &m) == GLM_OK);
+        if (!m) continue;
+        const size_t n = (size_t)(N_PROMPT + N_GEN) * glm_model_hparams(m)->n_vocab;
+        run_out ref = {0};
+        CHECK_MSG(run_model(m, 1, GLM_MOE_SPLIT_TP, &ref) == GLM_OK, "%s", glm_last_error());
+        for (int t = 0; ref.logits && t < 4; t++)
+            for (int s = 0; s < 2; s++) {
+                run_out o = {0};
+                int rc = run_model(m, TPS[t], SPLITS[s], &o);
+                CHECK_MSG(rc == GLM_OK, "%s --tp %d %s: %s", FORMATS[f], TPS[t], SPLIT_NAMES[s], glm_last_error());
+                if (rc) { free(o.logits); continue; }
+                double e = rel_to_max(o.logits, ref.logits, n);
+                if (e > worst_seen) worst_seen = e;
+                CHECK_MSG(e <= TP_TOL, "%s --tp %d --moe-split %s: logits differ by %.3g of the largest", FORMATS[f],
+                          TPS[t], SPLIT_NAMES[s], e);
+                CHECK_MSG(!memcmp(o.gen, ref.gen, sizeof o.gen), "%s --tp %d --moe-split %s: another greedy continuation",
+                          FORMATS[f], TPS[t], SPLIT_NAMES[s]);
+                /* KV storage: each rank holds 1/N of one rank's bytes, ranks past N none */
+                for (int r = 0; r < 8; r++)
+                    CHECK_MSG(o.kv[r] == (r < TPS[t] ? ref.kv[0] / TPS[t] : 0), "--tp %d rank %d: %llu KV bytes, one rank %llu",
+                              TPS[t], r, (unsigned long long)o.kv[r], (unsigned long long)ref.kv[0]);
+                free(o.logits);
+            }
+        free(ref.logits);
+        glm_model_free(m);
+    }
+    fprintf(stderr, "  largest difference from one rank: %.3g of the largest logit (bound %g)\n", worst_seen, TP_TOL);
+    CHECK(worst_seen > 0);      /* the sums do run in another order: a difference of exactly 0 means TP 1 ran */
+}
+
+/* Two sequences in one batch, interleaved, each with its own pages: the same logits as
+ * one rank. */
+TEST(tp_two_sequences) {
+    glm_model *m = NULL;
+    CHECK(glm_model_load(FORMATS[0], NULL, &m) == GLM_OK);
+    if (!m) return;
+    const int V = glm_model_hparams(m)->n_vocab;
+    float *lg[2] = { NULL, NULL };
+    for (int k = 0; k < 2; k++) {
+        glm_ctx_params cp = glm_ctx_default_params();
+        cp.n_ctx = 64;
+        cp.n_seq_max = 2;
+        cp.n_threads = 2;
+        cp.n_tp = k ? 4 : 1;
+        cp.moe_split = GLM_MOE_SPLIT_EP;
+        glm_ctx *c = NULL;
+        CHECK(glm_ctx_new(m, &cp, &c) == GLM_OK);
+        if (!c) continue;
+        int32_t toks[30], seq[30];
+        int8_t want[30];
+        for (int i = 0; i < 30; i++) { toks[i] = (i * 53 + 5) % V; seq[i] = i % 2; want[i] = 1; }
+        glm_batch b = { 30, toks, seq, want };
+        CHECK(glm_ctx_decode(c, &b) == GLM_OK);
+        lg[k] = malloc(sizeof(float) * 30 * V);
+        for (int i = 0; i < 30; i++) memcpy(lg[k] + (size_t)i * V, glm_ctx_logits(c, i), sizeof(float) * V);
+        glm_ctx_free(c);
+    }
+    if (lg[0] && lg[1]) CHECK(rel_to_max(lg[1], lg[0], (size_t)30 * V) <= TP_TOL);
+    free(lg[0]);
+    free(lg[1]);
+    glm_model_free(m);
+}
+
+TEST(tp_bad_params) {
+    glm_model *m = NULL;
+    CHECK(glm_model_load(FORMATS[0], NULL, &m) == GLM_OK);
+    if (!m) return;
+    glm_ctx_params cp = glm_ctx_default_params();
+    CHECK(cp.n_tp == 1 && cp.moe_split == GLM_MOE_SPLIT_TP);
+    cp.n_ctx = 32;
+    glm_ctx *c = NULL;
+    cp.n_tp = 3;
+    CHECK(glm_ctx_new(m, &cp, &c) == GLM_ERR_ARG && strstr(glm_last_error(), "8 KV heads"));
+    cp.n_tp = -1;
+    CHECK(glm_ctx_new(m, &cp, &c) == GLM_ERR_ARG && strstr(glm_last_error(), "n_tp -1"));
+    cp.n_tp = 2;
+    cp.moe_split = 7;
+    CHECK(glm_ctx_new(m, &cp, &c) == GLM_ERR_ARG && strstr(glm_last_error(), "moe_split 7"));
+    cp.moe_split = GLM_MOE_SPLIT_TP;
+    cp.device = GLM_DEVICE_CUDA;
+    CHECK(glm_ctx_new(m, &cp, &c) == GLM_ERR_NOT_IMPLEMENTED && strstr(glm_last_error(), "not implemented"));
+    CHECK(c == NULL);
+    glm_model_free(m);
+    /* ep needs whole experts on every rank: 12 experts over 8 ranks is refused */
+    glm_hparams hp;
+    glm_preset("tiny", 2, &hp);
+    hp.n_head = 8;
+    hp.n_head_kv = 8;
+    hp.n_expert = 12;
+    CHECK(glm_model_synthetic(&hp, GLM_FMT_BF16, 1, 1, &m) == GLM_OK);
+    cp = glm_ctx_default_params();
+    cp.n_ctx = 32;
+    cp.n_tp = 8;
+    cp.moe_split = GLM_MOE_SPLIT_EP;
+    CHECK(glm_ctx_new(m, &cp, &c) == GLM_ERR_ARG && strstr(glm_last_error(), "12 routed experts"));
+    cp.moe_split = GLM_MOE_SPLIT_TP;
+    CHECK(glm_ctx_new(m, &cp, &c) == GLM_OK);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+/* Rank 3 of 8 fails at its first collective: the pass ends at once with an error naming
+ * it, on every later pass too, and nothing waits for the communicator's timeout. */
+TEST(tp_failing_rank) {
+    glm_model *m = NULL;
+    CHECK(glm_model_load(FORMATS[0], NULL, &m) == GLM_OK);
+    if (!m) return;
+    setenv("GLM_COMM_FAIL_RANK", "3", 1);
+    setenv("GLM_COMM_FAIL_AFTER", "2", 1);
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = 32;
+    cp.n_tp = 8;
+    glm_ctx *c = NULL;
+    CHECK(glm_ctx_new(m, &cp, &c) == GLM_OK);
+    unsetenv("GLM_COMM_FAIL_RANK");
+    unsetenv("GLM_COMM_FAIL_AFTER");
+    if (c) {
+        int32_t toks[4] = { 1, 2, 3, 4 };
+        glm_batch b = { 4, toks, NULL, NULL };
+        double t0 = tool_now_();
+        int rc = glm_ctx_decode(c, &b);
+        CHECK(rc < 0);
+        CHECK_MSG(strstr(glm_last_error(), "rank 3 failed"), "%s", glm_last_error());
+        CHECK(glm_ctx_decode(c, &b) < 0 && strstr(glm_last_error(), "rank 3"));
+        CHECK(tool_now_() - t0 < 10);
+        CHECK(glm_ctx_seq_len(c, 0) == 0);   /* the failed pass left the sequence as it was */
+    }
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+RUN_TESTS_IN_TMP("glm-test-tp")
