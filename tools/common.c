@@ -211,3 +211,81 @@ glm_kv_type tool_kv_type(const char *v) {
     if (strcmp(v, "fp8") == 0) return GLM_KV_FP8;
     tool_usage_error("--kv-type expects bf16 or fp8, got '%s'", v);
 }
+
+/* ---- tensor parallel flags ---- */
+void tool_tp_usage(FILE *f, int width) {
+    static const char *const lines[][2] = {
+        { "--tp N", "tensor-parallel ranks (default 1), a divisor of the model's KV" },
+        { "", "heads; --device cpu: the ranks are threads of this process (-t" },
+        { "", "threads shared between them); --device cuda: not implemented yet" },
+        { "--moe-split ep|tp", "routed experts over the ranks: ep = whole experts (N must divide" },
+        { "", "the experts), tp = a slice of every expert (default tp, until the" },
+        { "", "two are measured)" },
+        { "--gpus LIST", "CUDA devices, e.g. 0,1,2,3 (one GPU: that GPU; several: not" },
+        { "", "implemented yet)" },
+    };
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+        fprintf(f, "  %-*s%s\n", width - 2, lines[i][0], lines[i][1]);
+}
+
+tool_tp_opts tool_tp_default(void) {
+    tool_tp_opts o = { 1, GLM_MOE_SPLIT_TP, NULL, 0 };
+    return o;
+}
+
+int tool_tp_flag(int argc, char **argv, int *i, tool_tp_opts *o) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--tp")) {
+        o->n_tp = tool_int(a, tool_arg(argc, argv, i), 1, 64);
+    } else if (!strcmp(a, "--moe-split")) {
+        const char *v = tool_arg(argc, argv, i);
+        if (!strcmp(v, "ep")) o->moe_split = GLM_MOE_SPLIT_EP;
+        else if (!strcmp(v, "tp")) o->moe_split = GLM_MOE_SPLIT_TP;
+        else tool_usage_error("--moe-split expects ep or tp, got '%s'", v);
+    } else if (!strcmp(a, "--gpus")) {
+        const char *v = tool_arg(argc, argv, i);
+        free(o->gpus);
+        o->gpus = NULL;
+        if (tool_parse_int_list(v, &o->gpus, &o->n_gpus) || o->n_gpus < 1 || o->n_gpus > 64)
+            tool_usage_error("--gpus expects a list of 1 to 64 GPU indices such as 0,1,2,3, got '%s'", v);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+int tool_tp_apply(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp) {
+    const char *prog = tool_name();
+    if (o->gpus && cp->device != GLM_DEVICE_CUDA) {
+        fprintf(stderr, "%s: error: --gpus selects the GPUs of --device cuda; with --device cpu the ranks are threads\n", prog);
+        return EXIT_USAGE;
+    }
+    if (hp->n_head_kv % o->n_tp) {
+        fprintf(stderr, "%s: error: --tp %d does not divide the model's %d KV heads (replicating KV heads is not built)\n",
+                prog, o->n_tp, hp->n_head_kv);
+        return EXIT_USAGE;
+    }
+    if (o->moe_split == GLM_MOE_SPLIT_EP && hp->n_expert % o->n_tp) {
+        fprintf(stderr, "%s: error: --moe-split ep: --tp %d does not divide the model's %d routed experts (use --moe-split tp)\n",
+                prog, o->n_tp, hp->n_expert);
+        return EXIT_USAGE;
+    }
+    if (cp->device == GLM_DEVICE_CUDA && (o->n_tp > 1 || o->n_gpus > 1)) {
+        fprintf(stderr, "%s: error: %s on CUDA is not implemented yet (the sharded forward runs with --device cpu; "
+                "docs/PARALLEL.md)\n", prog, o->n_tp > 1 ? "--tp" : "--gpus with several GPUs");
+        return EXIT_FAIL;
+    }
+    if (o->n_gpus == 1) cp->gpu = o->gpus[0];
+    cp->n_tp = o->n_tp;
+    cp->moe_split = o->moe_split;
+    if (o->n_tp > 1)
+        fprintf(stderr, "%s: %d tensor-parallel ranks as threads, routed experts split %s\n", prog, o->n_tp,
+                o->moe_split == GLM_MOE_SPLIT_EP ? "ep (whole experts)" : "tp (a slice of every expert)");
+    return 0;
+}
+
+void tool_tp_free(tool_tp_opts *o) {
+    free(o->gpus);
+    o->gpus = NULL;
+    o->n_gpus = 0;
+}

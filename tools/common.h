@@ -64,4 +64,28 @@ glm_device tool_default_device(void);
 /* Parses a --kv-type value, "bf16" or "fp8"; exits with a usage error otherwise. */
 glm_kv_type tool_kv_type(const char *v);
 
+/* ---- tensor parallel: --tp N, --moe-split ep|tp, --gpus LIST (docs/PARALLEL.md) ---- */
+typedef struct {
+    int n_tp;                  /* --tp: ranks (default 1) */
+    int moe_split;             /* --moe-split: glm_moe_split (default tp) */
+    int *gpus;                 /* --gpus: CUDA devices, or NULL */
+    int n_gpus;
+} tool_tp_opts;
+
+/* Prints the --help lines of the three flags, descriptions from column width. */
+void tool_tp_usage(FILE *f, int width);
+/* Default options: one rank, the tp split, no GPU list. */
+tool_tp_opts tool_tp_default(void);
+/* When argv[*i] is --tp, --moe-split or --gpus, reads its value into o (a bad value is a
+ * usage error naming the flag, exit 2) and returns 1; returns 0 for any other argument. */
+int tool_tp_flag(int argc, char **argv, int *i, tool_tp_opts *o);
+/* Checks o against the model's geometry and the device and sets cp's n_tp, moe_split and
+ * gpu. Returns 0, or prints the error and returns EXIT_USAGE (a --tp that does not divide
+ * the KV heads, or the experts with --moe-split ep; --gpus without --device cuda) or
+ * EXIT_FAIL (several ranks or GPUs on CUDA: not implemented yet). Prints on stderr how
+ * the ranks run when there are several. */
+int tool_tp_apply(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp);
+/* Frees what tool_tp_flag allocated. */
+void tool_tp_free(tool_tp_opts *o);
+
 #endif

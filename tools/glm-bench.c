@@ -36,9 +36,10 @@ static void usage(FILE *f) {
         "  -t, --threads N          CPU threads (default: all cores)\n"
         "  --kv-type bf16|fp8       CUDA KV cache type (default bf16)\n"
         "  --no-probe               skip the bandwidth and FP8 GEMM measurements\n"
-        "  --profile                CUDA: GPU time per op after each test on stderr (graphs off)\n"
-        "  -h, --help               this text\n",
+        "  --profile                CUDA: GPU time per op after each test on stderr (graphs off)\n",
         tool_default_model());
+    tool_tp_usage(f, 27);
+    fprintf(f, "  -h, --help               this text\n");
 }
 
 typedef struct {
@@ -176,6 +177,7 @@ int main(int argc, char **argv) {
     int *P = NULL, *N = NULL, *B = NULL, nP = 0, nN = 0, nB = 0;
     tool_init(PROG);
     glm_device dev = tool_default_device();
+    tool_tp_opts tpo = tool_tp_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return EXIT_OK; }
@@ -207,6 +209,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--kv-type")) kv_type = tool_kv_type(tool_arg(argc, argv, &i));
         else if (!strcmp(a, "--no-probe")) probe = 0;
         else if (!strcmp(a, "--profile")) profile = 1;
+        else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     if (!nP && !P) { P = malloc(sizeof(int)); P[0] = 512; nP = 1; }
@@ -300,6 +303,9 @@ int main(int argc, char **argv) {
     cp.n_batch = n_batch;
     cp.kv_type = kv_run;
     if (dev == GLM_DEVICE_CPU) cp.n_kv_pages = (int)pages;
+    int tp_rc = tool_tp_apply(&tpo, &hp, &cp);
+    tool_tp_free(&tpo);
+    if (tp_rc) { glm_model_free(m); return tp_rc; }
     glm_ctx *ctx = NULL;
 #ifdef GLM_CUDA
     if (profile) setenv("GLM_CUDA_PROFILE", "1", 1);

@@ -34,9 +34,10 @@ static void usage(FILE *f) {
         "  --device cpu|cuda            backend (default: cuda when available)\n"
         "  -t, --threads N              CPU threads (default: all)\n"
         "  -b, --batch-size N           tokens per forward pass (default 512)\n"
-        "  --kv-type bf16|fp8           CUDA KV cache type (default bf16; the CPU keeps float32)\n"
-        "  -h, --help                   this text\n",
+        "  --kv-type bf16|fp8           CUDA KV cache type (default bf16; the CPU keeps float32)\n",
         tool_default_model());
+    tool_tp_usage(f, 31);
+    fprintf(f, "  -h, --help                   this text\n");
 }
 
 /* The log-probabilities of a run, saved for --kl-divergence with what made them. */
@@ -124,6 +125,7 @@ int main(int argc, char **argv) {
     int n_ctx = 0, stride = 0, kld_compare = 0, n_batch = 512, max_chunks = 0;
     tool_init(PROG);
     glm_ctx_params cp = glm_ctx_default_params();
+    tool_tp_opts tpo = tool_tp_default();
     cp.device = tool_default_device();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -142,6 +144,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) cp.n_threads = tool_int(a, tool_arg(argc, argv, &i), 1, 1024);
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) n_batch = tool_int(a, tool_arg(argc, argv, &i), 1, 1 << 16);
         else if (!strcmp(a, "--kv-type")) cp.kv_type = tool_kv_type(tool_arg(argc, argv, &i));
+        else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     if ((ids_arg != NULL) + (ids_file != NULL) + (file != NULL) != 1) tool_usage_error("give exactly one of --ids, --ids-file or -f");
@@ -222,6 +225,9 @@ int main(int argc, char **argv) {
     tool_warn_ctx(PROG, n_ctx, m);
     cp.n_ctx = n_ctx;
     cp.n_batch = n_batch < n_ctx ? n_batch : n_ctx;
+    int tp_rc = tool_tp_apply(&tpo, glm_model_hparams(m), &cp);
+    tool_tp_free(&tpo);
+    if (tp_rc) { glm_model_free(m); return tp_rc; }
     glm_ctx *c = NULL;
     if (glm_ctx_new(m, &cp, &c) != GLM_OK) { fprintf(stderr, PROG ": error: %s\n", glm_last_error()); return EXIT_FAIL; }
 

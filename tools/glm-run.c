@@ -29,7 +29,10 @@ static void usage(FILE *f) {
         "                             effect between passes\n"
         "  --kv-type bf16|fp8         CUDA KV cache type (default bf16)\n"
         "  --kv-frac F                CUDA: fraction of free GPU memory for the KV cache, in (0, 1]\n"
-        "                             (default 0.9)\n"
+        "                             (default 0.9)\n",
+        tool_default_model());
+    tool_tp_usage(f, 29);
+    fprintf(f,
         "prompt:\n"
         "  -p, --prompt TEXT          prompt text (encoded as the tokenizer's default: [gMASK]<sop> etc.)\n"
         "  -f, --file FILE            read the prompt from FILE ('-' = stdin); one trailing newline\n"
@@ -64,8 +67,7 @@ static void usage(FILE *f) {
         "  --no-think                 turn thinking off in the chat template\n"
         "  -h, --help                 this text\n"
         "\n"
-        "exit status: 0 done, 1 run-time failure, 2 usage error, 130 stopped by Ctrl-C\n",
-        tool_default_model());
+        "exit status: 0 done, 1 run-time failure, 2 usage error, 130 stopped by Ctrl-C\n");
 }
 
 typedef struct {
@@ -405,6 +407,7 @@ int main(int argc, char **argv) {
     runner r = { .n_predict = 128 };
     glm_sampler_params sp = glm_sampler_default_params();
     glm_ctx_params cp = glm_ctx_default_params();
+    tool_tp_opts tpo = tool_tp_default();
     cp.device = tool_default_device();
     const char *stops[argc]; /* --stop values point into argv */
     for (int i = 1; i < argc; i++) {
@@ -443,6 +446,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) cp.n_batch = tool_int(a, tool_arg(argc, argv, &i), 1, 1 << 16);
         else if (!strcmp(a, "--kv-frac")) cp.kv_frac = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, 1, ']');
         else if (!strcmp(a, "--kv-type")) cp.kv_type = tool_kv_type(tool_arg(argc, argv, &i));
+        else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     r.stops = stops;
@@ -511,6 +515,8 @@ int main(int argc, char **argv) {
                 r.n_predict, n_ids, r.n_ctx, r.n_ctx - n_ids);
         r.n_predict = r.n_ctx - n_ids;
     }
+    int tp_rc = tool_tp_apply(&tpo, r.hp, &cp);
+    if (tp_rc) { rc = tp_rc; goto out; }
     if (glm_ctx_new(r.model, &cp, &r.ctx) != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
     if (!(r.sampler = glm_sampler_new(&sp))) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
     fprintf(stderr, "glm-run: %s\nglm-run: loaded %s in %.2f s on %s, context %d, seed %llu\n", glm_model_desc(r.model), model_dir,
@@ -534,6 +540,7 @@ int main(int argc, char **argv) {
     }
     if (fflush(stdout) != 0 && rc == EXIT_OK) { fprintf(stderr, "glm-run: error: writing the output failed\n"); rc = EXIT_FAIL; }
 out:
+    tool_tp_free(&tpo);
     free(ids);
     free(text);
     free(r.hist);
