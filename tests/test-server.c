@@ -4,8 +4,9 @@
  * that preempts and still gives the same answers; the prefix cache seen in /metrics; the
  * bad-input matrix (status, OpenAI error object, the server still up); clients that
  * disconnect mid-stream cancel their requests; a full queue answers 429; the API key;
- * SIGTERM stops the server with exit 0; and the official OpenAI npm client
- * (tests/server/openai-client.mjs; installed with npm ci into the build folder). */
+ * SIGTERM stops the server with exit 0; the official OpenAI npm client
+ * (tests/server/openai-client.mjs; installed with npm ci into the build folder); and
+ * glm-bench --serve, which runs the same scheduler, with its report. */
 #include "glm.h"
 #include "json.h"
 #include "test.h"
@@ -565,6 +566,41 @@ TEST(openai_npm_client) {
     run_tool(&t, "cd '%s' && GLM_SERVER_URL=http://127.0.0.1:%d/v1 GLM_SERVER_MODEL=glm-tiny timeout 60 node openai-client.mjs", dir,
              main_srv.port);
     CHECK_MSG(t.status == 0 && strstr(t.out, "all ok"), "openai client: exit %d\n%s%s", t.status, t.out, t.err);
+    tool_result_free(&t);
+}
+
+/* A JSON number member of glm-bench's report, or NAN. */
+static double report_num(const char *out, const char *key) {
+    char err[160];
+    json_doc *d = json_parse(out, strlen(out), err, sizeof err);
+    double v = NAN;
+    if (!d || !json_get_num(json_root(d), key, &v)) v = NAN;
+    json_free(d);
+    return v;
+}
+
+TEST(bench_serve_reports) {
+    tool_result t;
+    /* 24 pages for 8 requests of up to 144 tokens: preemptions; a 32-token shared prefix: cache hits */
+    int rc = run_tool(&t, "%s/glm-bench --serve --device cpu -t 1 -np 8 --requests 12 --in-dist 16:64 --out-dist 8:48 "
+                      "--kv-pages 24 --shared-prefix 32 -o json", tool_bin());
+    CHECK_MSG(rc == 0, "exit %d: %s", rc, t.err);
+    const char *keys[] = {"req_per_s", "output_tok_per_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms",
+                          "kv_util_mean", "kv_util_peak", "preemptions", "prefix_hit_ratio"};
+    for (int i = 0; i < 10; i++) CHECK_MSG(report_num(t.out, keys[i]) >= 0, "%s missing in %s", keys[i], t.out);
+    CHECK(report_num(t.out, "req_per_s") > 0 && report_num(t.out, "output_tok_per_s") > 0);
+    CHECK(report_num(t.out, "ttft_p99_ms") >= report_num(t.out, "ttft_p50_ms"));
+    CHECK(report_num(t.out, "kv_util_peak") > 0.5 && report_num(t.out, "kv_util_peak") <= 1);
+    CHECK(report_num(t.out, "kv_util_mean") > 0 && report_num(t.out, "kv_util_mean") <= report_num(t.out, "kv_util_peak"));
+    CHECK_MSG(report_num(t.out, "preemptions") > 0, "%s", t.out);
+    CHECK(report_num(t.out, "prefix_hit_ratio") > 0 && report_num(t.out, "prefix_hit_ratio") < 1);
+    tool_result_free(&t);
+    /* the fixed-batch tests: the KV column (4 sequences of 16 tokens hold 4 of the 8 pages sized for 18) */
+    rc = run_tool(&t, "%s/glm-bench --device cpu -t 1 -p 32 -n 16 -b 4 -r 1 -o csv", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.out, ",kv_peak\n") && strstr(t.out, ",0.5000\n"), "%s", t.out);
+    tool_result_free(&t);
+    rc = run_tool(&t, "%s/glm-bench --serve --in-dist 9:3", tool_bin());
+    CHECK_MSG(rc == 2 && strstr(t.err, "--in-dist expects LO:HI with LO <= HI"), "%s", t.err);
     tool_result_free(&t);
 }
 

@@ -36,7 +36,18 @@ static void usage(FILE *f) {
         "  -t, --threads N          CPU threads (default: all cores)\n"
         "  --kv-type bf16|fp8       CUDA KV cache type (default bf16)\n"
         "  --no-probe               skip the bandwidth and FP8 GEMM measurements\n"
-        "  --profile                CUDA: GPU time per op after each test on stderr (graphs off)\n",
+        "  --profile                CUDA: GPU time per op after each test on stderr (graphs off)\n"
+        "serving throughput (the scheduler glm-server runs; replaces -p/-n/-b):\n"
+        "  --serve                  submit --requests requests at once, -np decoding together\n"
+        "  -np, --parallel N        requests decoding together (default 8)\n"
+        "  --requests R             requests in all (default: -np)\n"
+        "  --in L, --out M          prompt and output tokens of each request (default 512, 128)\n"
+        "  --in-dist LO:HI          prompt lengths drawn uniformly from [LO, HI]\n"
+        "  --out-dist LO:HI         output lengths drawn uniformly from [LO, HI]\n"
+        "  --batch-tokens N         tokens a step feeds at most (default 512)\n"
+        "  --kv-pages N             KV pages of 16 tokens (default: every request at full length)\n"
+        "  --shared-prefix S        S prompt tokens common to all requests (the prefix cache)\n"
+        "  --no-prefix-cache        do not share prompt pages\n",
         tool_default_model());
     tool_tp_usage(f, 27);
     fprintf(f, "  -h, --help               this text\n");
@@ -49,6 +60,7 @@ typedef struct {
     double ms_step;     /* decode: milliseconds per step */
     double floor_tps;   /* tokens per second the floor allows, 0 if unknown */
     double floor_detail;/* decode: bytes per step; prefill: FLOPs */
+    double kv_peak;     /* the largest fraction of the KV pages the test held */
 } result;
 
 static void stats(const double *v, int n, double *mean, double *sd) {
@@ -170,6 +182,8 @@ static void check_memory(glm_device dev, double weights, double kv, double act) 
     }
 }
 
+#include "bench-serve.h"
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *synth = NULL, *out_fmt = "md";
     int layers = 0, fmt = GLM_FMT_FP8_CHANNEL, reps = 3, n_threads = 0, probe = 1, profile = 0;
@@ -178,6 +192,7 @@ int main(int argc, char **argv) {
     tool_init(PROG);
     glm_device dev = tool_default_device();
     tool_tp_opts tpo = tool_tp_default();
+    serve_opts so = serve_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return EXIT_OK; }
@@ -210,6 +225,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-probe")) probe = 0;
         else if (!strcmp(a, "--profile")) profile = 1;
         else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
+        else if (serve_flag(argc, argv, &i, &so)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     if (!nP && !P) { P = malloc(sizeof(int)); P[0] = 512; nP = 1; }
@@ -293,6 +309,13 @@ int main(int argc, char **argv) {
         check_memory(dev, dev == GLM_DEVICE_CPU ? 0 : (double)glm_model_n_bytes(m), kv_bytes, act_bytes);
     }
     hp = *glm_model_hparams(m);
+    if (so.on) {
+        int src = bench_serve(m, dev, n_threads, kv_run, out_fmt, &so, &tpo);
+        tool_tp_free(&tpo);
+        glm_model_free(m);
+        free(P); free(N); free(B);
+        return src;
+    }
     tool_warn_ctx(PROG, maxP > maxN ? maxP : maxN, m);
 
     glm_ctx_params cp = glm_ctx_default_params();
@@ -337,6 +360,7 @@ int main(int argc, char **argv) {
             glm_batch b = {n, toks, NULL, NULL};
             double s = tool_now();
             if ((rc = glm_ctx_decode(ctx, &b))) goto fail;
+            r->kv_peak = 1.0 - (double)glm_ctx_kv_pages_free(ctx) / glm_ctx_kv_pages_total(ctx);
             if (rep >= 0) tv[rep] = n / (tool_now() - s);
         }
         stats(tv, reps, &r->mean, &r->sd);
@@ -364,6 +388,8 @@ int main(int argc, char **argv) {
                     for (int s = 0; s < nb; s++) toks[s] = rand_token(hp.n_vocab);
                     glm_batch b = {nb, toks, seqs, want};
                     if ((rc = glm_ctx_decode(ctx, &b))) goto fail;
+                    const double held = 1.0 - (double)glm_ctx_kv_pages_free(ctx) / glm_ctx_kv_pages_total(ctx);
+                    if (held > r->kv_peak) r->kv_peak = held;
                 }
                 if (rep >= 0) tv[rep] = (double)n * nb / (tool_now() - s0);
             }
@@ -383,8 +409,8 @@ int main(int argc, char **argv) {
     const char *desc = glm_model_desc(m);
     const char *dname = dev == GLM_DEVICE_CUDA ? "cuda" : "cpu";
     if (!strcmp(out_fmt, "md")) {
-        printf("| model | device | test | t/s | ms/step | floor t/s | of floor |\n");
-        printf("| --- | --- | --- | ---: | ---: | ---: | ---: |\n");
+        printf("| model | device | test | t/s | ms/step | floor t/s | of floor | KV |\n");
+        printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
             char ms[32] = "", fl[32] = "n/a", fr[32] = "n/a";
@@ -393,19 +419,21 @@ int main(int argc, char **argv) {
                 snprintf(fl, sizeof fl, "%.1f", r->floor_tps);
                 snprintf(fr, sizeof fr, "%.1f%%", 100.0 * r->mean / r->floor_tps);
             }
-            printf("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s |\n", desc, dname, r->name, r->mean, r->sd, ms, fl, fr);
+            printf("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.1f%% |\n", desc, dname, r->name, r->mean, r->sd, ms, fl, fr,
+                   100 * r->kv_peak);
         }
         if (bw > 0 || fp8_rate > 0)
             printf("\ncopy bandwidth %.0f GB/s (read+write); FP8 GEMM %.0f TFLOP/s (cuBLASLt 8192^3). "
                    "Decode floor: weights touched (expected unique experts) + KV read over the bandwidth; "
                    "prefill floor: FLOPs over the FP8 rate.\n", bw / 1e9, fp8_rate / 1e12);
     } else if (!strcmp(out_fmt, "csv")) {
-        printf("model,device,test,n_tokens,tps_mean,tps_sd,ms_step,floor_tps,floor_fraction,floor_bytes_or_flops,copy_gbps,fp8_tflops\n");
+        printf("model,device,test,n_tokens,tps_mean,tps_sd,ms_step,floor_tps,floor_fraction,floor_bytes_or_flops,copy_gbps,fp8_tflops,"
+               "kv_peak\n");
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
-            printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f\n", desc, dname, r->name, r->n_tok, r->mean, r->sd,
+            printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f,%.4f\n", desc, dname, r->name, r->n_tok, r->mean, r->sd,
                    r->ms_step, r->floor_tps, r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, bw / 1e9,
-                   fp8_rate / 1e12);
+                   fp8_rate / 1e12, r->kv_peak);
         }
     } else {
         printf("{\n  \"model\": \"%s\",\n  \"device\": \"%s\",\n  \"copy_gbps\": %.1f,\n  \"fp8_tflops\": %.1f,\n  \"tests\": [\n",
@@ -413,9 +441,9 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
             printf("    {\"test\": \"%s\", \"n_tokens\": %d, \"tps_mean\": %.4f, \"tps_sd\": %.4f, \"ms_step\": %.4f, "
-                   "\"floor_tps\": %.4f, \"floor_fraction\": %.4f, \"floor_bytes_or_flops\": %.6g}%s\n",
+                   "\"floor_tps\": %.4f, \"floor_fraction\": %.4f, \"floor_bytes_or_flops\": %.6g, \"kv_peak\": %.4f}%s\n",
                    r->name, r->n_tok, r->mean, r->sd, r->ms_step, r->floor_tps,
-                   r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, i + 1 < nres ? "," : "");
+                   r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, r->kv_peak, i + 1 < nres ? "," : "");
         }
         printf("  ]\n}\n");
     }
