@@ -65,6 +65,8 @@ struct glm_sched {
     uint64_t next_arrival, clock;
     centry *cache;             /* [cache_cap], power of two */
     size_t cache_cap, cache_n;
+    uint8_t *in_cache;         /* [kv pages] 1 = the page is in the cache */
+    int n_cache_only;          /* cached pages no sequence holds (reference count 1) */
     glm_sched_stats st;
     /* per step */
     int32_t *b_tok, *b_seq;
@@ -119,7 +121,10 @@ static int32_t cache_lookup(glm_sched *s, req *r, int i) {
 /* Removes the entry at table slot i (backward-shift deletion) and drops its page. */
 static void cache_remove(glm_sched *s, size_t i) {
     size_t m = s->cache_cap - 1;
-    glm_ctx_page_release(s->ctx, s->cache[i].page);
+    const int32_t page = s->cache[i].page;
+    if (glm_ctx_page_refs(s->ctx, page) == 1) s->n_cache_only--;
+    s->in_cache[page] = 0;
+    glm_ctx_page_release(s->ctx, page);
     s->cache[i].hash = 0;
     s->cache_n--;
     for (size_t j = (i + 1) & m; s->cache[j].hash; j = (j + 1) & m) {
@@ -148,20 +153,17 @@ static void cache_register(glm_sched *s, req *r) {
         memcpy(e->toks, r->tok + (size_t)i * PAGE, sizeof e->toks);
         e->last_use = ++s->clock;
         glm_ctx_page_retain(s->ctx, e->page);
+        s->in_cache[e->page] = 1;
         s->cache_n++;
     }
 }
 
 /* Cached pages that only the cache holds. */
-static int cache_only_pages(const glm_sched *s) {
-    int n = 0;
-    for (size_t i = 0; i < s->cache_cap; i++)
-        n += s->cache[i].hash && glm_ctx_page_refs(s->ctx, s->cache[i].page) == 1;
-    return n;
-}
+static int cache_only_pages(const glm_sched *s) { return s->n_cache_only; }
 
 /* Frees the least recently used page only the cache holds; 0 when there is none. */
 static int cache_reclaim_one(glm_sched *s) {
+    if (!s->n_cache_only) return 0;
     size_t best = s->cache_cap;
     for (size_t i = 0; i < s->cache_cap; i++)
         if (s->cache[i].hash && glm_ctx_page_refs(s->ctx, s->cache[i].page) == 1 &&
@@ -221,6 +223,7 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->cache_cap = 16;
     while (s->cache_cap < 2 * (size_t)total) s->cache_cap *= 2;
     s->cache = calloc(s->cache_cap, sizeof *s->cache);
+    s->in_cache = calloc((size_t)total, 1);
     s->slot = calloc((size_t)s->n_slots, sizeof *s->slot);
     s->b_tok = malloc((size_t)s->budget * sizeof *s->b_tok);
     s->b_seq = malloc((size_t)s->budget * sizeof *s->b_seq);
@@ -229,7 +232,7 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->s_req = malloc((size_t)s->n_slots * sizeof *s->s_req);
     s->s_logits = malloc((size_t)s->n_slots * sizeof *s->s_logits);
     s->s_out = malloc((size_t)s->n_slots * sizeof *s->s_out);
-    if (!s->cache || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->s_req || !s->s_logits || !s->s_out) {
+    if (!s->cache || !s->in_cache || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->s_req || !s->s_logits || !s->s_out) {
         glm_sched_free(s);
         return glm_err(GLM_ERR_OOM, "out of memory");
     }
@@ -245,7 +248,7 @@ void glm_sched_free(glm_sched *s) {
     if (s->cache)
         for (size_t i = 0; i < s->cache_cap; i++)
             if (s->cache[i].hash) glm_ctx_page_release(s->ctx, s->cache[i].page);
-    free(s->cache); free(s->slot);
+    free(s->cache); free(s->in_cache); free(s->slot);
     free(s->b_tok); free(s->b_seq); free(s->b_logits); free(s->b_req);
     free(s->s_req); free(s->s_logits); free(s->s_out);
     free(s);
@@ -316,8 +319,14 @@ static void emit(req *r, int32_t token, const char *text, size_t len, glm_finish
     r->cb(r->user, &ev);
 }
 
-/* Takes r out of its slot, freeing the pages only it holds. */
+/* Takes r out of its slot, freeing the pages only it holds (its cached pages no other
+ * sequence holds become cache-only). */
 static void release_slot(glm_sched *s, req *r) {
+    const int n_pages = pages_for(glm_ctx_seq_len(s->ctx, r->slot));
+    for (int i = 0; i < n_pages; i++) {
+        const int32_t page = glm_ctx_seq_page(s->ctx, r->slot, i);
+        if (page >= 0 && s->in_cache[page] && glm_ctx_page_refs(s->ctx, page) == 2) s->n_cache_only++;
+    }
     glm_ctx_seq_clear(s->ctx, r->slot);
     s->slot[r->slot] = NULL;
     r->slot = -1;
@@ -407,6 +416,7 @@ static int admit(glm_sched *s) {
         r->next = NULL;
         int rc = glm_ctx_seq_share(s->ctx, slot, hits, k);
         if (rc) { free(hits); return rc; }
+        s->n_cache_only -= k_idle;
         s->slot[slot] = r;
         r->slot = slot;
         r->n_done = k * PAGE;

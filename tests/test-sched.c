@@ -100,7 +100,10 @@ static glm_sched_stats run_all(const spec_t *sp, int n, out_t *outs, int n_slots
     glm_sched_get_stats(s, &st);
     CHECK_MSG(st.kv_pages_used == 0, "%d pages still held", st.kv_pages_used);
     CHECK(st.finished == (uint64_t)n);
-    glm_sched_cache_clear(s);
+    /* every page left is held by the cache alone, and counted so */
+    CHECK_MSG(glm_ctx_kv_pages_free(c) + st.kv_pages_cached == glm_ctx_kv_pages_total(c), "%d free + %d cached of %d",
+              glm_ctx_kv_pages_free(c), st.kv_pages_cached, glm_ctx_kv_pages_total(c));
+    CHECK(glm_sched_cache_clear(s) == st.kv_pages_cached);
     CHECK_MSG(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c), "%d of %d pages free after the run",
               glm_ctx_kv_pages_free(c), glm_ctx_kv_pages_total(c));
     glm_sched_free(s);

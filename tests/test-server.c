@@ -449,6 +449,14 @@ TEST(bad_input_matrix) {
     expect_error(p, "POST", CH, NULL, "{\"messages\": [{\"role\": \"user\", \"content\": 3}]}", 400, "messages", NULL);
     expect_error(p, "POST", CH, NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"chat_template_kwargs\": 1}", 400,
                  "chat_template_kwargs", NULL);
+    expect_error(p, "POST", C, NULL, "{\"prompt\": \"x\", \"user\": 5}", 400, "user", NULL);
+    expect_error(p, "POST", C, NULL, "{\"prompt\": \"x\", \"logit_bias\": [1]}", 400, "logit_bias", NULL);
+    expect_error(p, "POST", C, NULL, "{\"prompt\": \"x\", \"logprobs\": 3}", 400, "logprobs", NULL);
+    expect_error(p, "POST", CH, NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}", 400, "tools",
+                 NULL);
+    expect_error(p, "POST", CH, NULL,
+                 "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": {\"type\": \"json_object\"}}",
+                 400, "response_format", NULL);
     expect_error(p, "GET", "/v2/nothing", NULL, NULL, 404, NULL, "not_found");
     expect_error(p, "GET", C, NULL, NULL, 405, NULL, NULL);
     /* a body past --max-body 65536 */
@@ -461,7 +469,13 @@ TEST(bad_input_matrix) {
     response r = http(p, "GET", "/health", NULL, NULL);
     CHECK_MSG(r.status == 200, "the server is down after the bad input");
     free(r.body);
-    CHECK(metric(p, "glm_requests_rejected_total") >= 26);
+    CHECK(metric(p, "glm_requests_rejected_total") >= 31);
+    /* fields that are accepted: user, a text response_format, logprobs false, an empty tools list */
+    response ok = http(p, "POST", CH, NULL,
+                       "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 2, \"user\": \"u1\", "
+                       "\"response_format\": {\"type\": \"text\"}, \"logprobs\": false, \"tools\": [], \"repetition_penalty\": 1.1}");
+    CHECK_MSG(ok.status == 200, "%d %s", ok.status, ok.body);
+    free(ok.body);
 }
 
 TEST(api_key) {
@@ -528,6 +542,28 @@ TEST(full_queue_answers_429) {
     CHECK(drained(s.port, 3));
     response r = http(s.port, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"max_tokens\": 2}");
     CHECK_MSG(r.status == 200, "%d %s", r.status, r.body);
+    free(r.body);
+    CHECK(server_stop(&s) == 0);
+}
+
+TEST(slow_clients_time_out) {
+    server s;
+    if (server_start(&s, "--timeout 1")) { CHECK(0); return; }
+    /* headers that never end, and a body that never comes */
+    int a = dial(s.port), b = dial(s.port);
+    const char *part = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    const char *head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"prompt\":";
+    CHECK(write(a, part, strlen(part)) == (ssize_t)strlen(part));
+    CHECK(write(b, head, strlen(head)) == (ssize_t)strlen(head));
+    const double t0 = now_s();
+    char buf[256];
+    CHECK(read(a, buf, sizeof buf) <= 0);
+    CHECK(read(b, buf, sizeof buf) <= 0);
+    CHECK_MSG(now_s() - t0 < 5, "silent clients were dropped after %.1f s", now_s() - t0);
+    close(a);
+    close(b);
+    response r = http(s.port, "GET", "/health", NULL, NULL);
+    CHECK(r.status == 200);
     free(r.body);
     CHECK(server_stop(&s) == 0);
 }

@@ -40,7 +40,10 @@ static void usage(FILE *f) {
         "                           its full context; CUDA: from --kv-frac)\n"
         "  --kv-type bf16|fp8       CUDA KV cache type (default bf16)\n"
         "  --kv-frac F              CUDA: fraction of free GPU memory for the KV cache (default 0.9)\n"
-        "  --no-prefix-cache        do not share prompt pages between requests\n"
+        "  --no-prefix-cache        do not share prompt pages between requests\n",
+        tool_default_model());
+    tool_tp_usage(f, 27);
+    fprintf(f,
         "server:\n"
         "  --host H                 address to listen on (default 127.0.0.1)\n"
         "  --port P                 port (default 8080; 0 = any free port, printed on stderr)\n"
@@ -50,8 +53,7 @@ static void usage(FILE *f) {
         "  --timeout S              seconds a client may stay silent (default 60)\n"
         "  -h, --help               this text\n"
         "\n"
-        "SIGINT or SIGTERM stops the server: running requests end, connections close.\n",
-        tool_default_model());
+        "SIGINT or SIGTERM stops the server: running requests end, connections close.\n");
 }
 
 /* ---- a growing string ---- */
@@ -569,6 +571,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
     sp.min_p = (float)b.min_p;
     sp.presence_penalty = (float)b.presence_penalty;
     sp.frequency_penalty = (float)b.frequency_penalty;
+    sp.repeat_penalty = (float)b.repetition_penalty;
     sp.repeat_last_n = -1;
     sp.seed = b.has_seed ? b.seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull + num;
     for (int i = 0; i < b.n_stop; i++) j->stop_copy[i] = strdup(b.stop[i]);
@@ -774,6 +777,7 @@ int main(int argc, char **argv) {
     glm_kv_type kv_type = GLM_KV_BF16;
     tool_init(PROG);
     glm_device dev = tool_default_device();
+    tool_tp_opts tpo = tool_tp_default();
     S.n_parallel = 4;
     S.max_queue = 64;
     S.max_body = 1 << 20;
@@ -799,6 +803,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--max-queue")) S.max_queue = tool_int(a, tool_arg(argc, argv, &i), 0, 1 << 20);
         else if (!strcmp(a, "--max-body")) S.max_body = tool_int(a, tool_arg(argc, argv, &i), 64, 1 << 30);
         else if (!strcmp(a, "--timeout")) timeout = tool_int(a, tool_arg(argc, argv, &i), 1, 86400);
+        else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     if (dev == GLM_DEVICE_CUDA && !glm_cuda_available()) {
@@ -865,7 +870,15 @@ int main(int argc, char **argv) {
     sp.batch_tokens = batch_tokens;
     sp.prefix_cache = prefix_cache;
     sp.tok = S.tok;
-    int rc = glm_ctx_new(S.model, &cp, &S.ctx);
+    int rc = tool_tp_apply(&tpo, hp, &cp);
+    tool_tp_free(&tpo);
+    if (rc) {
+        glm_tokenizer_free(S.tok);
+        glm_model_free(S.model);
+        freeaddrinfo(ai);
+        return rc;
+    }
+    rc = glm_ctx_new(S.model, &cp, &S.ctx);
     if (!rc) rc = glm_sched_new(S.ctx, &sp, &S.sched);
     if (rc) {
         fprintf(stderr, PROG ": error: %s\n", glm_last_error());

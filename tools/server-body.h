@@ -31,6 +31,7 @@ typedef struct {
     int n_parts;
     int max_tokens;              /* -1 when absent */
     double temperature, top_p, min_p, presence_penalty, frequency_penalty;
+    double repetition_penalty;   /* 1 = off (a vLLM extension) */
     int top_k;
     int has_seed;
     uint64_t seed;
@@ -150,6 +151,7 @@ static inline int body_parse(const char *text, size_t len, int chat, body_req *b
     b->chat = chat;
     b->max_tokens = -1;
     b->temperature = 1.0;
+    b->repetition_penalty = 1.0;
     b->top_p = 1.0;
     b->thinking = -1;
     *param = NULL;
@@ -258,6 +260,31 @@ static inline int body_parse(const char *text, size_t len, int chat, body_req *b
                 return body_fail(err, cap, *param, "stop[%zu] is longer than %d bytes or holds a NUL character", i, BODY_MAX_STOP_LEN);
             b->stop[b->n_stop++] = s->u.str.s;
         }
+    }
+    if ((rc = body_num(root, "repetition_penalty", 0, 100, &b->repetition_penalty, err, cap, param)) < 0) return -1;
+    if (rc && b->repetition_penalty <= 0) { *param = "repetition_penalty"; return body_fail(err, cap, *param, "'repetition_penalty' must be greater than 0"); }
+    /* OpenAI fields this server does not use: a wrong type is still an error, and a
+     * feature asked for that is not built is refused rather than ignored */
+    enum { S_ = 1u << JSON_STRING, B_ = 1u << JSON_BOOL, N_ = 1u << JSON_NUMBER, O_ = 1u << JSON_OBJECT, A_ = 1u << JSON_ARRAY };
+    static const struct { const char *key; unsigned types; int used_when_set; } other[] = {
+        {"user", S_, 0}, {"metadata", O_, 0}, {"store", B_, 0}, {"service_tier", S_, 0}, {"parallel_tool_calls", B_, 0},
+        {"logprobs", B_ | N_, 1}, {"top_logprobs", N_, 1}, {"echo", B_, 1}, {"logit_bias", O_, 1}, {"best_of", N_, 1},
+        {"suffix", S_, 1}, {"response_format", O_, 1}, {"tools", A_, 1}, {"tool_choice", S_ | O_, 1},
+    };
+    for (size_t i = 0; i < sizeof other / sizeof *other; i++) {
+        const char *key = other[i].key;
+        if (!(v = json_get(root, key)) || v->type == JSON_NULL) continue;
+        *param = key;
+        if (!(other[i].types >> v->type & 1)) return body_fail(err, cap, *param, "'%s' has the wrong type (%s)", key, json_type_name(v));
+        if (!other[i].used_when_set) continue;
+        /* set: true, a non-zero number, a non-empty string, array or object; best_of 1,
+         * a text response_format and tool_choice none or auto ask for nothing */
+        int set = v->type == JSON_BOOL ? v->u.boolean : v->type == JSON_NUMBER ? v->u.number != 0
+                : v->type == JSON_STRING ? v->u.str.len != 0 : v->type == JSON_ARRAY ? v->u.arr.n != 0 : v->u.obj.n != 0;
+        if (!strcmp(key, "best_of")) set = v->u.number != 1;
+        if (!strcmp(key, "response_format")) set = !json_get_str(v, "type") || strcmp(json_get_str(v, "type"), "text");
+        if (!strcmp(key, "tool_choice") && v->type == JSON_STRING) set = strcmp(v->u.str.s, "none") && strcmp(v->u.str.s, "auto");
+        if (set) return body_fail(err, cap, *param, "'%s' is not supported by this server", key);
     }
     *param = NULL;
     return 0;
