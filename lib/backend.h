@@ -101,7 +101,6 @@ int glm_tp_check(const glm_model *model, const glm_ctx_params *p);
  * local communicator. */
 int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out);
 void glm_tp_free(glm_tp *tp);
-int glm_tp_n(const glm_tp *tp);
 /* Rank r's backend (owned by tp). */
 glm_backend *glm_tp_rank(glm_tp *tp, int r);
 /* glm4moe_reserve and kv_init on every rank. */

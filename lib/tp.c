@@ -170,7 +170,6 @@ void glm_tp_free(glm_tp *tp) {
     free(tp);
 }
 
-int glm_tp_n(const glm_tp *tp) { return tp->n; }
 glm_backend *glm_tp_rank(glm_tp *tp, int r) { return r >= 0 && r < tp->n ? tp->be[r] : NULL; }
 
 int glm_tp_reserve(glm_tp *tp, int max_tokens) {

@@ -116,6 +116,31 @@ TEST(tp_logits_match_one_rank) {
     CHECK(worst_seen > 0);      /* the sums do run in another order: a difference of exactly 0 means TP 1 ran */
 }
 
+/* The existing tiny checkpoints (2 KV heads, 8 experts) at --tp 2: slices that start
+ * inside a 128 x 128 scale block (fp8blk: q rows and o_proj columns 96..191, the dense
+ * MLP's 96 of 192) read the right block's scale. */
+TEST(tp_block_scales) {
+    static const char *const dirs[] = { "tests/data/tiny-fp8blk", "tests/data/tiny-fp8ch", "tests/data/tiny-bf16" };
+    for (int f = 0; f < 3; f++) {
+        glm_model *m = NULL;
+        CHECK(glm_model_load(dirs[f], NULL, &m) == GLM_OK);
+        if (!m) continue;
+        const size_t n = (size_t)(N_PROMPT + N_GEN) * glm_model_hparams(m)->n_vocab;
+        run_out ref = {0};
+        CHECK(run_model(m, 1, GLM_MOE_SPLIT_TP, &ref) == GLM_OK);
+        for (int s = 0; ref.logits && s < 2; s++) {
+            run_out o = {0};
+            CHECK_MSG(run_model(m, 2, SPLITS[s], &o) == GLM_OK, "%s: %s", dirs[f], glm_last_error());
+            double e = o.logits ? rel_to_max(o.logits, ref.logits, n) : INFINITY;
+            CHECK_MSG(e <= TP_TOL, "%s --tp 2 --moe-split %s: logits differ by %.3g of the largest", dirs[f], SPLIT_NAMES[s], e);
+            CHECK(!memcmp(o.gen, ref.gen, sizeof o.gen));
+            free(o.logits);
+        }
+        free(ref.logits);
+        glm_model_free(m);
+    }
+}
+
 /* Two sequences in one batch, interleaved, each with its own pages: the same logits as
  * one rank. */
 TEST(tp_two_sequences) {
