@@ -95,6 +95,9 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
 /* ---- tensor parallel (lib/tp.c): n_tp ranks, each a backend over its slice of the
  * model, run as threads of this process that meet in the communicator ---- */
 typedef struct glm_tp glm_tp;
+/* The first index of rank r's part when n rows split N ways: floor(n * r / N) (the parts
+ * differ by at most one). */
+int64_t glm_tp_part(int64_t n, int r, int N);
 /* Checks n_tp and moe_split against the model; returns a status naming the field. */
 int glm_tp_check(const glm_model *model, const glm_ctx_params *p);
 /* Makes every rank: its model slice, its backend (CPU; CUDA is not implemented) and the

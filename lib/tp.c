@@ -31,8 +31,8 @@ struct glm_tp {
     glm_backend **be;          /* [n] */
 };
 
-/* Returns the first index of part r of n split N ways: floor(n * r / N). */
-static int64_t part(int64_t n, int r, int N) { return n * r / N; }
+int64_t glm_tp_part(int64_t n, int r, int N) { return n * r / N; }
+#define part glm_tp_part
 
 int glm_tp_check(const glm_model *m, const glm_ctx_params *p) {
     const glm_hparams *hp = &m->hp;

@@ -31,7 +31,7 @@ typedef struct {
     /* tensor parallel: the rank's logits and the gather, LG_ROWS rows a collective */
     float *lg;     /* [T, Vr] this rank's vocabulary rows */
     float *lg_send;/* [LG_ROWS, Vmax] Vmax = ceil(V / N): every rank sends the same count */
-    float *lg_recv;/* [N, LG_ROWS, Vmax] */
+    float *lg_recv;/* [N, LG_ROWS, Vmax] (a chunk of n rows: [N, n, Vmax]) */
 } fwd_bufs;
 
 #define LG_ROWS 16
@@ -93,11 +93,11 @@ static int logits_gather(glm_backend *be, const float *x, int n_out, float *logi
     for (int i0 = 0; i0 < n_out; i0 += LG_ROWS) {
         const int n = n_out - i0 < LG_ROWS ? n_out - i0 : LG_ROWS;
         memcpy(b->lg_send, b->lg + (size_t)i0 * Vr, (size_t)n * Vr * 4);
-        RUN(glm_comm_all_gather(be->comm, b->lg_send, b->lg_recv, LG_ROWS * Vmax, GLM_COMM_F32, NULL));
+        RUN(glm_comm_all_gather(be->comm, b->lg_send, b->lg_recv, (size_t)n * Vmax, GLM_COMM_F32, NULL)); /* [N, n, Vmax] */
         for (int q = 0; logits_host && q < N; q++) {                   /* rank q's rows [v0, v1) */
-            const size_t v0 = (size_t)V * q / N, v1 = (size_t)V * (q + 1) / N;
+            const size_t v0 = (size_t)glm_tp_part(V, q, N), v1 = (size_t)glm_tp_part(V, q + 1, N);
             for (int i = 0; i < n; i++)                                /* sent as [n, v1 - v0] */
-                memcpy(logits_host + (size_t)(i0 + i) * V + v0, b->lg_recv + (size_t)q * LG_ROWS * Vmax + (size_t)i * (v1 - v0),
+                memcpy(logits_host + (size_t)(i0 + i) * V + v0, b->lg_recv + (size_t)q * n * Vmax + (size_t)i * (v1 - v0),
                        (v1 - v0) * 4);
         }
     }
