@@ -32,7 +32,9 @@ struct glm_tp {
 };
 
 int64_t glm_tp_part(int64_t n, int r, int N) { return n * r / N; }
-#define part glm_tp_part
+
+/* Short for glm_tp_part in the slicing below. */
+static int64_t part(int64_t n, int r, int N) { return glm_tp_part(n, r, N); }
 
 int glm_tp_check(const glm_model *m, const glm_ctx_params *p) {
     const glm_hparams *hp = &m->hp;
