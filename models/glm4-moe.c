@@ -130,10 +130,10 @@ int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
         RUN(op->rmsnorm(be, b->x, &L->ffn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
         if (il < hp->n_dense_layer) {
             RUN(op->glu(be, &L->ffn_gate, &L->ffn_up, b->h, b->ff, T)); /* silu(hWg^T)*(hWu^T) [T, n_ff] */
-            RUN(op->linear(be, &L->ffn_down, NULL, b->ff, b->y, T));    /* y = ff Wd^T         [T, D] */
+            RUN(op->linear(be, &L->ffn_down, NULL, b->ff, b->y, T));    /* y = ff Wd^T (partial) [T, D] */
         } else {
             RUN(op->moe_route(be, il, b->h, b->ids, b->w));          /* top-K experts          [T, K] */
-            int with_shared = 0;                                     /* y = sum w * expert(h)  [T, D] */
+            int with_shared = 0;                                     /* y = sum w * expert(h)  [T, D], partial: the rank's experts or slices */
             RUN(op->moe_experts(be, il, b->h, b->ids, b->w, b->y, &with_shared));
             if (hp->n_expert_shared > 0 && !with_shared) {
                 RUN(op->glu(be, &L->sh_gate, &L->sh_up, b->h, b->ff, T));  /* [T, F] */
