@@ -72,6 +72,7 @@ struct glm_sched {
     int32_t *b_tok, *b_seq;
     int8_t *b_logits;
     req **b_req;               /* [n_slots] requests in this step's batch */
+    req **order;               /* [n_slots] running requests by arrival */
     req **s_req;               /* [n_slots] requests sampled this step */
     const float **s_logits;
     int32_t *s_out;
@@ -229,10 +230,11 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->b_seq = malloc((size_t)s->budget * sizeof *s->b_seq);
     s->b_logits = malloc((size_t)s->budget);
     s->b_req = malloc((size_t)s->n_slots * sizeof *s->b_req);
+    s->order = malloc((size_t)s->n_slots * sizeof *s->order);
     s->s_req = malloc((size_t)s->n_slots * sizeof *s->s_req);
     s->s_logits = malloc((size_t)s->n_slots * sizeof *s->s_logits);
     s->s_out = malloc((size_t)s->n_slots * sizeof *s->s_out);
-    if (!s->cache || !s->in_cache || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->s_req || !s->s_logits || !s->s_out) {
+    if (!s->cache || !s->in_cache || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_logits || !s->s_out) {
         glm_sched_free(s);
         return glm_err(GLM_ERR_OOM, "out of memory");
     }
@@ -249,7 +251,7 @@ void glm_sched_free(glm_sched *s) {
         for (size_t i = 0; i < s->cache_cap; i++)
             if (s->cache[i].hash) glm_ctx_page_release(s->ctx, s->cache[i].page);
     free(s->cache); free(s->in_cache); free(s->slot);
-    free(s->b_tok); free(s->b_seq); free(s->b_logits); free(s->b_req);
+    free(s->b_tok); free(s->b_seq); free(s->b_logits); free(s->b_req); free(s->order);
     free(s->s_req); free(s->s_logits); free(s->s_out);
     free(s);
 }
@@ -533,6 +535,12 @@ static void fail_running(glm_sched *s) {
         if (s->slot[i]) finish(s, s->slot[i], -1, NULL, 0, GLM_FINISH_ERROR);
 }
 
+/* qsort order of running requests: oldest first. */
+static int by_arrival(const void *a, const void *b) {
+    const req *x = *(req *const *)a, *y = *(req *const *)b;
+    return x->arrival < y->arrival ? -1 : x->arrival > y->arrival;
+}
+
 /* Makes room for `need` more pages: reclaims cached pages, then preempts the newest
  * running request other than keep. Returns 1 when there is room, 0 when keep itself is
  * the newest (nothing else to evict). */
@@ -554,20 +562,18 @@ int glm_sched_step(glm_sched *s) {
         int resv = 0;  /* pages the requests already in the batch will take */
         T = nb = 0;
         /* decoding requests first (one token each), oldest first; then prompt chunks */
+        int n_run = 0;
+        for (int i = 0; i < s->n_slots; i++) if (s->slot[i]) s->order[n_run++] = s->slot[i];
+        qsort(s->order, (size_t)n_run, sizeof *s->order, by_arrival);
         for (int pass = 0; pass < 2; pass++) {
-            for (;;) {
-                req *r = NULL;  /* the oldest running request of this kind not in the batch yet */
-                for (int i = 0; i < s->n_slots; i++) {
-                    req *c = s->slot[i];
-                    if (!c || c->chunk || (c->n_tok - c->n_done == 1) != (pass == 0)) continue;
-                    if (!r || c->arrival < r->arrival) r = c;
-                }
-                if (!r || T >= s->budget) break;
+            for (int k = 0; k < n_run && T < s->budget; k++) {
+                req *r = s->order[k];
+                if (r->slot < 0 || (r->n_tok - r->n_done == 1) != (pass == 0)) continue;  /* preempted, or the other kind */
                 int chunk = r->n_tok - r->n_done;
                 if (chunk > s->budget - T) chunk = s->budget - T;
                 int need = pages_for((int64_t)r->n_done + chunk) - pages_for(r->n_done);
                 if (resv + need > glm_ctx_kv_pages_free(s->ctx) && !make_room(s, resv + need, r)) {
-                    if (pass == 0) { preempt(s, r); continue; }
+                    if (pass == 0) { preempt(s, r); continue; }  /* nothing newer to evict */
                     /* a prompt chunk shrinks to the pages there are */
                     int room = (glm_ctx_kv_pages_free(s->ctx) - resv) * PAGE + (pages_for(r->n_done) * PAGE - r->n_done);
                     if (room < chunk) chunk = room;
