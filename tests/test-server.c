@@ -522,10 +522,17 @@ TEST(disconnects_cancel_streams) {
         CHECK(fds[i] >= 0);
         if (fds[i] >= 0) close(fds[i]);
     }
-    /* 8 x 1000 tokens would take many seconds: cancelled, they are gone at once */
-    CHECK_MSG(drained(p, 3), "streams still running 3 s after their clients left");
+    /* a whole (not streamed) answer whose client hangs up while it waits */
+    char body[4096];
+    greedy_body(body, sizeof body, 450, 10, 1000, 0);
+    int w = dial(p);
+    CHECK(w >= 0 && !send_request(w, "POST", "/v1/completions", NULL, body));
+    usleep(100000);
+    close(w);
+    /* 9 x 1000 tokens would take many seconds: cancelled, they are gone at once */
+    CHECK_MSG(drained(p, 3), "requests still running 3 s after their clients left");
     const double fail1 = metric(p, "glm_requests_finished_total{outcome=\"cancelled_or_failed\"}");
-    CHECK_MSG(fail1 - fail0 == 8, "%g requests cancelled", fail1 - fail0);
+    CHECK_MSG(fail1 - fail0 == 9, "%g requests cancelled", fail1 - fail0);
     response r = http(p, "GET", "/health", NULL, NULL);
     CHECK(r.status == 200);
     free(r.body);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -479,19 +480,22 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     return (ssize_t)n;
 }
 
+/* Asks the engine to cancel j (the client went away). */
+static void cancel_job(job *j) {
+    atomic_store(&j->cancel, 1);
+    atomic_fetch_add(&S.cancels, 1);
+    pthread_mutex_lock(&S.mu);
+    pthread_cond_signal(&S.cv);
+    pthread_mutex_unlock(&S.mu);
+}
+
 /* MHD is done with a streaming response: a request still running is cancelled. */
 static void stream_free(void *cls) {
     job *j = cls;
     pthread_mutex_lock(&j->mu);
     int done = j->done;
     pthread_mutex_unlock(&j->mu);
-    if (!done) {
-        atomic_store(&j->cancel, 1);
-        atomic_fetch_add(&S.cancels, 1);
-        pthread_mutex_lock(&S.mu);
-        pthread_cond_signal(&S.cv);
-        pthread_mutex_unlock(&S.mu);
-    }
+    if (!done) cancel_job(j);
     job_unref(j);
 }
 
@@ -607,9 +611,26 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
         MHD_destroy_response(r);
         return ok;
     }
-    /* a whole answer: wait for the end */
+    /* a whole answer: wait for the end, cancelling when the client hangs up */
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const int fd = ci ? ci->connect_fd : -1;
+    double t_check = tool_now();
     pthread_mutex_lock(&j->mu);
-    while (!j->done) pthread_cond_wait(&j->cv, &j->mu);
+    while (!j->done) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);  /* woken by every token: look at the socket every 200 ms */
+        if (j->done || fd < 0 || atomic_load(&j->cancel) || tool_now() - t_check < 0.2) continue;
+        t_check = tool_now();
+        struct pollfd pf = {fd, POLLRDHUP, 0};
+        if (poll(&pf, 1, 0) > 0 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+            pthread_mutex_unlock(&j->mu);
+            cancel_job(j);
+            pthread_mutex_lock(&j->mu);
+        }
+    }
     pthread_mutex_unlock(&j->mu);
     enum MHD_Result res;
     if (j->fin == GLM_FINISH_ERROR || j->fin == GLM_FINISH_CANCELLED) {
