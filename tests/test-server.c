@@ -11,6 +11,7 @@
 #include "json.h"
 #include "test.h"
 #include "tool-run.h"
+#include "../tools/server-body.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -239,6 +240,34 @@ static char *stream_text(const char *body, int *done) {
 }
 
 /* ---- the tests ---- */
+
+/* Splits text as a chat answer fed in two pieces cut at every point; checks each split
+ * gives reason and content. */
+static void check_think(int open, const char *text, const char *reason, const char *content) {
+    const size_t n = strlen(text);
+    for (size_t cut = 0; cut <= n; cut++) {
+        think_split t = {open, {0}, 0};
+        sbuf r = {0}, c = {0};
+        think_feed(&t, text, cut, 0, &r, &c);
+        think_feed(&t, text + cut, n - cut, 1, &r, &c);
+        CHECK_MSG(!strcmp(r.s ? r.s : "", reason) && !strcmp(c.s ? c.s : "", content),
+                  "'%s' cut at %zu (open %d): reasoning '%s' content '%s'", text, cut, open, r.s ? r.s : "", c.s ? c.s : "");
+        sb_free(&r);
+        sb_free(&c);
+    }
+}
+
+TEST(reasoning_content_split) {
+    check_think(1, "plan</think>answer", "plan", "answer");             /* GLM-4.7: the prompt opened <think> */
+    check_think(0, "\n<think>plan</think>answer", "plan", "answer");    /* GLM-4.5: the answer opens it */
+    check_think(0, "just an answer", "", "just an answer");
+    check_think(0, "\n\nno tag", "", "\n\nno tag");
+    check_think(0, "<thin", "", "<thin");                                /* a cut-off tag is content */
+    check_think(1, "never closed </thi", "never closed </thi", "");      /* reasoning cut by max_tokens */
+    check_think(1, "a</think>b</think>c", "a", "b</think>c");
+    check_think(0, "answer <think>not at the start</think>", "", "answer <think>not at the start</think>");
+}
+
 static server main_srv;
 
 /* Stops the main server when the tests end (whichever ran). */

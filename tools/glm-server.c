@@ -57,53 +57,6 @@ static void usage(FILE *f) {
         "SIGINT or SIGTERM stops the server: running requests end, connections close.\n");
 }
 
-/* ---- a growing string ---- */
-typedef struct {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-/* Makes room for n more bytes; returns 0, -1 when out of memory. */
-static int sb_room(sbuf *b, size_t n) {
-    if (b->n + n + 1 <= b->cap) return 0;
-    size_t cap = (b->n + n + 1) * 2;
-    char *s = realloc(b->s, cap);
-    if (!s) return -1;
-    b->s = s;
-    b->cap = cap;
-    return 0;
-}
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (sb_room(b, n)) return;
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-}
-
-__attribute__((format(printf, 2, 3)))
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || sb_room(b, (size_t)n)) return;
-    va_start(ap, fmt);
-    vsnprintf(b->s + b->n, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->n += (size_t)n;
-}
-
-/* Appends s[0..n) as a JSON string literal. */
-static void sb_json(sbuf *b, const char *s, size_t n) {
-    size_t need = json_escape(NULL, 0, s, n);
-    if (sb_room(b, need)) return;
-    json_escape(b->s + b->n, need + 1, s, n);
-    b->n += need;
-}
-
-static void sb_free(sbuf *b) { free(b->s); memset(b, 0, sizeof *b); }
-
 /* ---- the server's state ---- */
 typedef struct {
     const double *le;           /* upper bounds, the last +Inf */
@@ -181,9 +134,7 @@ typedef struct job {
     sbuf pend;                  /* SSE bytes not yet handed to MHD */
     size_t pend_off;
     int sent_role, ended;
-    int think_mode;             /* 0 undecided, 1 reasoning, 2 content */
-    char hold[16];
-    int n_hold;
+    think_split think;          /* reasoning / content of a chat answer */
 } job;
 
 static void job_unref(job *j) {
@@ -336,51 +287,6 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
 
 static const char *finish_str(glm_finish_reason f) { return f == GLM_FINISH_LENGTH ? "length" : "stop"; }
 
-/* Splits generated chat text into reasoning (before "</think>") and content, holding
- * back what may be the start of a tag; flush gives out what is held. */
-static void think_feed(job *j, const char *s, size_t n, int flush, sbuf *reason, sbuf *content) {
-    sbuf w = {0};
-    sb_add(&w, j->hold, (size_t)j->n_hold);
-    sb_add(&w, s, n);
-    j->n_hold = 0;
-    const char *p = w.s ? w.s : "";
-    size_t len = w.n;
-    for (;;) {
-        if (j->think_mode == 0) {  /* the start: newlines, then "<think>" or content */
-            size_t nl = 0;
-            while (nl < len && p[nl] == '\n') nl++;
-            const size_t rest = len - nl;
-            if (rest >= 7 && !memcmp(p + nl, "<think>", 7)) { p += nl + 7; len -= nl + 7; j->think_mode = 1; continue; }
-            if (rest < 7 && !memcmp(p + nl, "<think>", rest) && len < sizeof j->hold && !flush) {
-                memcpy(j->hold, p, len);
-                j->n_hold = (int)len;
-                break;
-            }
-            j->think_mode = 2;
-        }
-        if (j->think_mode == 1) {
-            const char *e = len ? memmem(p, len, "</think>", 8) : NULL;
-            if (e) {
-                sb_add(reason, p, (size_t)(e - p));
-                len -= (size_t)(e - p) + 8;
-                p = e + 8;
-                j->think_mode = 2;
-                continue;
-            }
-            size_t keep = 0;
-            for (size_t k = len < 7 ? len : 7; k > 0 && !flush; k--)
-                if (!memcmp(p + len - k, "</think>", k)) { keep = k; break; }
-            sb_add(reason, p, len - keep);
-            memcpy(j->hold, p + len - keep, keep);
-            j->n_hold = (int)keep;
-            break;
-        }
-        sb_add(content, p, len);
-        break;
-    }
-    sb_free(&w);
-}
-
 /* The usage object. */
 static void add_usage(sbuf *b, const job *j) {
     sb_printf(b, "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
@@ -443,7 +349,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         snprintf(err, sizeof err, "%s", j->err);
         pthread_mutex_unlock(&j->mu);
         sbuf reason = {0}, content = {0};
-        if (j->chat) think_feed(j, text.s ? text.s : "", text.n, done, &reason, &content);
+        if (j->chat) think_feed(&j->think, text.s ? text.s : "", text.n, done, &reason, &content);
         else sb_add(&content, text.s ? text.s : "", text.n);
         sb_free(&text);
         if (done && (fin == GLM_FINISH_ERROR || fin == GLM_FINISH_CANCELLED)) {
@@ -564,7 +470,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
     j->chat = chat;
     j->stream = b.stream;
     j->include_usage = b.include_usage;
-    j->think_mode = think_open ? 1 : 0;
+    j->think.mode = think_open ? 1 : 0;
     const uint64_t num = atomic_fetch_add(&S.next_id, 1);
     snprintf(j->id, sizeof j->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)num);
     j->created = (long)time(NULL);
@@ -640,7 +546,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
                                                                            : "generation failed on the server");
     } else {
         sbuf o = {0}, reason = {0}, content = {0};
-        if (chat) think_feed(j, j->out.s ? j->out.s : "", j->out.n, 1, &reason, &content);
+        if (chat) think_feed(&j->think, j->out.s ? j->out.s : "", j->out.n, 1, &reason, &content);
         else sb_add(&content, j->out.s ? j->out.s : "", j->out.n);
         add_head(&o, j, chat ? "chat.completion" : "text_completion");
         if (chat) {

@@ -1,8 +1,10 @@
-/* server-body.h - glm-server's reader of OpenAI request bodies (POST /v1/completions and
- * /v1/chat/completions): JSON through the library's parser, every field type- and
- * range-checked, the first problem reported with the field's name (the error object's
- * "param"). Header-only so that the fuzz target (tests/fuzz/fuzz-http-body.c) runs the
- * same code as the server. Unknown fields are ignored, as OpenAI's servers do. */
+/* server-body.h - glm-server's handling of request and answer text: the reader of OpenAI
+ * request bodies (POST /v1/completions and /v1/chat/completions: JSON through the
+ * library's parser, every field type- and range-checked, the first problem reported with
+ * the field's name, the error object's "param"; unknown fields are ignored, as OpenAI's
+ * servers do), a growing string, and the split of a chat answer into reasoning_content and
+ * content. Header-only so that the fuzz target (tests/fuzz/fuzz-http-body.c) and the tests
+ * run the same code as the server. */
 #ifndef GLM_SERVER_BODY_H
 #define GLM_SERVER_BODY_H
 
@@ -14,6 +16,109 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- a growing string (sb_* drop what does not fit in memory: s stays NULL) ---- */
+typedef struct {
+    char *s;
+    size_t n, cap;
+} sbuf;
+
+/* Makes room for n more bytes; returns 0, -1 when out of memory. */
+static inline int sb_room(sbuf *b, size_t n) {
+    if (b->n + n + 1 <= b->cap) return 0;
+    size_t cap = (b->n + n + 1) * 2;
+    char *s = realloc(b->s, cap);
+    if (!s) return -1;
+    b->s = s;
+    b->cap = cap;
+    return 0;
+}
+
+static inline void sb_add(sbuf *b, const char *s, size_t n) {
+    if (sb_room(b, n)) return;
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = 0;
+}
+
+__attribute__((format(printf, 2, 3)))
+static inline void sb_printf(sbuf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || sb_room(b, (size_t)n)) return;
+    va_start(ap, fmt);
+    vsnprintf(b->s + b->n, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)n;
+}
+
+/* Appends s[0..n) as a JSON string literal. */
+static inline void sb_json(sbuf *b, const char *s, size_t n) {
+    size_t need = json_escape(NULL, 0, s, n);
+    if (sb_room(b, need)) return;
+    json_escape(b->s + b->n, need + 1, s, n);
+    b->n += need;
+}
+
+static inline void sb_free(sbuf *b) { free(b->s); memset(b, 0, sizeof *b); }
+
+/* ---- reasoning_content ---- */
+/* The state of a chat answer's split into reasoning (what comes before "</think>") and
+ * content: mode 0 at the start (newlines, then "<think>" opens reasoning, anything else
+ * is content), 1 in reasoning (the prompt ended in "<think>", or the answer opened it),
+ * 2 in content; hold keeps what may be the beginning of a tag. */
+typedef struct {
+    int mode;
+    char hold[16];
+    int n_hold;
+} think_split;
+
+/* Splits the next n bytes of an answer into reason and content; flush (the last call)
+ * gives out what is held. */
+static inline void think_feed(think_split *t, const char *s, size_t n, int flush, sbuf *reason, sbuf *content) {
+    sbuf w = {0};
+    sb_add(&w, t->hold, (size_t)t->n_hold);
+    sb_add(&w, s, n);
+    t->n_hold = 0;
+    const char *p = w.s ? w.s : "";
+    size_t len = w.n;
+    for (;;) {
+        if (t->mode == 0) {
+            size_t nl = 0;
+            while (nl < len && p[nl] == '\n') nl++;
+            const size_t rest = len - nl;
+            if (rest >= 7 && !memcmp(p + nl, "<think>", 7)) { p += nl + 7; len -= nl + 7; t->mode = 1; continue; }
+            if (rest < 7 && !memcmp(p + nl, "<think>", rest) && len < sizeof t->hold && !flush) {
+                memcpy(t->hold, p, len);
+                t->n_hold = (int)len;
+                break;
+            }
+            t->mode = 2;
+        }
+        if (t->mode == 1) {
+            const char *e = len ? memmem(p, len, "</think>", 8) : NULL;
+            if (e) {
+                sb_add(reason, p, (size_t)(e - p));
+                len -= (size_t)(e - p) + 8;
+                p = e + 8;
+                t->mode = 2;
+                continue;
+            }
+            size_t keep = 0;
+            for (size_t k = len < 7 ? len : 7; k > 0 && !flush; k--)
+                if (!memcmp(p + len - k, "</think>", k)) { keep = k; break; }
+            sb_add(reason, p, len - keep);
+            memcpy(t->hold, p + len - keep, keep);
+            t->n_hold = (int)keep;
+            break;
+        }
+        sb_add(content, p, len);
+        break;
+    }
+    sb_free(&w);
+}
 
 #define BODY_MAX_STOP 16         /* stop strings a request may give */
 #define BODY_MAX_STOP_LEN 256    /* bytes of one stop string */
