@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define PROG "glm-server"
 
@@ -88,6 +89,7 @@ static struct {
     int n_pending, n_inflight;  /* in the hand-off queue / submitted and not finished */
     int stopping;
     atomic_int cancels;         /* cancellations asked since the engine last looked */
+    atomic_int n_streams;       /* streaming responses MHD still holds */
     /* metrics (under mmu) */
     pthread_mutex_t mmu;
     glm_sched_stats st;
@@ -403,6 +405,7 @@ static void stream_free(void *cls) {
     pthread_mutex_unlock(&j->mu);
     if (!done) cancel_job(j);
     job_unref(j);
+    atomic_fetch_sub(&S.n_streams, 1);
 }
 
 /* POST /v1/completions and /v1/chat/completions. */
@@ -510,6 +513,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
     }
     if (j->stream) {
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, j, stream_free);
+        atomic_fetch_add(&S.n_streams, 1);
         if (!r) { stream_free(j); return MHD_NO; }
         MHD_add_response_header(r, "Content-Type", "text/event-stream");
         MHD_add_response_header(r, "Cache-Control", "no-cache");
@@ -850,6 +854,8 @@ int main(int argc, char **argv) {
     pthread_cond_signal(&S.cv);
     pthread_mutex_unlock(&S.mu);
     pthread_join(eng, NULL);
+    /* the streams send their last events before the connections are closed (2 s at most) */
+    for (double t0 = tool_now(); atomic_load(&S.n_streams) > 0 && tool_now() - t0 < 2;) usleep(5000);
     if (d) {
         MHD_quiesce_daemon(d);
         MHD_stop_daemon(d);
