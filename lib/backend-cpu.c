@@ -172,23 +172,27 @@ static int cpu_kv_pages_fit(glm_backend *be, const glm_ctx_params *p) {
     return pages > INT32_MAX ? INT32_MAX : (int)pages;
 }
 
+/* Layers with a KV cache: the model's, plus its MTP layer when the context asks for it. */
+static int kv_layers(const glm_backend *be) { return be->model->hp.n_layer + (be->params.mtp ? 1 : 0); }
+
 static int cpu_kv_init(glm_backend *be, int n_pages, glm_kv_type type) {
     cpu_state *s = S(be);
     const glm_hparams *hp = &be->model->hp;
     (void)type; /* the reference keeps fp32 */
     size_t per = (size_t)n_pages * GLM_PAGE * hp->n_head_kv * hp->head_dim;
-    s->k_cache = calloc((size_t)hp->n_layer, sizeof(float *));
-    s->v_cache = calloc((size_t)hp->n_layer, sizeof(float *));
+    const int n_kv = kv_layers(be);
+    s->k_cache = calloc((size_t)n_kv, sizeof(float *));
+    s->v_cache = calloc((size_t)n_kv, sizeof(float *));
     if (!s->k_cache || !s->v_cache) return glm_err(GLM_ERR_OOM, "out of memory");
-    for (int il = 0; il < hp->n_layer; il++) {
+    for (int il = 0; il < n_kv; il++) {
         s->k_cache[il] = malloc(per * sizeof(float));
         s->v_cache[il] = malloc(per * sizeof(float));
         if (!s->k_cache[il] || !s->v_cache[il])
             return glm_err(GLM_ERR_OOM, "out of memory for the KV cache (%d pages, %.1f MiB)", n_pages,
-                           2.0 * hp->n_layer * per * 4 / 1048576.0);
+                           2.0 * n_kv * per * 4 / 1048576.0);
     }
     s->n_pages = n_pages;
-    be->kv_bytes = 2 * (uint64_t)hp->n_layer * per * sizeof(float);
+    be->kv_bytes = 2 * (uint64_t)n_kv * per * sizeof(float);
     return GLM_OK;
 }
 
@@ -469,14 +473,27 @@ static int cpu_logits(glm_backend *be, const float *x, float *logits_host) {
     return cpu_linear(be, &m->lm_head, NULL, s->logit_x, logits_host, p->n_out);
 }
 
+/* Host and backend buffers are the same memory on the CPU. */
+static int cpu_read(glm_backend *be, float *host, const float *src, size_t n) {
+    (void)be;
+    memcpy(host, src, n * sizeof(float));
+    return GLM_OK;
+}
+
+static int cpu_write(glm_backend *be, float *dst, const float *host, size_t n) {
+    (void)be;
+    memcpy(dst, host, n * sizeof(float));
+    return GLM_OK;
+}
+
 static void cpu_destroy(glm_backend *be) {
     cpu_state *s = S(be);
     if (s) {
         pool_free(&s->pool);
         if (s->k_cache)
-            for (int il = 0; il < be->model->hp.n_layer; il++) free(s->k_cache[il]);
+            for (int il = 0; il < kv_layers(be); il++) free(s->k_cache[il]);
         if (s->v_cache)
-            for (int il = 0; il < be->model->hp.n_layer; il++) free(s->v_cache[il]);
+            for (int il = 0; il < kv_layers(be); il++) free(s->v_cache[il]);
         free(s->k_cache);
         free(s->v_cache);
         for (size_t i = 0; i < s->n_allocs; i++) free(s->allocs[i]);
@@ -505,6 +522,8 @@ static const glm_backend_ops cpu_ops = {
     .add = cpu_add,
     .logits = cpu_logits,
     .destroy = cpu_destroy,
+    .read = cpu_read,
+    .write = cpu_write,
 };
 
 int glm_backend_cpu_new(glm_model *model, const glm_ctx_params *p, glm_backend **out) {

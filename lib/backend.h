@@ -24,6 +24,8 @@ typedef struct {
     const int32_t *page_table;  /* [n_seq_slots, max_pages] page id, -1 unused */
     int n_out;                  /* rows whose logits are wanted */
     const int32_t *out_rows;    /* [n_out] batch rows, ascending */
+    float *hidden_host;         /* [n_tokens, n_embd] every row's last hidden state (before the
+                                   final norm: what the MTP layer reads), or NULL */
 } glm_plan;
 
 typedef struct glm_backend glm_backend;
@@ -74,6 +76,10 @@ typedef struct {
      * NULL = malloc/free. */
     void *(*host_alloc)(glm_backend *be, size_t bytes);
     void (*host_free)(glm_backend *be, void *p);
+    /* Optional (the MTP layer needs them; NULL = not implemented): host[n] = src[n] from a
+     * backend buffer, and dst[n] = host[n] into one. */
+    int (*read)(glm_backend *be, float *host, const float *src, size_t n);
+    int (*write)(glm_backend *be, float *dst, const float *host, size_t n);
 } glm_backend_ops;
 
 struct glm_backend {
@@ -118,7 +124,26 @@ uint64_t glm_ctx_kv_bytes(const glm_ctx *c, int rank);
 
 /* Runs the whole model over one planned batch (models/glm4-moe.c). */
 int glm4moe_forward(glm_backend *be, const glm_plan *plan, float *logits_host);
-/* Allocates the forward's activation buffers for up to max_tokens (models/glm4-moe.c). */
+/* Allocates the forward's activation buffers for up to max_tokens (models/glm4-moe.c);
+ * with be->params.mtp, the MTP layer's too. */
 int glm4moe_reserve(glm_backend *be, int max_tokens);
+/* Runs the MTP layer (layer n_layer) over one planned batch (models/glm4-moe.c): row t
+ * has plan token t (the token after position pos[t]) and h_host[t] (the main model's, or
+ * the previous MTP step's, hidden state at pos[t]) [T, n_embd]. Writes the last row's
+ * output hidden state h_out[n_embd] and its draft logits logits_host[n_vocab]. */
+int glm4moe_forward_mtp(glm_backend *be, const glm_plan *plan, const float *h_host, float *h_out, float *logits_host);
+
+/* ---- speculative decoding's use of the context (lib/ctx.c) ---- */
+/* glm_ctx_decode that also writes every batch row's last hidden state into
+ * hidden[n_tokens, n_embd]; hidden NULL = glm_ctx_decode. */
+int glm_ctx_decode_hidden(glm_ctx *ctx, const glm_batch *batch, float *hidden);
+/* Runs the MTP layer on sequence seq at positions pos0..pos0+n-1 (tokens[n], h[n, n_embd]),
+ * writing its KV into the sequence's pages (allocated when past its tokens) and the last
+ * row's hidden h_out[n_embd] and logits[n_vocab]. pos0 must not pass the MTP positions
+ * already written (glm_ctx_mtp_len). GLM_WARN_KV_FULL when pages run out (nothing done). */
+int glm_ctx_mtp_forward(glm_ctx *ctx, int seq, int pos0, int n, const int32_t *tokens, const float *h,
+                        float *h_out, float *logits);
+/* MTP positions written for a sequence (0 after clear; cut by glm_ctx_seq_truncate). */
+int glm_ctx_mtp_len(const glm_ctx *ctx, int seq);
 
 #endif

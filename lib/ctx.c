@@ -20,6 +20,8 @@ struct glm_ctx {
     int32_t *page_ref;      /* [n_pages] holders of each page (sequences, the prefix cache); 0 = free */
     int32_t *page_table;    /* [n_seq_max, max_pages] */
     int32_t *seq_len;       /* [n_seq_max] */
+    int32_t *mtp_len;       /* [n_seq_max] MTP-layer positions written (params.mtp); the pages a
+                               sequence holds cover max(seq_len, mtp_len) tokens */
     float *logits;          /* [cap_logits, n_vocab] rows wanted by the last decode */
     int cap_logits;         /* rows the logits buffer holds (it only grows) */
     int32_t *logit_row;     /* [n_batch] batch row -> index into logits, -1 none */
@@ -58,6 +60,11 @@ int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
     c->model = model;
     c->p = p;
     int rc = glm_tp_check(model, &p);
+    if (!rc && p.mtp && !model->has_mtp)
+        rc = glm_err(GLM_ERR_ARG, "params.mtp: the model has no MTP layer bound (num_nextn_predict_layers %d)", model->hp.n_nextn);
+    else if (!rc && p.mtp && (p.device == GLM_DEVICE_CUDA || p.n_tp > 1))
+        rc = glm_err(GLM_ERR_NOT_IMPLEMENTED, "the MTP layer (speculative decoding) on %s: not implemented",
+                     p.n_tp > 1 ? "several tensor-parallel ranks" : "CUDA");
     if (!rc && p.n_tp > 1) { if (!(rc = glm_tp_new(model, &p, &c->tp))) c->be = glm_tp_rank(c->tp, 0); }
     else if (!rc) rc = p.device == GLM_DEVICE_CUDA ? glm_backend_cuda_new(model, &p, &c->be) : glm_backend_cpu_new(model, &p, &c->be);
     if (rc) goto fail;
@@ -70,10 +77,11 @@ int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
     c->page_ref = calloc((size_t)c->n_pages, sizeof(int32_t));
     c->page_table = malloc((size_t)p.n_seq_max * c->max_pages * sizeof(int32_t));
     c->seq_len = calloc((size_t)p.n_seq_max, sizeof(int32_t));
+    c->mtp_len = calloc((size_t)p.n_seq_max, sizeof(int32_t));
     c->pos = malloc((size_t)p.n_batch * sizeof(int32_t));
     c->seq = malloc((size_t)p.n_batch * sizeof(int32_t));
     c->out_rows = malloc((size_t)p.n_batch * sizeof(int32_t));
-    if (!c->free_pages || !c->page_ref || !c->page_table || !c->seq_len || !c->pos || !c->seq || !c->out_rows) {
+    if (!c->free_pages || !c->page_ref || !c->page_table || !c->seq_len || !c->mtp_len || !c->pos || !c->seq || !c->out_rows) {
         rc = glm_err(GLM_ERR_OOM, "out of memory");
         goto fail;
     }
@@ -118,6 +126,7 @@ void glm_ctx_free(glm_ctx *c) {
     free(c->page_ref);
     free(c->page_table);
     free(c->seq_len);
+    free(c->mtp_len);
     free(c->logit_row);
     free(c->pos);
     free(c->seq);
@@ -131,6 +140,7 @@ int glm_ctx_seq_clear(glm_ctx *c, int seq) {
     for (int i = 0; i < c->max_pages; i++)
         if (pt[i] >= 0) { glm_ctx_page_release(c, pt[i]); pt[i] = -1; }
     c->seq_len[seq] = 0;
+    c->mtp_len[seq] = 0;
     return GLM_OK;
 }
 
@@ -178,7 +188,14 @@ const float *glm_ctx_logits(glm_ctx *c, int i) {
     return c->logits + (size_t)c->logit_row[i] * c->model->hp.n_vocab;
 }
 
-int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
+/* Pages sequence s holds when its main cache has len tokens (the MTP layer's may reach further). */
+static int held_pages(const glm_ctx *c, int s, int64_t len) {
+    return pages_for(len > c->mtp_len[s] ? len : c->mtp_len[s]);
+}
+
+int glm_ctx_decode(glm_ctx *c, const glm_batch *b) { return glm_ctx_decode_hidden(c, b, NULL); }
+
+int glm_ctx_decode_hidden(glm_ctx *c, const glm_batch *b, float *hidden) {
     const int T = b->n_tokens, V = c->model->hp.n_vocab;
     if (T < 1 || !b->tokens) return glm_err(GLM_ERR_ARG, "empty batch");
     /* validate and count the pages the batch needs, before touching any state */
@@ -196,7 +213,7 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
         if (!add[s]) continue;
         const int64_t len = (int64_t)c->seq_len[s] + add[s];
         if (len > c->p.n_ctx) { rc = glm_err(GLM_ERR_ARG, "sequence %d would hold %lld tokens, more than the context size %d", s, (long long)len, c->p.n_ctx); goto done; }
-        need += pages_for(len) - pages_for(c->seq_len[s]);
+        need += held_pages(c, s, len) - held_pages(c, s, c->seq_len[s]);
     }
     if (need > c->n_free) {
         rc = glm_err(GLM_WARN_KV_FULL, "KV cache full: the batch needs %d pages, %d of %d free", need, c->n_free, c->n_pages);
@@ -217,7 +234,7 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
     for (int s = 0; s < c->p.n_seq_max; s++) {
         if (!add[s]) continue;
         int32_t *pt = c->page_table + (size_t)s * c->max_pages;
-        int p0 = pages_for(c->seq_len[s]), p1 = pages_for((int64_t)c->seq_len[s] + add[s]);
+        int p0 = held_pages(c, s, c->seq_len[s]), p1 = held_pages(c, s, (int64_t)c->seq_len[s] + add[s]);
         for (int i = p0; i < p1; i++) { pt[i] = c->free_pages[--c->n_free]; c->page_ref[pt[i]] = 1; }
     }
     /* passes of at most n_batch tokens, in order */
@@ -237,6 +254,7 @@ int glm_ctx_decode(glm_ctx *c, const glm_batch *b) {
             .n_tokens = n, .tokens = b->tokens + t0, .pos = c->pos, .seq = c->seq,
             .n_seq_slots = c->p.n_seq_max, .max_pages = c->max_pages, .page_table = c->page_table,
             .n_out = n_out, .out_rows = c->out_rows,
+            .hidden_host = hidden ? hidden + (size_t)t0 * c->model->hp.n_embd : NULL,
         };
         float *lg = c->logits + (size_t)(out_i - n_out) * V;
         rc = c->tp ? glm_tp_forward(c->tp, &plan, lg) : glm4moe_forward(c->be, &plan, lg);
@@ -249,7 +267,7 @@ undo:
         if (!add[s]) continue;
         int old = old_len[s];
         int32_t *pt = c->page_table + (size_t)s * c->max_pages;
-        for (int i = pages_for(old); i < pages_for((int64_t)old + add[s]); i++) {
+        for (int i = held_pages(c, s, old); i < held_pages(c, s, (int64_t)old + add[s]); i++) {
             glm_ctx_page_release(c, pt[i]);
             pt[i] = -1;
         }
@@ -264,4 +282,58 @@ uint64_t glm_ctx_kv_bytes(const glm_ctx *c, int rank) {
     if (!c->tp) return rank == 0 ? c->be->kv_bytes : 0;
     const glm_backend *be = glm_tp_rank(c->tp, rank);
     return be ? be->kv_bytes : 0;
+}
+
+int glm_ctx_seq_truncate(glm_ctx *c, int seq, int len) {
+    if (seq < 0 || seq >= c->p.n_seq_max) return glm_err(GLM_ERR_ARG, "sequence %d out of range [0, %d)", seq, c->p.n_seq_max);
+    if (len < 0 || len > c->seq_len[seq])
+        return glm_err(GLM_ERR_ARG, "truncating sequence %d of %d tokens to %d", seq, c->seq_len[seq], len);
+    int32_t *pt = c->page_table + (size_t)seq * c->max_pages;
+    if (len % GLM_PAGE && pt[len / GLM_PAGE] >= 0 && c->page_ref[pt[len / GLM_PAGE]] > 1)
+        return glm_err(GLM_ERR_ARG, "truncating sequence %d to %d tokens: page %d is shared (its next token would be written into it)",
+                       seq, len, len / GLM_PAGE);
+    for (int i = pages_for(len); i < c->max_pages; i++)
+        if (pt[i] >= 0) { glm_ctx_page_release(c, pt[i]); pt[i] = -1; }
+    c->seq_len[seq] = len;
+    if (c->mtp_len[seq] > len) c->mtp_len[seq] = len;
+    return GLM_OK;
+}
+
+int glm_ctx_mtp_len(const glm_ctx *c, int seq) {
+    return seq >= 0 && seq < c->p.n_seq_max ? c->mtp_len[seq] : 0;
+}
+
+int glm_ctx_mtp_forward(glm_ctx *c, int seq, int pos0, int n, const int32_t *tokens, const float *h, float *h_out,
+                        float *logits) {
+    if (!c->p.mtp) return glm_err(GLM_ERR_ARG, "this context was made without params.mtp");
+    if (seq < 0 || seq >= c->p.n_seq_max) return glm_err(GLM_ERR_ARG, "sequence %d out of range [0, %d)", seq, c->p.n_seq_max);
+    if (n < 1 || n > c->p.n_batch) return glm_err(GLM_ERR_ARG, "MTP batch of %d tokens (1 to n_batch %d)", n, c->p.n_batch);
+    if (pos0 < 0 || pos0 > c->mtp_len[seq])
+        return glm_err(GLM_ERR_ARG, "MTP position %d of sequence %d: positions 0..%d are written", pos0, seq, c->mtp_len[seq] - 1);
+    if ((int64_t)pos0 + n > c->p.n_ctx)
+        return glm_err(GLM_ERR_ARG, "MTP positions up to %lld pass the context size %d", (long long)pos0 + n, c->p.n_ctx);
+    int32_t *pt = c->page_table + (size_t)seq * c->max_pages;
+    const int old = c->mtp_len[seq], end = pos0 + n > old ? pos0 + n : old;
+    const int p0 = held_pages(c, seq, c->seq_len[seq]);
+    const int p1 = pages_for(end > c->seq_len[seq] ? end : c->seq_len[seq]);
+    if (p1 - p0 > c->n_free)
+        return glm_err(GLM_WARN_KV_FULL, "KV cache full: the MTP layer needs %d pages, %d of %d free", p1 - p0, c->n_free, c->n_pages);
+    for (int i = p0; i < p1; i++) { pt[i] = c->free_pages[--c->n_free]; c->page_ref[pt[i]] = 1; }
+    int32_t *pos = malloc((size_t)n * 2 * sizeof *pos), *sq = pos + n;
+    if (!pos) { for (int i = p0; i < p1; i++) { glm_ctx_page_release(c, pt[i]); pt[i] = -1; } return glm_err(GLM_ERR_OOM, "out of memory"); }
+    for (int i = 0; i < n; i++) { pos[i] = pos0 + i; sq[i] = seq; }
+    const int32_t last = n - 1;
+    glm_plan plan = {
+        .n_tokens = n, .tokens = tokens, .pos = pos, .seq = sq,
+        .n_seq_slots = c->p.n_seq_max, .max_pages = c->max_pages, .page_table = c->page_table,
+        .n_out = 1, .out_rows = &last,
+    };
+    int rc = glm4moe_forward_mtp(c->be, &plan, h, h_out, logits);
+    free(pos);
+    if (rc) {   /* the pages this call took go back */
+        for (int i = p0; i < p1; i++) { glm_ctx_page_release(c, pt[i]); pt[i] = -1; }
+        return rc;
+    }
+    c->mtp_len[seq] = end;
+    return GLM_OK;
 }

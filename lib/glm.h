@@ -74,6 +74,7 @@ typedef int (*glm_progress_fn)(uint64_t done, uint64_t total, void *user);
 typedef struct {
     glm_progress_fn progress;   /* when set, the weights are read in once, reporting progress */
     void *progress_user;
+    int mtp;                    /* glm_mtp_mode: whether the MTP layer (layer n_layer) is bound */
 } glm_model_params;
 
 glm_model_params glm_model_default_params(void);
@@ -131,6 +132,9 @@ typedef struct {
                            ranks are threads of this process (n_threads split between them);
                            CUDA: not implemented yet (docs/PARALLEL.md) */
     int moe_split;      /* glm_moe_split: how the routed experts are shared out between ranks */
+    int mtp;            /* 1 = also keep a KV cache for the model's MTP layer, in the same pages
+                           (speculative decoding, lib/spec.c); needs a model with it bound, one
+                           rank, CPU (CUDA: not implemented) */
 } glm_ctx_params;
 
 /* Routed experts over tensor-parallel ranks (docs/PARALLEL.md). */
@@ -367,6 +371,57 @@ int glm_sched_idle(const glm_sched *s);
 void glm_sched_get_stats(const glm_sched *s, glm_sched_stats *st);
 /* Drops the cached pages no request holds; returns how many were freed. */
 int glm_sched_cache_clear(glm_sched *s);
+
+/* ---- speculative decoding ---- */
+/* The MTP (multi-token prediction) layer GLM-4.x checkpoints carry as layer n_layer
+ * drafts tokens autoregressively; the main model verifies them all in one forward of
+ * n_draft + 1 rows; greedy accepts drafts equal to the main model's argmax, sampling
+ * accepts draft x with probability min(1, p(x)/q(x)) and otherwise samples from
+ * norm(max(p - q, 0)) (so the output has the main model's distribution); the KV cache of
+ * the main and MTP layers is rolled back past rejected tokens. The MTP layer's KV lives
+ * in the sequence's own pages (layer n_layer of the context's cache). */
+typedef enum {
+    GLM_MTP_AUTO = 0,      /* bind the MTP layer when config.json declares it and every tensor of
+                              it is present (a partial layer is left out, as without it) */
+    GLM_MTP_REQUIRE = 1,   /* bind it; a missing or malformed tensor of it is a load error */
+    GLM_MTP_OFF = 2,       /* never bind it (loads as a checkpoint without it) */
+} glm_mtp_mode;
+
+#define GLM_SPEC_MAX_DRAFT 16
+
+/* Non-zero when the model's MTP layer is bound. */
+int glm_model_has_mtp(const glm_model *model);
+/* Cuts a sequence to its first len tokens (0 <= len <= its length), freeing the pages past
+ * them; the MTP layer's positions past len go too. GLM_ERR_ARG when the page that would
+ * hold the next token is shared with another holder (the prefix cache). */
+int glm_ctx_seq_truncate(glm_ctx *ctx, int seq, int len);
+
+typedef struct glm_spec glm_spec;
+
+typedef struct {
+    uint64_t steps;       /* verify forwards */
+    uint64_t drafted;     /* tokens drafted */
+    uint64_t accepted;    /* of them accepted */
+    uint64_t emitted;     /* tokens produced by glm_spec_step (accepted + one a step) */
+} glm_spec_stats;
+
+/* A speculative decoder over ctx (created with params.mtp = 1) drafting n_draft tokens a
+ * step (1..GLM_SPEC_MAX_DRAFT). sp: temp <= 0 is greedy; temp, top_k, top_p and min_p
+ * shape both the main model's and the draft's distributions; the penalties are not
+ * implemented with speculative decoding (GLM_ERR_NOT_IMPLEMENTED). */
+int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_spec **out);
+void glm_spec_free(glm_spec *s);
+/* Feeds the prompt to sequence seq (empty) through the main model and the MTP layer and
+ * picks the first generated token into *first. */
+int glm_spec_prefill(glm_spec *s, int seq, const int32_t *prompt, int n_prompt, int32_t *first);
+/* One step of sequence seq: drafts, verifies, accepts; writes the 1..n_draft+1 tokens
+ * that follow the last one returned into out[] and their count into *n_out. The last token
+ * returned is not in the cache yet (as after glm_spec_prefill). GLM_WARN_KV_FULL (nothing
+ * done) when the context or the pages cannot hold n_draft + 1 more tokens. */
+int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out);
+/* Forgets sequence seq's state (its cache is cleared too). */
+int glm_spec_seq_clear(glm_spec *s, int seq);
+void glm_spec_get_stats(const glm_spec *s, glm_spec_stats *st);
 
 #ifdef __cplusplus
 }

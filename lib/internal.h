@@ -142,7 +142,21 @@ struct glm_model {
     char desc[160];
     uint64_t n_params, n_bytes;
     void *synthetic;                         /* owned host memory for generated models, or NULL */
+    /* The MTP (next-token prediction) layer, bound when has_mtp: its decoder block is
+     * layers[n_layer] (the layers array then has n_layer + 1 entries). DeepSeek-V3 style:
+     * x = eh_proj([enorm(embed(next token)), hnorm(h)]), the block, shared_head.norm, lm_head. */
+    int has_mtp;
+    glm_weight mtp_enorm, mtp_hnorm;         /* [n_embd] */
+    glm_weight mtp_eh_proj;                  /* [n_embd, 2 * n_embd] */
+    glm_weight mtp_head_norm;                /* [n_embd] shared_head.norm */
+    glm_weight mtp_embd, mtp_head;           /* the layer's own embed_tokens / shared_head.head
+                                                copies [n_vocab, n_embd], or empty (name NULL):
+                                                the main model's are used */
 };
+
+/* The MTP layer's embedding and head: its own copies when the checkpoint has them. */
+static inline const glm_weight *glm_mtp_embd(const glm_model *m) { return m->mtp_embd.name ? &m->mtp_embd : &m->tok_embd; }
+static inline const glm_weight *glm_mtp_head(const glm_model *m) { return m->mtp_head.name ? &m->mtp_head : &m->lm_head; }
 
 /* Binds a synthetic model's weights from its in-memory tensor set. */
 int glm_model_bind_synthetic(glm_model *m);
@@ -151,5 +165,11 @@ void glm_synthetic_release(void *owned);
 
 /* Parses config.json text into hp; path names the file in errors. */
 int glm_hparams_parse(const char *json, size_t len, const char *path, glm_hparams *hp);
+
+/* ---- speculative decoding (lib/spec.c) ---- */
+/* The speculative-sampling rule for one drafted token x drawn from q: accepted when
+ * u < p[x] / q[x] (u uniform in [0, 1)); otherwise the token drawn with u2 from
+ * norm(max(p - q, 0)). p, q: [n] probabilities. Returns the token; *accepted says which. */
+int32_t glm_spec_accept(const float *p, const float *q, int n, int32_t x, double u, double u2, int *accepted);
 
 #endif

@@ -286,13 +286,122 @@ static int bind(binder *b, glm_weight *w, const char *name, int64_t rows, int64_
         if ((rc = bind(&b, (w), name, (rows), (cols), (opt)))) return rc;       \
     } while (0)
 
-/* Binds every weight of the model from m->st according to m->hp. */
-static int model_bind(glm_model *m, const char *where) {
+/* Binds the tensors of decoder layer il (model.layers.il.*) into L: a dense MLP below
+ * first_k_dense_replace, MoE from there (the MTP layer, il = n_layer, is MoE). */
+static int bind_layer(binder *bp, int il, glm_layer *L) {
+    binder b = *bp;
+    const glm_hparams *hp = &b.m->hp;
+    char name[256];
+    int rc;
+    int64_t D = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    const char *p = "model.layers";
+    BIND(&L->attn_norm, 0, D, 0, "%s.%d.input_layernorm.weight", p, il);
+    BIND(&L->ffn_norm, 0, D, 0, "%s.%d.post_attention_layernorm.weight", p, il);
+    BIND(&L->wq, qd, D, 0, "%s.%d.self_attn.q_proj.weight", p, il);
+    BIND(&L->wk, kvd, D, 0, "%s.%d.self_attn.k_proj.weight", p, il);
+    BIND(&L->wv, kvd, D, 0, "%s.%d.self_attn.v_proj.weight", p, il);
+    BIND(&L->wo, D, qd, 0, "%s.%d.self_attn.o_proj.weight", p, il);
+    BIND(&L->bq, 0, qd, !hp->attn_bias, "%s.%d.self_attn.q_proj.bias", p, il);
+    BIND(&L->bk, 0, kvd, !hp->attn_bias, "%s.%d.self_attn.k_proj.bias", p, il);
+    BIND(&L->bv, 0, kvd, !hp->attn_bias, "%s.%d.self_attn.v_proj.bias", p, il);
+    if (hp->use_qk_norm) {
+        BIND(&L->q_norm, 0, hp->head_dim, 0, "%s.%d.self_attn.q_norm.weight", p, il);
+        BIND(&L->k_norm, 0, hp->head_dim, 0, "%s.%d.self_attn.k_norm.weight", p, il);
+    }
+    if (il < hp->n_dense_layer) {
+        BIND(&L->ffn_gate, hp->n_ff, D, 0, "%s.%d.mlp.gate_proj.weight", p, il);
+        BIND(&L->ffn_up, hp->n_ff, D, 0, "%s.%d.mlp.up_proj.weight", p, il);
+        BIND(&L->ffn_down, D, hp->n_ff, 0, "%s.%d.mlp.down_proj.weight", p, il);
+        return GLM_OK;
+    }
+    BIND(&L->router, hp->n_expert, D, 0, "%s.%d.mlp.gate.weight", p, il);
+    BIND(&L->router_bias, 0, hp->n_expert, 0, "%s.%d.mlp.gate.e_score_correction_bias", p, il);
+    L->exp_gate = calloc((size_t)hp->n_expert * 3, sizeof(glm_weight));
+    if (!L->exp_gate) return glm_err(GLM_ERR_OOM, "out of memory");
+    L->exp_up = L->exp_gate + hp->n_expert;
+    L->exp_down = L->exp_up + hp->n_expert;
+    for (int e = 0; e < hp->n_expert; e++) {
+        BIND(&L->exp_gate[e], hp->n_ff_exp, D, 0, "%s.%d.mlp.experts.%d.gate_proj.weight", p, il, e);
+        BIND(&L->exp_up[e], hp->n_ff_exp, D, 0, "%s.%d.mlp.experts.%d.up_proj.weight", p, il, e);
+        BIND(&L->exp_down[e], D, hp->n_ff_exp, 0, "%s.%d.mlp.experts.%d.down_proj.weight", p, il, e);
+    }
+    if (hp->n_expert_shared > 0) {
+        int64_t sf = (int64_t)hp->n_ff_exp * hp->n_expert_shared;
+        BIND(&L->sh_gate, sf, D, 0, "%s.%d.mlp.shared_experts.gate_proj.weight", p, il);
+        BIND(&L->sh_up, sf, D, 0, "%s.%d.mlp.shared_experts.up_proj.weight", p, il);
+        BIND(&L->sh_down, D, sf, 0, "%s.%d.mlp.shared_experts.down_proj.weight", p, il);
+    }
+    return GLM_OK;
+}
+
+/* Tensor-name suffixes of the MTP layer beyond a decoder block's. */
+static const char *const mtp_extra[] = { "enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight" };
+
+/* Non-zero when every tensor the MTP layer il needs is in m->st (AUTO binds it then). */
+static int mtp_complete(const glm_model *m, int il) {
+    const glm_hparams *hp = &m->hp;
+    char name[256];
+    static const char *const block[] = { "input_layernorm.weight", "post_attention_layernorm.weight",
+        "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+        "mlp.gate.weight", "mlp.gate.e_score_correction_bias" };
+    for (size_t i = 0; i < sizeof mtp_extra / sizeof *mtp_extra; i++) {
+        snprintf(name, sizeof name, "model.layers.%d.%s", il, mtp_extra[i]);
+        if (!glm_st_find(m->st, name)) return 0;
+    }
+    for (size_t i = 0; i < sizeof block / sizeof *block; i++) {
+        snprintf(name, sizeof name, "model.layers.%d.%s", il, block[i]);
+        if (!glm_st_find(m->st, name)) return 0;
+    }
+    static const char *const ew[] = { "gate_proj", "up_proj", "down_proj" };
+    for (int e = 0; e < hp->n_expert; e++)
+        for (int k = 0; k < 3; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", il, e, ew[k]);
+            if (!glm_st_find(m->st, name)) return 0;
+        }
+    return 1;
+}
+
+/* Binds the MTP layer (index n_layer) per mode: m->layers must have n_layer + 1 entries.
+ * Its parameters are not counted in n_params / n_bytes (the main model's figures). */
+static int bind_mtp(binder *bp, int mode) {
+    binder b = *bp;
+    glm_model *m = b.m;
+    const glm_hparams *hp = &m->hp;
+    const int il = hp->n_layer;
+    const int64_t D = hp->n_embd;
+    char name[256];
+    int rc;
+    if (mode == GLM_MTP_OFF) return GLM_OK;
+    if (hp->n_nextn < 1) {
+        if (mode == GLM_MTP_AUTO) return GLM_OK;
+        return glm_err(GLM_ERR_FORMAT, "%s: no MTP layer (config.json: num_nextn_predict_layers %d)", b.where, hp->n_nextn);
+    }
+    if (hp->n_dense_layer == hp->n_layer)   /* the MoE fields were not checked */
+        return mode == GLM_MTP_AUTO ? GLM_OK
+                                    : glm_err(GLM_ERR_UNSUPPORTED, "%s: the MTP layer needs MoE settings (n_routed_experts)", b.where);
+    if (mode == GLM_MTP_AUTO && !mtp_complete(m, il)) return GLM_OK;
+    const uint64_t n_params = m->n_params, n_bytes = m->n_bytes;
+    if ((rc = bind_layer(&b, il, &m->layers[il]))) return rc;
+    BIND(&m->mtp_enorm, 0, D, 0, "model.layers.%d.enorm.weight", il);
+    BIND(&m->mtp_hnorm, 0, D, 0, "model.layers.%d.hnorm.weight", il);
+    BIND(&m->mtp_eh_proj, D, 2 * D, 0, "model.layers.%d.eh_proj.weight", il);
+    BIND(&m->mtp_head_norm, 0, D, 0, "model.layers.%d.shared_head.norm.weight", il);
+    BIND(&m->mtp_embd, hp->n_vocab, D, 1, "model.layers.%d.embed_tokens.weight", il);
+    BIND(&m->mtp_head, hp->n_vocab, D, 1, "model.layers.%d.shared_head.head.weight", il);
+    m->n_params = n_params;
+    m->n_bytes = n_bytes;
+    m->has_mtp = 1;
+    return GLM_OK;
+}
+
+/* Binds every weight of the model from m->st according to m->hp; the MTP layer per
+ * mtp_mode (glm_mtp_mode). */
+static int model_bind(glm_model *m, const char *where, int mtp_mode) {
     const glm_hparams *hp = &m->hp;
     binder b = { m, where };
     char name[256];
     int rc;
-    int64_t D = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t D = hp->n_embd;
     BIND(&m->tok_embd, hp->n_vocab, D, 0, "model.embed_tokens.weight");
     BIND(&m->out_norm, 0, D, 0, "model.norm.weight");
     BIND(&m->lm_head, hp->n_vocab, D, 0, "lm_head.weight");
@@ -305,48 +414,11 @@ static int model_bind(glm_model *m, const char *where) {
         if (!glm_st_find(m->st, name))
             return glm_err(GLM_ERR_FORMAT, "%s: tensor '%s' is missing (config.json: n_routed_experts %d)", where, name, hp->n_expert);
     }
-    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    m->layers = calloc((size_t)hp->n_layer + 1, sizeof *m->layers);   /* + the MTP layer's slot */
     if (!m->layers) return glm_err(GLM_ERR_OOM, "out of memory");
-    for (int il = 0; il < hp->n_layer; il++) {
-        glm_layer *L = &m->layers[il];
-        const char *p = "model.layers";
-        BIND(&L->attn_norm, 0, D, 0, "%s.%d.input_layernorm.weight", p, il);
-        BIND(&L->ffn_norm, 0, D, 0, "%s.%d.post_attention_layernorm.weight", p, il);
-        BIND(&L->wq, qd, D, 0, "%s.%d.self_attn.q_proj.weight", p, il);
-        BIND(&L->wk, kvd, D, 0, "%s.%d.self_attn.k_proj.weight", p, il);
-        BIND(&L->wv, kvd, D, 0, "%s.%d.self_attn.v_proj.weight", p, il);
-        BIND(&L->wo, D, qd, 0, "%s.%d.self_attn.o_proj.weight", p, il);
-        BIND(&L->bq, 0, qd, !hp->attn_bias, "%s.%d.self_attn.q_proj.bias", p, il);
-        BIND(&L->bk, 0, kvd, !hp->attn_bias, "%s.%d.self_attn.k_proj.bias", p, il);
-        BIND(&L->bv, 0, kvd, !hp->attn_bias, "%s.%d.self_attn.v_proj.bias", p, il);
-        if (hp->use_qk_norm) {
-            BIND(&L->q_norm, 0, hp->head_dim, 0, "%s.%d.self_attn.q_norm.weight", p, il);
-            BIND(&L->k_norm, 0, hp->head_dim, 0, "%s.%d.self_attn.k_norm.weight", p, il);
-        }
-        if (il < hp->n_dense_layer) {
-            BIND(&L->ffn_gate, hp->n_ff, D, 0, "%s.%d.mlp.gate_proj.weight", p, il);
-            BIND(&L->ffn_up, hp->n_ff, D, 0, "%s.%d.mlp.up_proj.weight", p, il);
-            BIND(&L->ffn_down, D, hp->n_ff, 0, "%s.%d.mlp.down_proj.weight", p, il);
-            continue;
-        }
-        BIND(&L->router, hp->n_expert, D, 0, "%s.%d.mlp.gate.weight", p, il);
-        BIND(&L->router_bias, 0, hp->n_expert, 0, "%s.%d.mlp.gate.e_score_correction_bias", p, il);
-        L->exp_gate = calloc((size_t)hp->n_expert * 3, sizeof(glm_weight));
-        if (!L->exp_gate) return glm_err(GLM_ERR_OOM, "out of memory");
-        L->exp_up = L->exp_gate + hp->n_expert;
-        L->exp_down = L->exp_up + hp->n_expert;
-        for (int e = 0; e < hp->n_expert; e++) {
-            BIND(&L->exp_gate[e], hp->n_ff_exp, D, 0, "%s.%d.mlp.experts.%d.gate_proj.weight", p, il, e);
-            BIND(&L->exp_up[e], hp->n_ff_exp, D, 0, "%s.%d.mlp.experts.%d.up_proj.weight", p, il, e);
-            BIND(&L->exp_down[e], D, hp->n_ff_exp, 0, "%s.%d.mlp.experts.%d.down_proj.weight", p, il, e);
-        }
-        if (hp->n_expert_shared > 0) {
-            int64_t sf = (int64_t)hp->n_ff_exp * hp->n_expert_shared;
-            BIND(&L->sh_gate, sf, D, 0, "%s.%d.mlp.shared_experts.gate_proj.weight", p, il);
-            BIND(&L->sh_up, sf, D, 0, "%s.%d.mlp.shared_experts.up_proj.weight", p, il);
-            BIND(&L->sh_down, D, sf, 0, "%s.%d.mlp.shared_experts.down_proj.weight", p, il);
-        }
-    }
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((rc = bind_layer(&b, il, &m->layers[il]))) return rc;
+    if ((rc = bind_mtp(&b, mtp_mode))) return rc;
     /* describe: the weight format of the first layer's q_proj */
     const glm_weight *q = &m->layers[0].wq;
     const char *fmt = q->dtype == GLM_DT_F8E4M3 ? (q->scale_kind == GLM_SCALE_CHANNEL ? "fp8-channel" : "fp8-block128")
@@ -354,6 +426,7 @@ static int model_bind(glm_model *m, const char *where) {
     snprintf(m->desc, sizeof m->desc, "glm4_moe %d layers (%d dense), hidden %d, %d/%d heads, %d experts top-%d, %s, %.2f B params",
              hp->n_layer, hp->n_dense_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_expert, hp->n_expert_used, fmt,
              (double)m->n_params / 1e9);
+    if (m->has_mtp) snprintf(m->desc + strlen(m->desc), sizeof m->desc - strlen(m->desc), ", MTP layer");
     return GLM_OK;
 }
 
@@ -376,7 +449,7 @@ int glm_model_load(const char *dir, const glm_model_params *params, glm_model **
     free(text);
     if (rc) goto fail;
     if ((rc = glm_st_open_dir(dir, &m->st))) goto fail;
-    if ((rc = model_bind(m, dir))) goto fail;
+    if ((rc = model_bind(m, dir, params ? params->mtp : GLM_MTP_AUTO))) goto fail;
     if (params && params->progress && (rc = glm_st_prefetch(m->st, params->progress, params->progress_user))) goto fail;
     *out = m;
     return GLM_OK;
@@ -385,12 +458,12 @@ fail:
     return rc;
 }
 
-int glm_model_bind_synthetic(glm_model *m) { return model_bind(m, "(synthetic)"); }
+int glm_model_bind_synthetic(glm_model *m) { return model_bind(m, "(synthetic)", GLM_MTP_AUTO); }
 
 void glm_model_free(glm_model *m) {
     if (!m) return;
     if (m->layers)
-        for (int il = 0; il < m->hp.n_layer; il++) free(m->layers[il].exp_gate);
+        for (int il = 0; il < m->hp.n_layer + 1; il++) free(m->layers[il].exp_gate);
     free(m->layers);
     glm_st_close(m->st);
     glm_synthetic_release(m->synthetic);
@@ -400,6 +473,7 @@ void glm_model_free(glm_model *m) {
 
 const glm_hparams *glm_model_hparams(const glm_model *m) { return &m->hp; }
 uint64_t glm_model_n_params(const glm_model *m) { return m->n_params; }
+int glm_model_has_mtp(const glm_model *m) { return m->has_mtp; }
 uint64_t glm_model_n_bytes(const glm_model *m) { return m->n_bytes; }
 const char *glm_model_desc(const glm_model *m) { return m->desc; }
 

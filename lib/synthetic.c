@@ -57,8 +57,15 @@ static int each_tensor(const glm_hparams *hp, tspec_fn fn, void *user) {
     EMIT(hp->n_vocab, D, T_EMBED, "model.embed_tokens.weight");
     EMIT(0, D, T_NORM, "model.norm.weight");
     EMIT(hp->n_vocab, D, T_EMBED, "lm_head.weight");
-    for (int il = 0; il < hp->n_layer; il++) {
+    /* layers 0..n_layer-1, then the MTP layer (index n_layer) when n_nextn > 0 */
+    for (int il = 0; il < hp->n_layer + (hp->n_nextn > 0); il++) {
         t.shard = il + 1;
+        if (il == hp->n_layer) {
+            EMIT(0, D, T_NORM, "model.layers.%d.enorm.weight", il);
+            EMIT(0, D, T_NORM, "model.layers.%d.hnorm.weight", il);
+            EMIT(D, 2 * D, T_LINEAR, "model.layers.%d.eh_proj.weight", il);
+            EMIT(0, D, T_NORM, "model.layers.%d.shared_head.norm.weight", il);
+        }
         EMIT(0, D, T_NORM, "model.layers.%d.input_layernorm.weight", il);
         EMIT(0, D, T_NORM, "model.layers.%d.post_attention_layernorm.weight", il);
         EMIT(qd, D, T_LINEAR, "model.layers.%d.self_attn.q_proj.weight", il);
@@ -236,7 +243,8 @@ static int write_config(const glm_hparams *hp, glm_weight_format fmt, const char
     fprintf(f, "  \"attention_bias\": %s,\n  \"use_qk_norm\": %s,\n", hp->attn_bias ? "true" : "false", hp->use_qk_norm ? "true" : "false");
     fprintf(f, "  \"partial_rotary_factor\": %g,\n  \"rope_theta\": %.1f,\n  \"rms_norm_eps\": %g,\n",
             (double)hp->n_rot / hp->head_dim, hp->rope_theta, hp->rms_eps);
-    fprintf(f, "  \"max_position_embeddings\": %d,\n  \"num_nextn_predict_layers\": 0,\n  \"tie_word_embeddings\": false,\n", hp->n_ctx_train);
+    fprintf(f, "  \"max_position_embeddings\": %d,\n  \"num_nextn_predict_layers\": %d,\n  \"tie_word_embeddings\": false,\n",
+            hp->n_ctx_train, hp->n_nextn > 0 ? 1 : 0);
     fprintf(f, "  \"hidden_act\": \"silu\",\n  \"torch_dtype\": \"bfloat16\",\n  \"eos_token_id\": [");
     for (int i = 0; i < hp->n_eos; i++) fprintf(f, "%s%d", i ? ", " : "", hp->eos[i]);
     fprintf(f, "]");
@@ -346,7 +354,7 @@ int glm_synthetic_write(const glm_hparams *hp, glm_weight_format fmt, const char
     if (rc) return rc;
     char path[4096];
     glm_path_join(path, sizeof path, dir, "model.safetensors.index.json");
-    writer_state s = { .hp = hp, .fmt = fmt, .seed = seed, .dir = dir, .n_shards = hp->n_layer + 1, .shard = -1,
+    writer_state s = { .hp = hp, .fmt = fmt, .seed = seed, .dir = dir, .n_shards = hp->n_layer + 1 + (hp->n_nextn > 0), .shard = -1,
                        .first_entry = 1, .progress = progress, .progress_user = user };
     each_tensor(hp, count_bytes, &s.total);
     s.index = fopen(path, "w");

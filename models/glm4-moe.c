@@ -32,6 +32,9 @@ typedef struct {
     float *lg;     /* [T, Vr] this rank's vocabulary rows */
     float *lg_send;/* [LG_ROWS, Vmax] Vmax = ceil(V / N): every rank sends the same count */
     float *lg_recv;/* [N, LG_ROWS, Vmax] (a chunk of n rows: [N, n, Vmax]) */
+    /* the MTP layer (with be->params.mtp) */
+    float *cat;    /* [T, 2D] [enorm(embed), hnorm(h)] */
+    float *mtp_lg; /* [V] the last row's draft logits */
 } fwd_bufs;
 
 #define LG_ROWS 16
@@ -62,6 +65,11 @@ int glm4moe_reserve(glm_backend *be, int max_tokens) {
     be->fwd = b; /* owned by the backend's allocator; the struct is freed by the ctx */
     if (!b->x || !b->h || !b->q || !b->k || !b->v || !b->att || !b->ff || !b->y || !b->y2 || !b->ids || !b->w)
         return glm_err(GLM_ERR_OOM, "out of memory reserving activations for %d tokens", max_tokens);
+    if (be->params.mtp) {
+        b->cat = be->ops->alloc(be, T * 2 * D * 4);
+        b->mtp_lg = be->ops->alloc(be, (size_t)hp->n_vocab * 4);
+        if (!b->cat || !b->mtp_lg) return glm_err(GLM_ERR_OOM, "out of memory reserving the MTP layer's activations");
+    }
     if (be->comm) {
         size_t N = (size_t)glm_comm_size(be->comm), Vmax = ((size_t)hp->n_vocab + N - 1) / N;
         b->lg = be->ops->alloc(be, T * Vmax * 4);
@@ -104,45 +112,93 @@ static int logits_gather(glm_backend *be, const float *x, int n_out, float *logi
     return GLM_OK;
 }
 
+/* Runs decoder layer il on the residual stream b->x [T, D] in place: attention (its KV
+ * written at the plan's positions), then the dense MLP or the MoE. */
+static int layer_forward(glm_backend *be, int il, int T) {
+    const glm_backend_ops *op = be->ops;
+    const glm_hparams *hp = &be->model->hp;
+    const glm_layer *L = &be->model->layers[il];
+    fwd_bufs *b = be->fwd;
+    const size_t TD = (size_t)T * hp->n_embd;
+    /* attention block */
+    RUN(op->rmsnorm(be, b->x, &L->attn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
+    RUN(op->linear(be, &L->wq, L->bq.name ? &L->bq : NULL, b->h, b->q, T)); /* [T, Q] */
+    RUN(op->linear(be, &L->wk, L->bk.name ? &L->bk : NULL, b->h, b->k, T)); /* [T, KV] */
+    RUN(op->linear(be, &L->wv, L->bv.name ? &L->bv : NULL, b->h, b->v, T)); /* [T, KV] */
+    RUN(op->attention(be, il, b->q, b->k, b->v, b->att));      /* qk-norm, rope, cache   [T, Q] */
+    RUN(op->linear(be, &L->wo, NULL, b->att, b->y, T));         /* y = att Wo^T (partial) [T, D] */
+    RUN(all_reduce_sum(be, b->y, TD));                           /* y = sum over ranks     [T, D] */
+    RUN(op->add(be, b->x, b->y, TD));                            /* x += y */
+    /* MLP / MoE block */
+    RUN(op->rmsnorm(be, b->x, &L->ffn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
+    if (il < hp->n_dense_layer) {
+        RUN(op->glu(be, &L->ffn_gate, &L->ffn_up, b->h, b->ff, T)); /* silu(hWg^T)*(hWu^T) [T, n_ff] */
+        RUN(op->linear(be, &L->ffn_down, NULL, b->ff, b->y, T));    /* y = ff Wd^T (partial) [T, D] */
+    } else {
+        RUN(op->moe_route(be, il, b->h, b->ids, b->w));          /* top-K experts          [T, K] */
+        int with_shared = 0;                                     /* y = sum w * expert(h)  [T, D], partial: the rank's experts or slices */
+        RUN(op->moe_experts(be, il, b->h, b->ids, b->w, b->y, &with_shared));
+        if (hp->n_expert_shared > 0 && !with_shared) {
+            RUN(op->glu(be, &L->sh_gate, &L->sh_up, b->h, b->ff, T));  /* [T, F] */
+            RUN(op->linear(be, &L->sh_down, NULL, b->ff, b->y2, T));   /* [T, D] */
+            RUN(op->add(be, b->y, b->y2, TD));                   /* y += shared(h) */
+        }
+    }
+    RUN(all_reduce_sum(be, b->y, TD));                           /* y = sum over ranks     [T, D] */
+    return op->add(be, b->x, b->y, TD);                          /* x += y */
+}
+
 int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
+    const glm_backend_ops *op = be->ops;
+    const glm_hparams *hp = &be->model->hp;
+    fwd_bufs *b = be->fwd;
+    const int T = p->n_tokens, D = hp->n_embd;
+    if (T > b->max_tokens) return glm_err(GLM_ERR_ARG, "batch of %d tokens exceeds the reserved %d", T, b->max_tokens);
+    if (p->hidden_host && (!op->read || be->comm))
+        return glm_err(GLM_ERR_NOT_IMPLEMENTED, "hidden states for the MTP layer: not implemented on the %s backend%s",
+                       op->name, be->comm ? " with tensor parallelism" : "");
+
+    RUN(op->begin(be, p));
+    RUN(op->embed(be, b->x));                                      /* x = embed(tokens)      [T, D] */
+    for (int il = 0; il < hp->n_layer; il++) RUN(layer_forward(be, il, T));
+    if (p->hidden_host) RUN(op->read(be, p->hidden_host, b->x, (size_t)T * D)); /* hidden = x [T, D] */
+    return logits_gather(be, b->x, p->n_out, logits_host);           /* norm + lm_head  [n_out, V] */
+}
+
+int glm4moe_forward_mtp(glm_backend *be, const glm_plan *p, const float *h_host, float *h_out, float *logits_host) {
     const glm_backend_ops *op = be->ops;
     const glm_model *m = be->model;
     const glm_hparams *hp = &m->hp;
     fwd_bufs *b = be->fwd;
-    const int T = p->n_tokens;
-    const size_t TD = (size_t)T * hp->n_embd;
-    if (T > b->max_tokens) return glm_err(GLM_ERR_ARG, "batch of %d tokens exceeds the reserved %d", T, b->max_tokens);
-
-    RUN(op->begin(be, p));
-    RUN(op->embed(be, b->x));                                      /* x = embed(tokens)      [T, D] */
-    for (int il = 0; il < hp->n_layer; il++) {
-        const glm_layer *L = &m->layers[il];
-        /* attention block */
-        RUN(op->rmsnorm(be, b->x, &L->attn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
-        RUN(op->linear(be, &L->wq, L->bq.name ? &L->bq : NULL, b->h, b->q, T)); /* [T, Q] */
-        RUN(op->linear(be, &L->wk, L->bk.name ? &L->bk : NULL, b->h, b->k, T)); /* [T, KV] */
-        RUN(op->linear(be, &L->wv, L->bv.name ? &L->bv : NULL, b->h, b->v, T)); /* [T, KV] */
-        RUN(op->attention(be, il, b->q, b->k, b->v, b->att));      /* qk-norm, rope, cache   [T, Q] */
-        RUN(op->linear(be, &L->wo, NULL, b->att, b->y, T));         /* y = att Wo^T (partial) [T, D] */
-        RUN(all_reduce_sum(be, b->y, TD));                           /* y = sum over ranks     [T, D] */
-        RUN(op->add(be, b->x, b->y, TD));                            /* x += y */
-        /* MLP / MoE block */
-        RUN(op->rmsnorm(be, b->x, &L->ffn_norm, b->h, T));           /* h = rmsnorm(x)         [T, D] */
-        if (il < hp->n_dense_layer) {
-            RUN(op->glu(be, &L->ffn_gate, &L->ffn_up, b->h, b->ff, T)); /* silu(hWg^T)*(hWu^T) [T, n_ff] */
-            RUN(op->linear(be, &L->ffn_down, NULL, b->ff, b->y, T));    /* y = ff Wd^T (partial) [T, D] */
-        } else {
-            RUN(op->moe_route(be, il, b->h, b->ids, b->w));          /* top-K experts          [T, K] */
-            int with_shared = 0;                                     /* y = sum w * expert(h)  [T, D], partial: the rank's experts or slices */
-            RUN(op->moe_experts(be, il, b->h, b->ids, b->w, b->y, &with_shared));
-            if (hp->n_expert_shared > 0 && !with_shared) {
-                RUN(op->glu(be, &L->sh_gate, &L->sh_up, b->h, b->ff, T));  /* [T, F] */
-                RUN(op->linear(be, &L->sh_down, NULL, b->ff, b->y2, T));   /* [T, D] */
-                RUN(op->add(be, b->y, b->y2, TD));                   /* y += shared(h) */
-            }
-        }
-        RUN(all_reduce_sum(be, b->y, TD));                           /* y = sum over ranks     [T, D] */
-        RUN(op->add(be, b->x, b->y, TD));                            /* x += y */
+    const int T = p->n_tokens, D = hp->n_embd, V = hp->n_vocab;
+    if (!op->read || !op->write || be->comm)
+        return glm_err(GLM_ERR_NOT_IMPLEMENTED, "the MTP layer: not implemented on the %s backend%s", op->name,
+                       be->comm ? " with tensor parallelism" : "");
+    if (!m->has_mtp || !b->cat) return glm_err(GLM_ERR_ARG, "the MTP layer is not loaded in this model and context");
+    if (T < 1 || T > b->max_tokens) return glm_err(GLM_ERR_ARG, "MTP batch of %d tokens (1 to %d)", T, b->max_tokens);
+    const glm_weight *E = glm_mtp_embd(m);
+    float *row = malloc((size_t)D * sizeof *row);
+    if (!row) return glm_err(GLM_ERR_OOM, "out of memory");
+    int rc = op->begin(be, p);
+    /* y[t] = embed(token t), zero at position 0 (as vLLM's GLM-4 MoE MTP masks it) */
+    for (int t = 0; !rc && t < T; t++) {
+        if (p->tokens[t] < 0 || p->tokens[t] >= V) { rc = glm_err(GLM_ERR_ARG, "MTP token id %d out of range [0, %d)", p->tokens[t], V); break; }
+        if (p->pos[t] == 0) memset(row, 0, (size_t)D * sizeof *row);
+        else glm_weight_row(E, p->tokens[t], row);
+        rc = op->write(be, b->y + (size_t)t * D, row, (size_t)D);
     }
-    return logits_gather(be, b->x, p->n_out, logits_host);           /* norm + lm_head  [n_out, V] */
+    free(row);
+    if (rc) return rc;
+    RUN(op->write(be, b->h, h_host, (size_t)T * D));               /* h = the hidden states  [T, D] */
+    for (int t = 0; t < T; t++) {                                  /* cat[t] = [enorm(y[t]), hnorm(h[t])] */
+        RUN(op->rmsnorm(be, b->y + (size_t)t * D, &m->mtp_enorm, b->cat + (size_t)t * 2 * D, 1));
+        RUN(op->rmsnorm(be, b->h + (size_t)t * D, &m->mtp_hnorm, b->cat + (size_t)t * 2 * D + D, 1));
+    }
+    RUN(op->linear(be, &m->mtp_eh_proj, NULL, b->cat, b->x, T));  /* x = cat eh_proj^T      [T, D] */
+    RUN(layer_forward(be, hp->n_layer, T));                        /* the MTP decoder block  [T, D] */
+    const float *last = b->x + (size_t)(T - 1) * D;
+    RUN(op->read(be, h_out, last, (size_t)D));                     /* h_out = x[T-1]         [D] */
+    RUN(op->rmsnorm(be, last, &m->mtp_head_norm, b->h, 1));        /* shared_head.norm       [1, D] */
+    RUN(op->linear(be, glm_mtp_head(m), NULL, b->h, b->mtp_lg, 1)); /* draft logits          [1, V] */
+    return op->read(be, logits_host, b->mtp_lg, (size_t)V);
 }

@@ -1,0 +1,439 @@
+/* test-mtp.c - the MTP (next-token prediction) layer and speculative decoding on the CPU:
+ * the draft head's logits against a plain PyTorch reference (scripts/mtp-ref.py), greedy
+ * output with --draft 1, 2, 3 token for token equal to plain decoding (through the library
+ * and through glm-run), the rejection rule giving the main model's distribution
+ * (chi-square; a wrong rule fails it), rollback leaving no page held, both FP8 formats,
+ * and bad MTP tensors rejected by name. */
+#include "backend.h"
+#include "scheduler.h"
+#include "test.h"
+#include "tool-run.h"
+
+#include <stdint.h>
+
+#define DIR "tests/data/tiny-mtp"
+#define REF DIR "/mtp-ref.bin"
+
+/* Loads a checkpoint with the MTP layer required; NULL (and a failed check) on error. */
+static glm_model *load_mtp(const char *dir) {
+    glm_model_params mp = glm_model_default_params();
+    mp.mtp = GLM_MTP_REQUIRE;
+    glm_model *m = NULL;
+    CHECK_MSG(glm_model_load(dir, &mp, &m) == GLM_OK, "%s: %s", dir, glm_last_error());
+    return m;
+}
+
+static glm_ctx *new_ctx(glm_model *m, int n_ctx, int n_batch) {
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_batch = n_batch;
+    cp.n_threads = 1;
+    cp.mtp = 1;
+    glm_ctx *c = NULL;
+    CHECK_MSG(glm_ctx_new(m, &cp, &c) == GLM_OK, "%s", glm_last_error());
+    return c;
+}
+
+static int32_t argmax(const float *l, int n) {
+    int32_t b = 0;
+    for (int i = 1; i < n; i++) if (l[i] > l[b]) b = i;
+    return b;
+}
+
+/* ---- the draft head against the PyTorch reference ---- */
+
+TEST(mtp_logits_match_reference) {
+    size_t len;
+    char *ref = slurp(REF, &len);
+    CHECK_MSG(ref != NULL, "%s missing (tests/data/tiny-mtp/make-fixture.sh writes it)", REF);
+    if (!ref) return;
+    uint32_t ver, n, V;
+    CHECK(len >= 20 && memcmp(ref, "GLMMTPRF", 8) == 0);
+    memcpy(&ver, ref + 8, 4); memcpy(&n, ref + 12, 4); memcpy(&V, ref + 16, 4);
+    CHECK(ver == 1 && n >= 2 && n < 1000 && len == 20 + 4 * (size_t)n + 4 * (size_t)(n - 1) * V);
+    const int32_t *ids = (const int32_t *)(ref + 20);
+    const float *lg = (const float *)(ref + 20 + 4 * (size_t)n);
+    glm_model *m = load_mtp(DIR);
+    glm_ctx *c = m ? new_ctx(m, 64, 32) : NULL;
+    if (!c) { free(ref); glm_model_free(m); return; }
+    CHECK((uint32_t)glm_model_hparams(m)->n_vocab == V && glm_model_has_mtp(m));
+    const int D = glm_model_hparams(m)->n_embd;
+    float *h = malloc(sizeof(float) * n * D), *g = malloc(sizeof(float) * D), *out = malloc(sizeof(float) * V);
+    glm_batch b = { (int)n, ids, NULL, NULL };
+    CHECK(glm_ctx_decode_hidden(c, &b, h) == GLM_OK);
+    /* one row at a time, each attending over the MTP layer's cache of the rows before */
+    double worst = 0;
+    for (uint32_t p = 0; p + 1 < n; p++) {
+        CHECK(glm_ctx_mtp_forward(c, 0, (int)p, 1, ids + p + 1, h + (size_t)p * D, g, out) == GLM_OK);
+        const float *r = lg + (size_t)p * V;
+        double mx = 0, d = 0;
+        for (uint32_t i = 0; i < V; i++) { mx = fmax(mx, fabs(r[i])); d = fmax(d, fabs(out[i] - r[i])); }
+        worst = fmax(worst, d / mx);
+    }
+    /* measured: 1.04e-6 of the largest logit (fp32 both sides, different summation order) */
+    fprintf(stderr, "  draft logits vs PyTorch: max |diff| / max |logit| = %.2e (bound 1e-4)\n", worst);
+    CHECK(worst <= 1e-4);
+    /* all rows in one call: the last row's logits are the same */
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK);
+    CHECK(glm_ctx_decode_hidden(c, &b, h) == GLM_OK);
+    CHECK(glm_ctx_mtp_forward(c, 0, 0, (int)n - 1, ids + 1, h, g, out) == GLM_OK);
+    double d = 0, mx = 0;
+    for (uint32_t i = 0; i < V; i++) { mx = fmax(mx, fabs(lg[(size_t)(n - 2) * V + i])); d = fmax(d, fabs(out[i] - lg[(size_t)(n - 2) * V + i])); }
+    CHECK(d / mx <= 1e-4);
+    free(h); free(g); free(out); free(ref);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+/* ---- greedy equality ---- */
+
+/* Makes the MTP layer a copy of the main model's last step, so that drafts get accepted:
+ * eh_proj passes hnorm(h) through (the embedding half is zero), the block adds nothing
+ * (o_proj and every down projection zero), hnorm = the final norm and shared_head.norm
+ * = 1: the draft's argmax is the main model's at the same position, so a draft is
+ * accepted wherever the main model repeats a token. Returns the buffers to free. */
+static float *mtp_mimic(glm_model *m) {
+    const glm_hparams *hp = &m->hp;
+    const int64_t D = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, F = (int64_t)hp->n_ff_exp;
+    const size_t n_eh = (size_t)(2 * D * D), n_o = (size_t)(D * Q), n_dn = (size_t)(D * F * (hp->n_expert_shared > 1 ? hp->n_expert_shared : 1));
+    float *buf = calloc(n_eh + n_o + n_dn + 2 * (size_t)D, sizeof(float));
+    float *eh = buf, *zo = eh + n_eh, *zd = zo + n_o, *hn = zd + n_dn, *one = hn + D;
+    for (int64_t i = 0; i < D; i++) { eh[i * 2 * D + D + i] = 1; hn[i] = glm_weight_get1(&m->out_norm, i); one[i] = 1; }
+    glm_layer *L = &m->layers[hp->n_layer];
+#define F32(w, p) do { (w).dtype = GLM_DT_F32; (w).data = (p); (w).scale_kind = GLM_SCALE_NONE; (w).scale = NULL; } while (0)
+    F32(m->mtp_eh_proj, eh);
+    F32(m->mtp_hnorm, hn);
+    F32(m->mtp_head_norm, one);
+    F32(L->wo, zo);
+    for (int e = 0; e < hp->n_expert; e++) F32(L->exp_down[e], zd);
+    if (hp->n_expert_shared > 0) F32(L->sh_down, zd);
+#undef F32
+    return buf;
+}
+
+/* Greedy continuation of prompt[n] by plain decoding: out[G]. */
+static int plain_greedy(glm_ctx *c, const int32_t *prompt, int n, int G, int32_t *out) {
+    const int V = glm_ctx_model(c)->hp.n_vocab;
+    glm_ctx_seq_clear(c, 0);
+    glm_batch b = { n, prompt, NULL, NULL };
+    if (glm_ctx_decode(c, &b)) return -1;
+    for (int i = 0, last = n - 1; i < G; i++, last = 0) {   /* the logits row of the last token fed */
+        out[i] = argmax(glm_ctx_logits(c, last), V);
+        if (i + 1 == G) break;
+        glm_batch b1 = { 1, &out[i], NULL, NULL };
+        if (glm_ctx_decode(c, &b1)) return -1;
+    }
+    glm_ctx_seq_clear(c, 0);
+    return 0;
+}
+
+/* Greedy continuation by speculative decoding: out[G]; checks the pages held after each
+ * step. Returns 0 or -1. */
+static int spec_greedy(glm_spec *s, glm_ctx *c, const int32_t *prompt, int n, int G, int32_t *out) {
+    int got = 0, k;
+    int32_t step[GLM_SPEC_MAX_DRAFT + 1];
+    if (glm_spec_prefill(s, 0, prompt, n, &out[got++])) return -1;
+    while (got < G) {
+        if (glm_spec_step(s, 0, step, &k)) return -1;
+        for (int j = 0; j < k && got < G; j++) out[got++] = step[j];
+        const int len = glm_ctx_seq_len(c, 0), ml = glm_ctx_mtp_len(c, 0), hold = ((len > ml ? len : ml) + GLM_PAGE - 1) / GLM_PAGE;
+        if (glm_ctx_kv_pages_free(c) != glm_ctx_kv_pages_total(c) - hold) {
+            fprintf(stderr, "  pages: %d free of %d, the sequence holds %d tokens (MTP %d)\n", glm_ctx_kv_pages_free(c),
+                    glm_ctx_kv_pages_total(c), len, ml);
+            return -1;
+        }
+    }
+    glm_spec_seq_clear(s, 0);
+    return glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c) ? 0 : -1;
+}
+
+/* The fixed prompts: n_prompts of 1..128 ids from an LCG. */
+static int make_prompt(int i, int V, int32_t *p) {
+    uint64_t x = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
+    x ^= x >> 29;
+    const int n = 1 + (int)(x % 128);
+    for (int t = 0; t < n; t++) { x = x * 6364136223846793005ull + 1442695040888963407ull; p[t] = (int32_t)((x >> 33) % (uint64_t)V); }
+    return n;
+}
+
+/* Greedy speculative output equals plain decoding on n_prompts prompts at draft 1, 2, 3;
+ * with mimic, drafts get accepted (the accept, bonus and rollback paths). */
+static void greedy_equal(int mimic, int n_prompts, int G) {
+    glm_model *m = load_mtp(DIR);
+    if (!m) return;
+    float *buf = mimic ? mtp_mimic(m) : NULL;
+    glm_ctx *c = new_ctx(m, 256, 64);
+    const int V = m->hp.n_vocab;
+    int32_t prompt[128], want[64], got[64];
+    int bad = 0;
+    for (int nd = 1; c && nd <= 3; nd++) {
+        glm_sampler_params sp = glm_sampler_default_params();
+        sp.temp = 0;
+        glm_spec *s = NULL;
+        CHECK_MSG(glm_spec_new(c, nd, &sp, &s) == GLM_OK, "%s", glm_last_error());
+        if (!s) break;
+        for (int i = 0; i < n_prompts; i++) {
+            const int n = make_prompt(i, V, prompt);
+            CHECK(plain_greedy(c, prompt, n, G, want) == 0);
+            int rc = spec_greedy(s, c, prompt, n, G, got);
+            CHECK_MSG(rc == 0, "draft %d prompt %d: %s", nd, i, glm_last_error());
+            if (rc == 0 && memcmp(want, got, sizeof(int32_t) * G) && bad++ < 3) {
+                int j = 0;
+                while (want[j] == got[j]) j++;
+                CHECK_MSG(0, "draft %d prompt %d (%d ids): token %d is %d, plain decoding gives %d", nd, i, n, j, got[j], want[j]);
+            }
+        }
+        glm_spec_stats st;
+        glm_spec_get_stats(s, &st);
+        fprintf(stderr, "  draft %d%s: %llu steps, %llu of %llu drafts accepted (%.3f), %.2f tokens a step\n", nd,
+                mimic ? " (mimic)" : "", (unsigned long long)st.steps, (unsigned long long)st.accepted,
+                (unsigned long long)st.drafted, st.drafted ? (double)st.accepted / st.drafted : 0.0,
+                st.steps ? (double)st.emitted / st.steps : 0.0);
+        if (mimic) CHECK(st.accepted > 0);
+        glm_spec_free(s);
+    }
+    CHECK(bad == 0);
+    glm_ctx_free(c);
+    glm_model_free(m);
+    free(buf);
+}
+
+TEST(greedy_draft_equals_plain) { greedy_equal(0, 50, 24); }
+TEST(greedy_draft_equals_plain_accepting) { greedy_equal(1, 50, 24); }
+
+/* ---- the rejection rule ---- */
+
+static double uniform(uint64_t *s) {
+    *s ^= *s >> 12; *s ^= *s << 25; *s ^= *s >> 27;
+    return (double)((*s * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+/* Chi-square of counts[n] (N draws) against p[n]. */
+static double chi2(const long *counts, const float *p, int n, long N) {
+    double x = 0;
+    for (int i = 0; i < n; i++) { double e = p[i] * (double)N; x += (counts[i] - e) * (counts[i] - e) / e; }
+    return x;
+}
+
+/* Draws x ~ q, then the rule: resample from max(p - q, 0) (right) or from p (wrong). */
+static double run_rule(const float *p, const float *q, int n, long N, int wrong, uint64_t seed) {
+    long counts[8] = {0};
+    uint64_t s = seed;
+    for (long t = 0; t < N; t++) {
+        double u0 = uniform(&s), c = 0;
+        int32_t x = n - 1;
+        for (int i = 0; i < n; i++) { c += q[i]; if (u0 < c) { x = i; break; } }
+        int acc;
+        const double u = uniform(&s), u2 = uniform(&s);
+        int32_t y = glm_spec_accept(p, q, n, x, u, u2, &acc);
+        if (wrong && !acc) {   /* the classic mistake: a fresh draw from p on rejection */
+            double r = u2, cc = 0;
+            y = n - 1;
+            for (int i = 0; i < n; i++) { cc += p[i]; if (r < cc) { y = i; break; } }
+        }
+        counts[y]++;
+    }
+    return chi2(counts, p, n, N);
+}
+
+TEST(speculative_sampling_gives_main_distribution) {
+    /* p and q on 6 tokens, far apart (q puts mass where p has little) */
+    const float p[6] = { 0.40f, 0.25f, 0.15f, 0.10f, 0.06f, 0.04f };
+    const float q[6] = { 0.05f, 0.10f, 0.15f, 0.20f, 0.25f, 0.25f };
+    const long N = 200000;
+    /* df 5: P(chi2 > 20.5) = 0.001 */
+    const double right = run_rule(p, q, 6, N, 0, 42), wrong = run_rule(p, q, 6, N, 1, 42);
+    fprintf(stderr, "  chi-square (df 5, bound 20.5): rule %.2f, resampling from p instead %.1f\n", right, wrong);
+    CHECK(right < 20.5);
+    CHECK(wrong > 20.5);   /* the test has the power to see a wrong rule */
+    /* q == p accepts everything; a draft with q[x] = 0 is never accepted */
+    int acc;
+    CHECK(glm_spec_accept(p, p, 6, 3, 0.999, 0.5, &acc) == 3 && acc == 1);
+    const float q0[6] = { 0, 0.2f, 0.2f, 0.2f, 0.2f, 0.2f };
+    glm_spec_accept(p, q0, 6, 0, 0.0, 0.0, &acc);
+    CHECK(acc == 0);
+}
+
+/* ---- both FP8 formats ---- */
+
+TEST(fp8_formats_load_and_draft) {
+    glm_hparams hp;
+    CHECK(glm_preset("tiny", 2, &hp) == GLM_OK);
+    hp.n_vocab = 256; hp.n_embd = 128; hp.n_head = 4; hp.n_head_kv = 2; hp.head_dim = 32; hp.n_rot = 16;
+    hp.n_ff = 128; hp.n_ff_exp = 128; hp.n_expert = 4; hp.n_expert_used = 2; hp.n_ctx_train = 256; hp.n_nextn = 1;
+    hp.eos[0] = 255;
+    const glm_weight_format fmts[2] = { GLM_FMT_FP8_CHANNEL, GLM_FMT_FP8_BLOCK };
+    for (int f = 0; f < 2; f++) {
+        char dir[400];
+        snprintf(dir, sizeof dir, "%s/fp8-%d", test_tmp, f);
+        CHECK_MSG(glm_synthetic_write(&hp, fmts[f], dir, 5, NULL, NULL) == GLM_OK, "%s", glm_last_error());
+        glm_model *m = load_mtp(dir);
+        if (!m) continue;
+        CHECK(m->mtp_eh_proj.dtype == GLM_DT_F8E4M3);
+        CHECK(m->mtp_eh_proj.scale_kind == (f == 0 ? GLM_SCALE_CHANNEL : GLM_SCALE_BLOCK));
+        CHECK(strstr(glm_model_desc(m), "MTP") != NULL);
+        glm_ctx *c = new_ctx(m, 256, 16);
+        glm_sampler_params sp = glm_sampler_default_params();
+        sp.temp = 0;
+        glm_spec *s = NULL;
+        if (c) CHECK(glm_spec_new(c, 2, &sp, &s) == GLM_OK);
+        int32_t prompt[128], want[16], got[16];
+        const int n = make_prompt(3, hp.n_vocab, prompt);
+        if (s) {
+            CHECK(plain_greedy(c, prompt, n, 16, want) == 0);
+            CHECK(spec_greedy(s, c, prompt, n, 16, got) == 0);
+            CHECK(memcmp(want, got, sizeof want) == 0);
+        }
+        glm_spec_free(s);
+        glm_ctx_free(c);
+        glm_model_free(m);
+    }
+}
+
+/* ---- loading ---- */
+
+TEST(mtp_modes) {
+    glm_model *m = NULL;
+    glm_model_params mp = glm_model_default_params();
+    /* AUTO binds a complete layer; OFF leaves it out; n_params counts the main model only */
+    CHECK(glm_model_load(DIR, &mp, &m) == GLM_OK && glm_model_has_mtp(m));
+    uint64_t n_auto = m ? glm_model_n_params(m) : 0;
+    glm_model_free(m);
+    mp.mtp = GLM_MTP_OFF;
+    CHECK(glm_model_load(DIR, &mp, &m) == GLM_OK && !glm_model_has_mtp(m));
+    CHECK(m && glm_model_n_params(m) == n_auto);
+    /* a context cannot ask for the MTP cache of a model without the layer */
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = 32; cp.mtp = 1;
+    glm_ctx *c = NULL;
+    CHECK(m && glm_ctx_new(m, &cp, &c) == GLM_ERR_ARG && strstr(glm_last_error(), "MTP"));
+    /* nor on CUDA (not implemented) */
+    glm_model_free(m);
+    m = load_mtp(DIR);
+    cp.device = GLM_DEVICE_CUDA;
+    if (m) {
+        int rc = glm_ctx_new(m, &cp, &c);
+        CHECK(rc == GLM_ERR_NOT_IMPLEMENTED && strstr(glm_last_error(), "not implemented"));
+    }
+    glm_model_free(m);
+    /* the partial MTP layer of tiny-bf16 (no routed experts): AUTO leaves it out, REQUIRE names a missing tensor */
+    mp.mtp = GLM_MTP_AUTO;
+    CHECK(glm_model_load("tests/data/tiny-bf16", &mp, &m) == GLM_OK && !glm_model_has_mtp(m));
+    glm_model_free(m);
+    mp.mtp = GLM_MTP_REQUIRE;
+    CHECK(glm_model_load("tests/data/tiny-bf16", &mp, &m) != GLM_OK);
+    CHECK_MSG(strstr(glm_last_error(), "model.layers.3.mlp.experts.0.gate_proj.weight") != NULL, "%s", glm_last_error());
+}
+
+/* Copies dir's checkpoint to out with the MTP shard's tensor `name` changed: dropped
+ * (op 'd', its index entry too), given shape [rows, cols] ('s') or stored as I32 ('t'). */
+static int rewrite(const char *dir, const char *out, const char *name, char op, int64_t rows, int64_t cols) {
+    char cmd[1200], path[700], shard[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s'", out, dir, out);
+    if (system(cmd)) return -1;
+    snprintf(shard, sizeof shard, "%s/model-00004-of-00004.safetensors", out);
+    glm_st_set *st = NULL;
+    if (glm_st_open_file(shard, &st)) return -1;
+    glm_st_writer *w = glm_st_writer_new();
+    void *junk = calloc(1, 1 << 20);
+    for (size_t i = 0; i < glm_st_count(st); i++) {
+        const glm_st_tensor *t = glm_st_at(st, i);
+        if (strcmp(t->name, name)) { glm_st_writer_add(w, t->name, t->dtype, t->n_dims, t->shape, t->data, t->end - t->begin); continue; }
+        if (op == 'd') continue;
+        if (op == 's') { int64_t sh[2] = { rows, cols }; glm_st_writer_add(w, t->name, t->dtype, cols ? 2 : 1, cols ? sh : sh, junk, (size_t)(rows * (cols ? cols : 1)) * glm_dtype_size(t->dtype)); }
+        if (op == 't') glm_st_writer_add(w, t->name, GLM_DT_I32, t->n_dims, t->shape, junk, (t->end - t->begin) * 2);
+    }
+    snprintf(path, sizeof path, "%s.new", shard);
+    int rc = glm_st_writer_write(w, path);
+    glm_st_writer_free(w);
+    glm_st_close(st);
+    free(junk);
+    if (rc || rename(path, shard)) return -1;
+    if (op == 'd') {   /* drop the index entry: ",\n    \"name\": \"shard\"" */
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", out);
+        size_t len;
+        char *j = slurp(path, &len), key[300];
+        snprintf(key, sizeof key, "\"%s\"", name);
+        char *k = j ? strstr(j, key) : NULL;
+        if (!k) { free(j); return -1; }
+        char *a = k;
+        while (a > j && *a != ',') a--;
+        char *b = strchr(k, '\n');
+        if (!b) b = j + len;
+        while (b > k && *b != '"') b--;
+        memmove(a, b + 1, strlen(b + 1) + 1);
+        FILE *f = fopen(path, "w");
+        fputs(j, f);
+        fclose(f);
+        free(j);
+    }
+    return 0;
+}
+
+TEST(bad_mtp_tensors_named) {
+    char out[400];
+    snprintf(out, sizeof out, "%s/bad", test_tmp);
+    const int64_t D = 64;
+    struct { const char *name; char op; int64_t rows, cols; const char *why; } cases[] = {
+        { "model.layers.2.eh_proj.weight", 's', D, D, "has shape [64, 64]" },
+        { "model.layers.2.enorm.weight", 's', D + 1, 0, "has shape [65]" },
+        { "model.layers.2.shared_head.norm.weight", 't', 0, 0, "dtype I32" },
+        { "model.layers.2.hnorm.weight", 'd', 0, 0, "is missing" },
+        { "model.layers.2.mlp.experts.3.down_proj.weight", 'd', 0, 0, "is missing" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        CHECK_MSG(rewrite(DIR, out, cases[i].name, cases[i].op, cases[i].rows, cases[i].cols) == 0, "rewriting %s", cases[i].name);
+        glm_model_params mp = glm_model_default_params();
+        mp.mtp = GLM_MTP_REQUIRE;
+        glm_model *m = NULL;
+        int rc = glm_model_load(out, &mp, &m);
+        CHECK_MSG(rc == GLM_ERR_FORMAT && strstr(glm_last_error(), cases[i].name) && strstr(glm_last_error(), cases[i].why),
+                  "%s: status %d, \"%s\"", cases[i].name, rc, glm_last_error());
+        glm_model_free(m);
+        /* AUTO: malformed is an error too; a missing tensor leaves the layer out */
+        mp.mtp = GLM_MTP_AUTO;
+        m = NULL;
+        rc = glm_model_load(out, &mp, &m);
+        if (cases[i].op == 'd') CHECK(rc == GLM_OK && !glm_model_has_mtp(m));
+        else CHECK_MSG(rc == GLM_ERR_FORMAT && strstr(glm_last_error(), cases[i].name), "%s: AUTO %d", cases[i].name, rc);
+        glm_model_free(m);
+    }
+}
+
+/* ---- rollback ---- */
+
+TEST(truncate_frees_pages) {
+    glm_model *m = load_mtp(DIR);
+    glm_ctx *c = m ? new_ctx(m, 128, 64) : NULL;
+    if (!c) { glm_model_free(m); return; }
+    const int total = glm_ctx_kv_pages_total(c);
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++) ids[i] = (i * 7) % 256;
+    glm_batch b = { 40, ids, NULL, NULL };
+    CHECK(glm_ctx_decode(c, &b) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == total - 3);
+    CHECK(glm_ctx_seq_truncate(c, 0, 33) == GLM_OK && glm_ctx_kv_pages_free(c) == total - 3);
+    CHECK(glm_ctx_seq_truncate(c, 0, 32) == GLM_OK && glm_ctx_kv_pages_free(c) == total - 2);
+    CHECK(glm_ctx_seq_truncate(c, 0, 5) == GLM_OK && glm_ctx_kv_pages_free(c) == total - 1 && glm_ctx_seq_len(c, 0) == 5);
+    CHECK(glm_ctx_seq_truncate(c, 0, 6) == GLM_ERR_ARG);   /* only shorter */
+    /* truncated then refilled: the logits are those of a fresh run */
+    const int V = m->hp.n_vocab;
+    glm_batch rest = { 35, ids + 5, NULL, NULL };
+    CHECK(glm_ctx_decode(c, &rest) == GLM_OK);
+    float *a = malloc(sizeof(float) * V);
+    memcpy(a, glm_ctx_logits(c, 34), sizeof(float) * V);
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK && glm_ctx_kv_pages_free(c) == total);
+    CHECK(glm_ctx_decode(c, &b) == GLM_OK);
+    CHECK(memcmp(a, glm_ctx_logits(c, 39), sizeof(float) * V) == 0);
+    /* a page shared with another holder is not cut into */
+    CHECK(glm_ctx_seq_truncate(c, 0, 32) == GLM_OK);
+    glm_ctx_page_retain(c, glm_ctx_seq_page(c, 0, 1));
+    CHECK(glm_ctx_seq_truncate(c, 0, 20) == GLM_ERR_ARG && strstr(glm_last_error(), "shared"));
+    glm_ctx_page_release(c, glm_ctx_seq_page(c, 0, 1));
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK && glm_ctx_kv_pages_free(c) == total);
+    free(a);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+RUN_TESTS_IN_TMP("glm-test-mtp")
