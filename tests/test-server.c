@@ -389,6 +389,9 @@ TEST(concurrent_requests_equal_each_alone) {
     CHECK_MSG(drained(main_srv.port, 5), "requests or KV pages left after the run");
 }
 
+static void expect_error(int port, const char *method, const char *path, const char *headers, const char *body, int status,
+                         const char *param, const char *code);
+
 TEST(preemption_gives_the_same_answers) {
     if (!up()) return;
     server small;
@@ -408,6 +411,15 @@ TEST(preemption_gives_the_same_answers) {
         free(ref[i].text);
     }
     CHECK_MSG(metric(small.port, "glm_preemptions_total") > 0, "no preemption with 14 pages");
+    /* without max_tokens a request may fill the 14 pages (224 tokens), not the 256 of -c */
+    response r = http(small.port, "POST", "/v1/completions", NULL, "{\"prompt\": [1, 2, 3], \"ignore_eos\": true}");
+    int nt = 0;
+    char *text = answer_text(r.body, &nt, NULL, 0);
+    CHECK_MSG(r.status == 200 && nt == 224 - 3, "%d: %d tokens", r.status, nt);
+    free(text);
+    free(r.body);
+    expect_error(small.port, "POST", "/v1/completions", NULL, "{\"prompt\": [1, 2, 3], \"max_tokens\": 222}", 400, "max_tokens",
+                 "context_length_exceeded");
     CHECK(drained(small.port, 5));
     CHECK(server_stop(&small) == 0);
 }

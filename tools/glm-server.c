@@ -75,6 +75,7 @@ static struct {
     const char *name;           /* the model's name in the API */
     const char *api_key;
     int n_parallel, max_queue, n_ctx;
+    int n_room;                 /* tokens one request may hold: the context, or all KV pages if fewer */
     long max_body;
     glm_tokenizer *tok;
     glm_chat_format chat_fmt;
@@ -449,16 +450,16 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
         free(ids);
         return reply_error(c, 400, "invalid_request_error", chat ? "messages" : "prompt", NULL, err);
     }
-    if (n_ids < 1 || n_ids >= S.n_ctx) {
-        snprintf(err, sizeof err, "the prompt is %d tokens; this server's context holds %d tokens, prompt and output", n_ids, S.n_ctx);
+    if (n_ids < 1 || n_ids >= S.n_room) {
+        snprintf(err, sizeof err, "the prompt is %d tokens; this server's context holds %d tokens, prompt and output", n_ids, S.n_room);
         body_free(&b);
         free(ids);
         return reply_error(c, 400, "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded", err);
     }
-    int max_tokens = b.max_tokens < 0 ? S.n_ctx - n_ids : b.max_tokens;
-    if ((int64_t)n_ids + max_tokens > S.n_ctx) {
+    int max_tokens = b.max_tokens < 0 ? S.n_room - n_ids : b.max_tokens;
+    if ((int64_t)n_ids + max_tokens > S.n_room) {
         snprintf(err, sizeof err, "max_tokens %d with a prompt of %d tokens is past this server's context of %d tokens",
-                 max_tokens, n_ids, S.n_ctx);
+                 max_tokens, n_ids, S.n_room);
         body_free(&b);
         free(ids);
         return reply_error(c, 400, "invalid_request_error", "max_tokens", "context_length_exceeded", err);
@@ -679,7 +680,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         sbuf b = {0};
         sb_printf(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
         sb_json(&b, S.name, strlen(S.name));
-        sb_printf(&b, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"glm.c\",\"max_model_len\":%d}]}", (long)S.started, S.n_ctx);
+        sb_printf(&b, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"glm.c\",\"max_model_len\":%d}]}", (long)S.started, S.n_room);
         enum MHD_Result r = b.s ? reply(c, 200, "application/json", b.s, b.n) : MHD_NO;
         sb_free(&b);
         return r;
@@ -821,6 +822,8 @@ int main(int argc, char **argv) {
     }
     snapshot();
     S.started = time(NULL);
+    const int64_t kv_tokens = (int64_t)glm_ctx_kv_pages_total(S.ctx) * 16;
+    S.n_room = kv_tokens < S.n_ctx ? (int)kv_tokens : S.n_ctx;
     pthread_t eng;
     if (pthread_create(&eng, NULL, engine, NULL)) {
         fprintf(stderr, PROG ": error: cannot start the engine thread\n");
