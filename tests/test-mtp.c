@@ -436,4 +436,40 @@ TEST(truncate_frees_pages) {
     glm_model_free(m);
 }
 
+/* ---- glm-run ---- */
+
+TEST(glm_run_draft_equals_plain) {
+    const char *bin = tool_bin();
+    char path[600];
+    snprintf(path, sizeof path, "%s/glm-run", bin);
+    if (access(path, X_OK)) SKIP("glm-run not built (GLM_BIN)");
+    const char *prompts[3] = { "5,17,99,3,200", "1", "7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,40,41,42" };
+    for (int i = 0; i < 3; i++) {
+        tool_result base, r;
+        CHECK(run_tool(&base, "%s/glm-run -m " DIR " --prompt-ids %s --print-ids --temp 0 -n 48 -t 1", bin, prompts[i]) == 0);
+        for (int d = 1; d <= 3; d++) {
+            CHECK_MSG(run_tool(&r, "%s/glm-run -m " DIR " --prompt-ids %s --print-ids --temp 0 -n 48 -t 1 --draft %d", bin, prompts[i], d) == 0,
+                      "%s", r.err);
+            CHECK_MSG(strcmp(r.out, base.out) == 0, "--draft %d: %s vs %s", d, r.out, base.out);
+            CHECK(strstr(r.err, "acceptance") && strstr(r.err, "mean accepted length"));
+            tool_result_free(&r);
+        }
+        tool_result_free(&base);
+    }
+    tool_result r;
+    CHECK(run_tool(&r, "%s/glm-run -m " DIR " --prompt-ids 1,2 --print-ids --json --temp 0 -n 8 -t 1 --draft 2", bin) == 0);
+    CHECK(strstr(r.out, "\"acceptance\": ") && strstr(r.out, "\"mean_accepted_length\": "));
+    tool_result_free(&r);
+    /* CUDA: not implemented (exit 1); --no-mtp with --draft: a usage error; a model without the layer: named */
+    CHECK(run_tool(&r, "%s/glm-run -m " DIR " --prompt-ids 1,2 --print-ids --device cuda --draft 2", bin) == 1);
+    CHECK(strstr(r.err, "not implemented") != NULL);
+    tool_result_free(&r);
+    CHECK(run_tool(&r, "%s/glm-run -m " DIR " --prompt-ids 1,2 --print-ids --draft 2 --no-mtp", bin) == 2);
+    CHECK(strstr(r.err, "--no-mtp") != NULL);
+    tool_result_free(&r);
+    CHECK(run_tool(&r, "%s/glm-run -m tests/data/tiny-bf16 --prompt-ids 1,2 --print-ids --draft 1", bin) == 1);
+    CHECK(strstr(r.err, "model.layers.3.mlp.experts.0.gate_proj.weight") != NULL);
+    tool_result_free(&r);
+}
+
 RUN_TESTS_IN_TMP("glm-test-mtp")

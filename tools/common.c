@@ -289,3 +289,46 @@ void tool_tp_free(tool_tp_opts *o) {
     o->gpus = NULL;
     o->n_gpus = 0;
 }
+
+/* ---- speculative decoding ---- */
+
+void tool_spec_usage(FILE *f, int width) {
+    fprintf(f, "  %-*s tokens the model's MTP layer drafts a step, verified in one forward\n"
+               "  %-*s (default 0 = off until a trained MTP layer is measured; max %d; CPU only)\n"
+               "  %-*s never load the MTP layer (loads as a checkpoint without it)\n",
+            width - 2, "--draft N", width - 2, "", GLM_SPEC_MAX_DRAFT, width - 2, "--no-mtp");
+}
+
+int tool_spec_flag(int argc, char **argv, int *i, tool_spec_opts *o) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--draft")) { o->n_draft = tool_int(a, tool_arg(argc, argv, i), 0, GLM_SPEC_MAX_DRAFT); return 1; }
+    if (!strcmp(a, "--no-mtp")) { o->no_mtp = 1; return 1; }
+    return 0;
+}
+
+int tool_spec_apply(const char *prog, const tool_spec_opts *o, glm_ctx_params *cp) {
+    cp->mtp = o->n_draft > 0;
+    if (!o->n_draft) return 0;
+    if (o->no_mtp) {
+        fprintf(stderr, "%s: error: --draft %d needs the MTP layer: not with --no-mtp\n", prog, o->n_draft);
+        return EXIT_USAGE;
+    }
+    if (cp->device == GLM_DEVICE_CUDA) {
+        fprintf(stderr, "%s: error: --draft on CUDA: not implemented (speculative decoding runs on the CPU: --device cpu)\n", prog);
+        return EXIT_FAIL;
+    }
+    return 0;
+}
+
+glm_model *tool_load_model_spec(const char *prog, const char *dir, const tool_spec_opts *o) {
+    glm_model_params mp = glm_model_default_params();
+    mp.progress = tool_progress;
+    mp.mtp = o->no_mtp ? GLM_MTP_OFF : o->n_draft > 0 ? GLM_MTP_REQUIRE : GLM_MTP_AUTO;
+    glm_model *m = NULL;
+    if (glm_model_load(dir, &mp, &m) != GLM_OK) {
+        fprintf(stderr, "%s: error: cannot load model: %s%s\n", prog, glm_last_error(),
+                mp.mtp == GLM_MTP_REQUIRE ? " (--draft needs the MTP layer)" : "");
+        return NULL;
+    }
+    return m;
+}

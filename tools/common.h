@@ -88,4 +88,23 @@ int tool_tp_apply(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *
 /* Frees what tool_tp_flag allocated. */
 void tool_tp_free(tool_tp_opts *o);
 
+/* ---- speculative decoding with the model's MTP layer: --draft N, --no-mtp ---- */
+typedef struct {
+    int n_draft;               /* --draft: tokens drafted a step (0 = off, the default) */
+    int no_mtp;                /* --no-mtp: never load the MTP layer */
+} tool_spec_opts;
+
+/* Prints the --help lines of the two flags, descriptions from column width. */
+void tool_spec_usage(FILE *f, int width);
+/* When argv[*i] is --draft or --no-mtp, reads it into o (a bad value is a usage error,
+ * exit 2) and returns 1; returns 0 for any other argument. */
+int tool_spec_flag(int argc, char **argv, int *i, tool_spec_opts *o);
+/* Checks o against the context parameters and sets cp->mtp. Returns 0, or prints the error
+ * and returns EXIT_USAGE (--draft with --no-mtp) or EXIT_FAIL (--draft on CUDA: not
+ * implemented). */
+int tool_spec_apply(const char *prog, const tool_spec_opts *o, glm_ctx_params *cp);
+/* tool_load_model with the MTP layer required (--draft > 0), left out (--no-mtp) or
+ * bound when the checkpoint has it whole (neither). */
+glm_model *tool_load_model_spec(const char *prog, const char *dir, const tool_spec_opts *o);
+
 #endif

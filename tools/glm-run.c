@@ -32,6 +32,7 @@ static void usage(FILE *f) {
         "                             (default 0.9)\n",
         tool_default_model());
     tool_tp_usage(f, 29);
+    tool_spec_usage(f, 29);
     fprintf(f,
         "prompt:\n"
         "  -p, --prompt TEXT          prompt text (encoded as the tokenizer's default: [gMASK]<sop> etc.)\n"
@@ -83,12 +84,15 @@ typedef struct {
     /* the sequence in the KV cache (prompt + generated) */
     int32_t *hist;
     int n_hist, cap_hist;
+    glm_spec *spec;                 /* --draft > 0: the speculative decoder, else NULL */
+    int n_draft;
 } runner;
 
 typedef struct {
     int n_prompt, n_gen, cap_gen;
     double t_prompt, t_gen;
     const char *finish;             /* "length", "eos", "stop", "context" or "interrupted" */
+    glm_spec_stats spec;            /* --draft: this generation's steps and acceptance */
     char *text;
     size_t text_len;
     int32_t *ids;                   /* [n_gen] generated ids */
@@ -160,6 +164,22 @@ static size_t stop_holdback(const runner *r, const gen_result *g) {
     return hold;
 }
 
+/* The output side of one generated token t: kept in g->ids, end of sequence, detokenised
+ * and streamed, stop strings. Returns 0 to go on, 1 when generation ends there
+ * (g->finish set), -1 after printing an error. */
+static int take_token(const runner *r, gen_result *g, glm_detok_stream *st, int stream_out, size_t *printed, int32_t t) {
+    if (ids_push(&g->ids, &g->n_gen, &g->cap_gen, &t, 1)) { fprintf(stderr, "glm-run: error: out of memory\n"); return -1; }
+    if (!r->ignore_eos && is_eos(r, t)) { g->finish = "eos"; return 1; }
+    size_t len = 0;
+    const char *piece = NULL;
+    if (st) glm_detok_stream_push(st, t, &piece, &len);
+    size_t old_len = g->text_len;
+    if (len && append_text(g, piece, len)) { fprintf(stderr, "glm-run: error: out of memory\n"); return -1; }
+    if (stop_scan(r, g, old_len)) { g->finish = "stop"; return 1; }
+    if (stream_out) emit(g, printed, g->text_len - stop_holdback(r, g));
+    return r->n_predict >= 0 && g->n_gen >= r->n_predict;
+}
+
 /* Feeds ids[0..n) to the KV cache in passes of n_batch tokens, checking for Ctrl-C between
  * passes; *last is the logits row of ids[n - 1] in the last pass. Returns 0, 1 when
  * interrupted (the cache then holds a prefix), or -1 after printing an error. */
@@ -219,16 +239,8 @@ static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
         if (tool_interrupted()) { g->finish = "interrupted"; break; }
         int32_t t = glm_sampler_sample(r->sampler, logits, r->hp->n_vocab, r->hist, r->n_hist);
         if (t < 0) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); status = -1; break; }
-        if (ids_push(&g->ids, &g->n_gen, &g->cap_gen, &t, 1)) { fprintf(stderr, "glm-run: error: out of memory\n"); status = -1; break; }
-        if (!r->ignore_eos && is_eos(r, t)) { g->finish = "eos"; break; }
-        size_t len = 0;
-        const char *piece = NULL;
-        if (st) glm_detok_stream_push(st, t, &piece, &len);
-        size_t old_len = g->text_len;
-        if (len && append_text(g, piece, len)) { fprintf(stderr, "glm-run: error: out of memory\n"); status = -1; break; }
-        if (stop_scan(r, g, old_len)) { g->finish = "stop"; break; }
-        if (stream_out) emit(g, &printed, g->text_len - stop_holdback(r, g));
-        if (r->n_predict >= 0 && g->n_gen >= r->n_predict) break; /* no need to decode the last one */
+        int end = take_token(r, g, st, stream_out, &printed, t);
+        if (end) { status = end < 0 ? -1 : 0; break; }   /* at n_predict: no need to decode the last one */
         glm_batch one = { 1, &t, NULL, NULL };
         rc = glm_ctx_decode(r->ctx, &one);
         if (rc == GLM_WARN_KV_FULL) { g->finish = "context"; break; }
@@ -248,11 +260,72 @@ static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
     return status;
 }
 
+/* generate() with speculative decoding (--draft): a fresh sequence, the prompt through
+ * glm_spec_prefill, then steps of up to n_draft + 1 tokens. Same outputs and returns. */
+static int generate_spec(runner *r, const int32_t *ids, int n, gen_result *g) {
+    memset(g, 0, sizeof *g);
+    g->finish = "length";
+    glm_spec_seq_clear(r->spec, 0);
+    r->n_hist = 0;
+    if (n >= r->n_ctx) {
+        fprintf(stderr, "glm-run: error: the prompt (%d tokens) does not fit the context (-c %d) with room to generate\n", n, r->n_ctx);
+        return -1;
+    }
+    glm_spec_stats s0, s1;
+    glm_spec_get_stats(r->spec, &s0);
+    double t0 = tool_now();
+    int32_t step[GLM_SPEC_MAX_DRAFT + 1];
+    int k = 1;
+    int rc = glm_spec_prefill(r->spec, 0, ids, n, &step[0]);
+    g->n_prompt = n;
+    g->t_prompt = tool_now() - t0;
+    if (rc == GLM_WARN_KV_FULL) { fprintf(stderr, "glm-run: error: the KV cache is full for the prompt (%s)\n", glm_last_error()); return -1; }
+    if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); return -1; }
+    glm_detok_stream *st = NULL;
+    if (r->tok && glm_detok_stream_new(r->tok, GLM_DETOK_SKIP_SPECIAL, &st) != GLM_OK) {
+        fprintf(stderr, "glm-run: error: %s\n", glm_last_error());
+        return -1;
+    }
+    int stream_out = !r->json && !r->print_ids, status = 0, end = r->n_predict == 0;
+    size_t printed = 0;
+    double t1 = tool_now();
+    while (!end) {
+        for (int j = 0; j < k && !end; j++) end = take_token(r, g, st, stream_out, &printed, step[j]);
+        if (end) break;
+        if (tool_interrupted()) { g->finish = "interrupted"; break; }
+        rc = glm_spec_step(r->spec, 0, step, &k);
+        if (rc == GLM_WARN_KV_FULL) { g->finish = "context"; break; }
+        if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); status = -1; break; }
+    }
+    if (end < 0) status = -1;
+    size_t len = 0;
+    const char *rest = NULL;
+    if (st && strcmp(g->finish, "stop") != 0) glm_detok_stream_flush(st, &rest, &len);
+    if (len) append_text(g, rest, len);
+    if (strcmp(g->finish, "stop") != 0 && stop_scan(r, g, 0)) g->finish = "stop";
+    if (stream_out) emit(g, &printed, g->text_len);
+    glm_detok_stream_free(st);
+    g->t_gen = tool_now() - t1;
+    glm_spec_get_stats(r->spec, &s1);
+    g->spec.steps = s1.steps - s0.steps;
+    g->spec.drafted = s1.drafted - s0.drafted;
+    g->spec.accepted = s1.accepted - s0.accepted;
+    g->spec.emitted = s1.emitted - s0.emitted;
+    if (!g->text && append_text(g, "", 0)) status = -1;
+    return status;
+}
+
 static void print_timings(const runner *r, const gen_result *g) {
     fprintf(stderr, "\nglm-run: prompt %d tokens in %.3f s (%.2f tok/s), generated %d tokens in %.3f s (%.2f tok/s), "
             "finish: %s, seed %llu\n",
             g->n_prompt, g->t_prompt, g->t_prompt > 0 ? g->n_prompt / g->t_prompt : 0.0, g->n_gen, g->t_gen,
             g->t_gen > 0 ? g->n_gen / g->t_gen : 0.0, g->finish, (unsigned long long)r->seed);
+    if (r->spec)
+        fprintf(stderr, "glm-run: draft %d: acceptance %.3f (%llu of %llu drafted tokens), mean accepted length %.2f, "
+                "%.2f tokens a verify step (%llu steps)\n", r->n_draft,
+                g->spec.drafted ? (double)g->spec.accepted / (double)g->spec.drafted : 0.0, (unsigned long long)g->spec.accepted,
+                (unsigned long long)g->spec.drafted, g->spec.steps ? (double)g->spec.accepted / (double)g->spec.steps : 0.0,
+                g->spec.steps ? (double)g->spec.emitted / (double)g->spec.steps : 0.0, (unsigned long long)g->spec.steps);
 }
 
 /* Prints the result as one JSON object; returns 0, or -1 out of memory. */
@@ -264,9 +337,15 @@ static int print_json(const runner *r, const gen_result *g) {
     printf("{\"text\": %s, \"ids\": [", esc);
     for (int i = 0; i < g->n_gen; i++) printf("%s%d", i ? ", " : "", g->ids[i]);
     printf("], \"finish_reason\": \"%s\", \"seed\": %llu, \"timings\": {\"prompt_tokens\": %d, \"prompt_s\": %.6f, "
-           "\"prompt_tok_s\": %.3f, \"gen_tokens\": %d, \"gen_s\": %.6f, \"gen_tok_s\": %.3f}}\n",
+           "\"prompt_tok_s\": %.3f, \"gen_tokens\": %d, \"gen_s\": %.6f, \"gen_tok_s\": %.3f",
            g->finish, (unsigned long long)r->seed, g->n_prompt, g->t_prompt, g->t_prompt > 0 ? g->n_prompt / g->t_prompt : 0.0,
            g->n_gen, g->t_gen, g->t_gen > 0 ? g->n_gen / g->t_gen : 0.0);
+    if (r->spec)
+        printf(", \"draft\": %d, \"draft_steps\": %llu, \"drafted\": %llu, \"accepted\": %llu, \"acceptance\": %.4f, "
+               "\"mean_accepted_length\": %.4f", r->n_draft, (unsigned long long)g->spec.steps, (unsigned long long)g->spec.drafted,
+               (unsigned long long)g->spec.accepted, g->spec.drafted ? (double)g->spec.accepted / (double)g->spec.drafted : 0.0,
+               g->spec.steps ? (double)g->spec.accepted / (double)g->spec.steps : 0.0);
+    printf("}}\n");
     free(esc);
     return 0;
 }
@@ -408,6 +487,7 @@ int main(int argc, char **argv) {
     glm_sampler_params sp = glm_sampler_default_params();
     glm_ctx_params cp = glm_ctx_default_params();
     tool_tp_opts tpo = tool_tp_default();
+    tool_spec_opts spo = { 0, 0 };
     cp.device = tool_default_device();
     const char *stops[argc]; /* --stop values point into argv */
     for (int i = 1; i < argc; i++) {
@@ -447,6 +527,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--kv-frac")) cp.kv_frac = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, 1, ']');
         else if (!strcmp(a, "--kv-type")) cp.kv_type = tool_kv_type(tool_arg(argc, argv, &i));
         else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
+        else if (tool_spec_flag(argc, argv, &i, &spo)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
     r.stops = stops;
@@ -455,6 +536,13 @@ int main(int argc, char **argv) {
     if (chat_mode && (r.json || r.print_ids)) tool_usage_error("--chat writes each reply as text: it does not take %s", r.json ? "--json" : "--print-ids");
     if (!chat_mode && !prompt && !file && !prompt_ids && isatty(0))
         tool_usage_error("no prompt: give -p TEXT, -f FILE, --prompt-ids, pipe text on stdin, or use --chat");
+    if (chat_mode && spo.n_draft) {
+        fprintf(stderr, "glm-run: error: --draft with --chat: not implemented\n");
+        return EXIT_FAIL;
+    }
+    int spec_rc = tool_spec_apply("glm-run", &spo, &cp);
+    if (spec_rc) return spec_rc;
+    r.n_draft = spo.n_draft;
     r.seed = sp.seed = seed_set ? sp.seed : random_seed();
     if (!model_dir) model_dir = tool_default_model();
 
@@ -484,7 +572,7 @@ int main(int argc, char **argv) {
     }
 
     double t_load = tool_now();
-    r.model = tool_load_model("glm-run", model_dir);
+    r.model = tool_load_model_spec("glm-run", model_dir, &spo);
     if (!r.model) { rc = tool_interrupted() ? EXIT_INTERRUPTED : EXIT_FAIL; goto out; }
     r.hp = glm_model_hparams(r.model);
     for (int i = 0; prompt_ids && i < n_ids; i++)
@@ -519,6 +607,10 @@ int main(int argc, char **argv) {
     if (tp_rc) { rc = tp_rc; goto out; }
     if (glm_ctx_new(r.model, &cp, &r.ctx) != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
     if (!(r.sampler = glm_sampler_new(&sp))) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
+    if (r.n_draft && glm_spec_new(r.ctx, r.n_draft, &sp, &r.spec) != GLM_OK) {
+        fprintf(stderr, "glm-run: error: --draft %d: %s\n", r.n_draft, glm_last_error());
+        goto out;
+    }
     fprintf(stderr, "glm-run: %s\nglm-run: loaded %s in %.2f s on %s, context %d, seed %llu\n", glm_model_desc(r.model), model_dir,
             tool_now() - t_load, cp.device == GLM_DEVICE_CUDA ? "cuda" : "cpu", r.n_ctx, (unsigned long long)r.seed);
 
@@ -527,7 +619,7 @@ int main(int argc, char **argv) {
     } else {
         if (echo && text && !r.json && !r.print_ids) { fwrite(text, 1, text_len, stdout); fflush(stdout); }
         gen_result g;
-        if (generate(&r, ids, n_ids, &g) == 0) {
+        if ((r.spec ? generate_spec(&r, ids, n_ids, &g) : generate(&r, ids, n_ids, &g)) == 0) {
             rc = !strcmp(g.finish, "interrupted") ? EXIT_INTERRUPTED : EXIT_OK;
             if (r.json) { if (print_json(&r, &g)) rc = EXIT_FAIL; }
             else if (r.print_ids) {
@@ -545,6 +637,7 @@ out:
     free(text);
     free(r.hist);
     glm_sampler_free(r.sampler);
+    glm_spec_free(r.spec);
     glm_tokenizer_free(r.tok);
     glm_ctx_free(r.ctx);
     glm_model_free(r.model);
