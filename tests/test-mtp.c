@@ -472,4 +472,18 @@ TEST(glm_run_draft_equals_plain) {
     tool_result_free(&r);
 }
 
+TEST(glm_bench_draft_reports_acceptance) {
+    const char *bin = tool_bin();
+    char path[600];
+    snprintf(path, sizeof path, "%s/glm-bench", bin);
+    if (access(path, X_OK)) SKIP("glm-bench not built (GLM_BIN)");
+    tool_result r;
+    CHECK_MSG(run_tool(&r, "%s/glm-bench -m " DIR " --device cpu -p 8 -n 12 -r 1 -t 1 --draft 2 -o csv", bin) == 0, "%s", r.err);
+    CHECK_MSG(strstr(r.out, ",draft,acceptance,mean_accepted_length\n") && strstr(r.out, ",tg12 d2,12,"), "%s", r.out);
+    tool_result_free(&r);
+    CHECK(run_tool(&r, "%s/glm-bench --synthetic tiny --device cuda -n 4 --draft 2", bin) == 1);
+    CHECK(strstr(r.err, "not implemented") != NULL);
+    tool_result_free(&r);
+}
+
 RUN_TESTS_IN_TMP("glm-test-mtp")

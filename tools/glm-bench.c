@@ -17,6 +17,7 @@
 #include <string.h>
 
 #define PROG "glm-bench"
+#define SPEC_PROMPT 16   /* prompt tokens before a --draft decode test */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -50,6 +51,11 @@ static void usage(FILE *f) {
         "  --no-prefix-cache        do not share prompt pages\n",
         tool_default_model());
     tool_tp_usage(f, 27);
+    tool_spec_usage(f, 27);
+    fprintf(f, "                           with --draft, each -n test runs once more at batch 1 as\n"
+               "                           tg<N> d<draft>: speculative decoding after a 16-token prompt,\n"
+               "                           with the acceptance rate (a synthetic model's random MTP layer\n"
+               "                           accepts next to nothing)\n");
     fprintf(f, "  -h, --help               this text\n");
 }
 
@@ -61,6 +67,9 @@ typedef struct {
     double floor_tps;   /* tokens per second the floor allows, 0 if unknown */
     double floor_detail;/* decode: bytes per step; prefill: FLOPs */
     double kv_peak;     /* the largest fraction of the KV pages the test held */
+    int draft;          /* speculative decoding test: tokens drafted a step, else 0 */
+    double acceptance;  /* of the drafted tokens, the fraction accepted */
+    double mean_accepted; /* drafted tokens accepted a verify step */
 } result;
 
 static void stats(const double *v, int n, double *mean, double *sd) {
@@ -193,6 +202,7 @@ int main(int argc, char **argv) {
     glm_device dev = tool_default_device();
     tool_tp_opts tpo = tool_tp_default();
     serve_opts so = serve_default();
+    tool_spec_opts spo = { 0, 0 };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return EXIT_OK; }
@@ -225,6 +235,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-probe")) probe = 0;
         else if (!strcmp(a, "--profile")) profile = 1;
         else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
+        else if (tool_spec_flag(argc, argv, &i, &spo)) continue;
         else if (serve_flag(argc, argv, &i, &so)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
@@ -233,13 +244,21 @@ int main(int argc, char **argv) {
     if (!nB && !B) { B = malloc(sizeof(int)); B[0] = 1; nB = 1; }
     glm_hparams hp;
     if (synth && glm_preset(synth, layers, &hp)) tool_usage_error("--synthetic: %s", glm_last_error());
+    if (synth && spo.n_draft) hp.n_nextn = 1;   /* a random MTP layer to draft with */
+    if (spo.n_draft && so.on) tool_usage_error("--draft: not with --serve (the scheduler does not draft yet)");
+    glm_ctx_params spec_cp = glm_ctx_default_params();
+    spec_cp.device = dev;
+    const int spec_rc = tool_spec_apply(PROG, &spo, &spec_cp);
+    if (spec_rc) return spec_rc;
 
     /* sizes in 64 bits: a context past INT32_MAX tokens or pages is refused, not wrapped */
     int maxP = 0, maxN = 0, maxB = 1;
     for (int i = 0; i < nP; i++) if (P[i] > maxP) maxP = P[i];
     for (int i = 0; i < nN; i++) if (N[i] > maxN) maxN = N[i];
     for (int i = 0; i < nB; i++) if (B[i] > maxB) maxB = B[i];
-    const int64_t n_ctx = (int64_t)(maxP > maxN ? maxP : maxN) + 16;
+    /* a draft test holds a 16-token prompt, its tokens and a verify step's n_draft + 1 */
+    const int spec_extra = spo.n_draft ? SPEC_PROMPT + spo.n_draft + 1 : 0;
+    const int64_t n_ctx = (int64_t)(maxP > maxN + spec_extra ? maxP : maxN + spec_extra) + 16;
     if (n_ctx > INT32_MAX)
         tool_usage_error("%s %d: a test of %d tokens needs a context of %lld tokens, more than %d", maxP > maxN ? "-p" : "-n",
                          maxP > maxN ? maxP : maxN, maxP > maxN ? maxP : maxN, (long long)n_ctx, INT32_MAX);
@@ -247,7 +266,8 @@ int main(int argc, char **argv) {
         tool_usage_error("-b %d: %d sequences of %lld tokens need %lld KV pages of 16 tokens, more than %d", maxB, maxB,
                          (long long)n_ctx, (long long)(maxB * kv_pages(n_ctx)), INT32_MAX);
     /* the CPU keeps the pages the largest test holds: one prefill, or maxB decoding sequences */
-    const int64_t pages = kv_pages(maxP) > maxB * kv_pages(maxN + 2) ? kv_pages(maxP) : maxB * kv_pages(maxN + 2);
+    int64_t pages = kv_pages(maxP) > maxB * kv_pages(maxN + 2) ? kv_pages(maxP) : maxB * kv_pages(maxN + 2);
+    if (pages < kv_pages(maxN + spec_extra + 2)) pages = kv_pages(maxN + spec_extra + 2);
 
     /* the device before anything runs on it */
     if (dev == GLM_DEVICE_CUDA && !glm_cuda_available()) {
@@ -300,7 +320,7 @@ int main(int argc, char **argv) {
             return EXIT_FAIL;
         }
     } else {
-        m = tool_load_model(PROG, model_dir ? model_dir : tool_default_model());
+        m = tool_load_model_spec(PROG, model_dir ? model_dir : tool_default_model(), &spo);
         if (!m) return EXIT_FAIL;
         const char *d = glm_model_desc(m);
         fmt = strstr(d, "fp8-block") ? GLM_FMT_FP8_BLOCK : strstr(d, "fp8") ? GLM_FMT_FP8_CHANNEL : GLM_FMT_BF16;
@@ -326,10 +346,12 @@ int main(int argc, char **argv) {
     cp.n_batch = n_batch;
     cp.kv_type = kv_run;
     if (dev == GLM_DEVICE_CPU) cp.n_kv_pages = (int)pages;
+    cp.mtp = spec_cp.mtp;
     int tp_rc = tool_tp_apply(&tpo, &hp, &cp);
     tool_tp_free(&tpo);
     if (tp_rc) { glm_model_free(m); return tp_rc; }
     glm_ctx *ctx = NULL;
+    glm_spec *spec = NULL;   /* --draft */
 #ifdef GLM_CUDA
     if (profile) setenv("GLM_CUDA_PROFILE", "1", 1);
 #endif
@@ -341,7 +363,7 @@ int main(int argc, char **argv) {
 
     const model_cost mc = cost_of(&hp, fmt);
     const double kv_tok = (double)hp.n_layer * 2 * hp.n_head_kv * hp.head_dim * (kv_type == GLM_KV_FP8 ? 1.0 : 2.0);
-    result *res = calloc((size_t)(nP + nN * nB), sizeof(result));
+    result *res = calloc((size_t)(nP + nN * nB + nN), sizeof(result));
     int nres = 0;
     double *tv = calloc((size_t)reps, sizeof(double));
     int32_t *toks = malloc(sizeof(int32_t) * (size_t)(cp.n_batch > maxB ? cp.n_batch : maxB));
@@ -405,6 +427,48 @@ int main(int argc, char **argv) {
         }
     }
 
+    /* speculative decoding at batch 1: n tokens after a random prompt, greedy */
+    if (spo.n_draft) {
+        glm_sampler_params sp = glm_sampler_default_params();
+        sp.temp = 0;
+        if ((rc = glm_spec_new(ctx, spo.n_draft, &sp, &spec))) goto fail;
+    }
+    for (int in = 0; spec && in < nN; in++) {
+        const int n = N[in];
+        if (!n) continue;
+        result *r = &res[nres++];
+        snprintf(r->name, sizeof r->name, "tg%d d%d", n, spo.n_draft);
+        r->n_tok = n;
+        r->draft = spo.n_draft;
+        glm_spec_stats a, b;
+        glm_spec_get_stats(spec, &a);
+        for (int rep = -1; rep < reps; rep++) {
+            glm_spec_seq_clear(spec, 0);
+            for (int i = 0; i < SPEC_PROMPT; i++) toks[i] = rand_token(hp.n_vocab);
+            int32_t out[GLM_SPEC_MAX_DRAFT + 1];
+            int got = 1, k;
+            if ((rc = glm_spec_prefill(spec, 0, toks, SPEC_PROMPT, &out[0]))) goto fail;
+            if (rep < 0) glm_spec_get_stats(spec, &a);
+            double s0 = tool_now();
+            while (got < n) {
+                if ((rc = glm_spec_step(spec, 0, out, &k))) goto fail;
+                got += k;
+                const double held = 1.0 - (double)glm_ctx_kv_pages_free(ctx) / glm_ctx_kv_pages_total(ctx);
+                if (held > r->kv_peak) r->kv_peak = held;
+            }
+            if (rep >= 0) tv[rep] = (double)got / (tool_now() - s0);
+            if (rep < 0) glm_spec_get_stats(spec, &a);
+        }
+        glm_spec_get_stats(spec, &b);
+        glm_spec_seq_clear(spec, 0);
+        stats(tv, reps, &r->mean, &r->sd);
+        r->ms_step = 1000.0 / r->mean;
+        r->acceptance = b.drafted > a.drafted ? (double)(b.accepted - a.accepted) / (double)(b.drafted - a.drafted) : 0;
+        r->mean_accepted = b.steps > a.steps ? (double)(b.accepted - a.accepted) / (double)(b.steps - a.steps) : 0;
+    }
+    glm_spec_free(spec);
+    spec = NULL;
+
     /* report */
     const char *desc = glm_model_desc(m);
     const char *dname = dev == GLM_DEVICE_CUDA ? "cuda" : "cpu";
@@ -422,18 +486,22 @@ int main(int argc, char **argv) {
             printf("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.1f%% |\n", desc, dname, r->name, r->mean, r->sd, ms, fl, fr,
                    100 * r->kv_peak);
         }
+        for (int i = 0; i < nres; i++)
+            if (res[i].draft)
+                printf("\n%s: draft %d, acceptance %.3f, mean accepted length %.2f (greedy, random prompt)\n", res[i].name,
+                       res[i].draft, res[i].acceptance, res[i].mean_accepted);
         if (bw > 0 || fp8_rate > 0)
             printf("\ncopy bandwidth %.0f GB/s (read+write); FP8 GEMM %.0f TFLOP/s (cuBLASLt 8192^3). "
                    "Decode floor: weights touched (expected unique experts) + KV read over the bandwidth; "
                    "prefill floor: FLOPs over the FP8 rate.\n", bw / 1e9, fp8_rate / 1e12);
     } else if (!strcmp(out_fmt, "csv")) {
         printf("model,device,test,n_tokens,tps_mean,tps_sd,ms_step,floor_tps,floor_fraction,floor_bytes_or_flops,copy_gbps,fp8_tflops,"
-               "kv_peak\n");
+               "kv_peak,draft,acceptance,mean_accepted_length\n");
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
-            printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f,%.4f\n", desc, dname, r->name, r->n_tok, r->mean, r->sd,
-                   r->ms_step, r->floor_tps, r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, bw / 1e9,
-                   fp8_rate / 1e12, r->kv_peak);
+            printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f,%.4f,%d,%.4f,%.4f\n", desc, dname, r->name, r->n_tok, r->mean,
+                   r->sd, r->ms_step, r->floor_tps, r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, bw / 1e9,
+                   fp8_rate / 1e12, r->kv_peak, r->draft, r->acceptance, r->mean_accepted);
         }
     } else {
         printf("{\n  \"model\": \"%s\",\n  \"device\": \"%s\",\n  \"copy_gbps\": %.1f,\n  \"fp8_tflops\": %.1f,\n  \"tests\": [\n",
@@ -441,9 +509,11 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
             printf("    {\"test\": \"%s\", \"n_tokens\": %d, \"tps_mean\": %.4f, \"tps_sd\": %.4f, \"ms_step\": %.4f, "
-                   "\"floor_tps\": %.4f, \"floor_fraction\": %.4f, \"floor_bytes_or_flops\": %.6g, \"kv_peak\": %.4f}%s\n",
+                   "\"floor_tps\": %.4f, \"floor_fraction\": %.4f, \"floor_bytes_or_flops\": %.6g, \"kv_peak\": %.4f, "
+                   "\"draft\": %d, \"acceptance\": %.4f, \"mean_accepted_length\": %.4f}%s\n",
                    r->name, r->n_tok, r->mean, r->sd, r->ms_step, r->floor_tps,
-                   r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, r->kv_peak, i + 1 < nres ? "," : "");
+                   r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, r->kv_peak, r->draft, r->acceptance,
+                   r->mean_accepted, i + 1 < nres ? "," : "");
         }
         printf("  ]\n}\n");
     }
@@ -453,6 +523,7 @@ int main(int argc, char **argv) {
     return EXIT_OK;
 fail:
     fprintf(stderr, PROG ": error: %s\n", glm_last_error());
+    glm_spec_free(spec);
     glm_ctx_free(ctx);
     glm_model_free(m);
     return EXIT_FAIL;
