@@ -280,7 +280,8 @@ int main(int argc, char **argv) {
     }
     /* what the tests need, before anything is allocated */
     const glm_kv_type kv_run = dev == GLM_DEVICE_CPU ? GLM_KV_F32 : kv_type;
-    const int n_batch = maxP > maxB ? maxP : maxB;
+    int n_batch = maxP > maxB ? maxP : maxB;
+    if (spo.n_draft && n_batch < spo.n_draft + 1) n_batch = spo.n_draft + 1;   /* a verify step's rows */
     double kv_bytes, act_bytes;
     if (synth) {
         glm_model *shapes = NULL;  /* shapes only: the weights' size without their data */
@@ -366,7 +367,8 @@ int main(int argc, char **argv) {
     result *res = calloc((size_t)(nP + nN * nB + nN), sizeof(result));
     int nres = 0;
     double *tv = calloc((size_t)reps, sizeof(double));
-    int32_t *toks = malloc(sizeof(int32_t) * (size_t)(cp.n_batch > maxB ? cp.n_batch : maxB));
+    const int n_toks = cp.n_batch > maxB ? cp.n_batch : maxB;
+    int32_t *toks = malloc(sizeof(int32_t) * (size_t)(n_toks > SPEC_PROMPT ? n_toks : SPEC_PROMPT));
     int32_t *seqs = malloc(sizeof(int32_t) * (size_t)maxB);
     int8_t *want = malloc((size_t)maxB);
 
