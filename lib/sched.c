@@ -11,7 +11,9 @@
  *
  * Prefix cache: page i of a sequence is known by the hash of all its tokens up to the end
  * of page i (chained: h_i = H(h_{i-1}, tokens of page i)); an open-addressing table maps
- * the hash to the physical page, which the cache holds one reference to. */
+ * the hash to the physical page, which the cache holds one reference to. The cached pages
+ * no sequence holds are kept in a list by the time they were last held, the least
+ * recently used first: reclaiming takes its head. */
 #include "internal.h"
 #include "scheduler.h"
 
@@ -50,7 +52,6 @@ typedef struct {
     uint64_t hash, parent;     /* 0 hash = empty slot */
     int32_t page;
     int32_t toks[PAGE];
-    uint64_t last_use;
 } centry;
 
 struct glm_sched {
@@ -62,11 +63,13 @@ struct glm_sched {
     req *wait_head;            /* waiting, by arrival */
     int n_wait;
     int64_t next_id;
-    uint64_t next_arrival, clock;
+    uint64_t next_arrival;
     centry *cache;             /* [cache_cap], power of two */
     size_t cache_cap, cache_n;
-    uint8_t *in_cache;         /* [kv pages] 1 = the page is in the cache */
-    int n_cache_only;          /* cached pages no sequence holds (reference count 1) */
+    uint64_t *page_key;        /* [kv pages] the cache's hash of a cached page, 0 = not cached */
+    int32_t *lru_prev, *lru_next;  /* [kv pages] the list of cached pages no sequence holds */
+    int32_t lru_head, lru_tail;    /* (reference count 1), least recently held first; -1 = none */
+    int n_cache_only;          /* pages in that list */
     glm_sched_stats st;
     /* per step */
     int32_t *b_tok, *b_seq;
@@ -115,16 +118,32 @@ static int32_t cache_lookup(glm_sched *s, req *r, int i) {
     uint64_t h = req_page_hash(r, i), parent = i ? r->ph[i - 1] : 0;
     centry *e = &s->cache[cache_find(s, h)];
     if (!e->hash || e->parent != parent || memcmp(e->toks, r->tok + (size_t)i * PAGE, sizeof e->toks)) return -1;
-    e->last_use = ++s->clock;
     return e->page;
+}
+
+/* Appends a cached page that no sequence holds any more to the LRU list. */
+static void lru_push(glm_sched *s, int32_t page) {
+    s->lru_prev[page] = s->lru_tail;
+    s->lru_next[page] = -1;
+    if (s->lru_tail >= 0) s->lru_next[s->lru_tail] = page; else s->lru_head = page;
+    s->lru_tail = page;
+    s->n_cache_only++;
+}
+
+/* Takes a page out of the LRU list (a sequence holds it again, or it leaves the cache). */
+static void lru_unlink(glm_sched *s, int32_t page) {
+    const int32_t p = s->lru_prev[page], n = s->lru_next[page];
+    if (p >= 0) s->lru_next[p] = n; else s->lru_head = n;
+    if (n >= 0) s->lru_prev[n] = p; else s->lru_tail = p;
+    s->n_cache_only--;
 }
 
 /* Removes the entry at table slot i (backward-shift deletion) and drops its page. */
 static void cache_remove(glm_sched *s, size_t i) {
     size_t m = s->cache_cap - 1;
     const int32_t page = s->cache[i].page;
-    if (glm_ctx_page_refs(s->ctx, page) == 1) s->n_cache_only--;
-    s->in_cache[page] = 0;
+    if (glm_ctx_page_refs(s->ctx, page) == 1) lru_unlink(s, page);
+    s->page_key[page] = 0;
     glm_ctx_page_release(s->ctx, page);
     s->cache[i].hash = 0;
     s->cache_n--;
@@ -152,9 +171,8 @@ static void cache_register(glm_sched *s, req *r) {
         e->parent = i ? r->ph[i - 1] : 0;
         e->page = glm_ctx_seq_page(s->ctx, r->slot, i);
         memcpy(e->toks, r->tok + (size_t)i * PAGE, sizeof e->toks);
-        e->last_use = ++s->clock;
         glm_ctx_page_retain(s->ctx, e->page);
-        s->in_cache[e->page] = 1;
+        s->page_key[e->page] = h;
         s->cache_n++;
     }
 }
@@ -164,14 +182,8 @@ static int cache_only_pages(const glm_sched *s) { return s->n_cache_only; }
 
 /* Frees the least recently used page only the cache holds; 0 when there is none. */
 static int cache_reclaim_one(glm_sched *s) {
-    if (!s->n_cache_only) return 0;
-    size_t best = s->cache_cap;
-    for (size_t i = 0; i < s->cache_cap; i++)
-        if (s->cache[i].hash && glm_ctx_page_refs(s->ctx, s->cache[i].page) == 1 &&
-            (best == s->cache_cap || s->cache[i].last_use < s->cache[best].last_use))
-            best = i;
-    if (best == s->cache_cap) return 0;
-    cache_remove(s, best);
+    if (s->lru_head < 0) return 0;
+    cache_remove(s, cache_find(s, s->page_key[s->lru_head]));
     return 1;
 }
 
@@ -224,7 +236,10 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->cache_cap = 16;
     while (s->cache_cap < 2 * (size_t)total) s->cache_cap *= 2;
     s->cache = calloc(s->cache_cap, sizeof *s->cache);
-    s->in_cache = calloc((size_t)total, 1);
+    s->page_key = calloc((size_t)total, sizeof *s->page_key);
+    s->lru_prev = malloc((size_t)total * sizeof *s->lru_prev);
+    s->lru_next = malloc((size_t)total * sizeof *s->lru_next);
+    s->lru_head = s->lru_tail = -1;
     s->slot = calloc((size_t)s->n_slots, sizeof *s->slot);
     s->b_tok = malloc((size_t)s->budget * sizeof *s->b_tok);
     s->b_seq = malloc((size_t)s->budget * sizeof *s->b_seq);
@@ -234,7 +249,7 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->s_req = malloc((size_t)s->n_slots * sizeof *s->s_req);
     s->s_logits = malloc((size_t)s->n_slots * sizeof *s->s_logits);
     s->s_out = malloc((size_t)s->n_slots * sizeof *s->s_out);
-    if (!s->cache || !s->in_cache || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_logits || !s->s_out) {
+    if (!s->cache || !s->page_key || !s->lru_prev || !s->lru_next || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_logits || !s->s_out) {
         glm_sched_free(s);
         return glm_err(GLM_ERR_OOM, "out of memory");
     }
@@ -250,7 +265,7 @@ void glm_sched_free(glm_sched *s) {
     if (s->cache)
         for (size_t i = 0; i < s->cache_cap; i++)
             if (s->cache[i].hash) glm_ctx_page_release(s->ctx, s->cache[i].page);
-    free(s->cache); free(s->in_cache); free(s->slot);
+    free(s->cache); free(s->page_key); free(s->lru_prev); free(s->lru_next); free(s->slot);
     free(s->b_tok); free(s->b_seq); free(s->b_logits); free(s->b_req); free(s->order);
     free(s->s_req); free(s->s_logits); free(s->s_out);
     free(s);
@@ -327,7 +342,7 @@ static void release_slot(glm_sched *s, req *r) {
     const int n_pages = pages_for(glm_ctx_seq_len(s->ctx, r->slot));
     for (int i = 0; i < n_pages; i++) {
         const int32_t page = glm_ctx_seq_page(s->ctx, r->slot, i);
-        if (page >= 0 && s->in_cache[page] && glm_ctx_page_refs(s->ctx, page) == 2) s->n_cache_only++;
+        if (page >= 0 && s->page_key[page] && glm_ctx_page_refs(s->ctx, page) == 2) lru_push(s, page);
     }
     glm_ctx_seq_clear(s->ctx, r->slot);
     s->slot[r->slot] = NULL;
@@ -416,9 +431,10 @@ static int admit(glm_sched *s) {
         s->wait_head = r->next;
         s->n_wait--;
         r->next = NULL;
+        for (int i = 0; i < k; i++)
+            if (glm_ctx_page_refs(s->ctx, hits[i]) == 1) lru_unlink(s, hits[i]);
         int rc = glm_ctx_seq_share(s->ctx, slot, hits, k);
         if (rc) { free(hits); return rc; }
-        s->n_cache_only -= k_idle;
         s->slot[slot] = r;
         r->slot = slot;
         r->n_done = k * PAGE;

@@ -223,6 +223,28 @@ TEST(cached_pages_are_reclaimed_before_preemption) {
     glm_ctx_free(c);
 }
 
+TEST(reclaim_takes_the_least_recently_used_pages) {
+    if (!tiny()) { CHECK(0); return; }
+    spec_t a, b, c;
+    make_spec(&a, 11, 33, 1, 1);   /* 2 full pages cached each */
+    make_spec(&b, 12, 33, 1, 1);
+    make_spec(&c, 13, 100, 1, 1);  /* 7 pages: 6 free, one of the 4 cached is reclaimed */
+    glm_ctx *ctx = make_ctx(1, 10);
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(ctx, NULL, &s) == GLM_OK);
+    out_t o;
+    run_one(s, &a, &o);
+    run_one(s, &b, &o);
+    run_one(s, &c, &o);
+    run_one(s, &b, &o);
+    CHECK_MSG(o.n_cached == 32, "b: %d cached tokens (its pages were reclaimed before a's)", o.n_cached);
+    run_one(s, &a, &o);
+    CHECK_MSG(o.n_cached == 0, "a: %d cached tokens (its first page, the oldest, should be gone)", o.n_cached);
+    glm_sched_free(s);
+    CHECK(glm_ctx_kv_pages_free(ctx) == 10);
+    glm_ctx_free(ctx);
+}
+
 TEST(cancel_frees_pages_at_once) {
     if (!tiny()) { CHECK(0); return; }
     spec_t a, b;
