@@ -127,8 +127,8 @@ static int plain_greedy(glm_ctx *c, const int32_t *prompt, int n, int G, int32_t
     return 0;
 }
 
-/* Greedy continuation by speculative decoding: out[G]; checks the pages held after each
- * step. Returns 0 or -1. */
+/* Continuation by speculative decoding (greedy or sampled, as s was made): out[G]; checks
+ * the pages held after each step. Returns 0 or -1. */
 static int spec_greedy(glm_spec *s, glm_ctx *c, const int32_t *prompt, int n, int G, int32_t *out) {
     int got = 0, k;
     int32_t step[GLM_SPEC_MAX_DRAFT + 1];
@@ -200,6 +200,42 @@ static void greedy_equal(int mimic, int n_prompts, int G) {
 
 TEST(greedy_draft_equals_plain) { greedy_equal(0, 50, 24); }
 TEST(greedy_draft_equals_plain_accepting) { greedy_equal(1, 50, 24); }
+
+/* Sampling through the whole path: drafts drawn from the draft distribution, accepted by
+ * the rule, the cache rolled back; a fixed seed gives the same tokens twice. */
+TEST(sampling_runs_and_repeats) {
+    glm_model *m = load_mtp(DIR);
+    if (!m) return;
+    float *buf = mtp_mimic(m);
+    glm_ctx *c = new_ctx(m, 256, 64);
+    glm_sampler_params sp = glm_sampler_default_params();
+    sp.temp = 0.9f;
+    sp.top_k = 8;
+    sp.top_p = 0.95f;
+    sp.seed = 7;
+    int32_t prompt[128], a[10][40], b[40];
+    uint64_t accepted = 0;
+    for (int run = 0; c && run < 2; run++) {
+        glm_spec *s = NULL;
+        CHECK(glm_spec_new(c, 3, &sp, &s) == GLM_OK);
+        if (!s) break;
+        for (int i = 0; i < 10; i++) {
+            const int n = make_prompt(100 + i, m->hp.n_vocab, prompt);
+            int32_t *out = run ? b : a[i];
+            CHECK_MSG(spec_greedy(s, c, prompt, n, 40, out) == 0, "%s", glm_last_error());
+            if (run) CHECK(memcmp(a[i], b, sizeof b) == 0);
+            for (int j = 0; j < 40; j++) CHECK(out[j] >= 0 && out[j] < m->hp.n_vocab);
+        }
+        glm_spec_stats st;
+        glm_spec_get_stats(s, &st);
+        accepted += st.accepted;
+        glm_spec_free(s);
+    }
+    CHECK(accepted > 0);
+    glm_ctx_free(c);
+    glm_model_free(m);
+    free(buf);
+}
 
 /* ---- the rejection rule ---- */
 

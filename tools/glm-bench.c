@@ -498,12 +498,14 @@ int main(int argc, char **argv) {
                    "prefill floor: FLOPs over the FP8 rate.\n", bw / 1e9, fp8_rate / 1e12);
     } else if (!strcmp(out_fmt, "csv")) {
         printf("model,device,test,n_tokens,tps_mean,tps_sd,ms_step,floor_tps,floor_fraction,floor_bytes_or_flops,copy_gbps,fp8_tflops,"
-               "kv_peak,draft,acceptance,mean_accepted_length\n");
+               "kv_peak%s\n", spo.n_draft ? ",draft,acceptance,mean_accepted_length" : "");
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
-            printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f,%.4f,%d,%.4f,%.4f\n", desc, dname, r->name, r->n_tok, r->mean,
+            printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f,%.4f", desc, dname, r->name, r->n_tok, r->mean,
                    r->sd, r->ms_step, r->floor_tps, r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, bw / 1e9,
-                   fp8_rate / 1e12, r->kv_peak, r->draft, r->acceptance, r->mean_accepted);
+                   fp8_rate / 1e12, r->kv_peak);
+            if (spo.n_draft) printf(",%d,%.4f,%.4f", r->draft, r->acceptance, r->mean_accepted);   /* --draft's columns */
+            printf("\n");
         }
     } else {
         printf("{\n  \"model\": \"%s\",\n  \"device\": \"%s\",\n  \"copy_gbps\": %.1f,\n  \"fp8_tflops\": %.1f,\n  \"tests\": [\n",
@@ -511,11 +513,12 @@ int main(int argc, char **argv) {
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
             printf("    {\"test\": \"%s\", \"n_tokens\": %d, \"tps_mean\": %.4f, \"tps_sd\": %.4f, \"ms_step\": %.4f, "
-                   "\"floor_tps\": %.4f, \"floor_fraction\": %.4f, \"floor_bytes_or_flops\": %.6g, \"kv_peak\": %.4f, "
-                   "\"draft\": %d, \"acceptance\": %.4f, \"mean_accepted_length\": %.4f}%s\n",
+                   "\"floor_tps\": %.4f, \"floor_fraction\": %.4f, \"floor_bytes_or_flops\": %.6g, \"kv_peak\": %.4f",
                    r->name, r->n_tok, r->mean, r->sd, r->ms_step, r->floor_tps,
-                   r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, r->kv_peak, r->draft, r->acceptance,
-                   r->mean_accepted, i + 1 < nres ? "," : "");
+                   r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, r->kv_peak);
+            if (spo.n_draft)
+                printf(", \"draft\": %d, \"acceptance\": %.4f, \"mean_accepted_length\": %.4f", r->draft, r->acceptance, r->mean_accepted);
+            printf("}%s\n", i + 1 < nres ? "," : "");
         }
         printf("  ]\n}\n");
     }
