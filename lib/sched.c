@@ -197,6 +197,7 @@ int glm_sched_cache_clear(glm_sched *s) {
 
 static int pages_for(int64_t n) { return (int)((n + PAGE - 1) / PAGE); }
 
+/* Frees a request and everything it owns (NULL is fine). */
 static void req_free(req *r) {
     if (!r) return;
     free(r->tok);

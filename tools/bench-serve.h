@@ -15,6 +15,7 @@ typedef struct {
     int batch_tokens, kv_pages, shared_prefix, prefix_cache;
 } serve_opts;
 
+/* The serve-mode defaults: -np 8, 512 prompt and 128 output tokens, 512-token steps. */
 static serve_opts serve_default(void) {
     serve_opts o = {0};
     o.np = 8;
@@ -65,6 +66,7 @@ typedef struct {
 static double *serve_itl;       /* every inter-token gap of the run, seconds */
 static size_t serve_n_itl, serve_cap_itl;
 
+/* The scheduler's callback: a request's first-token time and every inter-token gap. */
 static void serve_event(void *user, const glm_sched_event *ev) {
     serve_req *r = user;
     const double t = tool_now();
@@ -84,6 +86,7 @@ static void serve_event(void *user, const glm_sched_event *ev) {
     if (ev->finish) r->done = 1;
 }
 
+/* qsort order of doubles: ascending. */
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;

@@ -24,6 +24,7 @@
 
 #define PROG "glm-server"
 
+/* Prints the --help text. */
 static void usage(FILE *f) {
     fprintf(f,
         "usage: glm-server [-m DIR] [--host H] [--port P] [options]\n"
@@ -103,6 +104,7 @@ static struct {
     .itl = {itl_le, sizeof itl_le / sizeof *itl_le, {0}, 0, 0},
 };
 
+/* Counts v into the histogram (cumulative buckets). */
 static void hist_add(histogram *h, double v) {
     for (int i = 0; i < h->n; i++) if (v <= h->le[i]) h->count[i]++;
     h->sum += v;
@@ -140,6 +142,7 @@ typedef struct job {
     think_split think;          /* reasoning / content of a chat answer */
 } job;
 
+/* Drops a reference to j; the last one frees it. */
 static void job_unref(job *j) {
     pthread_mutex_lock(&j->mu);
     int left = --j->refs;
@@ -215,6 +218,8 @@ static void snapshot(void) {
     pthread_mutex_unlock(&S.mmu);
 }
 
+/* The engine thread: takes handed-off requests into the scheduler, applies cancellations
+ * and runs steps until the server stops, then ends every request. Returns NULL. */
 static void *engine(void *arg) {
     (void)arg;
     for (;;) {
@@ -632,6 +637,9 @@ static int authorized(struct MHD_Connection *c) {
     return h && !strncmp(h, "Bearer ", 7) && !strcmp(h + 7, S.api_key);
 }
 
+/* MHD's handler of a request: called for the headers, each piece of the body, and once
+ * more at its end, when the request is routed. Returns MHD_YES, or MHD_NO to drop the
+ * connection. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method, const char *version,
                                   const char *upload, size_t *upload_size, void **con_cls) {
     (void)cls; (void)version;
@@ -693,6 +701,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return handle_completion(c, !strcmp(url, "/v1/chat/completions"), cs->body.s ? cs->body.s : "", cs->body.n);
 }
 
+/* MHD is done with a request: frees its body buffer. */
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     (void)cls; (void)c; (void)toe;
     conn_state *cs = *con_cls;

@@ -34,6 +34,7 @@ static inline int sb_room(sbuf *b, size_t n) {
     return 0;
 }
 
+/* Appends s[0..n). */
 static inline void sb_add(sbuf *b, const char *s, size_t n) {
     if (sb_room(b, n)) return;
     memcpy(b->s + b->n, s, n);
@@ -41,6 +42,7 @@ static inline void sb_add(sbuf *b, const char *s, size_t n) {
     b->s[b->n] = 0;
 }
 
+/* Appends printf-formatted text. */
 __attribute__((format(printf, 2, 3)))
 static inline void sb_printf(sbuf *b, const char *fmt, ...) {
     va_list ap;
@@ -62,6 +64,7 @@ static inline void sb_json(sbuf *b, const char *s, size_t n) {
     b->n += need;
 }
 
+/* Frees the string and empties it. */
 static inline void sb_free(sbuf *b) { free(b->s); memset(b, 0, sizeof *b); }
 
 /* ---- reasoning_content ---- */
