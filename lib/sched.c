@@ -77,7 +77,7 @@ struct glm_sched {
     req **b_req;               /* [n_slots] requests in this step's batch */
     req **order;               /* [n_slots] running requests by arrival */
     req **s_req;               /* [n_slots] requests sampled this step */
-    const float **s_logits;
+    int32_t *s_rows;           /* [n_slots] their batch rows */
     int32_t *s_out;
 };
 
@@ -248,9 +248,9 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->b_req = malloc((size_t)s->n_slots * sizeof *s->b_req);
     s->order = malloc((size_t)s->n_slots * sizeof *s->order);
     s->s_req = malloc((size_t)s->n_slots * sizeof *s->s_req);
-    s->s_logits = malloc((size_t)s->n_slots * sizeof *s->s_logits);
+    s->s_rows = malloc((size_t)s->n_slots * sizeof *s->s_rows);
     s->s_out = malloc((size_t)s->n_slots * sizeof *s->s_out);
-    if (!s->cache || !s->page_key || !s->lru_prev || !s->lru_next || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_logits || !s->s_out) {
+    if (!s->cache || !s->page_key || !s->lru_prev || !s->lru_next || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_rows || !s->s_out) {
         glm_sched_free(s);
         return glm_err(GLM_ERR_OOM, "out of memory");
     }
@@ -268,7 +268,7 @@ void glm_sched_free(glm_sched *s) {
             if (s->cache[i].hash) glm_ctx_page_release(s->ctx, s->cache[i].page);
     free(s->cache); free(s->page_key); free(s->lru_prev); free(s->lru_next); free(s->slot);
     free(s->b_tok); free(s->b_seq); free(s->b_logits); free(s->b_req); free(s->order);
-    free(s->s_req); free(s->s_logits); free(s->s_out);
+    free(s->s_req); free(s->s_rows); free(s->s_out);
     free(s);
 }
 
@@ -451,12 +451,17 @@ static int admit(glm_sched *s) {
     return GLM_OK;
 }
 
-/* Samples the next token of each of the n requests rq from its logits row:
- * out[i] = token of rq[i]. The one place sampling happens, over the whole batch. */
-static int sample_batch(glm_sched *s, int n, req **rq, const float **logits, int32_t *out) {
+/* Samples the next token of each of the n requests rq from the logits of batch row
+ * rows[i] of the step just run: out[i] = token of rq[i]. The one place sampling happens,
+ * once a step over the whole batch, so that a sampler on the device can take it over:
+ * it needs each request's sampling parameters, its generated tokens (the penalties'
+ * history) and its sampler state, and gives back only the token ids. */
+static int sample_batch(glm_sched *s, int n, req **rq, const int32_t *rows, int32_t *out) {
     for (int i = 0; i < n; i++) {
         req *r = rq[i];
-        int32_t t = glm_sampler_sample(r->smp, logits[i], s->hp->n_vocab, r->tok + r->n_prompt, r->n_gen);
+        const float *logits = glm_ctx_logits(s->ctx, rows[i]);
+        if (!logits) return GLM_ERR_ARG;
+        int32_t t = glm_sampler_sample(r->smp, logits, s->hp->n_vocab, r->tok + r->n_prompt, r->n_gen);
         if (t < 0) return t;
         out[i] = t;
     }
@@ -638,10 +643,10 @@ int glm_sched_step(glm_sched *s) {
         cache_register(s, r);
         if (r->n_done == r->n_tok) {
             s->s_req[ns] = r;
-            s->s_logits[ns++] = glm_ctx_logits(s->ctx, row - 1);
+            s->s_rows[ns++] = row - 1;
         }
     }
-    if ((rc = sample_batch(s, ns, s->s_req, s->s_logits, s->s_out))) { fail_running(s); return rc; }
+    if ((rc = sample_batch(s, ns, s->s_req, s->s_rows, s->s_out))) { fail_running(s); return rc; }
     for (int i = 0; i < ns; i++)
         if ((rc = accept_token(s, s->s_req[i], s->s_out[i]))) { fail_running(s); return rc; }
     return T;
