@@ -94,8 +94,10 @@ mut seq-clear-last-page-kept lib/ctx.c \
     'for (int i = 0; i < c->max_pages - 1; i++)
         if (pt[i] >= 0)'
 mut seq-clear-last-slot-rejected lib/ctx.c \
-    'if (seq < 0 || seq >= c->p.n_seq_max) return glm_err(GLM_ERR_ARG, "sequence %d out of range' \
-    'if (seq < 0 || seq >= c->p.n_seq_max - 1) return glm_err(GLM_ERR_ARG, "sequence %d out of range'
+    'int glm_ctx_seq_clear(glm_ctx *c, int seq) {
+    if (seq < 0 || seq >= c->p.n_seq_max)' \
+    'int glm_ctx_seq_clear(glm_ctx *c, int seq) {
+    if (seq < 0 || seq >= c->p.n_seq_max - 1)'
 mut temperature-applied-twice lib/sampler.c \
     'pr[i] = exp((l[s->idx[i]] - mx) / p->temp);' \
     'pr[i] = exp((l[s->idx[i]] - mx) / p->temp / p->temp);'
