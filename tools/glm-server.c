@@ -237,7 +237,6 @@ static void *engine(void *arg) {
             n = j->next;
             j->next = NULL;
             if (stop) { refuse(j, "the server is shutting down"); continue; }
-            j->t_submit = tool_now();
             if (glm_sched_submit(S.sched, &j->rq, &j->sched_id)) { refuse(j, glm_last_error()); continue; }
             j->next = active;
             active = j;
@@ -483,6 +482,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
     const uint64_t num = atomic_fetch_add(&S.next_id, 1);
     snprintf(j->id, sizeof j->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)num);
     j->created = (long)time(NULL);
+    j->t_submit = tool_now();  /* time to first token counts from here: the queue included */
     glm_sampler_params sp = glm_sampler_default_params();
     sp.temp = (float)b.temperature;
     sp.top_p = (float)b.top_p;
