@@ -435,6 +435,8 @@ TEST(prefix_cache_in_metrics) {
     free(r.body);
     CHECK(drained(p, 3));  /* the metrics are updated after the step that answered */
     const double cached0 = metric(p, "glm_prompt_tokens_cached_total"), fed0 = metric(p, "glm_computed_tokens_total");
+    const double ttft0 = metric(p, "glm_time_to_first_token_seconds_count"), itl0 = metric(p, "glm_inter_token_latency_seconds_count");
+    const double gen0 = metric(p, "glm_generation_tokens_total"), prompt0 = metric(p, "glm_prompt_tokens_total");
     r = http(p, "POST", "/v1/completions", NULL, b);
     CHECK(r.status == 200 && strstr(r.body, "\"cached_tokens\":32"));
     free(r.body);
@@ -442,6 +444,12 @@ TEST(prefix_cache_in_metrics) {
     const double cached1 = metric(p, "glm_prompt_tokens_cached_total"), fed1 = metric(p, "glm_computed_tokens_total");
     CHECK_MSG(cached1 - cached0 == 32, "%g cached tokens", cached1 - cached0);
     CHECK_MSG(fed1 - fed0 == 50 - 32 + 3, "%g tokens fed for a 50-token prompt with 32 cached", fed1 - fed0);
+    /* one first token and 3 gaps, 4 tokens generated, 50 prompt tokens */
+    CHECK(metric(p, "glm_time_to_first_token_seconds_count") - ttft0 == 1);
+    CHECK(metric(p, "glm_inter_token_latency_seconds_count") - itl0 == 3);
+    CHECK(metric(p, "glm_generation_tokens_total") - gen0 == 4);
+    CHECK(metric(p, "glm_prompt_tokens_total") - prompt0 == 50);
+    CHECK(metric(p, "glm_time_to_first_token_seconds_bucket{le=\"+Inf\"}") == metric(p, "glm_time_to_first_token_seconds_count"));
     const double ratio = metric(p, "glm_prefix_cache_hit_ratio");
     CHECK(ratio > 0 && ratio < 1);
 }
