@@ -416,8 +416,9 @@ void glm_spec_free(glm_spec *s);
 int glm_spec_prefill(glm_spec *s, int seq, const int32_t *prompt, int n_prompt, int32_t *first);
 /* One step of sequence seq: drafts, verifies, accepts; writes the 1..n_draft+1 tokens
  * that follow the last one returned into out[] and their count into *n_out. The last token
- * returned is not in the cache yet (as after glm_spec_prefill). GLM_WARN_KV_FULL (nothing
- * done) when the context or the pages cannot hold n_draft + 1 more tokens. */
+ * returned is not in the cache yet (as after glm_spec_prefill). Near the end of the context
+ * it drafts fewer (none: one plain step); GLM_WARN_KV_FULL (nothing done) when the context
+ * is full or the pages run out. */
 int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out);
 /* Forgets sequence seq's state (its cache is cleared too). */
 int glm_spec_seq_clear(glm_spec *s, int seq);

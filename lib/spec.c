@@ -60,9 +60,10 @@ static int32_t argmax(const float *l, int n) {
     return best;
 }
 
-static const float *sort_base;
-static int by_logit_desc(const void *a, const void *b) {
-    float x = sort_base[*(const int32_t *)a], y = sort_base[*(const int32_t *)b];
+/* qsort_r order of token ids by logit (the array in arg), largest first, then by id. */
+static int by_logit_desc(const void *a, const void *b, void *arg) {
+    const float *l = arg;
+    float x = l[*(const int32_t *)a], y = l[*(const int32_t *)b];
     if (x != y) return x > y ? -1 : 1;
     return *(const int32_t *)a - *(const int32_t *)b;
 }
@@ -73,8 +74,7 @@ static void dist(glm_spec *s, const float *l, float *p) {
     const glm_sampler_params *sp = &s->sp;
     const int V = s->V;
     for (int i = 0; i < V; i++) s->idx[i] = i;
-    sort_base = l;
-    qsort(s->idx, (size_t)V, sizeof *s->idx, by_logit_desc);
+    qsort_r(s->idx, (size_t)V, sizeof *s->idx, by_logit_desc, (void *)l);
     int n = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
     memset(p, 0, (size_t)V * sizeof *p);
     const double mx = l[s->idx[0]];
