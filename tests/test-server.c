@@ -720,6 +720,33 @@ TEST(bench_serve_reports) {
     tool_result_free(&t);
 }
 
+TEST(usage_and_startup_errors) {
+    if (!up()) return;
+    const struct { const char *args; int status; const char *msg; } cases[] = {
+        {"--bogus", 2, "glm-server: error: unknown argument '--bogus'"},
+        {"--port 70000", 2, "--port expects an integer in [0, 65535]"},
+        {"-np 0", 2, "-np expects an integer in [1, 4096]"},
+        {"--max-body 1", 2, "--max-body expects an integer in [64,"},
+        {"--api-key ''", 2, "--api-key is empty"},
+        {"--tp 3", 2, "--tp 3 does not divide the model's 2 KV heads"},
+        {"-m tests/data/no-model", 1, "cannot load model"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        tool_result t;
+        int rc = run_tool(&t, "%s/glm-server --port 0 -t 1 %s", tool_bin(), cases[i].args);
+        CHECK_MSG(rc == cases[i].status && strstr(t.err, cases[i].msg), "glm-server %s: exit %d, stderr: %s", cases[i].args, rc, t.err);
+        tool_result_free(&t);
+    }
+    /* the main server's port is taken */
+    tool_result t;
+    int rc = run_tool(&t, "%s/glm-server -t 1 --port %d", tool_bin(), main_srv.port);
+    CHECK_MSG(rc == 1 && strstr(t.err, "cannot listen on 127.0.0.1 port"), "exit %d, stderr: %s", rc, t.err);
+    tool_result_free(&t);
+    rc = run_tool(&t, "%s/glm-server --help", tool_bin());
+    CHECK(rc == 0 && strstr(t.out, "--api-key KEY"));
+    tool_result_free(&t);
+}
+
 TEST(zz_server_stops_cleanly) {
     if (main_srv.pid <= 0) return;
     CHECK(drained(main_srv.port, 5));
