@@ -334,7 +334,8 @@ typedef struct {
     const char *const *stop;       /* [n_stop] stop strings (copied; need a tokenizer) */
     int n_stop;
     int ignore_eos;                /* 1 = go on past the model's end-of-sequence tokens */
-    glm_sched_fn on_event;         /* called from glm_sched_step / glm_sched_cancel */
+    glm_sched_fn on_event;         /* called from glm_sched_step / glm_sched_cancel; it must
+                                      not call the scheduler */
     void *user;
 } glm_request;
 
