@@ -20,6 +20,7 @@
 #define CACHE_MAX_WORD 128            /* longer pre-tokens are not cached */
 #define CACHE_MAX_ENTRIES (1u << 19)   /* the cache is emptied when it grows past these */
 #define CACHE_MAX_BYTES (32u << 20)
+#define GLM_TOK_MAX_ID 100000000     /* the largest vocabulary id tokenizer.json may give */
 
 /* ---- byte-string hash map (keys copied into a pool) ---- */
 typedef struct {
@@ -290,12 +291,13 @@ static int32_t vocab_find(const glm_tokenizer *tok, const char *s, size_t len) {
     return id;
 }
 
-/* Returns 1 and sets *id when v is an integral JSON number in [0, max], else 0. */
-static int json_id(const json_value *v, int64_t max, int32_t *id) {
-    if (!v || v->type != JSON_NUMBER) return 0;
-    double d = v->u.number;
-    if (!(d >= 0 && d <= (double)max) || d != (double)(int64_t)d) return 0;
-    *id = (int32_t)d;
+/* Returns 1 and sets *id when v is an integral JSON number in [0, max] (json_to_int,
+ * max <= INT32_MAX), else 0 with why[cap] saying what is wrong. */
+static int json_id(const json_value *v, int64_t max, int32_t *id, char *why, size_t cap) {
+    int64_t x;
+    if (!v) { snprintf(why, cap, "is missing"); return 0; }
+    if (!json_to_int(v, 0, max, &x, why, cap)) return 0;
+    *id = (int32_t)x;
     return 1;
 }
 
@@ -534,8 +536,9 @@ static int tpl_add(const json_value *specials, const char *key, int32_t **arr, i
         return glm_err(GLM_ERR_FORMAT, "%s: TemplateProcessing special token %s has no ids", name, key);
     for (size_t i = 0; i < ids->u.arr.n; i++) {
         int32_t id;
-        if (!json_id(&ids->u.arr.items[i], INT32_MAX, &id))
-            return glm_err(GLM_ERR_FORMAT, "%s: TemplateProcessing special token %s: ids[%zu] is not a token id", name, key, i);
+        char why[96];
+        if (!json_id(&ids->u.arr.items[i], INT32_MAX, &id, why, sizeof why))
+            return glm_err(GLM_ERR_FORMAT, "%s: TemplateProcessing special token %s: ids[%zu] is not a token id (%s)", name, key, i, why);
         int rc = push_id(arr, n, id);
         if (rc) return rc;
     }
@@ -589,11 +592,12 @@ static int load_post(glm_tokenizer *tok, const json_value *v, const char *name) 
     if (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")) {
         const json_value *cls = json_get(v, "cls"), *sep = json_get(v, "sep");
         int32_t cls_id, sep_id;
+        char why[96];
         if (!cls || cls->type != JSON_ARRAY || cls->u.arr.n != 2 || cls->u.arr.items[0].type != JSON_STRING ||
-            !json_id(&cls->u.arr.items[1], INT32_MAX, &cls_id))
+            !json_id(&cls->u.arr.items[1], INT32_MAX, &cls_id, why, sizeof why))
             return glm_err(GLM_ERR_FORMAT, "%s: %s cls must be [token, id]", name, type);
         if (!sep || sep->type != JSON_ARRAY || sep->u.arr.n != 2 || sep->u.arr.items[0].type != JSON_STRING ||
-            !json_id(&sep->u.arr.items[1], INT32_MAX, &sep_id))
+            !json_id(&sep->u.arr.items[1], INT32_MAX, &sep_id, why, sizeof why))
             return glm_err(GLM_ERR_FORMAT, "%s: %s sep must be [token, id]", name, type);
         int rc = push_id(&tok->tpl_pre, &tok->n_pre, cls_id);
         if (!rc) rc = push_id(&tok->tpl_post, &tok->n_post, sep_id);
@@ -691,8 +695,9 @@ int glm_tokenizer_from_json(const json_value *root, const char *name, glm_tokeni
     for (size_t i = 0; i < vocab->u.obj.n; i++) {
         const json_member *m = &vocab->u.obj.members[i];
         int32_t id;
-        if (!json_id(&m->value, 100000000, &id)) {
-            rc = glm_err(GLM_ERR_FORMAT, "%s: vocab entry %zu has a bad id (an integer in [0, 1e8])", name, i);
+        char why[96];
+        if (!json_id(&m->value, GLM_TOK_MAX_ID, &id, why, sizeof why)) {
+            rc = glm_err(GLM_ERR_FORMAT, "%s: vocab entry %zu has a bad id (an integer in [0, 1e8]): %s", name, i, why);
             goto fail;
         }
         if (id > maxid) maxid = id;
@@ -762,8 +767,14 @@ int glm_tokenizer_from_json(const json_value *root, const char *name, glm_tokeni
     }
     for (size_t i = 0; i < vocab->u.obj.n; i++) {
         const json_member *m = &vocab->u.obj.members[i];
+        int32_t id;
+        char why[96];
+        if (!json_id(&m->value, GLM_TOK_MAX_ID, &id, why, sizeof why)) {  /* checked above: cannot fail */
+            rc = glm_err(GLM_ERR_FORMAT, "%s: vocab entry %zu has a bad id: %s", name, i, why);
+            goto fail;
+        }
         size_t plen = decode_piece(c2b, m->key, m->key_len, buf);
-        rc = set_token(tok, (int32_t)m->value.u.number, m->key, m->key_len, buf, plen, 0, &tok->pieces, &pn, &pcap, &tn, &tcap);
+        rc = set_token(tok, id, m->key, m->key_len, buf, plen, 0, &tok->pieces, &pn, &pcap, &tn, &tcap);
         if (rc) goto fail;
     }
     const json_value *unk = json_get(model, "unk_token");
