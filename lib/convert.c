@@ -41,7 +41,7 @@ int64_t glm_quant_channel(const float *w, int64_t rows, int64_t cols, uint8_t *q
         float s = glm_bf16_to_f32(sb);
         s_bf16[r] = sb;
         uint8_t *o = q + r * cols;
-        for (int64_t k = 0; k < cols; k++) o[k] = glm_fp8e4m3_round(x[k] / s);
+        for (int64_t k = 0; k < cols; k++) o[k] = glm_f32_to_fp8e4m3(x[k] / s);
     }
     return -1;
 }
@@ -71,7 +71,7 @@ int64_t glm_quant_block_row(const float *w, int64_t rows, int64_t cols, uint8_t 
             float sj = s[j];
             const float *x = w + r * cols;
             uint8_t *o = q + r * cols;
-            for (int64_t k = j * GLM_BLOCK; k < k1; k++) o[k] = glm_fp8e4m3_round(x[k] / sj);
+            for (int64_t k = j * GLM_BLOCK; k < k1; k++) o[k] = glm_f32_to_fp8e4m3(x[k] / sj);
         }
     return -1;
 }

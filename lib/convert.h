@@ -1,5 +1,5 @@
-/* convert.h - BF16 -> FP8 checkpoint conversion inside libglm: the exact, branch-free
- * float -> E4M3 rounding it rests on, the row/block quantisers, and the streaming,
+/* convert.h - BF16 -> FP8 checkpoint conversion inside libglm: the row/block quantisers
+ * (on the branch-free glm_f32_to_fp8e4m3 of internal.h) and the streaming,
  * multi-threaded converter glm-convert calls. Not installed. */
 #ifndef GLM_CONVERT_H
 #define GLM_CONVERT_H
@@ -8,28 +8,6 @@
 
 #include <stdint.h>
 #include <string.h>
-
-/* Returns the E4M3 byte nearest to f, ties to even, saturating at +-448 (NaN -> 0x7f,
- * -0 -> 0x00): the same byte as glm_f32_to_fp8e4m3, without branches or a search, so a
- * loop over it vectorises. */
-static inline uint8_t glm_fp8e4m3_round(float f) {
-    uint32_t u, a, t;
-    memcpy(&u, &f, 4);
-    a = u & 0x7fffffffu;
-    float af, tf;
-    memcpy(&af, &a, 4);
-    /* below 2^-6 the codes are the multiples of 2^-9: adding 2^14 (whose ulp is 2^-9)
-     * rounds to one of them, ties to even, and the low bits are the code */
-    tf = af + 16384.0f;
-    memcpy(&t, &tf, 4);
-    uint32_t sub = t - 0x46800000u;
-    /* normal range: rebias the exponent (127 -> 7) and round the 23-bit mantissa to 3 bits,
-     * ties to even (0x7ffff plus the lowest kept bit) */
-    uint32_t nrm = (a + 0xc407ffffu + ((a >> 20) & 1)) >> 20;
-    uint32_t code = a >= 0x43e00000u ? 0x7eu : a < 0x3c800000u ? sub : nrm;
-    uint32_t sign = a ? (u >> 24) & 0x80u : 0;
-    return (uint8_t)(a > 0x7f800000u ? 0x7fu : code | sign);
-}
 
 /* Quantises rows [rows, cols] (float32) to E4M3 with one scale per row: s[r] =
  * bf16(amax_r / 448) (1 for an all-zero row), q = round(w / s). Returns the index of the

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Sets the thread's error message and returns status (so `return glm_err(...)` reads well). */
 int glm_err(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -17,9 +18,29 @@ uint16_t glm_f32_to_bf16(float f);          /* round to nearest even */
 float glm_f16_to_f32(uint16_t h);
 uint16_t glm_f32_to_f16(float f);
 float glm_fp8e4m3_to_f32(uint8_t b);
-uint8_t glm_f32_to_fp8e4m3(float f);        /* round to nearest even, saturate at +-448 */
 extern float glm_fp8_lut[256];              /* fp8 e4m3 byte -> float, filled by glm_numbers_init */
 void glm_numbers_init(void);
+/* Returns the E4M3 byte nearest to f, ties to even, saturating at +-448 (NaN -> 0x7f,
+ * -0 -> 0x00); without branches or a search, so a loop over it vectorises (the converter's
+ * hot loop). tests/test-convert.c checks it against a search over the 127 magnitudes. */
+static inline uint8_t glm_f32_to_fp8e4m3(float f) {
+    uint32_t u, a, t;
+    memcpy(&u, &f, 4);
+    a = u & 0x7fffffffu;
+    float af, tf;
+    memcpy(&af, &a, 4);
+    /* below 2^-6 the codes are the multiples of 2^-9: adding 2^14 (whose ulp is 2^-9)
+     * rounds to one of them, ties to even, and the low bits are the code */
+    tf = af + 16384.0f;
+    memcpy(&t, &tf, 4);
+    uint32_t sub = t - 0x46800000u;
+    /* normal range: rebias the exponent (127 -> 7) and round the 23-bit mantissa to 3 bits,
+     * ties to even (0x7ffff plus the lowest kept bit) */
+    uint32_t nrm = (a + 0xc407ffffu + ((a >> 20) & 1)) >> 20;
+    uint32_t code = a >= 0x43e00000u ? 0x7eu : a < 0x3c800000u ? sub : nrm;
+    uint32_t sign = a ? (u >> 24) & 0x80u : 0;
+    return (uint8_t)(a > 0x7f800000u ? 0x7fu : code | sign);
+}
 
 /* ---- tensors ---- */
 typedef enum {

@@ -99,26 +99,6 @@ float glm_fp8e4m3_to_f32(uint8_t b) {
     return sign ? -f : f;
 }
 
-uint8_t glm_f32_to_fp8e4m3(float f) {
-    if (isnan(f)) return 0x7f;
-    uint8_t sign = f < 0 ? 0x80 : 0;
-    float a = fabsf(f);
-    if (a >= 448.0f) return sign | 0x7e;
-    /* nearest representable, ties to even, by search over the 127 magnitudes */
-    int lo = 0, hi = 126;
-    while (lo < hi) { /* smallest code with value >= a */
-        int mid = (lo + hi) / 2;
-        if (glm_fp8e4m3_to_f32((uint8_t)mid) < a) lo = mid + 1; else hi = mid;
-    }
-    int c = lo;
-    if (c > 0) {
-        float vhi = glm_fp8e4m3_to_f32((uint8_t)c), vlo = glm_fp8e4m3_to_f32((uint8_t)(c - 1));
-        float dhi = vhi - a, dlo = a - vlo;
-        if (dlo < dhi || (dlo == dhi && ((c - 1) & 1) == 0)) c = c - 1;
-    }
-    return sign | (uint8_t)c;
-}
-
 void glm_numbers_init(void) {
     static int done;
     if (done) return;
