@@ -227,27 +227,6 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off, const cha
     return GLM_OK;
 }
 
-/* Appends one header entry ("name":{dtype, shape, data_offsets}) to the growing buffer *h. */
-static int header_entry(char **h, size_t *len, size_t *cap, const char *name, glm_dtype dt, int nd,
-                        const int64_t *shape, uint64_t off, uint64_t nbytes) {
-    size_t need = strlen(name) * 6 + 256;
-    if (*cap - *len < need) {
-        size_t nc = *cap * 2 + need;
-        char *nh = realloc(*h, nc);
-        if (!nh) return glm_err(GLM_ERR_OOM, "out of memory");
-        *h = nh;
-        *cap = nc;
-    }
-    char *b = *h;
-    b[(*len)++] = ',';
-    *len += json_escape(b + *len, *cap - *len, name, strlen(name));
-    *len += (size_t)snprintf(b + *len, *cap - *len, ":{\"dtype\":\"%s\",\"shape\":[", glm_dtype_name(dt));
-    for (int d = 0; d < nd; d++) *len += (size_t)snprintf(b + *len, *cap - *len, "%s%lld", d ? "," : "", (long long)shape[d]);
-    *len += (size_t)snprintf(b + *len, *cap - *len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
-                             (unsigned long long)(off + nbytes));
-    return GLM_OK;
-}
-
 /* The name of tensor o's scale ("<name>_scale" or "<name>_scale_inv") into buf. */
 static void scale_name(char *buf, size_t cap, const job *j, const out_tensor *o) {
     snprintf(buf, cap, "%s%s", o->src->name, j->fmt == GLM_FMT_FP8_CHANNEL ? "_scale" : "_scale_inv");
@@ -259,43 +238,31 @@ static int open_shard(job *j, int k, const char *dir) {
     char name[64];
     snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, j->n_sh);
     glm_path_join(sh->path, sizeof sh->path, dir, name);
-    size_t cap = 4096, len = 0;
-    char *h = malloc(cap);
-    if (!h) return glm_err(GLM_ERR_OOM, "out of memory");
-    len += (size_t)snprintf(h, cap, "{\"__metadata__\":{\"format\":\"pt\"}");
-    int rc = GLM_OK;
+    glm_st_header h;
+    int rc = glm_st_header_begin(&h);
     char sname[1024];
     for (size_t i = 0; i < j->n_t && !rc; i++) {
         const out_tensor *o = &j->t[i];
         if (o->shard != k) continue;
         if (!o->quant) {
-            rc = header_entry(&h, &len, &cap, o->src->name, o->src->dtype, o->src->n_dims, o->src->shape, o->off, o->nbytes);
+            rc = glm_st_header_add(&h, o->src->name, o->src->dtype, o->src->n_dims, o->src->shape, o->off, o->nbytes);
             continue;
         }
         int64_t shape[2] = { o->rows, o->cols };
-        rc = header_entry(&h, &len, &cap, o->src->name, GLM_DT_F8E4M3, 2, shape, o->off, o->nbytes);
+        rc = glm_st_header_add(&h, o->src->name, GLM_DT_F8E4M3, 2, shape, o->off, o->nbytes);
         scale_name(sname, sizeof sname, j, o);
         int64_t ss[2] = { o->rows, 1 };
         if (j->fmt == GLM_FMT_FP8_BLOCK) { ss[0] = (o->rows + GLM_BLOCK - 1) / GLM_BLOCK; ss[1] = (o->cols + GLM_BLOCK - 1) / GLM_BLOCK; }
-        if (!rc) rc = header_entry(&h, &len, &cap, sname, j->fmt == GLM_FMT_FP8_CHANNEL ? GLM_DT_BF16 : GLM_DT_F32, 2, ss,
-                                   o->scale_off, o->scale_nbytes);
+        if (!rc) rc = glm_st_header_add(&h, sname, j->fmt == GLM_FMT_FP8_CHANNEL ? GLM_DT_BF16 : GLM_DT_F32, 2, ss,
+                                        o->scale_off, o->scale_nbytes);
     }
-    if (!rc && cap - len < 16) {
-        char *nh = realloc(h, cap + 16);
-        if (!nh) rc = glm_err(GLM_ERR_OOM, "out of memory");
-        else { h = nh; cap += 16; }
-    }
-    if (rc) { free(h); return rc; }
-    h[len++] = '}';
-    while (len % 8) h[len++] = ' ';
+    if (!rc) rc = glm_st_header_end(&h);
+    if (rc) { glm_st_header_free(&h); return rc; }
     sh->fd = open(sh->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (sh->fd < 0) { free(h); return glm_err(GLM_ERR_IO, "%s: %s", sh->path, strerror(errno)); }
-    unsigned char hl[8];
-    for (int i = 0; i < 8; i++) hl[i] = (unsigned char)((uint64_t)len >> (8 * i));
-    rc = pwrite_all(sh->fd, hl, 8, 0, sh->path);
-    if (!rc) rc = pwrite_all(sh->fd, h, len, 8, sh->path);
-    sh->data_start = 8 + len;
-    free(h);
+    if (sh->fd < 0) { glm_st_header_free(&h); return glm_err(GLM_ERR_IO, "%s: %s", sh->path, strerror(errno)); }
+    rc = pwrite_all(sh->fd, h.buf, h.len, 0, sh->path);
+    sh->data_start = h.len;
+    glm_st_header_free(&h);
     return rc;
 }
 

@@ -119,6 +119,19 @@ int glm_st_add_memory(glm_st_set *s, const char *name, glm_dtype dtype, int n_di
                       const int64_t *shape, const void *data);
 int glm_st_finish_memory(glm_st_set *s);
 
+/* A safetensors header being built, its 8-byte length prefix included: buf[0..len) is
+ * what goes at the start of the file once glm_st_header_end has run (data at byte len). */
+typedef struct { char *buf; size_t len, cap; } glm_st_header;
+/* Starts h with room for the prefix and {"__metadata__":{"format":"pt"}; returns a status. */
+int glm_st_header_begin(glm_st_header *h);
+/* Appends "name":{dtype, shape[nd], data_offsets [off, off + nbytes)}; returns a status. */
+int glm_st_header_add(glm_st_header *h, const char *name, glm_dtype dt, int nd, const int64_t *shape,
+                      uint64_t off, uint64_t nbytes);
+/* Closes the object, pads it with spaces to a multiple of 8 bytes and fills the length
+ * prefix; returns a status. */
+int glm_st_header_end(glm_st_header *h);
+void glm_st_header_free(glm_st_header *h);
+
 /* Writer: add tensors (data borrowed until write returns), then write to path. */
 typedef struct glm_st_writer glm_st_writer;
 glm_st_writer *glm_st_writer_new(void);

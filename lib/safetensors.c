@@ -469,45 +469,72 @@ int glm_st_writer_add(glm_st_writer *w, const char *name, glm_dtype dtype, int n
     return GLM_OK;
 }
 
+/* Makes room for need more bytes in h; returns a status. */
+static int header_room(glm_st_header *h, size_t need) {
+    if (h->cap - h->len >= need) return GLM_OK;
+    size_t nc = h->cap * 2 + need;
+    char *nb = realloc(h->buf, nc);
+    if (!nb) return glm_err(GLM_ERR_OOM, "out of memory");
+    h->buf = nb;
+    h->cap = nc;
+    return GLM_OK;
+}
+
+int glm_st_header_begin(glm_st_header *h) {
+    *h = (glm_st_header){ 0 };
+    int rc = header_room(h, 4096);
+    if (rc) return rc;
+    h->len = 8;  /* the length prefix, filled by glm_st_header_end */
+    h->len += (size_t)snprintf(h->buf + h->len, h->cap - h->len, "{\"__metadata__\":{\"format\":\"pt\"}");
+    return GLM_OK;
+}
+
+int glm_st_header_add(glm_st_header *h, const char *name, glm_dtype dt, int nd, const int64_t *shape,
+                      uint64_t off, uint64_t nbytes) {
+    int rc = header_room(h, strlen(name) * 6 + 256);
+    if (rc) return rc;
+    char *b = h->buf;
+    b[h->len++] = ',';
+    h->len += json_escape(b + h->len, h->cap - h->len, name, strlen(name));
+    h->len += (size_t)snprintf(b + h->len, h->cap - h->len, ":{\"dtype\":\"%s\",\"shape\":[", glm_dtype_name(dt));
+    for (int d = 0; d < nd; d++)
+        h->len += (size_t)snprintf(b + h->len, h->cap - h->len, "%s%lld", d ? "," : "", (long long)shape[d]);
+    h->len += (size_t)snprintf(b + h->len, h->cap - h->len, "],\"data_offsets\":[%llu,%llu]}",
+                               (unsigned long long)off, (unsigned long long)(off + nbytes));
+    return GLM_OK;
+}
+
+int glm_st_header_end(glm_st_header *h) {
+    int rc = header_room(h, 16);
+    if (rc) return rc;
+    h->buf[h->len++] = '}';
+    while ((h->len - 8) % 8) h->buf[h->len++] = ' ';
+    for (int i = 0; i < 8; i++) h->buf[i] = (char)(unsigned char)((uint64_t)(h->len - 8) >> (8 * i));
+    return GLM_OK;
+}
+
+void glm_st_header_free(glm_st_header *h) {
+    free(h->buf);
+    *h = (glm_st_header){ 0 };
+}
+
 int glm_st_writer_write(glm_st_writer *w, const char *path) {
-    size_t cap = 256 + w->n * 512, len = 0;
-    char *h = malloc(cap);
-    if (!h) return glm_err(GLM_ERR_OOM, "out of memory");
+    glm_st_header h;
+    int rc = glm_st_header_begin(&h);
     uint64_t off = 0;
-    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\"}");
-    for (size_t i = 0; i < w->n; i++) {
+    for (size_t i = 0; i < w->n && !rc; i++) {
         st_entry *e = &w->e[i];
-        size_t need = strlen(e->name) * 6 + 256;
-        if (cap - len < need) {
-            cap = cap * 2 + need;
-            char *nh = realloc(h, cap);
-            if (!nh) { free(h); return glm_err(GLM_ERR_OOM, "out of memory"); }
-            h = nh;
-        }
-        h[len++] = ',';
-        len += json_escape(h + len, cap - len, e->name, strlen(e->name));
-        len += (size_t)snprintf(h + len, cap - len, ":{\"dtype\":\"%s\",\"shape\":[", glm_dtype_name(e->dtype));
-        for (int d = 0; d < e->n_dims; d++)
-            len += (size_t)snprintf(h + len, cap - len, "%s%lld", d ? "," : "", (long long)e->shape[d]);
-        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}",
-                                (unsigned long long)off, (unsigned long long)(off + e->nbytes));
+        rc = glm_st_header_add(&h, e->name, e->dtype, e->n_dims, e->shape, off, e->nbytes);
         off += e->nbytes;
     }
-    if (cap - len < 16) {
-        char *nh = realloc(h, cap + 16);
-        if (!nh) { free(h); return glm_err(GLM_ERR_OOM, "out of memory"); }
-        h = nh;
-    }
-    h[len++] = '}';
-    while (len % 8) h[len++] = ' ';
+    if (!rc) rc = glm_st_header_end(&h);
+    if (rc) { glm_st_header_free(&h); return rc; }
     FILE *f = fopen(path, "wb");
-    if (!f) { free(h); return glm_err(GLM_ERR_IO, "%s: %s", path, strerror(errno)); }
-    unsigned char hl[8];
-    for (int i = 0; i < 8; i++) hl[i] = (unsigned char)((uint64_t)len >> (8 * i));
-    int ok = fwrite(hl, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len;
+    if (!f) { glm_st_header_free(&h); return glm_err(GLM_ERR_IO, "%s: %s", path, strerror(errno)); }
+    int ok = fwrite(h.buf, 1, h.len, f) == h.len;
     for (size_t i = 0; ok && i < w->n; i++)
         ok = w->e[i].nbytes == 0 || fwrite(w->e[i].data, 1, w->e[i].nbytes, f) == w->e[i].nbytes;
-    free(h);
+    glm_st_header_free(&h);
     if (fclose(f) != 0) ok = 0;
     if (!ok) return glm_err(GLM_ERR_IO, "%s: write failed: %s", path, strerror(errno));
     return GLM_OK;
