@@ -237,9 +237,10 @@ static int open_shard(job *j, int k, const char *dir) {
     out_shard *sh = &j->sh[k];
     char name[64];
     snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", k + 1, j->n_sh);
-    glm_path_join(sh->path, sizeof sh->path, dir, name);
+    int rc = glm_path_join(sh->path, sizeof sh->path, dir, name);
+    if (rc) return rc;
     glm_st_header h;
-    int rc = glm_st_header_begin(&h);
+    rc = glm_st_header_begin(&h);
     char sname[1024];
     for (size_t i = 0; i < j->n_t && !rc; i++) {
         const out_tensor *o = &j->t[i];
@@ -452,7 +453,8 @@ static int write_config(const char *cfg, const char *out_dir, glm_weight_format 
     memcpy(text, cfg, head);
     memcpy(text + head, add, strlen(add) + 1);
     char path[4096];
-    int rc = write_new_file(glm_path_join(path, sizeof path, out_dir, "config.json"), text, n);
+    int rc = glm_path_join(path, sizeof path, out_dir, "config.json");
+    if (!rc) rc = write_new_file(path, text, n);
     free(text);
     return rc;
 }
@@ -483,7 +485,8 @@ static int write_index(const job *j, const char *out_dir) {
     if (!rc) {
         len += (size_t)snprintf(b + len, cap - len, "\n  }\n}\n");
         char path[4096];
-        rc = write_new_file(glm_path_join(path, sizeof path, out_dir, "model.safetensors.index.json"), b, len);
+        rc = glm_path_join(path, sizeof path, out_dir, "model.safetensors.index.json");
+        if (!rc) rc = write_new_file(path, b, len);
     }
     free(b);
     return rc;
@@ -494,12 +497,14 @@ static int copy_side_files(const char *in_dir, const char *out_dir) {
     static const char *names[] = { "tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja" };
     char src[4096], dst[4096];
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        glm_path_join(src, sizeof src, in_dir, names[i]);
+        int rc = glm_path_join(src, sizeof src, in_dir, names[i]);
+        if (rc) return rc;
         if (access(src, F_OK) != 0) continue;
         char *data = NULL;
         size_t len = 0;
-        int rc = glm_read_file(src, &data, &len);
-        if (!rc) rc = write_new_file(glm_path_join(dst, sizeof dst, out_dir, names[i]), data, len);
+        rc = glm_read_file(src, &data, &len);
+        if (!rc) rc = glm_path_join(dst, sizeof dst, out_dir, names[i]);
+        if (!rc) rc = write_new_file(dst, data, len);
         free(data);
         if (rc) return rc;
     }
@@ -522,7 +527,8 @@ int glm_convert_checkpoint(const char *in_dir, const char *out_dir, glm_weight_f
     size_t cfg_len = 0;
     json_doc *doc = NULL;
     glm_hparams hp;
-    int rc = glm_read_file(glm_path_join(path, sizeof path, in_dir, "config.json"), &cfg, &cfg_len);
+    int rc = glm_path_join(path, sizeof path, in_dir, "config.json");
+    if (!rc) rc = glm_read_file(path, &cfg, &cfg_len);
     if (!rc) rc = glm_hparams_parse(cfg, cfg_len, path, &hp);
     if (!rc) {
         char jerr[200];

@@ -144,8 +144,9 @@ void glm_st_writer_free(glm_st_writer *w);
 /* ---- files ---- */
 /* Reads a whole file into a NUL-terminated malloc'd buffer. */
 int glm_read_file(const char *path, char **data, size_t *len);
-/* Joins dir and name into buf; returns buf. */
-char *glm_path_join(char *buf, size_t cap, const char *dir, const char *name);
+/* Joins dir and name into buf[cap] (dir's trailing slashes dropped); returns GLM_OK, or
+ * GLM_ERR_ARG naming the path (its start and name) with buf empty when it does not fit. */
+int glm_path_join(char *buf, size_t cap, const char *dir, const char *name);
 
 /* ---- the bound model ---- */
 typedef struct {

@@ -298,16 +298,17 @@ int glm_st_open_dir(const char *dir, glm_st_set **out) {
     struct stat st;
     if (stat(dir, &st) != 0) return glm_err(GLM_ERR_IO, "%s: %s", dir, strerror(errno));
     if (!S_ISDIR(st.st_mode)) return glm_err(GLM_ERR_IO, "%s: not a directory", dir);
-    glm_path_join(idx, sizeof idx, dir, "model.safetensors.index.json");
+    int rc = glm_path_join(idx, sizeof idx, dir, "model.safetensors.index.json");
+    if (rc) return rc;
     if (access(idx, F_OK) != 0) {
-        glm_path_join(path, sizeof path, dir, "model.safetensors");
+        if ((rc = glm_path_join(path, sizeof path, dir, "model.safetensors"))) return rc;
         if (access(path, F_OK) != 0)
             return glm_err(GLM_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
         return glm_st_open_file(path, out);
     }
     char *text = NULL;
     size_t len = 0;
-    int rc = glm_read_file(idx, &text, &len);
+    rc = glm_read_file(idx, &text, &len);
     if (rc) return rc;
     char jerr[200];
     json_doc *doc = json_parse(text, len, jerr, sizeof jerr);
@@ -343,7 +344,7 @@ int glm_st_open_dir(const char *dir, glm_st_set **out) {
             j = (j + 1) & (n_slots - 1);
         if (slots[j] >= 0) { shard_of[i] = shard_of[slots[j]]; continue; }
         slots[j] = (int32_t)i;
-        glm_path_join(path, sizeof path, dir, v->u.str.s);
+        if ((rc = glm_path_join(path, sizeof path, dir, v->u.str.s))) goto fail;  /* fits: checked above */
         if (access(path, F_OK) != 0) {
             rc = glm_err(GLM_ERR_IO, "%s: shard '%s' (named for tensor '%s') is missing", idx, path, m->key);
             goto fail;

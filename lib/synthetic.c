@@ -228,7 +228,8 @@ static int gen(const tspec *t, glm_weight_format fmt, uint64_t seed, gen_tensor 
 /* Writes config.json for hp in the GLM-4.7 style; returns a status. */
 static int write_config(const glm_hparams *hp, glm_weight_format fmt, const char *dir) {
     char path[4096];
-    glm_path_join(path, sizeof path, dir, "config.json");
+    int rc = glm_path_join(path, sizeof path, dir, "config.json");
+    if (rc) return rc;
     FILE *f = fopen(path, "w");
     if (!f) return glm_err(GLM_ERR_IO, "%s: %s", path, strerror(errno));
     fprintf(f, "{\n  \"architectures\": [\"Glm4MoeForCausalLM\"],\n  \"model_type\": \"glm4_moe\",\n");
@@ -287,8 +288,8 @@ static void shard_name(char *buf, size_t cap, int shard, int n) {
 static int flush_shard(writer_state *s) {
     char name[64], path[4096];
     shard_name(name, sizeof name, s->shard, s->n_shards);
-    glm_path_join(path, sizeof path, s->dir, name);
-    int rc = glm_st_writer_write(s->w, path);
+    int rc = glm_path_join(path, sizeof path, s->dir, name);
+    if (!rc) rc = glm_st_writer_write(s->w, path);
     glm_st_writer_free(s->w);
     s->w = NULL;
     for (size_t i = 0; i < s->n_held; i++) gen_free(&s->held[i]);
@@ -353,7 +354,7 @@ int glm_synthetic_write(const glm_hparams *hp, glm_weight_format fmt, const char
     int rc = write_config(hp, fmt, dir);
     if (rc) return rc;
     char path[4096];
-    glm_path_join(path, sizeof path, dir, "model.safetensors.index.json");
+    if ((rc = glm_path_join(path, sizeof path, dir, "model.safetensors.index.json"))) return rc;
     writer_state s = { .hp = hp, .fmt = fmt, .seed = seed, .dir = dir, .n_shards = hp->n_layer + 1 + (hp->n_nextn > 0), .shard = -1,
                        .first_entry = 1, .progress = progress, .progress_user = user };
     each_tensor(hp, count_bytes, &s.total);

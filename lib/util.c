@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -132,9 +133,15 @@ int glm_read_file(const char *path, char **data, size_t *len) {
     return GLM_OK;
 }
 
-char *glm_path_join(char *buf, size_t cap, const char *dir, const char *name) {
+int glm_path_join(char *buf, size_t cap, const char *dir, const char *name) {
     size_t dl = strlen(dir);
     while (dl > 1 && dir[dl - 1] == '/') dl--;
+    size_t need = dl + 1 + strlen(name);
+    if (need >= cap || dl > INT_MAX) {
+        if (cap) buf[0] = 0;
+        return glm_err(GLM_ERR_ARG, "%.256s.../%.256s: path too long (%zu bytes, at most %zu)", dir, name, need,
+                       cap ? cap - 1 : 0);
+    }
     snprintf(buf, cap, "%.*s/%s", (int)dl, dir, name);
-    return buf;
+    return GLM_OK;
 }

@@ -9,6 +9,7 @@
 #include "json.h"
 #include "test.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -755,6 +756,59 @@ TEST(fp8_scale_shapes) {
 
 TEST(missing_config) {
     expect_fail(edited("tiny-bf16", "nocfg", "rm '%s/config.json'"), GLM_ERR_IO, "config.json");
+}
+
+/* Makes the folder tmp/long/dddd.../ddd whose path is exactly len bytes (components of
+ * at most 200 bytes) into path[cap]; returns 0 or -1. */
+static int make_long_dir(char *path, size_t cap, size_t len) {
+    int n = snprintf(path, cap, "%s/long", tmp);
+    if (n < 0 || (size_t)n >= len || len >= cap) return -1;
+    mkdir(path, 0755);
+    size_t at = (size_t)n;
+    while (at < len) {
+        size_t part = len - at - 1 > 200 ? 200 : len - at - 1;
+        if (len - at - 1 - part == 1) part--;  /* leave room for a last "/d" */
+        path[at++] = '/';
+        memset(path + at, 'd', part);
+        at += part;
+        path[at] = 0;
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) return -1;
+    }
+    return 0;
+}
+
+/* Copies tests/data/<src>/<name> into dir; returns 0 or -1. */
+static int copy_into(const char *src, const char *name, const char *dir) {
+    char from[512], to[4200], *data = NULL;
+    size_t len = 0;
+    snprintf(from, sizeof from, "tests/data/%s/%s", src, name);
+    snprintf(to, sizeof to, "%s/%s", dir, name);
+    if (glm_read_file(from, &data, &len)) return -1;
+    FILE *f = fopen(to, "wb");
+    int ok = f && fwrite(data, 1, len, f) == len;
+    if (f && fclose(f) != 0) ok = 0;
+    free(data);
+    return ok ? 0 : -1;
+}
+
+TEST(model_folder_path_too_long) {
+    /* 4075 bytes: dir/config.json fits in a path of 4095 bytes, dir/model.safetensors.index.json
+     * does not (it was cut, and the single file beside it loaded in its stead) */
+    char dir[4200], msg[1024];
+    CHECK(make_long_dir(dir, sizeof dir, 4075) == 0 && strlen(dir) == 4075);
+    CHECK(copy_into("tiny-bf16", "config.json", dir) == 0 && copy_into("tiny-bf16", "model.safetensors", dir) == 0);
+    char start[300];
+    snprintf(start, sizeof start, "%s/long/ddd", tmp);
+    expect_fail(dir, GLM_ERR_ARG, start, "model.safetensors.index.json", "path too long (4104 bytes, at most 4095)");
+    /* 4085 bytes: dir/tokenizer.json does not fit */
+    CHECK(make_long_dir(dir, sizeof dir, 4085) == 0 && strlen(dir) == 4085);
+    glm_tokenizer *tok = NULL;
+    int rc = glm_tokenizer_load_dir(dir, &tok);
+    snprintf(msg, sizeof msg, "%s", glm_last_error());
+    fprintf(stderr, "  -> %s (%s)\n", msg, glm_status_str(rc));
+    CHECK(rc == GLM_ERR_ARG && tok == NULL);
+    CHECK(strstr(msg, start) && strstr(msg, "tokenizer.json: path too long (4100 bytes, at most 4095)"));
+    glm_tokenizer_free(tok);
 }
 
 TEST(missing_directory) {

@@ -1541,15 +1541,17 @@ int glm_tokenizer_load(const char *path, glm_tokenizer **out) {
 int glm_tokenizer_load_dir(const char *dir, glm_tokenizer **out) {
     if (!dir || !out) return glm_err(GLM_ERR_ARG, "glm_tokenizer_load_dir: NULL argument");
     char path[4096];
-    glm_path_join(path, sizeof path, dir, "tokenizer.json");
-    int rc = glm_tokenizer_load(path, out);
+    int rc = glm_path_join(path, sizeof path, dir, "tokenizer.json");
+    if (rc) return rc;
+    rc = glm_tokenizer_load(path, out);
     if (rc) return rc;
     glm_tokenizer *tok = *out;
     char *data = NULL, *tpl_file = NULL;
     size_t len = 0;
     json_doc *doc = NULL;
     const char *tpl = NULL;
-    glm_path_join(path, sizeof path, dir, "tokenizer_config.json");
+    rc = glm_path_join(path, sizeof path, dir, "tokenizer_config.json");
+    if (rc) goto fail;
     FILE *f = fopen(path, "rb");
     if (f) {
         fclose(f);
@@ -1573,7 +1575,8 @@ int glm_tokenizer_load_dir(const char *dir, glm_tokenizer **out) {
         }
     }
     if (!tpl) {
-        glm_path_join(path, sizeof path, dir, "chat_template.jinja");
+        rc = glm_path_join(path, sizeof path, dir, "chat_template.jinja");
+        if (rc) goto fail;
         f = fopen(path, "rb");
         if (f) {
             fclose(f);
