@@ -4,6 +4,7 @@
  * windows and KL divergence, exit codes and the messages of usage errors. */
 #include "test.h"
 #include "refs.h"
+#include "tool-run.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -15,35 +16,24 @@
 #include <unistd.h>
 
 #define tmp test_tmp
-static const char *bin_dir(void) { return getenv("GLM_BIN") ? getenv("GLM_BIN") : "build/bin"; }
-#define bin bin_dir()
+#define bin tool_bin()
 
-/* Runs a shell command; returns its exit status and stdout (malloc'd, NUL-terminated). */
+/* Runs a shell command through tool-run.h; returns its exit status and, when out is not
+ * NULL, its stdout (malloc'd, NUL-terminated); its stderr stays for run_err(). */
 static int run(const char *cmd, char **out) {
-    char full[4096];
-    snprintf(full, sizeof full, "cd . && %s 2>%s/err.txt", cmd, tmp);
-    FILE *p = popen(full, "r");
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    size_t r;
-    while ((r = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += r;
-        if (cap - n < 2) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int st = pclose(p);
-    if (out) *out = buf; else free(buf);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    tool_result r;
+    int st = run_tool(&r, "%s", cmd);
+    if (out) { *out = r.out; r.out = NULL; }
+    tool_result_free(&r);
+    return st;
 }
 
-/* The stderr of the last run() (malloc'd, NUL-terminated). */
+/* The stderr of the last run() (malloc'd, NUL-terminated; "" when there is none). */
 static char *run_err(void) {
     char path[300];
-    snprintf(path, sizeof path, "%s/err.txt", tmp);
-    FILE *f = fopen(path, "rb");
-    char *buf = calloc(1, 1 << 16);
-    if (f) { size_t n = fread(buf, 1, (1 << 16) - 1, f); buf[n] = 0; fclose(f); }
-    return buf;
+    snprintf(path, sizeof path, "%s/run.err", tmp);
+    char *e = slurp(path, NULL);
+    return e ? e : calloc(1, 1);
 }
 
 /* Seconds on a monotonic clock. */
@@ -369,14 +359,6 @@ TEST(run_chat_sigint) {
     close(err);
 }
 
-/* Reads a whole small file (malloc'd); "" when missing. */
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    char *buf = calloc(1, 1 << 16);
-    if (f) { size_t n = fread(buf, 1, (1 << 16) - 1, f); buf[n] = 0; fclose(f); }
-    return buf;
-}
-
 /* The number after the last "seed " in text, or -1. */
 static long long seed_in(const char *text) {
     const char *p = NULL;
@@ -392,10 +374,12 @@ TEST(run_seed_random_per_run) {
              "%s/glm-run -p 'The jury said' -n 24 --device cpu -t 1 >%s/o2 2>%s/e2; wait", bin, tmp, tmp, bin, tmp, tmp);
     CHECK(run(cmd, NULL) == 0);
     char path[300];
-    snprintf(path, sizeof path, "%s/o1", tmp); char *o1 = slurp(path);
-    snprintf(path, sizeof path, "%s/o2", tmp); char *o2 = slurp(path);
-    snprintf(path, sizeof path, "%s/e1", tmp); char *e1 = slurp(path);
-    snprintf(path, sizeof path, "%s/e2", tmp); char *e2 = slurp(path);
+    snprintf(path, sizeof path, "%s/o1", tmp); char *o1 = slurp(path, NULL);
+    snprintf(path, sizeof path, "%s/o2", tmp); char *o2 = slurp(path, NULL);
+    snprintf(path, sizeof path, "%s/e1", tmp); char *e1 = slurp(path, NULL);
+    snprintf(path, sizeof path, "%s/e2", tmp); char *e2 = slurp(path, NULL);
+    CHECK(o1 && o2 && e1 && e2);
+    if (!o1 || !o2 || !e1 || !e2) { free(o1); free(o2); free(e1); free(e2); return; }
     long long s1 = seed_in(e1), s2 = seed_in(e2);
     fprintf(stderr, "  seeds %lld and %lld\n", s1, s2);
     CHECK(s1 >= 0 && s2 >= 0 && s1 != s2);
