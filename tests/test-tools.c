@@ -91,10 +91,38 @@ TEST(perplexity_stride_and_kld) {
     CHECK(run(cmd, NULL) == 0);
     snprintf(cmd, sizeof cmd, "%s/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 128 --chunks 2 --device cpu -t 1 --kl-divergence-base %s/base.kld --kl-divergence", bin, tmp);
     CHECK(run(cmd, &out) == 0);
-    const char *kld = strstr(out, "Mean KLD: ");
-    CHECK(kld && fabs(atof(kld + 10)) < 1e-6); /* rounding may print -0.000000 */
+    /* zero, never "-0.000000" (a sum of p (log p_base - log p) rounds either way) */
+    CHECK_MSG(strstr(out, "Mean KLD: 0.000000\n99.9% KLD: 0.000000\n") != NULL, "%s", out);
     CHECK(strstr(out, "Same top token: 100.00 %") != NULL);
     free(out);
+    /* a base whose top log-probabilities sit two floats lower (rows summing to just under 1)
+     * gives a sum just below zero on every row: still printed as zero */
+    {
+        char path[300];
+        size_t len = 0;
+        snprintf(path, sizeof path, "%s/base.kld", tmp);
+        char *b = slurp(path, &len);
+        int32_t hdr[4] = { 0 };
+        if (b && len >= 24) memcpy(hdr, b + 8, sizeof hdr);
+        const size_t V = (size_t)hdr[0], rows = (size_t)hdr[1], at = 24 + 4 * rows;
+        CHECK(b && V > 1 && rows > 0 && len == at + 4 * rows * V);
+        if (b && V > 1 && rows > 0 && len == at + 4 * rows * V) {
+            for (size_t r = 0; r < rows; r++) {
+                float *lp = (float *)(b + at) + r * V;  /* at is a multiple of 4; malloc aligns b */
+                size_t top = 0;
+                for (size_t v = 1; v < V; v++) if (lp[v] > lp[top]) top = v;
+                lp[top] = nextafterf(nextafterf(lp[top], -INFINITY), -INFINITY);
+            }
+            snprintf(path, sizeof path, "%s/low.kld", tmp);
+            FILE *f = fopen(path, "wb");
+            CHECK(f && fwrite(b, 1, len, f) == len && fclose(f) == 0);
+            snprintf(cmd, sizeof cmd, "%s/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 128 --chunks 2 --device cpu -t 1 --kl-divergence-base %s/low.kld --kl-divergence", bin, tmp);
+            CHECK(run(cmd, &out) == 0);
+            CHECK_MSG(strstr(out, "Mean KLD: 0.000000\n99.9% KLD: 0.000000\n") != NULL, "%s", out);
+            free(out);
+        }
+        free(b);
+    }
     /* against another model (a different input length) it refuses */
     snprintf(cmd, sizeof cmd, "%s/glm-perplexity -f tests/data/tiny-ppl/heldout.txt -c 128 --chunks 1 --device cpu --kl-divergence-base %s/base.kld --kl-divergence", bin, tmp);
     CHECK(run(cmd, NULL) == 1);

@@ -290,6 +290,7 @@ int main(int argc, char **argv) {
                     if (bl[v] > bl[top_b]) top_b = v;
                     if (lp[v] > lp[top_c]) top_c = v;
                 }
+                if (!(kl > 0)) kl = 0;  /* KL >= 0; below is rounding (the base holds float32): no "-0.000000" */
                 kls[n_scored] = kl;
                 kl_sum += kl;
                 dp_sum += exp(lp[ids[t]]) - exp(bl[ids[t]]);
