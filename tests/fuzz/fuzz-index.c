@@ -5,6 +5,7 @@
  * folder; an accepted index names only tensors found in the shard it names; a rejected
  * one gets a message naming the folder's files. A broken invariant traps. */
 #include "internal.h"
+#include "scratch.h"
 #include "json.h"
 
 #include <fcntl.h>
@@ -35,22 +36,12 @@ static void cleanup(void) {
     rmdir(dir);
 }
 
-/* Writes n bytes to file p (created or truncated); returns 0 on success. */
-static int put_file(const char *p, const void *data, size_t n) {
-    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0) return -1;
-    int ok = n == 0 || write(fd, data, n) == (ssize_t)n;
-    return close(fd) == 0 && ok ? 0 : -1;
-}
-
 /* Makes the folder with its shards once; aborts when it cannot. */
 static void setup(void) {
     static const uint16_t a[2] = { 0x3f80, 0x4000 }, c[3] = { 1, 2, 3 };
     static const float b[1] = { 0.5f };
     const int64_t s2 = 2, s1 = 1, s3 = 3;
-    /* in memory when /dev/shm is there: one file write per input */
-    snprintf(dir, sizeof dir, "%s/glm-fuzz-index-XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    if (!mkdtemp(dir)) abort();
+    scratch_dir(dir, sizeof dir, "index");
     snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
     glm_st_writer *w = glm_st_writer_new();
     if (!w || glm_st_writer_add(w, "a", GLM_DT_BF16, 1, &s2, a, sizeof a) ||

@@ -5,6 +5,7 @@
  * file must describe tensors inside the file that do not overlap; a rejected one must
  * get a message naming the file. A broken invariant traps. */
 #include "internal.h"
+#include "scratch.h"
 
 #include <fcntl.h>
 #include <stdint.h>
@@ -29,14 +30,6 @@ static void cleanup(void) {
     snprintf(p, sizeof p, "%s/config.json", dir);
     unlink(p);
     rmdir(dir);
-}
-
-/* Writes n bytes to file p (created or truncated); returns 0 on success. */
-static int put_file(const char *p, const void *data, size_t n) {
-    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0) return -1;
-    int ok = n == 0 || write(fd, data, n) == (ssize_t)n;
-    return close(fd) == 0 && ok ? 0 : -1;
 }
 
 /* Traps unless the accepted set's tensors lie inside the file, without overlaps. */
@@ -64,9 +57,7 @@ static void check_set(const glm_st_set *s, size_t file_size) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!dir[0]) {
         char p[128];
-        /* in memory when /dev/shm is there: one file write per input */
-        snprintf(dir, sizeof dir, "%s/glm-fuzz-st-XXXXXX", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-        if (!mkdtemp(dir)) abort();
+        scratch_dir(dir, sizeof dir, "st");
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
         snprintf(p, sizeof p, "%s/config.json", dir);
         if (put_file(p, config, sizeof config - 1)) abort();
