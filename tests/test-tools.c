@@ -323,42 +323,45 @@ static int wait_exit(pid_t pid, double timeout_s) {
     return -1;
 }
 
-/* Ctrl-C during the prompt's prefill stops the run within one batch, with status 130. */
-TEST(run_sigint_during_prefill) {
-    const char *args[] = { "-f", long_prompt(), "-n", "8", "--temp", "0", "--device", "cpu", "-b", "32", NULL };
+/* Runs glm-run on the long prompt with -b batch, sends n_sig SIGINTs (the first settle_us
+ * after it has loaded, the next 100 ms apart) and returns its exit status; *dt: seconds
+ * from the last SIGINT to the exit. */
+static int sigint_long_prompt(const char *batch, useconds_t settle_us, int n_sig, double *dt) {
+    const char *args[] = { "-f", long_prompt(), "-n", "8", "--temp", "0", "--device", "cpu", "-b", batch, NULL };
     int err;
+    *dt = 0;
     pid_t pid = spawn_run(args, &err, NULL);
     CHECK(pid > 0);
+    if (pid <= 0) return -1;
     CHECK(wait_for_text(err, "loaded", 20));
-    usleep(200000);
+    usleep(settle_us);
+    for (int i = 0; i < n_sig; i++) {
+        if (i) usleep(100000);
+        kill(pid, SIGINT);
+    }
     double t0 = now_s();
-    kill(pid, SIGINT);
     int st = wait_exit(pid, 20);
-    double dt = now_s() - t0;
+    *dt = now_s() - t0;
+    close(err);
+    return st;
+}
+
+/* Ctrl-C during the prompt's prefill stops the run within one batch, with status 130. */
+TEST(run_sigint_during_prefill) {
+    double dt;
+    int st = sigint_long_prompt("32", 200000, 1, &dt);
     fprintf(stderr, "  exit %d, %.3f s after SIGINT\n", st, dt);
     CHECK(st == 130);
     CHECK(dt < 1.5);
-    close(err);
 }
 
 /* A second Ctrl-C exits at once, even in the middle of one long forward pass. */
 TEST(run_sigint_twice_exits_at_once) {
-    const char *args[] = { "-f", long_prompt(), "-n", "8", "--temp", "0", "--device", "cpu", "-b", "2048", NULL };
-    int err;
-    pid_t pid = spawn_run(args, &err, NULL);
-    CHECK(pid > 0);
-    CHECK(wait_for_text(err, "loaded", 20));
-    usleep(100000);
-    kill(pid, SIGINT);
-    usleep(100000);
-    double t0 = now_s();
-    kill(pid, SIGINT);
-    int st = wait_exit(pid, 20);
-    double dt = now_s() - t0;
+    double dt;
+    int st = sigint_long_prompt("2048", 100000, 2, &dt);
     fprintf(stderr, "  exit %d, %.3f s after the second SIGINT\n", st, dt);
     CHECK(st == 130);
     CHECK(dt < 0.5);
-    close(err);
 }
 
 /* In a chat, Ctrl-C stops the reply and the chat goes on; at the prompt it ends the chat
