@@ -5,7 +5,8 @@
 # table is printed last.
 #
 # usage: scripts/gpu-check.sh [quick|fast]  quick: no benchmark; fast: a shorter one
-# env:   GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
+# env:   FUZZ_SECONDS, FUZZ_BUILD  run the libFuzzer binaries of FUZZ_BUILD that long beside the tests
+#        GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
 #        GLM_U8=DIR  a utf8proc include/ + lib/ tree when the machine has none
 set -u
 OUT=${OUT:-./gpu-out}
@@ -27,14 +28,15 @@ t0=$(date +%s)
 if ! make -j"$J" all > "$OUT/build.log" 2>&1; then
   echo "== make all failed; building the GPU targets alone" >> "$OUT/build.log"
 fi
-make -j"$J" build/lib/libglm.a build/tests/test-gpu-kernels build/tests/test-gpu-model build/bin/glm-bench >> "$OUT/build.log" 2>&1
+GPU_TESTS=$(ls tests/test-gpu-*.c | sed 's|^tests/\(.*\)\.c$|build/tests/\1|')
+make -j"$J" build/lib/libglm.a $GPU_TESTS build/bin/glm-bench >> "$OUT/build.log" 2>&1
 if [ ! -x build/bin/glm-bench ] && [ -f build/tools/glm-bench.o ]; then
   make build/tools/common.o >> "$OUT/build.log" 2>&1
   cc -o build/bin/glm-bench build/tools/glm-bench.o build/tools/common.o build/lib/libglm.a -lutf8proc -lm -pthread \
      -L/usr/local/cuda/lib64 -lcublasLt -lcudart -lstdc++ -ldl -lrt >> "$OUT/build.log" 2>&1
 fi
 note "build: $(( $(date +%s) - t0 )) s, $(grep -c -E 'error:|Error [0-9]' "$OUT/build.log") error lines"
-for b in build/tests/test-gpu-kernels build/tests/test-gpu-model build/bin/glm-bench; do
+for b in $GPU_TESTS build/bin/glm-bench; do
   [ -x "$b" ] || note "MISSING: $b (see build.log)"
 done
 # spills and 16-byte loads of the decode kernels, from the compiler's side
@@ -44,11 +46,20 @@ if command -v cuobjdump >/dev/null && [ -f build/ggml-free-kernels/gemv.cu.o ]; 
   note "gemm-lt/attention SASS: $(cuobjdump --dump-sass build/ggml-free-kernels/attention.cu.o 2>/dev/null | grep -c -E 'HMMA|QGMMA|HGMMA') MMA instructions in attention.cu"
 fi
 
+# 1b. fuzzing on the spare cores while the GPU runs (FUZZ_SECONDS set and libFuzzer
+# binaries in FUZZ_BUILD, e.g. built elsewhere by make fuzz): every target at once
+fuzz_pid=
+if [ -n "${FUZZ_SECONDS:-}" ] && ls "${FUZZ_BUILD:-build-fuzz}"/fuzz-* >/dev/null 2>&1; then
+  n_fuzz=$(ls "${FUZZ_BUILD:-build-fuzz}"/fuzz-* | wc -l)
+  (FUZZ_OUT=/tmp/fuzz-out nice -n 19 sh scripts/fuzz.sh "$FUZZ_SECONDS" "$n_fuzz" > "$OUT/fuzz.txt" 2>&1) &
+  fuzz_pid=$!
+fi
+
 # 2. GPU tests
 t0=$(date +%s)
-sh tests/run-tests.sh build/tests/test-gpu-kernels build/tests/test-gpu-model > "$OUT/test-gpu.log" 2>&1
+GLM_TEST_TIMEOUT=${GLM_TEST_TIMEOUT:-1200} sh tests/run-tests.sh $GPU_TESTS > "$OUT/test-gpu.log" 2>&1
 note "test-gpu: $(tail -n 1 "$OUT/test-gpu.log") ($(( $(date +%s) - t0 )) s)"
-grep -E 'FAIL|failed:|rel err|probe:|max \|diff\||argmax|greedy|graphs off|together|asked for|copy ' "$OUT/test-gpu.log" | head -60 >> "$summary"
+grep -E 'FAIL|failed:|rel err|probe:|max \|diff\||per row|argmax|greedy|graphs off|together|asked for|copy |SKIP|passed, ' "$OUT/test-gpu.log" | head -90 >> "$summary"
 
 # 3. compute-sanitizer memcheck on the tiny checkpoints
 if command -v compute-sanitizer >/dev/null; then
@@ -97,6 +108,12 @@ if [ "$MODE" != quick ] && [ -x build/bin/glm-bench ]; then
   build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe -p 2048 -n 8 -b 1,8,64 -r 1 --profile -o md \
     >> "$OUT/bench.err" 2>&1
   note "profile run: exit $?"
+fi
+
+if [ -n "$fuzz_pid" ]; then
+  wait "$fuzz_pid"
+  note "fuzz ($FUZZ_SECONDS s a target, all at once, nice 19):"
+  tail -n 14 "$OUT/fuzz.txt" >> "$summary"
 fi
 
 echo
