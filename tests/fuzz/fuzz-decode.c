@@ -3,28 +3,16 @@
  * outside the vocabulary is an error naming it, never a read outside the tables; the
  * streaming decoder gives the same text as the whole decode. */
 #include "glm.h"
+#include "tokenizer-once.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Returns the tokenizer, loaded once (aborts when it cannot be loaded). */
-static glm_tokenizer *tokenizer(void) {
-    static glm_tokenizer *tok;
-    if (!tok) {
-        const char *path = getenv("GLM_FUZZ_TOKENIZER");
-        if (glm_tokenizer_load(path ? path : "models/glm-tiny/tokenizer.json", &tok)) {
-            fprintf(stderr, "fuzz-decode: %s (run from the repository root)\n", glm_last_error());
-            abort();
-        }
-    }
-    return tok;
-}
-
 /* Decodes one input; returns 0 (abort on a broken invariant). */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    const glm_tokenizer *tok = tokenizer();
+    const glm_tokenizer *tok = fuzz_tokenizer("fuzz-decode");
     int n = (int)(size / 4 < 100000 ? size / 4 : 100000);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
     if (!ids) return 0;

@@ -3,6 +3,7 @@
  * error naming the offset of its first bad byte; valid text encodes, with special
  * tokens parsed or not, and decodes back to itself (glm-tiny has no normalizer). */
 #include "glm.h"
+#include "tokenizer-once.h"
 #include "unicode.h"
 
 #include <stdint.h>
@@ -10,22 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Returns the tokenizer, loaded once (aborts when it cannot be loaded). */
-static glm_tokenizer *tokenizer(void) {
-    static glm_tokenizer *tok;
-    if (!tok) {
-        const char *path = getenv("GLM_FUZZ_TOKENIZER");
-        if (glm_tokenizer_load(path ? path : "models/glm-tiny/tokenizer.json", &tok)) {
-            fprintf(stderr, "fuzz-encode: %s (run from the repository root)\n", glm_last_error());
-            abort();
-        }
-    }
-    return tok;
-}
-
 /* Encodes one input; returns 0 (abort on a broken invariant). */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    const glm_tokenizer *tok = tokenizer();
+    const glm_tokenizer *tok = fuzz_tokenizer("fuzz-encode");
     size_t bad = glm_utf8_check(data, size);
     const int flags[3] = {GLM_TOK_PARSE_SPECIAL, 0, GLM_TOK_PARSE_SPECIAL | GLM_TOK_ADD_SPECIAL};
     for (int f = 0; f < 3; f++) {
