@@ -37,6 +37,12 @@ ifneq ($(NVCC),)
   LIB_C    := $(filter-out lib/backend-cuda-none.c,$(LIB_C))
   CFLAGS   += -DGLM_CUDA -I$(CUDA_HOME)/include
   LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++ -ldl -lrt
+  # NCCL (the communicator's one-GPU-a-rank kind): beside the CUDA toolkit, or in NCCL_HOME
+  NCCL_HOME ?= $(CUDA_HOME)
+  ifneq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
+    CFLAGS += -DGLM_NCCL -I$(NCCL_HOME)/include
+    LDLIBS += -L$(NCCL_HOME)/lib64 -L$(NCCL_HOME)/lib -Wl,-rpath,$(NCCL_HOME)/lib64 -lnccl
+  endif
   LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(KERN_CU:%.cu=$(BUILD)/%.cu.o)
 else
   LIB_C    := $(filter-out lib/backend-cuda.c,$(LIB_C))
