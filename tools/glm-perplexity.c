@@ -227,7 +227,12 @@ int main(int argc, char **argv) {
     cp.n_batch = n_batch < n_ctx ? n_batch : n_ctx;
     int tp_rc = tool_tp_apply(&tpo, glm_model_hparams(m), &cp);
     tool_tp_free(&tpo);
-    if (tp_rc) { glm_model_free(m); return tp_rc; }
+    if (tp_rc) {
+        glm_model_free(m);
+        free(ids); free(win); free(base.targets); free(base.logp);
+        if (kf) fclose(kf);
+        return tp_rc;
+    }
     glm_ctx *c = NULL;
     if (glm_ctx_new(m, &cp, &c) != GLM_OK) { fprintf(stderr, PROG ": error: %s\n", glm_last_error()); return EXIT_FAIL; }
 
