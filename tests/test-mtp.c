@@ -508,6 +508,41 @@ TEST(glm_run_draft_equals_plain) {
     tool_result_free(&r);
 }
 
+/* models/glm-tiny's trained MTP layer (scripts/train-mtp.py) drafts tokens the model accepts:
+ * greedy --draft 2 on held-out text, the same ids as plain decoding. Measured over 16
+ * prompts of 64 held-out ids: 0.296 of the drafted tokens accepted (0.423 at --draft 1). */
+TEST(glm_tiny_drafts_are_accepted) {
+    glm_model *m = load_mtp("models/glm-tiny");
+    if (!m) return;
+    glm_ctx *c = new_ctx(m, 256, 64);
+    size_t len;
+    char *txt = slurp("tests/data/tiny-ppl/heldout.ids", &len);
+    CHECK(txt != NULL);
+    int32_t ids[1024];
+    int n = 0;
+    for (char *p = txt; p && *p && n < 1024; n++) { ids[n] = (int32_t)strtol(p, &p, 10); if (*p == ',') p++; else break; }
+    glm_sampler_params sp = glm_sampler_default_params();
+    sp.temp = 0;
+    glm_spec *s = NULL;
+    if (c) CHECK(glm_spec_new(c, 2, &sp, &s) == GLM_OK);
+    for (int k = 0; s && k < 3; k++) {
+        int32_t want[48], got[48];
+        CHECK(plain_greedy(c, ids + 256 * k, 64, 48, want) == 0);
+        CHECK(spec_greedy(s, c, ids + 256 * k, 64, 48, got) == 0);
+        CHECK(memcmp(want, got, sizeof want) == 0);
+    }
+    glm_spec_stats st = {0};
+    if (s) glm_spec_get_stats(s, &st);
+    const double acc = st.drafted ? (double)st.accepted / st.drafted : 0;
+    fprintf(stderr, "  glm-tiny --draft 2: %llu of %llu drafted tokens accepted (%.3f)\n", (unsigned long long)st.accepted,
+            (unsigned long long)st.drafted, acc);
+    CHECK(acc >= 0.15);
+    glm_spec_free(s);
+    free(txt);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
 TEST(glm_bench_draft_reports_acceptance) {
     const char *bin = tool_bin();
     char path[600];
