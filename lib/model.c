@@ -376,9 +376,12 @@ static int bind_mtp(binder *bp, int mode) {
         if (mode == GLM_MTP_AUTO) return GLM_OK;
         return glm_err(GLM_ERR_FORMAT, "%s: no MTP layer (config.json: num_nextn_predict_layers %d)", b.where, hp->n_nextn);
     }
-    if (hp->n_dense_layer == hp->n_layer)   /* the MoE fields were not checked */
+    if (hp->n_dense_layer == hp->n_layer &&   /* every main layer dense: the MoE fields were not checked */
+        (hp->n_expert < 1 || hp->n_expert_used < 1 || hp->n_expert_used > hp->n_expert || hp->n_ff_exp < 1))
         return mode == GLM_MTP_AUTO ? GLM_OK
-                                    : glm_err(GLM_ERR_UNSUPPORTED, "%s: the MTP layer needs MoE settings (n_routed_experts)", b.where);
+                                    : glm_err(GLM_ERR_FORMAT, "%s: the MTP layer is MoE: n_routed_experts %d, num_experts_per_tok %d "
+                                              "and moe_intermediate_size %d must be positive (and top-k at most the experts)",
+                                              b.where, hp->n_expert, hp->n_expert_used, hp->n_ff_exp);
     if (mode == GLM_MTP_AUTO && !mtp_complete(m, il)) return GLM_OK;
     const uint64_t n_params = m->n_params, n_bytes = m->n_bytes;
     if ((rc = bind_layer(&b, il, &m->layers[il]))) return rc;

@@ -290,6 +290,74 @@ TEST(speculative_sampling_gives_main_distribution) {
     CHECK(acc == 0);
 }
 
+/* The 0.999 quantile of chi-square with df degrees of freedom (Wilson-Hilferty). */
+static double chi2_q999(int df) {
+    const double z = 3.0902, a = 2.0 / (9.0 * df), c = 1 - a + z * sqrt(a);
+    return df * c * c * c;
+}
+
+/* The whole sampled path, end to end, on a model of 8 tokens: after a fixed prompt and a
+ * sampled t_M, the first token glm_spec_step returns (a draft accepted by the rule or the
+ * resampled one) must follow the main model's p(. | prompt, t_M) at temperature 1. */
+TEST(speculative_step_samples_main_distribution) {
+    glm_hparams hp;
+    CHECK(glm_preset("tiny", 1, &hp) == GLM_OK);
+    hp.n_vocab = 8; hp.n_embd = 16; hp.n_head = 2; hp.n_head_kv = 1; hp.head_dim = 8; hp.n_rot = 4;
+    hp.n_ff = 16; hp.n_ff_exp = 8; hp.n_expert = 2; hp.n_expert_used = 1; hp.n_dense_layer = 1; hp.n_ctx_train = 64;
+    hp.n_nextn = 1; hp.eos[0] = 7;
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/v8", test_tmp);
+    CHECK_MSG(glm_synthetic_write(&hp, GLM_FMT_BF16, dir, 3, NULL, NULL) == GLM_OK, "%s", glm_last_error());
+    glm_model *m = load_mtp(dir);
+    glm_ctx *c = m ? new_ctx(m, 16, 8) : NULL;
+    if (!c) { glm_model_free(m); return; }
+    /* p(. | prompt, t) for every t, plain decoding, softmax at temperature 1 */
+    const int32_t prompt[3] = { 1, 2, 3 };
+    double p[8][8];
+    for (int t = 0; t < 8; t++) {
+        int32_t seq[4] = { 1, 2, 3, t };
+        glm_ctx_seq_clear(c, 0);
+        glm_batch b = { 4, seq, NULL, NULL };
+        CHECK(glm_ctx_decode(c, &b) == GLM_OK);
+        const float *l = glm_ctx_logits(c, 3);
+        double mx = l[0], sum = 0;
+        for (int i = 1; i < 8; i++) mx = fmax(mx, l[i]);
+        for (int i = 0; i < 8; i++) sum += p[t][i] = exp(l[i] - mx);
+        for (int i = 0; i < 8; i++) p[t][i] /= sum;
+    }
+    glm_ctx_seq_clear(c, 0);
+    glm_sampler_params sp = glm_sampler_default_params();
+    sp.temp = 1; sp.top_k = 0; sp.top_p = 1; sp.min_p = 0; sp.seed = 99;
+    glm_spec *s = NULL;
+    CHECK(glm_spec_new(c, 1, &sp, &s) == GLM_OK);
+    long cnt[8][8] = {{0}}, N = 40000;
+    for (long i = 0; s && i < N; i++) {
+        int32_t t, out[2];
+        int k;
+        glm_spec_seq_clear(s, 0);
+        if (glm_spec_prefill(s, 0, prompt, 3, &t) || glm_spec_step(s, 0, out, &k)) { CHECK_MSG(0, "%s", glm_last_error()); break; }
+        cnt[t][out[0]]++;
+    }
+    glm_spec_stats st;
+    if (s) glm_spec_get_stats(s, &st);
+    double x = 0;
+    int df = 0;
+    for (int t = 0; t < 8; t++) {
+        long n = 0;
+        for (int i = 0; i < 8; i++) n += cnt[t][i];
+        if (n < 200) continue;   /* a t_M drawn too rarely to test */
+        for (int i = 0; i < 8; i++) { double e = p[t][i] * n; if (e > 0) x += (cnt[t][i] - e) * (cnt[t][i] - e) / e; }
+        df += 7;
+    }
+    fprintf(stderr, "  end to end: chi-square %.1f, df %d, bound %.1f; %llu of %llu drafts accepted\n", x, df, chi2_q999(df),
+            s ? (unsigned long long)st.accepted : 0ull, s ? (unsigned long long)st.drafted : 0ull);
+    CHECK(df >= 21 && x < chi2_q999(df));
+    CHECK(s && st.accepted > st.drafted / 10 && st.accepted < st.drafted);   /* both branches taken */
+    glm_spec_free(s);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
 /* ---- both FP8 formats ---- */
 
 TEST(fp8_formats_load_and_draft) {
