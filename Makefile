@@ -41,7 +41,7 @@ ifneq ($(NVCC),)
   NCCL_HOME ?= $(CUDA_HOME)
   ifneq ($(wildcard $(NCCL_HOME)/include/nccl.h),)
     CFLAGS += -DGLM_NCCL -I$(NCCL_HOME)/include
-    LDLIBS += -L$(NCCL_HOME)/lib64 -L$(NCCL_HOME)/lib -Wl,-rpath,$(NCCL_HOME)/lib64 -lnccl
+    LDLIBS += -L$(NCCL_HOME)/lib64 -L$(NCCL_HOME)/lib -Wl,-rpath,$(NCCL_HOME)/lib64 -Wl,-rpath,$(NCCL_HOME)/lib -lnccl
   endif
   LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(KERN_CU:%.cu=$(BUILD)/%.cu.o)
 else

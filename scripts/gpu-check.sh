@@ -23,13 +23,25 @@ note() { echo "$*" | tee -a "$summary"; }
 
 note "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 | head -1); $(nvcc --version | tail -1)"
 
+# NCCL: the toolkit's, else the first nccl.h and libnccl found under /usr and /opt
+# (a Python wheel's has libnccl.so.2 alone: a folder of links gives the linker its name)
+if [ -z "${NCCL_HOME:-}" ] && [ ! -f /usr/local/cuda/include/nccl.h ]; then
+  h=$(find /usr /opt -name nccl.h 2>/dev/null | head -n 1)
+  l=$(find /usr /opt -name 'libnccl.so*' 2>/dev/null | head -n 1)
+  if [ -n "$h" ] && [ -n "$l" ]; then
+    mkdir -p /tmp/nccl/lib && ln -sfn "$(dirname "$h")" /tmp/nccl/include && ln -sf "$l" /tmp/nccl/lib/libnccl.so
+    export NCCL_HOME=/tmp/nccl
+  fi
+fi
+note "nccl: ${NCCL_HOME:-the CUDA toolkit's} ($(ls "${NCCL_HOME:-/usr/local/cuda}"/include/nccl.h 2>&1 | head -n 1))"
+
 # 1. build: the library, the GPU tests and glm-bench (the whole tree when it builds)
 t0=$(date +%s)
 if ! make -j"$J" all > "$OUT/build.log" 2>&1; then
   echo "== make all failed; building the GPU targets alone" >> "$OUT/build.log"
 fi
 GPU_TESTS=$(ls tests/test-gpu-*.c | sed 's|^tests/\(.*\)\.c$|build/tests/\1|')
-make -j"$J" build/lib/libglm.a $GPU_TESTS build/bin/glm-bench >> "$OUT/build.log" 2>&1
+make -j"$J" build/lib/libglm.a $GPU_TESTS build/bin/glm-bench build/bin/glm-perplexity build/bin/glm-run >> "$OUT/build.log" 2>&1
 if [ ! -x build/bin/glm-bench ] && [ -f build/tools/glm-bench.o ]; then
   make build/tools/common.o >> "$OUT/build.log" 2>&1
   cc -o build/bin/glm-bench build/tools/glm-bench.o build/tools/common.o build/lib/libglm.a -lutf8proc -lm -pthread \
