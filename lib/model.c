@@ -445,8 +445,8 @@ int glm_model_load(const char *dir, const glm_model_params *params, glm_model **
     m->dir = strdup(dir);
     char path[4096], *text = NULL;
     size_t len;
-    glm_path_join(path, sizeof path, dir, "config.json");
-    int rc = glm_read_file(path, &text, &len);
+    int rc = glm_path_join(path, sizeof path, dir, "config.json");
+    if (!rc) rc = glm_read_file(path, &text, &len);
     if (rc) goto fail;
     rc = glm_hparams_parse(text, len, path, &m->hp);
     free(text);

@@ -61,6 +61,7 @@ int glm_tp_check(const glm_model *m, const glm_ctx_params *p) {
 static int slice_model(const glm_model *m, int r, int N, int split, glm_model *v) {
     const glm_hparams *hp = &m->hp;
     *v = *m;
+    v->has_mtp = 0;  /* the slices cover layers 0..n_layer-1: drafting with ranks is refused */
     v->layers = calloc((size_t)hp->n_layer, sizeof *v->layers);
     if (!v->layers) return glm_err(GLM_ERR_OOM, "out of memory");
     const int64_t hd = hp->head_dim, G = hp->n_head / hp->n_head_kv;

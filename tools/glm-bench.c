@@ -350,7 +350,7 @@ int main(int argc, char **argv) {
     cp.mtp = spec_cp.mtp;
     int tp_rc = tool_tp_apply(&tpo, &hp, &cp);
     tool_tp_free(&tpo);
-    if (tp_rc) { glm_model_free(m); return tp_rc; }
+    if (tp_rc) { glm_model_free(m); free(P); free(N); free(B); return tp_rc; }
     glm_ctx *ctx = NULL;
     glm_spec *spec = NULL;   /* --draft */
 #ifdef GLM_CUDA
