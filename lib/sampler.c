@@ -49,9 +49,10 @@ static double uniform(glm_sampler *s) {
     return (double)((s->state * 2685821657736338717ull) >> 11) / 9007199254740992.0;
 }
 
-static const float *cmp_base;
-static int cmp_desc(const void *a, const void *b) {
-    float x = cmp_base[*(const int32_t *)a], y = cmp_base[*(const int32_t *)b];
+/* qsort_r order of token ids by logit (the array in arg), largest first, then by id. */
+static int cmp_desc(const void *a, const void *b, void *arg) {
+    const float *l = arg;
+    float x = l[*(const int32_t *)a], y = l[*(const int32_t *)b];
     if (x != y) return x > y ? -1 : 1;
     return *(const int32_t *)a - *(const int32_t *)b;
 }
@@ -101,7 +102,6 @@ int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab, con
     }
     /* candidates: the top-k (heap selection) or all, sorted by logit */
     int n = p->top_k > 0 && p->top_k < n_vocab ? p->top_k : n_vocab;
-    cmp_base = l;
     if (n < n_vocab) {
         int32_t *h = s->idx; /* min-heap of the n largest seen so far */
         for (int i = 0; i < n; i++) h[i] = i;
@@ -114,7 +114,7 @@ int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab, con
     } else {
         for (int i = 0; i < n_vocab; i++) s->idx[i] = i;
     }
-    qsort(s->idx, (size_t)n, sizeof(int32_t), cmp_desc);
+    qsort_r(s->idx, (size_t)n, sizeof(int32_t), cmp_desc, l);
     /* softmax with temperature over the candidates */
     double mx = l[s->idx[0]], sum = 0;
     double *pr = malloc((size_t)n * sizeof *pr);

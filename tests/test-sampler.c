@@ -5,6 +5,8 @@
 #include "glm.h"
 #include "test.h"
 
+#include <pthread.h>
+
 static glm_sampler *make(float temp, int top_k, float top_p, float min_p, uint64_t seed) {
     glm_sampler_params p = glm_sampler_default_params();
     p.temp = temp; p.top_k = top_k; p.top_p = top_p; p.min_p = min_p; p.seed = seed;
@@ -194,6 +196,31 @@ TEST(repeat_penalty_lowers_negative_logits) {
     glm_sampler *s = glm_sampler_new(&p);
     CHECK(glm_sampler_sample(s, l, 3, hist, 1) == 1);
     glm_sampler_free(s);
+}
+
+/* One thread's draws for sampling_on_two_threads: logits of its own, every id sorted. */
+typedef struct { int V, n, salt; int32_t out[64]; } draw_job;
+
+static void draw_many(draw_job *d) {
+    float *l = malloc((size_t)d->V * sizeof *l);
+    for (int i = 0; i < d->V; i++) l[i] = (float)((i * 7919 + d->salt * 104729) % 10007) / 1000.0f;
+    glm_sampler *s = make(0.7f, 0, 0.9f, 0, (uint64_t)d->salt);
+    for (int k = 0; k < d->n; k++) d->out[k] = glm_sampler_sample(s, l, d->V, NULL, 0);
+    glm_sampler_free(s);
+    free(l);
+}
+
+static void *draw_thread(void *arg) { draw_many(arg); return NULL; }
+
+TEST(sampling_on_two_threads) {
+    /* two samplers on two threads sort different logits at once (top_k 0: the whole
+     * vocabulary): each thread's draws equal the same draws made alone */
+    draw_job alone[2] = {{30000, 64, 1, {0}}, {30000, 64, 2, {0}}}, two[2];
+    for (int i = 0; i < 2; i++) { draw_many(&alone[i]); two[i] = alone[i]; memset(two[i].out, 0, sizeof two[i].out); }
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) CHECK(pthread_create(&th[i], NULL, draw_thread, &two[i]) == 0);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) CHECK(!memcmp(alone[i].out, two[i].out, sizeof alone[i].out));
 }
 
 RUN_TESTS()
