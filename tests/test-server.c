@@ -295,6 +295,36 @@ static void greedy_body(char *buf, size_t cap, int seed, int n_prompt, int max_t
              stream ? ",\"stream\":true" : "");
 }
 
+/* The "id" of a response body (malloc'd), or NULL. */
+static char *response_id(const char *body) {
+    char err[160];
+    json_doc *d = json_parse(body, strlen(body), err, sizeof err);
+    const char *id = d ? json_get_str(json_root(d), "id") : NULL;
+    char *out = id ? strdup(id) : NULL;
+    json_free(d);
+    return out;
+}
+
+TEST(response_ids_unique_across_starts) {
+    /* two fresh servers (a restart) and two requests on one: four different ids */
+    char *ids[4] = {0};
+    for (int k = 0; k < 2; k++) {
+        server sv;
+        if (server_start(&sv, "-np 1 -c 256")) { CHECK_MSG(0, "glm-server did not start"); break; }
+        for (int i = 0; i < 2; i++) {
+            response r = http(sv.port, "POST", "/v1/completions", NULL, "{\"prompt\":\"Hi\",\"max_tokens\":1,\"temperature\":0}");
+            ids[2 * k + i] = response_id(r.body);
+            CHECK_MSG(r.status == 200 && ids[2 * k + i] && !strncmp(ids[2 * k + i], "cmpl-", 5), "%d %s", r.status, r.body);
+            free(r.body);
+        }
+        CHECK(server_stop(&sv) == 0);
+    }
+    for (int a = 0; a < 4; a++)
+        for (int b = a + 1; b < 4; b++)
+            CHECK_MSG(ids[a] && ids[b] && strcmp(ids[a], ids[b]), "id %d '%s' = id %d '%s'", a, ids[a] ? ids[a] : "", b, ids[b] ? ids[b] : "");
+    for (int a = 0; a < 4; a++) free(ids[a]);
+}
+
 TEST(endpoints_answer) {
     if (!up()) return;
     int p = main_srv.port;

@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,6 +99,7 @@ static struct {
     histogram ttft, itl;
     uint64_t requests_ok, requests_failed, requests_rejected;
     atomic_uint_fast64_t next_id;
+    uint64_t id_prefix;         /* random at start: response ids differ across restarts */
 } S = {
     .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .mmu = PTHREAD_MUTEX_INITIALIZER,
     .ttft = {ttft_le, sizeof ttft_le / sizeof *ttft_le, {0}, 0, 0},
@@ -480,7 +482,8 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, int chat, con
     j->include_usage = b.include_usage;
     j->think.mode = think_open ? 1 : 0;
     const uint64_t num = atomic_fetch_add(&S.next_id, 1);
-    snprintf(j->id, sizeof j->id, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)num);
+    snprintf(j->id, sizeof j->id, "%s-%016llx-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)S.id_prefix,
+             (unsigned long long)num);
     j->created = (long)time(NULL);
     j->t_submit = tool_now();  /* time to first token counts from here: the queue included */
     glm_sampler_params sp = glm_sampler_default_params();
@@ -831,6 +834,8 @@ int main(int argc, char **argv) {
     }
     snapshot();
     S.started = time(NULL);
+    if (getrandom(&S.id_prefix, sizeof S.id_prefix, 0) != (ssize_t)sizeof S.id_prefix)  /* no entropy: time and pid */
+        S.id_prefix = ((uint64_t)S.started << 20 ^ (uint64_t)getpid()) * 0x9e3779b97f4a7c15ull ^ (uint64_t)(tool_now() * 1e9);
     const int64_t kv_tokens = (int64_t)glm_ctx_kv_pages_total(S.ctx) * 16;
     S.n_room = kv_tokens < S.n_ctx ? (int)kv_tokens : S.n_ctx;
     pthread_t eng;
