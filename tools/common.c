@@ -162,14 +162,8 @@ int tool_progress(uint64_t done, uint64_t total, void *user) {
 }
 
 glm_model *tool_load_model(const char *prog, const char *dir) {
-    glm_model_params mp = glm_model_default_params();
-    mp.progress = tool_progress;
-    glm_model *m = NULL;
-    if (glm_model_load(dir, &mp, &m) != GLM_OK) {
-        fprintf(stderr, "%s: error: cannot load model: %s\n", prog, glm_last_error());
-        return NULL;
-    }
-    return m;
+    const tool_spec_opts none = {0};  /* the MTP layer bound when the checkpoint has it whole */
+    return tool_load_model_spec(prog, dir, &none);
 }
 
 char *tool_read_text(const char *prog, const char *path, size_t *len) {
