@@ -495,7 +495,7 @@ static long stop_at(const req *r) {
     size_t from = r->emitted;
     long best = -1;
     for (int i = 0; i < r->n_stop; i++) {
-        const char *p = r->text_len >= from ? memmem(r->text + from, r->text_len - from, r->stop[i], strlen(r->stop[i])) : NULL;
+        const char *p = r->text && r->text_len >= from ? memmem(r->text + from, r->text_len - from, r->stop[i], strlen(r->stop[i])) : NULL;
         if (p && (best < 0 || p - r->text < best)) best = p - r->text;
     }
     return best;

@@ -315,6 +315,49 @@ TEST(stop_strings_end_the_text) {
     glm_ctx_free(c);
 }
 
+TEST(stop_strings_after_a_token_without_text) {
+    /* a first token that gives no text (a special token, or the first byte of a
+     * character) leaves the text empty: the stop search must not offset a NULL buffer
+     * (UBSan in make SAN=1 test); sampled at temperature 2 until some request has one */
+    if (!tiny()) { CHECK(0); return; }
+    if (!tok && glm_tokenizer_load_dir(MODEL, &tok)) { CHECK_MSG(0, "%s", glm_last_error()); return; }
+    glm_ctx *c = make_ctx(32, 0);
+    glm_sched_params p = glm_sched_default_params();
+    p.tok = tok;
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, &p, &s) == GLM_OK);
+    static spec_t sp[128];
+    static out_t o[128];
+    const char *stops[1] = {"\x01"};
+    int silent = 0;
+    for (int round = 0; round < 4 && !silent; round++) {
+        for (int i = 0; i < 128; i++) {
+            make_spec(&sp[i], 1000 + 128 * round + i, 3, 2, 0);
+            sp[i].sp.temp = 2.0f;
+            sp[i].sp.top_k = 0;
+            sp[i].sp.top_p = 1.0f;
+            sp[i].sp.min_p = 0;
+            memset(&o[i], 0, sizeof o[i]);
+            glm_request r = {sp[i].prompt, sp[i].n_prompt, sp[i].max_tokens, sp[i].sp, stops, 1, 1, on_event, &o[i]};
+            CHECK(glm_sched_submit(s, &r, NULL) == GLM_OK);
+        }
+        while (glm_sched_step(s) > 0) {}
+        for (int i = 0; i < 128; i++) {
+            CHECK(o[i].fin == GLM_FINISH_LENGTH && o[i].n == 2);
+            glm_detok_stream *ds = NULL;
+            const char *piece = NULL;
+            size_t n = 1;
+            CHECK(glm_detok_stream_new(tok, GLM_DETOK_SKIP_SPECIAL, &ds) == GLM_OK);
+            CHECK(glm_detok_stream_push(ds, o[i].toks[0], &piece, &n) == GLM_OK);
+            silent += n == 0;
+            glm_detok_stream_free(ds);
+        }
+    }
+    CHECK_MSG(silent > 0, "no request began with a token without text");
+    glm_sched_free(s);
+    glm_ctx_free(c);
+}
+
 TEST(bad_requests_are_refused) {
     if (!tiny()) { CHECK(0); return; }
     glm_ctx *c = make_ctx(1, 8);
