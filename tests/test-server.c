@@ -745,6 +745,14 @@ TEST(bench_serve_reports) {
     rc = run_tool(&t, "%s/glm-bench --device cpu -t 1 -p 32 -n 16 -b 4 -r 1 -o csv", tool_bin());
     CHECK_MSG(rc == 0 && csv_field(t.out, "tg16 b4", "kv_peak") == 0.5, "%s", t.out);
     tool_result_free(&t);
+    /* requests shorter than the warm-up's 16 + 4 tokens: the warm-up fits the run's context
+     * and KV pages (it wrote 16 tokens into a prompt buffer of 2, then was refused) */
+    rc = run_tool(&t, "%s/glm-bench --serve --device cpu -t 1 -np 1 --requests 2 --in 1 --out 1 -o json", tool_bin());
+    CHECK_MSG(rc == 0 && report_num(t.out, "output_tok_per_s") > 0, "exit %d: %s", rc, t.err);
+    tool_result_free(&t);
+    rc = run_tool(&t, "%s/glm-bench --serve --device cpu -t 1 -np 1 --requests 2 --in 8 --out 8 --kv-pages 1 -o json", tool_bin());
+    CHECK_MSG(rc == 0 && report_num(t.out, "output_tok_per_s") > 0, "exit %d: %s", rc, t.err);
+    tool_result_free(&t);
     rc = run_tool(&t, "%s/glm-bench --serve --in-dist 9:3", tool_bin());
     CHECK_MSG(rc == 2 && strstr(t.err, "--in-dist expects LO:HI with LO <= HI"), "%s", t.err);
     tool_result_free(&t);

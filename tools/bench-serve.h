@@ -147,11 +147,15 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
     for (int i = 0; i < o->shared_prefix; i++) prefix[i] = rand_token(hp->n_vocab);
     glm_sampler_params greedy = glm_sampler_default_params();
     greedy.temp = 0;
-    /* warm-up: one short request */
+    /* warm-up: one short request (16 + 4 tokens, fewer when the context or the KV pages
+     * hold less: n_ctx >= 2) */
     {
         serve_req w = {0};
-        for (int i = 0; i < 16; i++) prompt[i] = rand_token(hp->n_vocab);
-        glm_request r = {prompt, 16, 4, greedy, NULL, 0, 1, serve_event, &w};
+        int64_t room = n_ctx < 20 ? n_ctx : 20;
+        if (o->kv_pages && (int64_t)o->kv_pages * 16 < room) room = (int64_t)o->kv_pages * 16;
+        const int w_out = room > 4 ? 4 : (int)room - 1, w_in = (int)room - w_out;
+        for (int i = 0; i < w_in; i++) prompt[i] = rand_token(hp->n_vocab);
+        glm_request r = {prompt, w_in, w_out, greedy, NULL, 0, 1, serve_event, &w};
         if ((rc = glm_sched_submit(s, &r, NULL))) goto done;
         while ((rc = glm_sched_step(s)) > 0) {}
         if (rc < 0) goto done;
