@@ -290,9 +290,15 @@ int glm_comm_rendezvous(const char *spec, int rank, int world_size, double timeo
         return glm_err(GLM_ERR_ARG, "rendezvous: rank %d outside a world of %d", rank, world_size);
     if (!(timeout_s > 0)) return glm_err(GLM_ERR_ARG, "rendezvous: timeout must be positive");
     if (world_size == 1) return 0;
-    if (!strncmp(spec, "file:", 5) && spec[5])
+    if (!strncmp(spec, "file:", 5) && spec[5]) {
+        /* PATH.tmp.PID and PATH.ack.RANK must fit (cut, every rank's answer had one name) */
+        const size_t len = strlen(spec + 5), longest = sizeof ".tmp.4294967295";
+        if (len + longest > PATH_MAX)
+            return glm_err(GLM_ERR_ARG, "rendezvous file:%.64s...: a path of %zu bytes, at most %zu (its answer files add up to %zu)",
+                           spec + 5, len, (size_t)PATH_MAX - longest, longest - 1);
         return rank == 0 ? file_rank0(spec + 5, world_size, timeout_s, id)
                          : file_rank(spec + 5, rank, world_size, timeout_s, id);
+    }
     if (!strncmp(spec, "tcp:", 4)) {
         char host[256], port[16];
         int rc = split_host_port(spec + 4, host, sizeof host, port, sizeof port);

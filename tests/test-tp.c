@@ -8,6 +8,8 @@
 #include "tool-run.h"
 #include "backend.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <time.h>
 
 static const char *const FORMATS[] = { "tests/data/tiny-tp/bf16", "tests/data/tiny-tp/fp8ch" };
@@ -338,6 +340,43 @@ TEST(tp_tool_errors) {
     CHECK(run_tool(&t, "%s/glm-run --help", B) == 0);
     CHECK(strstr(t.out, "--moe-split ep|tp") && strstr(t.out, "default tp, until the") && strstr(t.out, "--gpus LIST"));
     tool_result_free(&t);
+}
+
+/* ---- the file rendezvous with a path near PATH_MAX ---- */
+typedef struct { const char *spec; int rank, world, rc; uint8_t id[GLM_COMM_ID_BYTES]; } rdv_rank;
+
+static void *rdv_rank_main(void *p) {
+    rdv_rank *j = p;
+    j->rc = glm_comm_rendezvous(j->spec, j->rank, j->world, 1.0, j->id);
+    return NULL;
+}
+
+TEST(rendezvous_long_path_is_refused) {
+    /* a path of 4090 bytes: its answer files (PATH.ack.RANK) do not fit PATH_MAX; cut,
+     * every rank's answer had the same name, so rank 0 of a world of 3 counted rank 1's
+     * answer for rank 2, which never came, and returned success */
+    char dir[4096], spec[4200];
+    size_t n = (size_t)snprintf(dir, sizeof dir, "%s", test_tmp);
+    while (n + 201 < 4090 - 16) {
+        dir[n++] = '/';
+        memset(dir + n, 'd', 200);
+        n += 200;
+        dir[n] = 0;
+        CHECK(mkdir(dir, 0755) == 0 || errno == EEXIST);
+    }
+    dir[n++] = '/';
+    memset(dir + n, 'f', 4090 - n);
+    dir[4090] = 0;
+    snprintf(spec, sizeof spec, "file:%s", dir);
+    rdv_rank j[2];
+    pthread_t th[2];
+    for (int r = 0; r < 2; r++) {
+        j[r] = (rdv_rank){ spec, r, 3, -1, {0} };
+        pthread_create(&th[r], NULL, rdv_rank_main, &j[r]);
+    }
+    for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
+    CHECK_MSG(j[0].rc != 0, "rank 0 of 3 succeeded with rank 2 absent");
+    CHECK_MSG(j[0].rc == GLM_ERR_ARG, "rank 0: %d", j[0].rc);
 }
 
 RUN_TESTS_IN_TMP("glm-test-tp")
