@@ -557,6 +557,72 @@ TEST(bad_input_matrix) {
     free(ok.body);
 }
 
+/* Sends raw request bytes on a new connection and reads the whole response. */
+static response raw_exchange(int port, const char *raw, size_t n) {
+    response r = {0, NULL};
+    int fd = dial(port);
+    if (fd >= 0) {
+        size_t off = 0;
+        while (off < n) {
+            ssize_t w = write(fd, raw + off, n - off);
+            if (w <= 0) break;
+            off += (size_t)w;
+        }
+        read_response(fd, &r);
+        close(fd);
+    }
+    if (!r.body) r.body = calloc(1, 1);
+    return r;
+}
+
+TEST(chunked_bodies_and_length_lies) {
+    if (!up()) return;
+    const int p = main_srv.port;
+    const char *head = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                       "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    /* a chunked body within the limit, in pieces: answered */
+    const char *body = "{\"prompt\":\"Hello\",\"max_tokens\":2,\"temperature\":0,\"ignore_eos\":true}";
+    sbuf b = {0};
+    sb_add(&b, head, strlen(head));
+    for (size_t off = 0, L = strlen(body); off < L; off += 7) {
+        const size_t k = L - off < 7 ? L - off : 7;
+        sb_printf(&b, "%zx\r\n", k);
+        sb_add(&b, body + off, k);
+        sb_printf(&b, "\r\n");
+    }
+    sb_printf(&b, "0\r\n\r\n");
+    response r = raw_exchange(p, b.s, b.n);
+    int nt = 0;
+    char *text = answer_text(r.body, &nt, NULL, 0);
+    CHECK_MSG(r.status == 200 && text && nt == 2, "chunked: %d %s", r.status, r.body);
+    free(text);
+    free(r.body);
+    sb_free(&b);
+    /* a chunked body past --max-body 65536 without a Content-Length, in 4 KB chunks: 413 */
+    sb_add(&b, head, strlen(head));
+    char chunk[4096];
+    memset(chunk, ' ', sizeof chunk);
+    for (int i = 0; i < 20; i++) {
+        sb_printf(&b, "%zx\r\n", sizeof chunk);
+        sb_add(&b, chunk, sizeof chunk);
+        sb_printf(&b, "\r\n");
+    }
+    sb_printf(&b, "0\r\n\r\n");
+    r = raw_exchange(p, b.s, b.n);
+    CHECK_MSG(r.status == 413 && strstr(r.body, "request_too_large"), "chunked past the limit: %d %s", r.status, r.body);
+    free(r.body);
+    sb_free(&b);
+    /* a Content-Length shorter than the body: the body is cut there (malformed JSON, 400) */
+    const char *cut = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 10\r\n\r\n"
+                      "{\"prompt\":\"Hello\",\"max_tokens\":2}";
+    r = raw_exchange(p, cut, strlen(cut));
+    CHECK_MSG(r.status == 400 && strstr(r.body, "malformed JSON"), "short Content-Length: %d %s", r.status, r.body);
+    free(r.body);
+    response h = http(p, "GET", "/health", NULL, NULL);
+    CHECK(h.status == 200);
+    free(h.body);
+}
+
 TEST(api_key) {
     server s;
     if (server_start(&s, "--api-key sekrit")) { CHECK(0); return; }
