@@ -202,6 +202,48 @@ TEST(prefix_cache_feeds_only_new_tokens) {
     glm_ctx_free(c);
 }
 
+TEST(prompt_of_whole_pages_feeds_its_last_page) {
+    /* a 32-token prompt fully in the cache: its last page is fed again (the last token's
+     * logits are needed), the first is shared; the output is the same */
+    if (!tiny()) { CHECK(0); return; }
+    spec_t a;
+    make_spec(&a, 21, 32, 3, 1);
+    glm_ctx *c = make_ctx(2, 0);
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, NULL, &s) == GLM_OK);
+    out_t o1, o2;
+    run_one(s, &a, &o1);
+    glm_sched_stats st0, st1;
+    glm_sched_get_stats(s, &st0);
+    run_one(s, &a, &o2);
+    glm_sched_get_stats(s, &st1);
+    CHECK_MSG(o2.n_cached == 16, "%d cached tokens", o2.n_cached);
+    CHECK_MSG(st1.computed_tokens - st0.computed_tokens == 16 + 2, "fed %llu tokens",
+              (unsigned long long)(st1.computed_tokens - st0.computed_tokens));
+    CHECK(same_tokens(&o1, &o2) && o2.n == 3);
+    glm_sched_free(s);
+    CHECK(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c));
+    glm_ctx_free(c);
+}
+
+TEST(preempting_requests_that_share_prefix_pages) {
+    /* six requests on one 32-token prefix (its two pages shared by all through the cache)
+     * in 12 pages: the newest are preempted while the others still map the shared pages;
+     * each gives its tokens alone, and every page comes back */
+    if (!tiny()) { CHECK(0); return; }
+    spec_t sp[6];
+    out_t a[6], b[6];
+    for (int i = 0; i < 6; i++) {
+        make_spec(&sp[i], 40 + i, 36 + i, 30, 1);
+        if (i) memcpy(sp[i].prompt, sp[0].prompt, 32 * sizeof(int32_t));
+    }
+    run_alone(sp, 6, a);
+    glm_sched_stats st = run_all(sp, 6, b, 6, 12, 16, 1);
+    CHECK_MSG(st.preemptions > 0, "no preemption with 12 pages");
+    CHECK_MSG(st.cached_tokens >= 32, "%llu cached prompt tokens", (unsigned long long)st.cached_tokens);
+    for (int i = 0; i < 6; i++) CHECK_MSG(same_tokens(&a[i], &b[i]), "request %d differs", i);
+}
+
 TEST(cached_pages_are_reclaimed_before_preemption) {
     if (!tiny()) { CHECK(0); return; }
     spec_t a, b;
