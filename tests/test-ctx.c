@@ -5,6 +5,7 @@
  * and pages reused after a clear giving the logits of a fresh context. */
 #include "glm.h"
 #include "test.h"
+#include "scheduler.h"
 
 #define DIR "tests/data/tiny-fp8ch"
 
@@ -187,6 +188,40 @@ TEST(context_limit) {
     glm_batch b = { 97, t, NULL, NULL };
     CHECK(glm_ctx_decode(c, &b) == GLM_ERR_ARG); /* n_ctx is 96 */
     CHECK(strstr(glm_last_error(), "context size") != NULL);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+TEST(shared_pages_are_counted) {
+    /* full pages shared by two sequences: a page goes back to the free list only when its
+     * last holder lets it go; a sequence is never cut inside a page it shares */
+    glm_model *m = load_model();
+    if (!m) return;
+    glm_ctx *c = new_ctx(m, 2, 64, 8);
+    int32_t t[40];
+    for (int i = 0; i < 40; i++) t[i] = (i * 37) % 200;
+    int32_t s0[40] = {0};
+    glm_batch b = { 40, t, s0, NULL };
+    CHECK(glm_ctx_decode(c, &b) == GLM_OK);                        /* seq 0: 40 tokens, 3 pages */
+    CHECK(glm_ctx_kv_pages_free(c) == 5);
+    int32_t pages[2] = { glm_ctx_seq_page(c, 0, 0), glm_ctx_seq_page(c, 0, 1) };
+    CHECK(glm_ctx_seq_share(c, 1, pages, 2) == GLM_OK);           /* seq 1: its first 32 */
+    CHECK(glm_ctx_seq_len(c, 1) == 32 && glm_ctx_page_refs(c, pages[0]) == 2 && glm_ctx_page_refs(c, pages[1]) == 2);
+    CHECK(glm_ctx_seq_share(c, 1, pages, 2) == GLM_ERR_ARG);      /* not empty */
+    CHECK(glm_ctx_kv_pages_free(c) == 5);
+    CHECK(glm_ctx_seq_truncate(c, 1, 20) == GLM_ERR_ARG && strstr(glm_last_error(), "shared"));
+    CHECK(glm_ctx_seq_len(c, 1) == 32);
+    CHECK(glm_ctx_seq_truncate(c, 1, 16) == GLM_OK);              /* drops its hold on page 1 */
+    CHECK(glm_ctx_page_refs(c, pages[1]) == 1 && glm_ctx_kv_pages_free(c) == 5);
+    int32_t one = 5, s1 = 1;
+    glm_batch b1 = { 1, &one, &s1, NULL };
+    CHECK(glm_ctx_decode(c, &b1) == GLM_OK);                       /* token 17 of seq 1: a page of its own */
+    CHECK(glm_ctx_seq_page(c, 1, 1) != pages[1] && glm_ctx_kv_pages_free(c) == 4);
+    CHECK(glm_ctx_seq_clear(c, 0) == GLM_OK);                      /* page 0 still held by seq 1 */
+    CHECK(glm_ctx_page_refs(c, pages[0]) == 1 && glm_ctx_kv_pages_free(c) == 6);
+    CHECK(glm_ctx_seq_clear(c, 1) == GLM_OK);
+    CHECK(glm_ctx_kv_pages_free(c) == 8 && glm_ctx_page_refs(c, pages[0]) == 0);
+    CHECK(glm_ctx_seq_share(c, 1, pages, 1) == GLM_ERR_ARG);      /* a free page */
     glm_ctx_free(c);
     glm_model_free(m);
 }
