@@ -538,10 +538,11 @@ int main(int argc, char **argv) {
         tool_usage_error("no prompt: give -p TEXT, -f FILE, --prompt-ids, pipe text on stdin, or use --chat");
     if (chat_mode && spo.n_draft) {
         fprintf(stderr, "glm-run: error: --draft with --chat: not implemented\n");
+        tool_tp_free(&tpo);
         return EXIT_FAIL;
     }
     int spec_rc = tool_spec_apply("glm-run", &spo, &cp);
-    if (spec_rc) return spec_rc;
+    if (spec_rc) { tool_tp_free(&tpo); return spec_rc; }
     r.n_draft = spo.n_draft;
     r.seed = sp.seed = seed_set ? sp.seed : random_seed();
     if (!model_dir) model_dir = tool_default_model();
