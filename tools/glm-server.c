@@ -758,6 +758,7 @@ int main(int argc, char **argv) {
                 " (this build has no CUDA backend; use --device cpu)"
 #endif
         );
+        tool_tp_free(&tpo);
         return EXIT_FAIL;
     }
     /* the address before the model: a bad --host fails at once */
@@ -780,9 +781,10 @@ int main(int argc, char **argv) {
 
     const char *dir = model_dir ? model_dir : tool_default_model();
     S.model = tool_load_model(PROG, dir);
-    if (!S.model) { freeaddrinfo(ai); return EXIT_FAIL; }
+    if (!S.model) { tool_tp_free(&tpo); freeaddrinfo(ai); return EXIT_FAIL; }
     if (glm_tokenizer_load_dir(dir, &S.tok)) {
         fprintf(stderr, PROG ": error: cannot load the tokenizer: %s\n", glm_last_error());
+        tool_tp_free(&tpo);
         glm_model_free(S.model);
         freeaddrinfo(ai);
         return EXIT_FAIL;
