@@ -41,6 +41,8 @@ struct glm_spec {
     float *hid;        /* [max(n_batch, n_draft + 1), D] hidden states of a verify or prefill pass */
     int cap_hid;
     float *q;          /* [n_draft, V] draft distributions */
+    float *dg, *dlog;  /* [D], [V] the MTP layer's output and logits for drafts 2..N (the
+                          sequence's own, g and qlog, stay as they are until the step succeeds) */
     float *p;          /* [V] a main-model distribution */
     int32_t *idx;      /* [V] sort scratch */
     int32_t *toks;     /* [n_draft + 1] */
@@ -158,11 +160,13 @@ int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_sp
     s->seqs = calloc((size_t)s->n_seq, sizeof *s->seqs);
     s->hid = malloc((size_t)s->cap_hid * s->D * sizeof(float));
     s->q = malloc((size_t)n_draft * s->V * sizeof(float));
+    s->dg = malloc((size_t)s->D * sizeof(float));
+    s->dlog = malloc((size_t)s->V * sizeof(float));
     s->p = malloc((size_t)s->V * sizeof(float));
     s->idx = malloc((size_t)s->V * sizeof(int32_t));
     s->toks = malloc((size_t)(n_draft + 1) * sizeof(int32_t));
     s->want = malloc((size_t)(n_draft + 1));
-    int ok = s->seqs && s->hid && s->q && s->p && s->idx && s->toks && s->want;
+    int ok = s->seqs && s->hid && s->q && s->dg && s->dlog && s->p && s->idx && s->toks && s->want;
     for (int i = 0; ok && i < s->n_seq; i++) {
         s->seqs[i].qlog = malloc((size_t)s->V * sizeof(float));
         s->seqs[i].g = malloc((size_t)s->D * sizeof(float));
@@ -179,6 +183,8 @@ void glm_spec_free(glm_spec *s) {
     free(s->seqs);
     free(s->hid);
     free(s->q);
+    free(s->dg);
+    free(s->dlog);
     free(s->p);
     free(s->idx);
     free(s->toks);
@@ -260,33 +266,38 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
     if (M + 1 > n_ctx) return glm_err(GLM_WARN_KV_FULL, "sequence %d is full (%d tokens, context %d)", seq, M, n_ctx);
     int N = s->n_draft < n_ctx - M - 1 ? s->n_draft : n_ctx - M - 1;   /* drafts that fit the context */
     const int greedy = s->sp.temp <= 0;
+    const uint64_t rng0 = s->rng;   /* restored when the step fails: a retry draws the same */
     int rc = GLM_OK;
-    /* 1. draft d_1..d_N: q_j in s->q + (j-1)*V */
+    /* 1. draft d_1..d_N: q_j in s->q + (j-1)*V; d_1 from the sequence's qlog, the others
+     * from the MTP layer's outputs in dg, dlog */
     s->toks[0] = q->next;
     for (int j = 1; j <= N; j++) {
         float *qj = s->q + (size_t)(j - 1) * V;
+        const float *lg = q->qlog;
         if (j > 1) {
-            rc = glm_ctx_mtp_forward(s->ctx, seq, M + j - 2, 1, &s->toks[j - 1], q->g, q->g, q->qlog);
+            rc = glm_ctx_mtp_forward(s->ctx, seq, M + j - 2, 1, &s->toks[j - 1], j == 2 ? q->g : s->dg, s->dg, s->dlog);
             if (rc) break;
+            lg = s->dlog;
         }
-        s->toks[j] = pick(s, q->qlog, qj);
+        s->toks[j] = pick(s, lg, qj);
     }
     if (rc) {   /* a draft step failed: give back what the drafts wrote; the state before stays */
         glm_ctx_seq_truncate(s->ctx, seq, M);
+        s->rng = rng0;
         return rc;
     }
     /* 2. verify [t_M, d_1..d_N] */
     int32_t *sq = NULL;
     if (seq) {
         sq = malloc((size_t)(N + 1) * sizeof *sq);
-        if (!sq) return glm_err(GLM_ERR_OOM, "out of memory");
+        if (!sq) { glm_ctx_seq_truncate(s->ctx, seq, M); s->rng = rng0; return glm_err(GLM_ERR_OOM, "out of memory"); }
         for (int t = 0; t <= N; t++) sq[t] = seq;
     }
     memset(s->want, 1, (size_t)N + 1);
     glm_batch b = { .n_tokens = N + 1, .tokens = s->toks, .seq = sq, .logits = s->want };
     rc = glm_ctx_decode_hidden(s->ctx, &b, s->hid);
     free(sq);
-    if (rc) { glm_ctx_seq_truncate(s->ctx, seq, M); return rc; }
+    if (rc) { glm_ctx_seq_truncate(s->ctx, seq, M); s->rng = rng0; return rc; }
     /* 3. accept */
     int k = 0;
     int32_t nt = -1;

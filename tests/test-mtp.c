@@ -540,6 +540,64 @@ TEST(truncate_frees_pages) {
     glm_model_free(m);
 }
 
+/* Runs prefill and one sampled step of prompt on sequence 0 of a context of n_pages pages;
+ * with squeeze, sequence 1 first takes every free page so that the step runs out
+ * (GLM_WARN_KV_FULL), then lets them go and the step is taken again. out: the first
+ * token then the step's tokens; returns their count, or -1. */
+static int step_after_kv_full(glm_model *m, const int32_t *prompt, int n, int squeeze, int32_t *out) {
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = 128;
+    cp.n_batch = 64;
+    cp.n_seq_max = 2;
+    cp.n_kv_pages = 4;
+    cp.n_threads = 1;
+    cp.mtp = 1;
+    glm_sampler_params sp = glm_sampler_default_params();
+    sp.temp = 1.0f;
+    sp.top_k = 0;
+    sp.top_p = 1.0f;
+    sp.min_p = 0;
+    sp.seed = 11;
+    glm_ctx *c = NULL;
+    glm_spec *s = NULL;
+    int k = -1;
+    if (glm_ctx_new(m, &cp, &c) || glm_spec_new(c, 3, &sp, &s) || glm_spec_prefill(s, 0, prompt, n, &out[0])) goto done;
+    if (squeeze) {
+        const int free_tokens = glm_ctx_kv_pages_free(c) * GLM_PAGE;
+        int32_t *fill = calloc((size_t)free_tokens, sizeof *fill), *seq = calloc((size_t)free_tokens, sizeof *seq);
+        for (int i = 0; i < free_tokens; i++) { fill[i] = i % 100; seq[i] = 1; }
+        glm_batch b = { free_tokens, fill, seq, NULL };
+        int rc = glm_ctx_decode(c, &b);
+        free(fill);
+        free(seq);
+        if (rc || glm_ctx_kv_pages_free(c)) goto done;
+        if (glm_spec_step(s, 0, out + 1, &k) != GLM_WARN_KV_FULL) { k = -1; goto done; }
+        glm_ctx_seq_clear(c, 1);
+    }
+    if (glm_spec_step(s, 0, out + 1, &k)) k = -1;
+done:
+    if (k < 0) fprintf(stderr, "  %s\n", glm_last_error());
+    glm_spec_free(s);
+    glm_ctx_free(c);
+    return k < 0 ? -1 : k + 1;
+}
+
+TEST(step_that_runs_out_of_pages_changes_nothing) {
+    /* a 15-token prompt: the third draft (position 16) needs a second page; with none free
+     * the step fails, and taken again once pages are free it gives what it gives without
+     * the failure (the draft state and the random stream are as before it) */
+    glm_model *m = load_mtp(DIR);
+    if (!m) return;
+    float *buf = mtp_mimic(m);
+    int32_t prompt[15], a[GLM_SPEC_MAX_DRAFT + 2], b[GLM_SPEC_MAX_DRAFT + 2];
+    for (int i = 0; i < 15; i++) prompt[i] = (i * 53 + 7) % m->hp.n_vocab;
+    const int na = step_after_kv_full(m, prompt, 15, 0, a), nb = step_after_kv_full(m, prompt, 15, 1, b);
+    CHECK(na > 1);
+    CHECK_MSG(na == nb && !memcmp(a, b, sizeof(int32_t) * (size_t)(na > 0 ? na : 0)), "%d tokens vs %d after the failed step", na, nb);
+    glm_model_free(m);
+    free(buf);
+}
+
 /* ---- glm-run ---- */
 
 TEST(glm_run_draft_equals_plain) {
