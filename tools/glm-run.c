@@ -153,6 +153,19 @@ static int stop_scan(const runner *r, gen_result *g, size_t from) {
     return 0;
 }
 
+/* Ends a generation's text: what the stream decoder still holds (unless a stop string
+ * ended it), a stop string the last characters completed, the rest printed when
+ * streaming; frees the stream decoder. */
+static void end_text(const runner *r, gen_result *g, glm_detok_stream *st, int stream_out, size_t printed) {
+    size_t len = 0;
+    const char *rest = NULL;
+    if (st && strcmp(g->finish, "stop") != 0) glm_detok_stream_flush(st, &rest, &len);
+    if (len) append_text(g, rest, len);
+    if (strcmp(g->finish, "stop") != 0 && stop_scan(r, g, 0)) g->finish = "stop";
+    if (stream_out) emit(g, &printed, g->text_len);
+    glm_detok_stream_free(st);
+}
+
 /* Bytes at the end of the text that could be the start of a stop string (not printed yet). */
 static size_t stop_holdback(const runner *r, const gen_result *g) {
     size_t hold = 0;
@@ -248,13 +261,7 @@ static int generate(runner *r, const int32_t *ids, int n, gen_result *g) {
         if (ids_push(&r->hist, &r->n_hist, &r->cap_hist, &t, 1)) { fprintf(stderr, "glm-run: error: out of memory\n"); status = -1; break; }
         logits = glm_ctx_logits(r->ctx, 0);
     }
-    size_t len = 0;
-    const char *rest = NULL;
-    if (st && strcmp(g->finish, "stop") != 0) glm_detok_stream_flush(st, &rest, &len);
-    if (len) append_text(g, rest, len);
-    if (strcmp(g->finish, "stop") != 0 && stop_scan(r, g, 0)) g->finish = "stop";
-    if (stream_out) emit(g, &printed, g->text_len);
-    glm_detok_stream_free(st);
+    end_text(r, g, st, stream_out, printed);
     g->t_gen = tool_now() - t1;
     if (!g->text && append_text(g, "", 0)) status = -1;
     return status;
@@ -298,13 +305,7 @@ static int generate_spec(runner *r, const int32_t *ids, int n, gen_result *g) {
         if (rc != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); status = -1; break; }
     }
     if (end < 0) status = -1;
-    size_t len = 0;
-    const char *rest = NULL;
-    if (st && strcmp(g->finish, "stop") != 0) glm_detok_stream_flush(st, &rest, &len);
-    if (len) append_text(g, rest, len);
-    if (strcmp(g->finish, "stop") != 0 && stop_scan(r, g, 0)) g->finish = "stop";
-    if (stream_out) emit(g, &printed, g->text_len);
-    glm_detok_stream_free(st);
+    end_text(r, g, st, stream_out, printed);
     g->t_gen = tool_now() - t1;
     glm_spec_get_stats(r->spec, &s1);
     g->spec.steps = s1.steps - s0.steps;
