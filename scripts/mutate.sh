@@ -83,10 +83,10 @@ mut routed-scale-dropped lib/backend-cpu.c \
     'w[t * K + k] *= hp->routed_scale;' \
     'w[t * K + k] *= 1.0f;'
 mut kv-page-rounding-extra-page lib/ctx.c \
-    'p1 = pages_for((int64_t)c->seq_len[s] + add[s]);' \
-    'p1 = pages_for((int64_t)c->seq_len[s] + add[s] + 1);'
+    'p1 = held_pages(c, s, (int64_t)c->seq_len[s] + add[s]);' \
+    'p1 = held_pages(c, s, (int64_t)c->seq_len[s] + add[s] + 1);'
 mut kv-page-need-undercounted lib/ctx.c \
-    'need += pages_for(len) - pages_for(c->seq_len[s]);' \
+    'need += held_pages(c, s, len) - held_pages(c, s, c->seq_len[s]);' \
     'need += (int)(len / GLM_PAGE) - (int)(c->seq_len[s] / GLM_PAGE);'
 mut seq-clear-last-page-kept lib/ctx.c \
     'for (int i = 0; i < c->max_pages; i++)
