@@ -225,6 +225,10 @@ int glm_cu_moe_topk(const float *logits, const float *bias, int T, int n_expert,
 int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared, int32_t *off,
                      int32_t *off4, int32_t *active, int32_t *n_active, int32_t *rows, int32_t *slot_of,
                      cudaStream_t st);
+/* Expert parallelism: out[i] = ids[i] when lo <= ids[i] < hi (an expert this rank holds),
+ * else -1. glm_cu_moe_group gives -1 no position (slot_of -1, leftover positions token 0)
+ * and glm_cu_moe_combine skips it. */
+int glm_cu_moe_own(const int32_t *ids, int n, int lo, int hi, int32_t *out, cudaStream_t st);
 /* FP8 quantisation of R sorted rows (x row rows[p], or p when rows is NULL) into q[p, :]
  * with each expert's scales 16-byte aligned, as one cuBLASLt call per expert needs:
  * channel = 1: one scale per row at s[off4[e] + p - off[e]]; channel = 0: 1x128 block

@@ -147,6 +147,8 @@ __global__ void __launch_bounds__(GROUP_THREADS) moe_group_kernel(const int32_t 
             for (int w2 = 0; w2 < warp; w2++) pos += wcnt[w2 * E + e];
             rows[pos] = i / k;
             slot_of[i] = pos;
+        } else if (i < n) {
+            slot_of[i] = -1;  // an expert this rank does not hold (ids < 0): no position
         }
         __syncthreads();
         for (int e2 = tid; e2 < E; e2 += blockDim.x) {
@@ -156,11 +158,27 @@ __global__ void __launch_bounds__(GROUP_THREADS) moe_group_kernel(const int32_t 
         }
         __syncthreads();
     }
+    const int T = n / k, used = tot.x + (shared ? T : 0);
     if (shared)
-        for (int t = tid; t < n / k; t += blockDim.x) {
+        for (int t = tid; t < T; t += blockDim.x) {
             rows[tot.x + t] = t;
             slot_of[n + t] = tot.x + t;
         }
+    // positions left over by ids without an expert: token 0, so that launchers sized for
+    // every (token, slot) pair read inside the batch
+    for (int p = used + tid; p < n + (shared ? T : 0); p += blockDim.x) rows[p] = 0;
+}
+
+__global__ void moe_own_kernel(const int32_t *ids, int n, int lo, int hi, int32_t *out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = ids[i] >= lo && ids[i] < hi ? ids[i] : -1;
+}
+
+extern "C" int glm_cu_moe_own(const int32_t *ids, int n, int lo, int hi, int32_t *out, cudaStream_t st) {
+    if (n <= 0) return 0;
+    moe_own_kernel<<<(n + 255) / 256, 256, 0, st>>>(ids, n, lo, hi, out);
+    CUDA_CHECK_LAUNCH();
+    return 0;
 }
 
 extern "C" int glm_cu_moe_group(const int32_t *ids, int T, int k, int n_expert, int shared, int32_t *off,
@@ -183,7 +201,10 @@ __global__ void moe_combine_kernel(const TE *eo, const int32_t *slot_of, const f
     if (d >= D) return;
     auto at = [&](int s) { return ld_f(eo + (size_t)s * D + d); };
     float a = 0.f;
-    for (int j = 0; j < k; j++) a = fmaf(w[(size_t)t * k + j], at(slot_of[(size_t)t * k + j]), a);
+    for (int j = 0; j < k; j++) {
+        const int s = slot_of[(size_t)t * k + j];
+        if (s >= 0) a = fmaf(w[(size_t)t * k + j], at(s), a);  // s < 0: another rank's expert
+    }
     if (shared) a += at(slot_of[(size_t)gridDim.y * k + t]);
     out[(size_t)t * D + d] = a;
 }

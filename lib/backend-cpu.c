@@ -96,6 +96,7 @@ static void pool_free(pool *p) {
 }
 
 /* ---- state ---- */
+#define LG_ROWS 16   /* tensor parallel: logits rows a gather */
 typedef struct {
     pool pool;
     int64_t max_k;              /* widest row any weight has */
@@ -108,6 +109,10 @@ typedef struct {
     int32_t *moe_tok;                 /* [T * K] */
     float *moe_w;                     /* [T * K] */
     float *logit_x;                   /* [T, D] */
+    /* tensor parallel: this rank's logits [T, Vr] and the gather, LG_ROWS rows a
+     * collective: sent [LG_ROWS, Vmax] (Vmax = ceil(V / N), the same count from every
+     * rank), received [N, LG_ROWS, Vmax] */
+    float *lg, *lg_send, *lg_recv;
     void **allocs;
     size_t n_allocs;
 } cpu_state;
@@ -208,6 +213,14 @@ static int cpu_reserve(glm_backend *be, int T) {
     s->logit_x = cpu_alloc(be, (size_t)T * D * 4);
     if (!s->moe_x || !s->moe_act || !s->moe_y || !s->moe_tok || !s->moe_w || !s->logit_x)
         return glm_err(GLM_ERR_OOM, "out of memory");
+    if (be->comm) {
+        size_t N = (size_t)glm_comm_size(be->comm), Vmax = ((size_t)hp->n_vocab + N - 1) / N;
+        s->lg = cpu_alloc(be, (size_t)T * Vmax * 4);
+        s->lg_send = cpu_alloc(be, LG_ROWS * Vmax * 4);
+        s->lg_recv = cpu_alloc(be, N * LG_ROWS * Vmax * 4);
+        if (!s->lg || !s->lg_send || !s->lg_recv)
+            return glm_err(GLM_ERR_OOM, "out of memory reserving the logits gather for %d tokens", T);
+    }
     return GLM_OK;
 }
 
@@ -463,6 +476,10 @@ static int cpu_add(glm_backend *be, float *x, const float *y, size_t n) {
     return GLM_OK;
 }
 
+static int cpu_all_reduce(glm_backend *be, float *x, size_t n) {
+    return glm_comm_all_reduce(be->comm, x, n, GLM_COMM_F32, NULL);
+}
+
 static int cpu_logits(glm_backend *be, const float *x, float *logits_host) {
     cpu_state *s = S(be);
     const glm_model *m = be->model;
@@ -470,7 +487,23 @@ static int cpu_logits(glm_backend *be, const float *x, float *logits_host) {
     const glm_plan *p = &s->plan;
     for (int i = 0; i < p->n_out; i++)
         rmsnorm_row(x + (size_t)p->out_rows[i] * D, &m->out_norm, s->logit_x + (size_t)i * D, D, m->hp.rms_eps);
-    return cpu_linear(be, &m->lm_head, NULL, s->logit_x, logits_host, p->n_out);
+    if (!be->comm) return cpu_linear(be, &m->lm_head, NULL, s->logit_x, logits_host, p->n_out);
+    /* tensor parallel: this rank's vocabulary rows, gathered in rank order */
+    const int N = glm_comm_size(be->comm), V = m->hp.n_vocab, n_out = p->n_out;
+    const size_t Vmax = ((size_t)V + N - 1) / N, Vr = (size_t)m->lm_head.rows;
+    int rc = cpu_linear(be, &m->lm_head, NULL, s->logit_x, s->lg, n_out);          /* [n_out, Vr] */
+    for (int i0 = 0; !rc && i0 < n_out; i0 += LG_ROWS) {
+        const int n = n_out - i0 < LG_ROWS ? n_out - i0 : LG_ROWS;
+        memcpy(s->lg_send, s->lg + (size_t)i0 * Vr, (size_t)n * Vr * 4);         /* sent as [n, Vr] */
+        rc = glm_comm_all_gather(be->comm, s->lg_send, s->lg_recv, (size_t)n * Vmax, GLM_COMM_F32, NULL); /* [N, n, Vmax] */
+        for (int q = 0; !rc && logits_host && q < N; q++) {                    /* rank q's rows [v0, v1) */
+            const size_t v0 = (size_t)glm_tp_part(V, q, N), v1 = (size_t)glm_tp_part(V, q + 1, N);
+            for (int i = 0; i < n; i++)
+                memcpy(logits_host + (size_t)(i0 + i) * V + v0, s->lg_recv + (size_t)q * n * Vmax + (size_t)i * (v1 - v0),
+                       (v1 - v0) * 4);
+        }
+    }
+    return rc;
 }
 
 /* Host and backend buffers are the same memory on the CPU. */
@@ -520,6 +553,7 @@ static const glm_backend_ops cpu_ops = {
     .moe_route = cpu_moe_route,
     .moe_experts = cpu_moe_experts,
     .add = cpu_add,
+    .all_reduce = cpu_all_reduce,
     .logits = cpu_logits,
     .destroy = cpu_destroy,
     .read = cpu_read,

@@ -9,3 +9,12 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
 }
 
 int glm_cuda_available(void) { return 0; }
+
+int glm_cuda_device_count(void) { return 0; }
+
+int glm_cuda_mem_info(int gpu, uint64_t *free_b, uint64_t *total_b) {
+    *free_b = *total_b = 0;
+    return glm_err(GLM_ERR_NOT_IMPLEMENTED, "GPU %d: CUDA not implemented in this build (built without nvcc)", gpu);
+}
+
+uint64_t glm_backend_cuda_weight_bytes(glm_model *m) { (void)m; return 0; }

@@ -54,6 +54,7 @@ typedef struct {
     int fused_ok;                /* gate_up is a valid single weight for cuBLASLt */
     int wgmma_ok;                /* ... and for the grouped wgmma kernel */
     int shared;                  /* expert n_expert is the shared expert (same shapes; decode groups take it) */
+    int lo, hi;                  /* the experts held: [0, n_expert), or a rank's range under expert parallelism */
 } cu_moe;
 
 typedef struct {
@@ -106,6 +107,7 @@ typedef struct {
     float *rlog;                 /* router logits [max_tokens, n_expert] */
     float *mid, *eo;             /* MoE [max_tokens*k, F], [max_tokens*k, D] */
     int32_t *g_off, *g_off4, *g_active, *g_nact, *g_rows, *g_slot;
+    int32_t *g_ids;              /* expert parallel: the routed ids with other ranks' experts -1 */
     int32_t *g_tiles;            /* the grouped wgmma kernel's tile list */
     int32_t *h_off;              /* pinned: off[E+1], off4[E+1] */
     float *att_ws; size_t att_ws_floats;
@@ -150,6 +152,11 @@ typedef struct {
     int xq_T, xq_K, xq_blk;
     int fuse;                    /* GLM_CUDA_FUSE (default 1) */
     int fa;                      /* GLM_CUDA_FA: tensor-core prefill attention (default 1) */
+
+    /* tensor parallel (lib/tp.c): the rank's communicator (be->comm), and the logits
+     * gather: this rank's vocabulary rows [logit_chunk, Vmax], every rank's [N, logit_chunk, Vmax] */
+    glm_comm *comm;
+    float *tp_send, *tp_recv;
 
     /* profiling (GLM_CUDA_PROFILE=1): an event before each op, graphs off */
     int prof;
@@ -242,6 +249,22 @@ int glm_cuda_available(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
     return n > 0;
+}
+
+int glm_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; }
+    return n;
+}
+
+int glm_cuda_mem_info(int gpu, uint64_t *free_b, uint64_t *total_b) {
+    size_t fr = 0, tot = 0;
+    cudaError_t e = cudaSetDevice(gpu);
+    if (e == cudaSuccess) e = cudaMemGetInfo(&fr, &tot);
+    if (e != cudaSuccess) { cudaGetLastError(); return glm_err(GLM_ERR_CUDA, "GPU %d: %s", gpu, cudaGetErrorString(e)); }
+    *free_b = fr;
+    *total_b = tot;
+    return GLM_OK;
 }
 
 static double mib(size_t b) { return (double)b / (1024.0 * 1024.0); }
@@ -345,29 +368,42 @@ static int upload(cu_impl *c, glm_weight *w, void *dst, float *sdst, int kind) {
         }
         return GLM_OK;
     }
+    /* a view (a tensor-parallel rank's slice, lib/tp.c): rows x cols at (row0, col0) of the
+     * stored tensor, whose rows are ld apart; packed here into rows x cols */
+    const int64_t ld = w->ld ? w->ld : w->cols, off = w->row0 * ld + w->col0;
     if (w->dtype == GLM_DT_F16 || (kind && w->dtype != GLM_DT_F32)) {
         float *tmp = malloc(n * sizeof(float));
         if (!tmp) return glm_err(GLM_ERR_OOM, "out of host memory converting %s", w->name);
-        for (size_t i = 0; i < n; i++) tmp[i] = read_scalar(w->dtype, w->data, i);
+        for (int64_t r = 0; r < w->rows; r++)
+            for (int64_t j = 0; j < w->cols; j++)
+                tmp[r * w->cols + j] = read_scalar(w->dtype, w->data, (size_t)(off + r * ld + j));
         cudaError_t e = cudaMemcpy(dst, tmp, n * sizeof(float), cudaMemcpyHostToDevice);
         free(tmp);
         if (e != cudaSuccess) return glm_err(GLM_ERR_CUDA, "uploading %s: %s", w->name, cudaGetErrorString(e));
     } else {
-        CK(cudaMemcpy(dst, w->data, w_data_bytes(w), cudaMemcpyHostToDevice));
+        const size_t es = dt_size(w_dev_dtype(w));
+        CK(cudaMemcpy2D(dst, (size_t)w->cols * es, (const uint8_t *)w->data + (size_t)off * es, (size_t)ld * es,
+                        (size_t)w->cols * es, (size_t)w->rows, cudaMemcpyHostToDevice));
     }
     if (sk) {
         if (!w->scale) return glm_err(GLM_ERR_FORMAT, "%s: FP8 weight without scales", w->name);
+        if (sk == GLM_CU_SCALE_BLOCK && (w->row0 % 128 || w->col0 % 128))
+            return glm_err(GLM_ERR_NOT_IMPLEMENTED, "%s: a tensor-parallel slice of a 128x128 block-scaled FP8 weight "
+                           "starting at row %lld, column %lld (not a multiple of 128) is not implemented on CUDA: use "
+                           "fewer ranks, --moe-split ep, or a per-channel checkpoint (glm-convert)",
+                           w->name, (long long)w->row0, (long long)w->col0);
         const size_t nf = w_scale_floats(w);
         float *tmp = calloc(nf, sizeof(float));
         if (!tmp) return glm_err(GLM_ERR_OOM, "out of host memory converting scales of %s", w->name);
         if (sk == GLM_CU_SCALE_CHANNEL) {
-            for (int64_t r = 0; r < w->rows; r++) tmp[r] = read_scalar(w->scale_dtype, w->scale, (size_t)r);
-        } else {
-            const int64_t rb = (w->rows + 127) / 128, cb = (w->cols + 127) / 128;
-            const int ld = glm_cu_block_ld(w->cols);
+            for (int64_t r = 0; r < w->rows; r++) tmp[r] = read_scalar(w->scale_dtype, w->scale, (size_t)(w->row0 + r));
+        } else {  /* the view's blocks are whole blocks of the stored grid [ceil(rows/128), ceil(ld/128)] */
+            const int64_t rb = (w->rows + 127) / 128, cb = (w->cols + 127) / 128, scb = (ld + 127) / 128;
+            const int64_t b0 = w->row0 / 128, c0 = w->col0 / 128;
+            const int sld = glm_cu_block_ld(w->cols);
             for (int64_t i = 0; i < rb; i++)
                 for (int64_t j = 0; j < cb; j++)
-                    tmp[i * ld + j] = read_scalar(w->scale_dtype, w->scale, (size_t)(i * cb + j));
+                    tmp[i * sld + j] = read_scalar(w->scale_dtype, w->scale, (size_t)((b0 + i) * scb + c0 + j));
         }
         cudaError_t e = cudaMemcpy(sdst, tmp, nf * sizeof(float), cudaMemcpyHostToDevice);
         free(tmp);
@@ -418,16 +454,46 @@ static int shared_slot_ok(const glm_layer *L) {
            same_layout(&L->sh_down, &L->exp_down[0]);
 }
 
+/* The routed experts a layer's model holds: all of them, or under expert parallelism
+ * (lib/tp.c) the contiguous range [lo, hi) whose weights are not empty. */
+static int own_experts(const glm_layer *L, int il, int E, int *lo, int *hi) {
+    int a = 0;
+    while (a < E && w_empty(&L->exp_gate[a])) a++;
+    int b = a;
+    while (b < E && !w_empty(&L->exp_gate[b])) b++;
+    for (int e = b; e < E; e++)
+        if (!w_empty(&L->exp_gate[e]))
+            return glm_err(GLM_ERR_UNSUPPORTED, "layer %d: the experts held are not one contiguous range", il);
+    *lo = a;
+    *hi = b;
+    return GLM_OK;
+}
+
+/* Whether the layer's shared expert sits in the experts' slot E (up_experts). */
+static int shared_in_slot(const glm_layer *L, int il, int E) {
+    int lo = 0, hi = 0;
+    if (!L->exp_gate || !L->exp_up || !L->exp_down || E <= 0 || own_experts(L, il, E, &lo, &hi)) return 0;
+    return lo == 0 && hi == E && shared_slot_ok(L);
+}
+
 /* A layer's routed experts: [E][gate|up] and [E][down] at fixed strides, with the shared
  * expert as expert E when it fits (shared_slot_ok): decode groups then take it in the
  * same launches, and its glm_weights point into that slot for the other paths. */
 static int up_experts(cu_impl *c, glm_layer *L, int il, int E, int pass, size_t *need) {
     if (!L->exp_gate || !L->exp_up || !L->exp_down || E <= 0) return GLM_OK;
-    glm_weight *g0 = &L->exp_gate[0], *d0 = &L->exp_down[0];
-    for (int e = 0; e < E; e++)
+    int lo, hi;
+    RUN(own_experts(L, il, E, &lo, &hi));
+    if (lo == hi) {  /* a rank with no rows of any expert (lib/tp.c: fewer rows than ranks) */
+        if (pass) c->moe[il].lo = c->moe[il].hi = 0;
+        return GLM_OK;
+    }
+    glm_weight *g0 = &L->exp_gate[lo], *d0 = &L->exp_down[lo];
+    for (int e = lo; e < hi; e++)
         if (!same_layout(&L->exp_gate[e], g0) || !same_layout(&L->exp_up[e], g0) || !same_layout(&L->exp_down[e], d0))
             return glm_err(GLM_ERR_UNSUPPORTED, "layer %d: experts differ in type or shape", il);
-    const int sh = shared_slot_ok(L), E1 = E + sh;
+    /* experts [lo, hi) are stored from slot 0; the shared expert takes slot E only when
+     * the rank holds every expert */
+    const int own = hi - lo, sh = own == E && shared_slot_ok(L), E1 = own + sh;
     const size_t gb = align_up(w_data_bytes(g0), 16), gs = w_scale_floats(g0);
     const size_t db = align_up(w_data_bytes(d0), 16), ds = w_scale_floats(d0);
     const size_t gu_stride = 2 * gb, gus_stride = 2 * gs;
@@ -441,17 +507,29 @@ static int up_experts(cu_impl *c, glm_layer *L, int il, int E, int pass, size_t 
     uint8_t *dn = arena_take(c, E1 * db);
     float *dns = ds ? arena_take(c, E1 * ds * 4) : NULL;
     for (int e = 0; e < E1; e++) {
-        glm_weight *wg = e < E ? &L->exp_gate[e] : &L->sh_gate, *wu = e < E ? &L->exp_up[e] : &L->sh_up;
-        glm_weight *wd = e < E ? &L->exp_down[e] : &L->sh_down;
+        glm_weight *wg = e < own ? &L->exp_gate[lo + e] : &L->sh_gate, *wu = e < own ? &L->exp_up[lo + e] : &L->sh_up;
+        glm_weight *wd = e < own ? &L->exp_down[lo + e] : &L->sh_down;
         RUN(upload(c, wg, gu + e * gu_stride, gus ? gus + e * gus_stride : NULL, 0));
         RUN(upload(c, wu, gu + e * gu_stride + gb, gus ? gus + e * gus_stride + gs : NULL, 0));
         RUN(upload(c, wd, dn + e * db, dns ? dns + e * ds : NULL, 0));
     }
     cu_moe *m = &c->moe[il];
     m->shared = sh;
-    m->gate = mat_of(&L->exp_gate[0]);
-    m->up = mat_of(&L->exp_up[0]);
-    m->down = mat_of(&L->exp_down[0]);
+    m->lo = lo;
+    m->hi = hi;
+    m->gate = mat_of(g0);
+    m->up = mat_of(&L->exp_up[lo]);
+    m->down = mat_of(d0);
+    /* the kernels address expert e at data + e * stride: the views start lo slots before
+     * the first stored expert (experts outside [lo, hi) are never addressed) */
+    m->gate.data = (const uint8_t *)m->gate.data - (ptrdiff_t)lo * (ptrdiff_t)gu_stride;
+    m->up.data = (const uint8_t *)m->up.data - (ptrdiff_t)lo * (ptrdiff_t)gu_stride;
+    m->down.data = (const uint8_t *)m->down.data - (ptrdiff_t)lo * (ptrdiff_t)db;
+    if (m->gate.scale) {
+        m->gate.scale -= (ptrdiff_t)lo * (ptrdiff_t)gus_stride;
+        m->up.scale -= (ptrdiff_t)lo * (ptrdiff_t)gus_stride;
+    }
+    if (m->down.scale) m->down.scale -= (ptrdiff_t)lo * (ptrdiff_t)ds;
     m->gate.stride = m->up.stride = (long long)gu_stride;
     m->gate.s_stride = m->up.s_stride = (long long)gus_stride;
     m->down.stride = (long long)db;
@@ -493,7 +571,7 @@ static int walk_weights(cu_impl *c, glm_model *m, int pass, size_t *need) {
             RUN(up_single(c, &L->router, 0, pass, need));
             RUN(up_single(c, &L->router_bias, 2, pass, need));
             RUN(up_experts(c, L, il, hp->n_expert, pass, need));
-            if (!shared_slot_ok(L)) {
+            if (!shared_in_slot(L, il, hp->n_expert)) {
                 RUN(up_pair(c, &L->sh_gate, &L->sh_up, pass, need));
                 RUN(up_single(c, &L->sh_down, 0, pass, need));
             }
@@ -518,6 +596,12 @@ static void clear_model_dev(glm_model *m) {
             if (L->exp_down) clear_dev(&L->exp_down[e]);
         }
     }
+}
+
+uint64_t glm_backend_cuda_weight_bytes(glm_model *m) {
+    size_t need = 0;
+    if (walk_weights(NULL, m, 0, &need)) return 0;  /* pass 0 only sums: no backend state */
+    return need;
 }
 
 static int cu_load(glm_backend *be, glm_model *m) {
@@ -710,6 +794,7 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     RUN(dev_alloc((void **)&c->g_nact, 16, "expert count"));
     RUN(dev_alloc((void **)&c->g_rows, z.g_rows, "expert rows"));
     RUN(dev_alloc((void **)&c->g_slot, z.g_rows, "expert slots"));
+    RUN(dev_alloc((void **)&c->g_ids, z.g_rows, "expert ids"));
     int wg = 0;  /* the grouped wgmma kernel's tile list, where its route can run */
     for (int il = 0; c->moe && c->wgmma && il < hp->n_layer; il++) wg |= c->moe[il].wgmma_ok;
     if (wg) RUN(dev_alloc((void **)&c->g_tiles, z.g_tiles, "expert tiles"));
@@ -720,6 +805,12 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     RUN(dev_alloc((void **)&c->fnorm, (size_t)c->logit_chunk * D * 4, "final norm rows"));
     RUN(dev_alloc((void **)&c->logits_d, (size_t)c->logit_chunk * hp->n_vocab * 4, "logits"));
     CK(cudaMallocHost((void **)&c->logits_h, (size_t)c->logit_chunk * hp->n_vocab * 4));
+    c->comm = be->comm;
+    if (c->comm) {
+        const size_t N = (size_t)glm_comm_size(c->comm), Vmax = ((size_t)hp->n_vocab + N - 1) / N;
+        RUN(dev_alloc((void **)&c->tp_send, (size_t)c->logit_chunk * Vmax * 4, "the logits gather"));
+        RUN(dev_alloc((void **)&c->tp_recv, N * c->logit_chunk * Vmax * 4, "the logits gather"));
+    }
     return GLM_OK;
 }
 
@@ -737,6 +828,14 @@ static void *cu_alloc(glm_backend *be, size_t n) {
     }
     c->allocs[c->n_allocs++] = p;
     return p;
+}
+
+/* Waits for the stream: under tensor parallelism through the communicator, so that a
+ * collective whose peer failed ends in an error naming it instead of a hang. */
+static int stream_wait(cu_impl *c) {
+    if (c->comm) return glm_comm_wait(c->comm, c->st);
+    CK(cudaStreamSynchronize(c->st));
+    return GLM_OK;
 }
 
 /* ---- graphs ---- */
@@ -804,7 +903,9 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->n_ev = 0;
     c->mode = MODE_EAGER;
     c->n_tiles = 0;
-    if (c->use_graphs && T <= c->graph_max) {
+    /* ranks sharing a GPU sum through host memory: no graphs (the route stays the same) */
+    const int capturable = !c->comm || strcmp(glm_comm_kind_name(c->comm), "shared-gpu") != 0;
+    if (c->use_graphs && capturable && T <= c->graph_max) {
         for (int i = 0; i < c->n_graphs; i++) {
             cu_graph *g = &c->graphs[i];
             if (g->T == T && g->n_out == p->n_out && g->n_seq_slots == p->n_seq_slots && g->max_pages == p->max_pages) {
@@ -1084,7 +1185,7 @@ static int moe_prefill_lt(cu_impl *c, const cu_moe *m, const float *h, int T, in
     int32_t *off = c->h_off, *off4 = c->h_off + E + 1;
     CK(cudaMemcpyAsync(off, c->g_off, (size_t)(E + 1) * 4, cudaMemcpyDeviceToHost, c->st));
     CK(cudaMemcpyAsync(off4, c->g_off4, (size_t)(E + 1) * 4, cudaMemcpyDeviceToHost, c->st));
-    CK(cudaStreamSynchronize(c->st));
+    RUN(stream_wait(c));
     const size_t esz = fp8 ? 1 : 2;
     /* channel scales take each expert's exact row count, so the products write disjoint
      * rows and may run side by side; the block format rounds to 4 rows (VEC128) and
@@ -1135,7 +1236,7 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
     cu_impl *c = IMPL(be);
     const glm_hparams *hp = &be->model->hp;
     const cu_moe *m = &c->moe[il];
-    const int T = c->T, k = hp->n_expert_used, E = hp->n_expert, D = hp->n_embd, F = hp->n_ff_exp;
+    const int T = c->T, k = hp->n_expert_used, E = hp->n_expert, D = hp->n_embd, F = m->gate.N; /* the rank's rows */
     const int rows = T * k;
     const int dec = T <= c->graph_max || T <= c->gemv_max;
     const int mma = dec && T > c->mma_min && glm_cu_mma_ok(&m->gate) && glm_cu_mma_ok(&m->up) && glm_cu_mma_ok(&m->down);
@@ -1146,6 +1247,14 @@ static int cu_moe_experts(glm_backend *be, int il, const float *h, const int32_t
     *with_shared = sh;
     if (op_skip(c, 7, h, ids, out, il * 65536 + c->T)) return GLM_OK;
     RUN(flush(c));
+    if (m->lo == m->hi) {  /* no expert rows on this rank: its part of the sum is zero */
+        CK(cudaMemsetAsync(out, 0, (size_t)T * D * 4, c->st));
+        return GLM_OK;
+    }
+    if (m->lo > 0 || m->hi < E) {  /* expert parallel: only the chosen experts this rank holds */
+        RUN(glm_cu_moe_own(ids, rows, m->lo, m->hi, c->g_ids, c->st));
+        ids = c->g_ids;
+    }
     prof_op(c, sh ? "moe experts+shared" : "moe experts");
     RUN(glm_cu_moe_group(ids, T, k, E, sh, c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->st));
     glm_cu_groups g = {c->g_active, c->g_nact, c->g_off, c->g_rows, (rows < E ? rows : E) + sh, T};
@@ -1219,6 +1328,35 @@ static int cu_add(glm_backend *be, float *x, const float *y, size_t n) {
     return glm_cu_add(x, y, n, c->st);
 }
 
+/* Tensor parallel: x[n] = the sum of every rank's x[n], on the stream (captured in the
+ * step's graph under NCCL). */
+static int cu_all_reduce(glm_backend *be, float *x, size_t n) {
+    cu_impl *c = IMPL(be);
+    if (op_skip(c, 10, x, NULL, NULL, (int)n)) return GLM_OK;
+    if (!c->comm) return glm_err(GLM_ERR_ARG, "all-reduce on a backend without a communicator");
+    RUN(flush(c));
+    prof_op(c, "all-reduce");
+    return glm_comm_all_reduce(c->comm, x, n, GLM_COMM_F32, c->st);
+}
+
+/* host[n] = src[n] and dst[n] = host[n] between the host and a backend buffer, outside a
+ * pass's graph (a captured pass has not run yet when its ops return). */
+static int cu_copy(glm_backend *be, void *dst, const void *src, size_t n, enum cudaMemcpyKind kind) {
+    cu_impl *c = IMPL(be);
+    if (c->mode != MODE_EAGER)
+        return glm_err(GLM_ERR_NOT_IMPLEMENTED, "copying activations inside a graph-captured CUDA pass is not implemented");
+    CK(cudaSetDevice(c->gpu));
+    RUN(flush(c));
+    CK(cudaMemcpyAsync(dst, src, n * sizeof(float), kind, c->st));
+    return stream_wait(c);
+}
+static int cu_read(glm_backend *be, float *host, const float *src, size_t n) {
+    return cu_copy(be, host, src, n, cudaMemcpyDeviceToHost);
+}
+static int cu_write(glm_backend *be, float *dst, const float *host, size_t n) {
+    return cu_copy(be, dst, host, n, cudaMemcpyHostToDevice);
+}
+
 /* Whether dst lies in the page-locked logits buffer we gave out. */
 static int pinned_dst(const cu_impl *c, const float *dst) {
     return c->pin && (const uint8_t *)dst >= (const uint8_t *)c->pin &&
@@ -1240,6 +1378,20 @@ static int logits_chunk(glm_backend *be, const float *x, int r0, int n, float *h
     *copied = 0;
     RUN(glm_cu_rmsnorm(x, P_OUT(c) + r0, m->out_norm.dev, c->fnorm, n, D, m->hp.rms_eps, c->st));
     const glm_cu_mat lm = mat_of(&m->lm_head);
+    if (c->comm) {
+        /* tensor parallel: this rank's vocabulary rows [n, Vr] padded to Vmax, gathered from
+         * every rank [N, n, Vmax] and laid side by side in rank order [n, V] */
+        const int N = glm_comm_size(c->comm), Vmax = (V + N - 1) / N;
+        RUN(lin(c, &lm, NULL, c->fnorm, D, c->tp_send, Vmax, n));
+        RUN(glm_comm_all_gather(c->comm, c->tp_send, c->tp_recv, (size_t)n * Vmax, GLM_COMM_F32, c->st));
+        for (int q = 0; q < N; q++) {
+            const int64_t v0 = glm_tp_part(V, q, N), v1 = glm_tp_part(V, q + 1, N);
+            if (v1 > v0)
+                CK(cudaMemcpy2DAsync(c->logits_d + v0, (size_t)V * 4, c->tp_recv + (size_t)q * n * Vmax, (size_t)Vmax * 4,
+                                     (size_t)(v1 - v0) * 4, (size_t)n, cudaMemcpyDeviceToDevice, c->st));
+        }
+        return GLM_OK;
+    }
     if (!host || !pinned_dst(c, host) || !c->logit_slices || n < LOGIT_SLICE_MIN || V < 128 * LOGIT_SLICES)
         return lin(c, &lm, NULL, c->fnorm, D, c->logits_d, V, n);
     const int per = (V / 128 + LOGIT_SLICES - 1) / LOGIT_SLICES * 128;  /* 128-row multiples: block scales stay whole */
@@ -1283,7 +1435,7 @@ static void logits_done(cu_impl *c, float *host, int r0, int n, int V) {
 static int logits_finish(cu_impl *c, float *logits_host, int r0, int n, int V, int copied) {
     if (!copied) RUN(logits_copy(c, logits_host, r0, n, V));
     prof_op(c, "(end)");
-    CK(cudaStreamSynchronize(c->st));
+    RUN(stream_wait(c));
     prof_collect(c);
     if (!copied) logits_done(c, logits_host, r0, n, V);
     return GLM_OK;
@@ -1387,7 +1539,8 @@ static void cu_destroy(glm_backend *be) {
         for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
         free(c->allocs);
         void *dv[] = {c->arena, c->lt_ws, c->lt_y, c->kv_mem, c->d_plan, c->xq, c->xs, c->gtmp, c->rlog, c->mid, c->eo,
-                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->g_tiles, c->att_ws, c->fnorm, c->logits_d};
+                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->g_ids, c->g_tiles, c->att_ws, c->fnorm, c->logits_d,
+                      c->tp_send, c->tp_recv};
         for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) if (dv[i]) cudaFree(dv[i]);
         if (c->h_plan) cudaFreeHost(c->h_plan);
         if (c->h_off) cudaFreeHost(c->h_off);
@@ -1419,7 +1572,10 @@ static const glm_backend_ops cuda_ops = {
     .moe_route = cu_moe_route,
     .moe_experts = cu_moe_experts,
     .add = cu_add,
+    .all_reduce = cu_all_reduce,
     .logits = cu_logits,
+    .read = cu_read,
+    .write = cu_write,
     .host_alloc = cu_host_alloc,
     .host_free = cu_host_free,
     .destroy = cu_destroy,

@@ -69,7 +69,12 @@ typedef struct {
                        const float *w, float *out, int *with_shared);
     /* x[n] += y[n] */
     int (*add)(glm_backend *be, float *x, const float *y, size_t n);
-    /* Final: logits_host[n_out, n_vocab] = rmsnorm(x[out_rows]) * out_norm @ lm_head^T */
+    /* Tensor parallel (be->comm set): x[n] = the sum of every rank's x[n], in place. */
+    int (*all_reduce)(glm_backend *be, float *x, size_t n);
+    /* Final: logits_host[n_out, n_vocab] = rmsnorm(x[out_rows]) * out_norm @ lm_head^T.
+     * Tensor parallel: each rank computes its vocabulary rows [r*V/N, (r+1)*V/N) (its
+     * lm_head slice), gathers every rank's in rank order, and the rank given logits_host
+     * (rank 0; NULL on the others) gets all n_vocab columns. */
     int (*logits)(glm_backend *be, const float *x, float *logits_host);
     void (*destroy)(glm_backend *be);
     /* Optional: host memory that logits() fills fastest (page-locked on CUDA);
@@ -97,6 +102,9 @@ struct glm_backend {
 int glm_backend_cpu_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
 /* Creates the CUDA backend (GLM_ERR_NOT_IMPLEMENTED in builds without CUDA). */
 int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
+/* Device memory the CUDA backend's load() takes for model's weights (0 without CUDA). */
+uint64_t glm_backend_cuda_weight_bytes(glm_model *model);
+
 
 /* ---- tensor parallel (lib/tp.c): n_tp ranks, each a backend over its slice of the
  * model, run as threads of this process that meet in the communicator ---- */
@@ -106,10 +114,23 @@ typedef struct glm_tp glm_tp;
 int64_t glm_tp_part(int64_t n, int r, int N);
 /* Checks n_tp and moe_split against the model; returns a status naming the field. */
 int glm_tp_check(const glm_model *model, const glm_ctx_params *p);
-/* Makes every rank: its model slice, its backend (CPU; CUDA is not implemented) and the
- * local communicator. */
+/* Makes every rank: its model slice, its backend and the communicator. CPU: the ranks
+ * are CPU backends and the local kind sums in host memory. CUDA: rank r is a CUDA backend
+ * on its GPU (glm_tp_gpu) loading only its slice, all ranks in parallel after a check of
+ * each GPU's free memory, and the NCCL kind sums (through host memory when ranks share a
+ * GPU: "shared-gpu", no graphs). With p->tp_solo only rank 0 is made, with no
+ * communicator (its own step, for projections). */
 int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out);
+/* The GPU of rank r under p: gpus[r % n_gpus], or r % (GPUs present) without a list. */
+int glm_tp_gpu(const glm_ctx_params *p, int r);
+/* KV pages every rank can hold: the fewest any rank fits, each GPU's share divided
+ * between the ranks on it. */
+int glm_tp_kv_pages_fit(glm_tp *tp, const glm_ctx_params *p);
+/* The communicator's kind ("local", "nccl", "shared-gpu"), or "none" (one rank, tp_solo). */
+const char *glm_tp_comm_kind(const glm_tp *tp);
 void glm_tp_free(glm_tp *tp);
+/* Ranks made (n_tp, or 1 with tp_solo). */
+int glm_tp_size(const glm_tp *tp);
 /* Rank r's backend (owned by tp). */
 glm_backend *glm_tp_rank(glm_tp *tp, int r);
 /* glm4moe_reserve and kv_init on every rank. */

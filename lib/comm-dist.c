@@ -308,3 +308,13 @@ int glm_comm_rendezvous(const char *spec, int rank, int world_size, double timeo
     }
     return glm_err(GLM_ERR_ARG, "rendezvous '%s': expected file:PATH or tcp:HOST:PORT", spec);
 }
+
+int glm_dist_env(int *rank, int *world_size, int *local_rank) {
+    glm_comm_dist d;
+    int rc = glm_comm_dist_from_env(&d);
+    if (rc) return rc;
+    if (rank) *rank = d.rank;
+    if (world_size) *world_size = d.world_size;
+    if (local_rank) *local_rank = d.local_rank;
+    return GLM_OK;
+}

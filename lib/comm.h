@@ -63,6 +63,9 @@ glm_comm *glm_comm_get(glm_comm_group *g, int i);
 
 /* Returns the rank's global index; the number of ranks in all processes. */
 int glm_comm_rank(const glm_comm *c);
+/* Host seconds this rank has spent inside all-reduces and all-gathers (the whole sum for
+ * the local and shared-gpu kinds; only the enqueue for NCCL), and their number in *n. */
+double glm_comm_seconds(const glm_comm *c, long *n);
 int glm_comm_size(const glm_comm *c);
 /* Returns the kind name: "local", "nccl" or "shared-gpu" (NCCL kind, ranks sharing GPUs). */
 const char *glm_comm_kind_name(const glm_comm *c);
@@ -124,6 +127,8 @@ struct glm_comm {
     size_t n;
     int dtype;
     void *impl;                        /* the implementation's per-rank state */
+    double busy_s;                     /* host seconds inside all-reduces and all-gathers */
+    long n_timed;                      /* ... and how many */
 };
 
 struct glm_comm_group {

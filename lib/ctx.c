@@ -62,14 +62,14 @@ int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
     int rc = glm_tp_check(model, &p);
     if (!rc && p.mtp && !model->has_mtp)
         rc = glm_err(GLM_ERR_ARG, "params.mtp: the model has no MTP layer bound (num_nextn_predict_layers %d)", model->hp.n_nextn);
-    else if (!rc && p.mtp && (p.device == GLM_DEVICE_CUDA || p.n_tp > 1))
+    else if (!rc && p.mtp && (p.device == GLM_DEVICE_CUDA || p.n_tp > 1 || p.dist_init))
         rc = glm_err(GLM_ERR_NOT_IMPLEMENTED, "the MTP layer (speculative decoding) on %s: not implemented",
                      p.n_tp > 1 ? "several tensor-parallel ranks" : "CUDA");
-    if (!rc && p.n_tp > 1) { if (!(rc = glm_tp_new(model, &p, &c->tp))) c->be = glm_tp_rank(c->tp, 0); }
+    if (!rc && (p.n_tp > 1 || p.dist_init)) { if (!(rc = glm_tp_new(model, &p, &c->tp))) c->be = glm_tp_rank(c->tp, 0); }
     else if (!rc) rc = p.device == GLM_DEVICE_CUDA ? glm_backend_cuda_new(model, &p, &c->be) : glm_backend_cpu_new(model, &p, &c->be);
     if (rc) goto fail;
     c->max_pages = pages_for(p.n_ctx);
-    c->n_pages = p.n_kv_pages > 0 ? p.n_kv_pages : c->be->ops->kv_pages_fit(c->be, &p);
+    c->n_pages = p.n_kv_pages > 0 ? p.n_kv_pages : c->tp ? glm_tp_kv_pages_fit(c->tp, &p) : c->be->ops->kv_pages_fit(c->be, &p);
     if (c->n_pages < 1) { rc = glm_err(GLM_ERR_OOM, "no memory left for KV pages"); goto fail; }
     if ((rc = c->tp ? glm_tp_reserve(c->tp, p.n_batch) : glm4moe_reserve(c->be, p.n_batch))) goto fail;
     if ((rc = c->tp ? glm_tp_kv_init(c->tp, c->n_pages, p.kv_type) : c->be->ops->kv_init(c->be, c->n_pages, p.kv_type))) goto fail;
@@ -276,6 +276,13 @@ undo:
 done:
     free(add);
     return rc;
+}
+
+int glm_ctx_tp_ranks(const glm_ctx *c) { return c->tp ? glm_tp_size(c->tp) : 1; }
+const char *glm_ctx_tp_kind(const glm_ctx *c) { return c->tp ? glm_tp_comm_kind(c->tp) : "none"; }
+double glm_ctx_comm_seconds(const glm_ctx *c, long *n) {
+    if (n) *n = 0;
+    return c->tp && c->be->comm ? glm_comm_seconds(c->be->comm, n) : 0.0;
 }
 
 uint64_t glm_ctx_kv_bytes(const glm_ctx *c, int rank) {

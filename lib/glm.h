@@ -130,8 +130,21 @@ typedef struct {
     int gpu;            /* CUDA device index */
     int n_tp;           /* tensor-parallel ranks (0 or 1: one); must divide n_head_kv. CPU: the
                            ranks are threads of this process (n_threads split between them);
-                           CUDA: not implemented yet (docs/PARALLEL.md) */
+                           CUDA: a GPU a rank, each driven by a thread, summing through NCCL
+                           (docs/PARALLEL.md) */
     int moe_split;      /* glm_moe_split: how the routed experts are shared out between ranks */
+    const int *gpus;    /* CUDA with n_tp > 1: rank r runs on gpus[r % n_gpus]; NULL: on GPU
+                           r % (GPUs present). Fewer GPUs than ranks: the ranks share them and
+                           sum through host memory ("shared-gpu", a test and projection mode) */
+    int n_gpus;
+    const char *dist_init; /* several processes, one rank each (CUDA): "file:PATH" or
+                           "tcp:HOST:PORT", where global rank 0 hands the NCCL id to the others;
+                           RANK, WORLD_SIZE (the ranks) and LOCAL_RANK (this process's GPU, or
+                           its index in gpus) come from the environment. Every process gathers
+                           the whole logits. NULL: one process */
+    int tp_solo;        /* with n_tp > 1: make and run rank 0's slice alone, collectives
+                           skipped: a rank's own step for projections (glm-bench); the logits
+                           are not the model's */
     int mtp;            /* 1 = also keep a KV cache for the model's MTP layer, in the same pages
                            (speculative decoding, lib/spec.c); needs a model with it bound, one
                            rank, CPU (CUDA: not implemented) */
@@ -166,6 +179,22 @@ int glm_ctx_seq_len(const glm_ctx *ctx, int seq);
 /* KV pages free / total. */
 int glm_ctx_kv_pages_free(const glm_ctx *ctx);
 int glm_ctx_kv_pages_total(const glm_ctx *ctx);
+
+/* ---- tensor parallel (docs/PARALLEL.md) ---- */
+/* CUDA devices present (0 without CUDA or a GPU); free and total bytes of one GPU. */
+int glm_cuda_device_count(void);
+int glm_cuda_mem_info(int gpu, uint64_t *free_b, uint64_t *total_b);
+/* The place of this process from RANK, WORLD_SIZE and LOCAL_RANK in the environment
+ * (unset: 0, 1, 0); a status naming a variable that is not an integer in range. */
+int glm_dist_env(int *rank, int *world_size, int *local_rank);
+/* Ranks the context runs (1 without tensor parallelism, and with tp_solo) and how they
+ * sum: "none" (one rank), "local" (CPU threads), "nccl" or "shared-gpu". */
+int glm_ctx_tp_ranks(const glm_ctx *ctx);
+const char *glm_ctx_tp_kind(const glm_ctx *ctx);
+/* Host seconds rank 0 has spent inside collectives since the context was made (the whole
+ * sum for "local" and "shared-gpu"; for "nccl" only the enqueue, the sum itself runs on
+ * the GPU), and their number in *n (may be NULL). */
+double glm_ctx_comm_seconds(const glm_ctx *ctx, long *n);
 
 /* ---- sampling ---- */
 typedef struct {

@@ -25,7 +25,10 @@
 #include <unistd.h>
 
 struct glm_tp {
-    int n;
+    int n;                     /* ranks in this process */
+    int first, world;          /* global rank of the first; ranks in all processes */
+    int dist;                  /* one process a rank (params.dist_init) */
+    int gpu[GLM_COMM_MAX_RANKS];/* CUDA: each local rank's GPU */
     glm_comm_group *group;
     glm_model *views;          /* [n] each rank's slice (layers and expert arrays owned here) */
     glm_backend **be;          /* [n] */
@@ -50,9 +53,12 @@ int glm_tp_check(const glm_model *m, const glm_ctx_params *p) {
     if (p->moe_split == GLM_MOE_SPLIT_EP && hp->n_expert % N)
         return glm_err(GLM_ERR_ARG, "moe_split ep: n_tp %d does not divide the model's %d routed experts (use the tp split)",
                        N, hp->n_expert);
-    if (p->device == GLM_DEVICE_CUDA)
-        return glm_err(GLM_ERR_NOT_IMPLEMENTED, "tensor parallel on CUDA (n_tp %d) is not implemented yet: "
-                       "the sharded forward runs on the CPU backend (docs/PARALLEL.md)", N);
+    if (p->device == GLM_DEVICE_CUDA && p->gpus) {
+        if (p->n_gpus < 1 || p->n_gpus > GLM_COMM_MAX_RANKS)
+            return glm_err(GLM_ERR_ARG, "n_gpus %d: 1 to %d GPUs", p->n_gpus, GLM_COMM_MAX_RANKS);
+        for (int i = 0; i < p->n_gpus; i++)
+            if (p->gpus[i] < 0) return glm_err(GLM_ERR_ARG, "gpus[%d] = %d is not a GPU index", i, p->gpus[i]);
+    }
     return GLM_OK;
 }
 
@@ -126,36 +132,178 @@ static void slice_free(glm_model *v) {
     v->layers = NULL;
 }
 
+int glm_tp_gpu(const glm_ctx_params *p, int r) {
+    if (p->gpus && p->n_gpus > 0) return p->gpus[r % p->n_gpus];
+    const int n = glm_cuda_device_count();
+    return n > 0 ? r % n : 0;
+}
+
+/* CUDA: checks that each GPU has room for the weights of the ranks placed on it (and
+ * 1 GiB a rank for activations and the KV cache), naming the GPU and both figures. */
+static int check_gpu_memory(glm_tp *tp, const glm_ctx_params *p) {
+    uint64_t need[GLM_COMM_MAX_RANKS] = {0};
+    int gpu[GLM_COMM_MAX_RANKS], ranks[GLM_COMM_MAX_RANKS] = {0}, n = 0;
+    (void)p;
+    for (int r = 0; r < tp->n; r++) {
+        const int g = tp->gpu[r];
+        int i = 0;
+        while (i < n && gpu[i] != g) i++;
+        if (i == n) gpu[n++] = g;
+        need[i] += glm_backend_cuda_weight_bytes(&tp->views[r]) + (1ull << 30);
+        ranks[i]++;
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t fr = 0, tot = 0;
+        int rc = glm_cuda_mem_info(gpu[i], &fr, &tot);
+        if (rc) return rc;
+        if (need[i] > fr)
+            return glm_err(GLM_ERR_OOM, "GPU %d: its %d rank%s need %.2f GiB (weights and 1 GiB a rank for activations "
+                           "and KV pages), %.2f GiB free of %.2f GiB",
+                           gpu[i], ranks[i], ranks[i] == 1 ? "" : "s", need[i] / 1073741824.0, fr / 1073741824.0,
+                           tot / 1073741824.0);
+    }
+    return GLM_OK;
+}
+
+typedef struct {
+    glm_tp *tp;
+    const glm_ctx_params *p;
+    int r, rc;
+    char msg[640];
+} rank_load;
+
+/* Makes rank r's CUDA backend on its GPU: the upload of its slice. Returns NULL. */
+static void *load_main(void *arg) {
+    rank_load *a = arg;
+    glm_ctx_params rp = *a->p;
+    rp.gpu = a->tp->gpu[a->r];
+    a->rc = glm_backend_cuda_new(&a->tp->views[a->r], &rp, &a->tp->be[a->r]);
+    if (a->rc) snprintf(a->msg, sizeof a->msg, "%s", glm_last_error());
+    return NULL;
+}
+
+/* CUDA: every rank's backend, loaded in parallel (one thread a rank). */
+static int load_cuda_ranks(glm_tp *tp, const glm_ctx_params *p) {
+    rank_load a[GLM_COMM_MAX_RANKS];
+    pthread_t th[GLM_COMM_MAX_RANKS];
+    int started[GLM_COMM_MAX_RANKS] = {0};
+    for (int r = 0; r < tp->n; r++) a[r] = (rank_load){ tp, p, r, 0, "" };
+    for (int r = 1; r < tp->n; r++) started[r] = pthread_create(&th[r], NULL, load_main, &a[r]) == 0;
+    load_main(&a[0]);
+    for (int r = 1; r < tp->n; r++) {
+        if (started[r]) pthread_join(th[r], NULL);
+        else load_main(&a[r]);
+    }
+    for (int r = 0; r < tp->n; r++)
+        if (a[r].rc) return glm_err(a[r].rc, "rank %d (GPU %d): %s", tp->first + r, tp->gpu[r], a[r].msg);
+    return GLM_OK;
+}
+
+/* Several processes: this process's place from RANK, WORLD_SIZE and LOCAL_RANK, and the
+ * NCCL id from global rank 0 through p->dist_init. */
+static int dist_setup(glm_tp *tp, const glm_ctx_params *p, uint8_t id[GLM_COMM_ID_BYTES]) {
+    glm_comm_dist d;
+    int rc = glm_comm_dist_from_env(&d);
+    if (rc) return rc;
+    if (p->device != GLM_DEVICE_CUDA)
+        return glm_err(GLM_ERR_ARG, "dist_init %s: one process a rank needs CUDA and NCCL (with the CPU backend the "
+                       "ranks are threads of one process: n_tp)", p->dist_init);
+    if (p->n_tp > 1 && p->n_tp != d.world_size)
+        return glm_err(GLM_ERR_ARG, "n_tp %d differs from WORLD_SIZE %d (with dist_init each process is one rank)",
+                       p->n_tp, d.world_size);
+    tp->dist = 1;
+    tp->n = 1;
+    tp->first = d.rank;
+    tp->world = d.world_size;
+    tp->gpu[0] = p->gpus && p->n_gpus > 0 ? p->gpus[d.local_rank % p->n_gpus] : d.local_rank;
+    if (d.rank == 0 && (rc = glm_comm_unique_id(id))) return rc;
+    const glm_comm_params dp = glm_comm_default_params();
+    return glm_comm_rendezvous(p->dist_init, d.rank, d.world_size, dp.timeout_s, id);
+}
+
 int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out) {
     *out = NULL;
-    int rc = glm_tp_check(model, p);
+    int rc = p->dist_init ? GLM_OK : glm_tp_check(model, p);
     if (rc) return rc;
-    const int N = p->n_tp > 1 ? p->n_tp : 1;
+    const int cuda = p->device == GLM_DEVICE_CUDA;
     glm_tp *tp = calloc(1, sizeof *tp);
     if (!tp) return glm_err(GLM_ERR_OOM, "out of memory");
-    tp->n = N;
-    tp->views = calloc((size_t)N, sizeof *tp->views);
-    tp->be = calloc((size_t)N, sizeof *tp->be);
-    if (!tp->views || !tp->be) { glm_tp_free(tp); return glm_err(GLM_ERR_OOM, "out of memory"); }
-    glm_comm_params cp = glm_comm_default_params();
-    cp.kind = GLM_COMM_LOCAL;
-    cp.n_ranks = N;
-    if ((rc = glm_comm_group_new(&cp, &tp->group))) { glm_tp_free(tp); return rc; }
-    /* the threads are shared out between the ranks, at least one each */
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads = p->n_threads > 0 ? p->n_threads : cores > 0 ? (int)cores : 1;
-    glm_ctx_params rp = *p;
-    rp.n_threads = threads / N > 0 ? threads / N : 1;
-    for (int r = 0; r < N; r++) {
-        if ((rc = slice_model(model, r, N, p->moe_split, &tp->views[r])) ||
-            (rc = glm_backend_cpu_new(&tp->views[r], &rp, &tp->be[r]))) {
-            glm_tp_free(tp);
-            return rc;
-        }
-        tp->be[r]->comm = glm_comm_get(tp->group, r);
+    uint8_t id[GLM_COMM_ID_BYTES] = {0};
+    if (p->dist_init) {
+        if ((rc = dist_setup(tp, p, id))) { glm_tp_free(tp); return rc; }
+    } else {
+        tp->world = p->n_tp > 1 ? p->n_tp : 1;
+        tp->n = p->tp_solo ? 1 : tp->world;
+        for (int r = 0; r < tp->n; r++) tp->gpu[r] = glm_tp_gpu(p, r);
     }
+    const int N = tp->world;
+    if (N > 1 && (rc = glm_tp_check(model, &(glm_ctx_params){ .device = p->device, .n_tp = N, .moe_split = p->moe_split }))) {
+        glm_tp_free(tp);
+        return rc;
+    }
+    tp->views = calloc((size_t)tp->n, sizeof *tp->views);
+    tp->be = calloc((size_t)tp->n, sizeof *tp->be);
+    if (!tp->views || !tp->be) { glm_tp_free(tp); return glm_err(GLM_ERR_OOM, "out of memory"); }
+    for (int r = 0; r < tp->n; r++)
+        if ((rc = slice_model(model, tp->first + r, N, p->moe_split, &tp->views[r]))) { glm_tp_free(tp); return rc; }
+    if (!(p->tp_solo && !tp->dist)) {
+        glm_comm_params cp = glm_comm_default_params();
+        cp.kind = cuda ? GLM_COMM_NCCL : GLM_COMM_LOCAL;
+        cp.n_ranks = tp->n;
+        cp.world_size = N;
+        cp.first_rank = tp->first;
+        cp.devices = cuda ? tp->gpu : NULL;
+        cp.unique_id = tp->dist ? id : NULL;
+        if ((rc = glm_comm_group_new(&cp, &tp->group))) { glm_tp_free(tp); return rc; }
+    }
+    if (cuda) {
+        if ((rc = check_gpu_memory(tp, p)) || (rc = load_cuda_ranks(tp, p))) { glm_tp_free(tp); return rc; }
+    } else {
+        /* the threads are shared out between the ranks, at least one each */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int threads = p->n_threads > 0 ? p->n_threads : cores > 0 ? (int)cores : 1;
+        glm_ctx_params rp = *p;
+        rp.n_threads = threads / N > 0 ? threads / N : 1;
+        for (int r = 0; r < tp->n; r++)
+            if ((rc = glm_backend_cpu_new(&tp->views[r], &rp, &tp->be[r]))) { glm_tp_free(tp); return rc; }
+    }
+    for (int r = 0; tp->group && r < tp->n; r++) tp->be[r]->comm = glm_comm_get(tp->group, r);
     *out = tp;
     return GLM_OK;
+}
+
+/* One process a rank: every process takes the fewest pages any of them fits (the page
+ * tables must stay the same everywhere), gathered through the communicator. */
+static int agree_pages(glm_tp *tp, int pages) {
+    glm_backend *be = tp->be[0];
+    if (!be->ops->read || !be->ops->write) return 0;
+    float *send = be->ops->alloc(be, sizeof(float)), *recv = be->ops->alloc(be, (size_t)tp->world * sizeof(float));
+    float *all = malloc((size_t)tp->world * sizeof(float));
+    const float mine = (float)pages;
+    int ok = send && recv && all && !be->ops->write(be, send, &mine, 1) &&
+             !glm_comm_all_gather(be->comm, send, recv, 1, GLM_COMM_F32, NULL) && !glm_comm_wait(be->comm, NULL) &&
+             !be->ops->read(be, all, recv, (size_t)tp->world);
+    for (int r = 0; ok && r < tp->world; r++)
+        if (all[r] < (float)pages) pages = (int)all[r];
+    free(all);
+    return ok ? pages : 0;
+}
+
+int glm_tp_kv_pages_fit(glm_tp *tp, const glm_ctx_params *p) {
+    int best = -1;
+    for (int r = 0; r < tp->n; r++) {
+        int share = 1;  /* ranks on rank r's GPU */
+        if (p->device == GLM_DEVICE_CUDA)
+            for (int q = 0; q < tp->n; q++) share += q != r && tp->gpu[q] == tp->gpu[r];
+        const int f = tp->be[r]->ops->kv_pages_fit(tp->be[r], p) / share;
+        if (best < 0 || f < best) best = f;
+    }
+    if (best < 0) best = 0;
+    return tp->dist && tp->world > 1 ? agree_pages(tp, best) : best;
+}
+
+const char *glm_tp_comm_kind(const glm_tp *tp) {
+    return tp->group ? glm_comm_kind_name(glm_comm_get(tp->group, 0)) : "none";
 }
 
 void glm_tp_free(glm_tp *tp) {
@@ -166,12 +314,14 @@ void glm_tp_free(glm_tp *tp) {
         tp->be[r]->ops->destroy(tp->be[r]);
         free(fwd);
     }
-    for (int r = 0; tp->views && r < tp->n; r++) slice_free(&tp->views[r]);
+    for (int r = 0; tp->views && r < tp->n; r++) slice_free(&tp->views[r]);  /* views past n were never made */
     glm_comm_group_free(tp->group);
     free(tp->views);
     free(tp->be);
     free(tp);
 }
+
+int glm_tp_size(const glm_tp *tp) { return tp->n; }
 
 glm_backend *glm_tp_rank(glm_tp *tp, int r) { return r >= 0 && r < tp->n ? tp->be[r] : NULL; }
 
@@ -206,7 +356,7 @@ static void *rank_main(void *arg) {
     rp->rc = glm4moe_forward(rp->be, rp->plan, rp->logits);
     if (rp->rc) {
         snprintf(rp->msg, sizeof rp->msg, "%s", glm_last_error());
-        glm_comm_fail(rp->be->comm, rp->rc, rp->msg);
+        if (rp->be->comm) glm_comm_fail(rp->be->comm, rp->rc, rp->msg);
     }
     return NULL;
 }

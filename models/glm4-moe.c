@@ -8,8 +8,8 @@
  * model (be->model: its heads, its rows of the intermediate dimensions, its vocabulary
  * rows), so Q, KV, F and the routed experts' work are the rank's share; the rank's o_proj
  * and FFN outputs are partial sums over its share, completed by all_reduce_sum (two a
- * layer), and the logits rows are gathered from every rank. With one rank (be->comm
- * NULL) both are no-ops. */
+ * layer), and the backend's logits() gathers every rank's vocabulary rows. With one
+ * rank (be->comm NULL) the all-reduce is a no-op. */
 #include "backend.h"
 
 #include <stdlib.h>
@@ -28,16 +28,10 @@ typedef struct {
     float *y2;     /* [T, D] shared expert output */
     int32_t *ids;  /* [T, K] routed experts */
     float *w;      /* [T, K] their weights */
-    /* tensor parallel: the rank's logits and the gather, LG_ROWS rows a collective */
-    float *lg;     /* [T, Vr] this rank's vocabulary rows */
-    float *lg_send;/* [LG_ROWS, Vmax] Vmax = ceil(V / N): every rank sends the same count */
-    float *lg_recv;/* [N, LG_ROWS, Vmax] (a chunk of n rows: [N, n, Vmax]) */
     /* the MTP layer (with be->params.mtp) */
     float *cat;    /* [T, 2D] [enorm(embed), hnorm(h)] */
     float *mtp_lg; /* [V] the last row's draft logits */
 } fwd_bufs;
-
-#define LG_ROWS 16
 
 int glm4moe_reserve(glm_backend *be, int max_tokens) {
     const glm_hparams *hp = &be->model->hp;
@@ -70,46 +64,15 @@ int glm4moe_reserve(glm_backend *be, int max_tokens) {
         b->mtp_lg = be->ops->alloc(be, (size_t)hp->n_vocab * 4);
         if (!b->cat || !b->mtp_lg) return glm_err(GLM_ERR_OOM, "out of memory reserving the MTP layer's activations");
     }
-    if (be->comm) {
-        size_t N = (size_t)glm_comm_size(be->comm), Vmax = ((size_t)hp->n_vocab + N - 1) / N;
-        b->lg = be->ops->alloc(be, T * Vmax * 4);
-        b->lg_send = be->ops->alloc(be, LG_ROWS * Vmax * 4);
-        b->lg_recv = be->ops->alloc(be, N * LG_ROWS * Vmax * 4);
-        if (!b->lg || !b->lg_send || !b->lg_recv)
-            return glm_err(GLM_ERR_OOM, "out of memory reserving the logits gather for %d tokens", max_tokens);
-    }
     return GLM_OK;
 }
 
 #define RUN(call) do { int rc_ = (call); if (rc_) return rc_; } while (0)
 
-/* x[n] = the sum of every rank's x[n], in place (a no-op with one rank). Host buffers:
- * the CPU backend (a CUDA rank would pass its stream). Returns a status naming a failed rank. */
+/* x[n] = the sum of every rank's x[n], in place (a no-op with one rank). Returns a
+ * status naming a failed rank. */
 static int all_reduce_sum(glm_backend *be, float *x, size_t n) {
-    return be->comm ? glm_comm_all_reduce(be->comm, x, n, GLM_COMM_F32, NULL) : GLM_OK;
-}
-
-/* logits_host[n_out, V] = rmsnorm(x[out_rows]) @ lm_head^T: each rank computes its
- * vocabulary rows [r*V/N, (r+1)*V/N), the all-gather collects them in rank order and rank
- * 0 (the one with logits_host) lays them side by side. Host buffers (CPU backend). */
-static int logits_gather(glm_backend *be, const float *x, int n_out, float *logits_host) {
-    if (!be->comm) return be->ops->logits(be, x, logits_host);
-    fwd_bufs *b = be->fwd;
-    const int N = glm_comm_size(be->comm), V = be->model->hp.n_vocab;
-    const size_t Vmax = ((size_t)V + N - 1) / N, Vr = (size_t)be->model->lm_head.rows;
-    RUN(be->ops->logits(be, x, b->lg));                                /* this rank's  [n_out, Vr] */
-    for (int i0 = 0; i0 < n_out; i0 += LG_ROWS) {
-        const int n = n_out - i0 < LG_ROWS ? n_out - i0 : LG_ROWS;
-        memcpy(b->lg_send, b->lg + (size_t)i0 * Vr, (size_t)n * Vr * 4);
-        RUN(glm_comm_all_gather(be->comm, b->lg_send, b->lg_recv, (size_t)n * Vmax, GLM_COMM_F32, NULL)); /* [N, n, Vmax] */
-        for (int q = 0; logits_host && q < N; q++) {                   /* rank q's rows [v0, v1) */
-            const size_t v0 = (size_t)glm_tp_part(V, q, N), v1 = (size_t)glm_tp_part(V, q + 1, N);
-            for (int i = 0; i < n; i++)                                /* sent as [n, v1 - v0] */
-                memcpy(logits_host + (size_t)(i0 + i) * V + v0, b->lg_recv + (size_t)q * n * Vmax + (size_t)i * (v1 - v0),
-                       (v1 - v0) * 4);
-        }
-    }
-    return GLM_OK;
+    return be->comm ? be->ops->all_reduce(be, x, n) : GLM_OK;
 }
 
 /* Runs decoder layer il on the residual stream b->x [T, D] in place: attention (its KV
@@ -162,7 +125,7 @@ int glm4moe_forward(glm_backend *be, const glm_plan *p, float *logits_host) {
     RUN(op->embed(be, b->x));                                      /* x = embed(tokens)      [T, D] */
     for (int il = 0; il < hp->n_layer; il++) RUN(layer_forward(be, il, T));
     if (p->hidden_host) RUN(op->read(be, p->hidden_host, b->x, (size_t)T * D)); /* hidden = x [T, D] */
-    return logits_gather(be, b->x, p->n_out, logits_host);           /* norm + lm_head  [n_out, V] */
+    return op->logits(be, b->x, logits_host);                        /* norm + lm_head  [n_out, V] */
 }
 
 int glm4moe_forward_mtp(glm_backend *be, const glm_plan *p, const float *h_host, float *h_out, float *logits_host) {
