@@ -126,4 +126,138 @@ TEST(small_run_reports_every_test_and_warns_past_the_trained_context) {
     tool_result_free(&t);
 }
 
+/* ---- tensor parallel: per-rank bytes, collective time, the projection ---- */
+
+/* The number after "key": inside the JSON object of test name in text, or NAN. */
+static double test_num(const char *text, const char *name, const char *key) {
+    char pat[96], k[96];
+    snprintf(pat, sizeof pat, "\"test\": \"%s\"", name);
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *o = strstr(text, pat);
+    if (!o) return NAN;
+    const char *end = strchr(o, '}'), *v = strstr(o, k);
+    return v && end && v < end ? atof(v + strlen(k)) : NAN;
+}
+
+/* A minimal JSON syntax check: one value and nothing after it. */
+static const char *json_value(const char *p);
+static const char *json_ws(const char *p) { while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++; return p; }
+static const char *json_string(const char *p) {
+    if (*p++ != '"') return NULL;
+    for (; *p && *p != '"'; p++)
+        if (*p == '\\' && !*++p) return NULL;
+    return *p == '"' ? p + 1 : NULL;
+}
+static const char *json_value(const char *p) {
+    p = json_ws(p);
+    if (*p == '"') return json_string(p);
+    if (*p == '{' || *p == '[') {
+        const char close = *p == '{' ? '}' : ']';
+        p = json_ws(p + 1);
+        if (*p == close) return p + 1;
+        for (;;) {
+            if (close == '}') {
+                if (!(p = json_string(json_ws(p)))) return NULL;
+                p = json_ws(p);
+                if (*p++ != ':') return NULL;
+            }
+            if (!(p = json_value(p))) return NULL;
+            p = json_ws(p);
+            if (*p == close) return p + 1;
+            if (*p++ != ',') return NULL;
+        }
+    }
+    char *e;
+    strtod(p, &e);
+    return e > p ? e : NULL;
+}
+static int json_ok(const char *text) {
+    const char *e = json_value(text);
+    return e && *json_ws(e) == 0;
+}
+
+#define TINY_TP "-m " BF16_DIR " --device cpu -t 2 -p 8 -n 4 -b 1,2 -r 1 --no-probe"
+
+TEST(tp_reports_rank_bytes_and_collective_time) {
+    static const char *const tests[] = { "tg4 b1", "tg4 b2" };
+    tool_result t;
+    int rc = run_tool(&t, BENCH " " TINY_TP " -o json", tool_bin());
+    CHECK_MSG(rc == 0 && json_ok(t.out), "exit %d: %s%s", rc, t.out, t.err);
+    double one[2];   /* TP 1: the bytes a step reads, the decode floor's bytes */
+    for (int i = 0; i < 2; i++) {
+        one[i] = test_num(t.out, tests[i], "floor_bytes_or_flops");
+        CHECK_MSG(one[i] > 0, "%s: %s", tests[i], t.out);
+    }
+    CHECK_MSG(!strstr(t.out, "rank_bytes_per_step") && !strstr(t.out, "projected") && !strstr(t.out, "n_tp"), "%s", t.out);
+    tool_result_free(&t);
+    double ep_b1 = 0, tp_b1 = 0;
+    for (int split = 0; split < 2; split++) {
+        rc = run_tool(&t, BENCH " " TINY_TP " --tp 2%s -o json", tool_bin(), split ? " --moe-split ep" : "");
+        CHECK_MSG(rc == 0 && json_ok(t.out), "exit %d: %s%s", rc, t.out, t.err);
+        CHECK(strstr(t.out, "\"n_tp\": 2,") && strstr(t.out, split ? "\"moe_split\": \"ep\"" : "\"moe_split\": \"tp\"") &&
+              strstr(t.out, "\"tp_kind\": \"local\""));
+        for (int i = 0; i < 2; i++) {
+            const double rb = test_num(t.out, tests[i], "rank_bytes_per_step"), cm = test_num(t.out, tests[i], "coll_ms_per_step");
+            /* a rank reads less than the whole model, and more than half of it: the router and
+             * the embedding rows are on every rank (and with ep the busiest rank holds more
+             * than half of the experts touched) */
+            CHECK_MSG(rb < one[i] && rb > 0.5 * one[i], "--tp 2 %s %s: rank bytes %.0f, TP 1 %.0f", split ? "ep" : "tp",
+                      tests[i], rb, one[i]);
+            CHECK_MSG(test_num(t.out, tests[i], "floor_bytes_or_flops") == rb, "%s", t.out);   /* the floor's bytes */
+            CHECK_MSG(cm > 0 && cm < 1000, "coll ms/step %g", cm);
+            if (i == 0) *(split ? &ep_b1 : &tp_b1) = rb;
+        }
+        CHECK(isnan(test_num(t.out, "pp8", "rank_bytes_per_step")));   /* decode tests only */
+        tool_result_free(&t);
+    }
+    /* one sequence touches 3 of the 8 experts: the busiest of 2 ranks holds more than half */
+    CHECK_MSG(ep_b1 > tp_b1, "ep %.0f, tp %.0f", ep_b1, tp_b1);
+    rc = run_tool(&t, BENCH " " TINY_TP " --tp 2", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.out, "| KV | rank bytes/step | coll ms/step |") && strstr(t.out, " kB | ") &&
+              strstr(t.out, "coll ms/step: host time rank 0 spent in the collectives") && !strstr(t.out, "projected"),
+              "exit %d: %s%s", rc, t.out, t.err);
+    tool_result_free(&t);
+    rc = run_tool(&t, BENCH " " TINY_TP " --tp 2 -o csv", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.out, ",kv_peak,rank_bytes_per_step,coll_ms_per_step\n"), "%s", t.out);
+    tool_result_free(&t);
+}
+
+TEST(project_prints_the_projected_step) {
+    tool_result t;
+    int rc = run_tool(&t, BENCH " " TINY_TP " --tp 2 --project", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.out, "| tg4 b1 projected |") && strstr(t.out, "| tg4 b2 projected |") &&
+              strstr(t.out, "| own ms/step | modelled coll ms/step | projected ms/step | projected t/s |") &&
+              strstr(t.out, "nccl-tests issue 212") && strstr(t.out, "Not a measurement on 2 GPUs") &&
+              strstr(t.err, "rank 0 of 2 alone (projection)"), "exit %d: %s%s", rc, t.out, t.err);
+    CHECK(!strstr(t.out, "pp8 projected"));
+    tool_result_free(&t);
+    rc = run_tool(&t, BENCH " " TINY_TP " --tp 2 --moe-split ep --project -o json", tool_bin());
+    CHECK_MSG(rc == 0 && json_ok(t.out), "exit %d: %s%s", rc, t.out, t.err);
+    CHECK(strstr(t.out, "\"coll_alpha_us\": 20.000") && strstr(t.out, "\"coll_busbw_gbs\": 370.000"));
+    for (int b = 1; b <= 2; b++) {
+        char name[16];
+        snprintf(name, sizeof name, "tg4 b%d", b);
+        const double own = test_num(t.out, name, "own_ms_per_step"), mc = test_num(t.out, name, "modelled_coll_ms_per_step");
+        const double pm = test_num(t.out, name, "projected_ms_per_step"), pt = test_num(t.out, name, "projected_tps");
+        CHECK_MSG(own > 0 && fabs(pm - (own + mc)) < 1e-5 && fabs(pt - 1000.0 * b / pm) < 1e-3 * pt, "%s: %s", name, t.out);
+        CHECK(test_num(t.out, name, "rank_bytes_per_step") > 0 && test_num(t.out, name, "coll_ms_per_step") > 0);
+        /* 2 x 3 all-reduces of b x 160 x 4 bytes and a gather of b x 512 x 4, at 20 us + bytes / 370 GB/s */
+        const double want = 1e3 * (6 * (20e-6 + b * 640.0 / 370e9) + 20e-6 + b * 2048.0 / 370e9 * 0.5);
+        CHECK_MSG(fabs(mc - want) < 1e-5, "%s: modelled %.6f ms, want %.6f", name, mc, want);
+    }
+    CHECK(isnan(test_num(t.out, "pp8", "projected_tps")));
+    tool_result_free(&t);
+    /* the model's parameters are flags */
+    rc = run_tool(&t, BENCH " " TINY_TP " --tp 2 --project --coll-alpha-us 0 --coll-busbw-gbs 1 -o json", tool_bin());
+    CHECK_MSG(rc == 0 && fabs(test_num(t.out, "tg4 b1", "modelled_coll_ms_per_step") - 1e3 * (6 * 640 + 1024) / 1e9) < 1e-6,
+              "%s", t.out);
+    tool_result_free(&t);
+    rc = run_tool(&t, BENCH " " TINY_TP " --tp 2 --project -o csv", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.out, ",rank_bytes_per_step,coll_ms_per_step,own_ms_per_step,modelled_coll_ms_per_step,"
+                                       "projected_ms_per_step,projected_tps\n"), "%s", t.out);
+    tool_result_free(&t);
+    expect_error("-m " BF16_DIR " --device cpu --project", 2, "glm-bench: error: --project: projects a step over --tp N ranks");
+    expect_error("-m " BF16_DIR " --coll-busbw-gbs 0", 2, "--coll-busbw-gbs");
+}
+
 RUN_TESTS_IN_TMP("glm-test-bench")

@@ -18,6 +18,13 @@
 
 #define PROG "glm-bench"
 #define SPEC_PROMPT 16   /* prompt tokens before a --draft decode test */
+/* The collective model's defaults (--coll-alpha-us, --coll-busbw-gbs): the bus bandwidth
+ * is the NCCL developers' figure for 8 H100 GPUs on NVLink with the ring algorithm
+ * (NVIDIA/nccl-tests issue 212: about 370 GB/s of effective NVLink bandwidth; NVLS, which
+ * the library turns off, reaches about 480); the latency is an assumption. */
+#define COLL_ALPHA_US 20.0
+#define COLL_BUSBW_GBS 370.0
+#define COLL_SOURCE "busbw: NCCL ring on 8 H100 over NVLink, NVIDIA/nccl-tests issue 212; alpha: an assumption"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -38,6 +45,20 @@ static void usage(FILE *f) {
         "  --kv-type bf16|fp8       CUDA KV cache type (default bf16)\n"
         "  --no-probe               skip the bandwidth and FP8 GEMM measurements\n"
         "  --profile                CUDA: GPU time per op after each test on stderr (graphs off)\n"
+        "  --project                with --tp N: run the decode tests again on rank 0's slice alone\n"
+        "                           (its own step, collectives skipped) and print a projected\n"
+        "                           N-GPU step: own step + modelled collectives (2 all-reduces a\n"
+        "                           layer of batch x n_embd x 4 bytes, one all-gather of the\n"
+        "                           logits); on by default with --device cuda when the ranks\n"
+        "                           share a GPU (shared-gpu); any device\n"
+        "  --coll-alpha-us A        modelled latency of one collective (default %.0f us, an\n"
+        "                           assumed value, not a measurement)\n"
+        "  --coll-busbw-gbs B       modelled NCCL bus bandwidth (default %.0f GB/s: the effective\n"
+        "                           NVLink bandwidth of NCCL's ring on 8 H100 GPUs, NVLS off,\n"
+        "                           given by the NCCL developers in NVIDIA/nccl-tests issue 212);\n"
+        "                           a collective of S bytes costs A + S / B x 2(N-1)/N\n"
+        "                           (all-reduce) or A + S / B x (N-1)/N (all-gather), as\n"
+        "                           nccl-tests defines bus bandwidth\n"
         "serving throughput (the scheduler glm-server runs; replaces -p/-n/-b):\n"
         "  --serve                  submit --requests requests at once, -np decoding together\n"
         "  -np, --parallel N        requests decoding together (default 8)\n"
@@ -49,7 +70,7 @@ static void usage(FILE *f) {
         "  --kv-pages N             KV pages of 16 tokens (default: every request at full length)\n"
         "  --shared-prefix S        S prompt tokens common to all requests (the prefix cache)\n"
         "  --no-prefix-cache        do not share prompt pages\n",
-        tool_default_model());
+        tool_default_model(), COLL_ALPHA_US, COLL_BUSBW_GBS);
     tool_tp_usage(f, 27);
     tool_spec_usage(f, 27);
     fprintf(f, "                           with --draft, each -n test runs once more at batch 1 as\n"
@@ -70,6 +91,12 @@ typedef struct {
     int draft;          /* speculative decoding test: tokens drafted a step, else 0 */
     double acceptance;  /* of the drafted tokens, the fraction accepted */
     double mean_accepted; /* drafted tokens accepted a verify step */
+    int n_seq;          /* decode test: sequences decoding together, else 0 */
+    int n_gen;          /* decode test: steps */
+    double rank_bytes;  /* --tp N > 1, decode: bytes the busiest rank reads a step */
+    double coll_ms;     /* --tp N > 1, decode: rank 0's host milliseconds in collectives a step */
+    double own_ms;      /* projection: milliseconds a step of rank 0's slice alone */
+    double model_coll_ms; /* projection: modelled collectives a step, milliseconds */
 } result;
 
 static void stats(const double *v, int n, double *mean, double *sd) {
@@ -137,6 +164,108 @@ static model_cost cost_of(const glm_hparams *hp, int fmt) {
     return c;
 }
 
+/* Expected number of distinct experts the busiest of N ranks holds among those a batch of
+ * nb tokens touches in one layer, each token choosing k of E experts uniformly (rank r
+ * holds experts [r*E/N, (r+1)*E/N)): a seeded Monte Carlo, the same for every run. */
+static double ep_busiest(int E, int k, int nb, int N) {
+    if (E <= 0 || k <= 0 || N <= 1) return 0;
+    if (k > E) k = E;
+    int draws = (int)(400000.0 / ((double)nb * k + 1));
+    draws = draws < 500 ? 500 : draws > 20000 ? 20000 : draws;
+    uint64_t st = 0x9e3779b97f4a7c15ull;
+    unsigned char *hit = malloc((size_t)E);
+    int *cnt = malloc(sizeof(int) * (size_t)N), *owner = malloc(sizeof(int) * (size_t)E);
+    if (!hit || !cnt || !owner) { free(hit); free(cnt); free(owner); return (double)k * nb / N; }
+    for (int r = 0; r < N; r++)
+        for (int e = (int)((int64_t)E * r / N); e < (int)((int64_t)E * (r + 1) / N); e++) owner[e] = r;
+    int pick[64];   /* one token's experts (k <= 64; more are counted as 64) */
+    if (k > 64) k = 64;
+    double sum = 0;
+    for (int d = 0; d < draws; d++) {
+        memset(hit, 0, (size_t)E);
+        memset(cnt, 0, sizeof(int) * (size_t)N);
+        for (int t = 0; t < nb; t++)
+            for (int j = 0; j < k; j++) {   /* k distinct experts of E: Floyd's sampling */
+                st ^= st << 13; st ^= st >> 7; st ^= st << 17;
+                const int top = E - k + j;
+                int x = (int)(st % (uint64_t)(top + 1));
+                for (int i = 0; i < j; i++) if (pick[i] == x) { x = top; break; }
+                pick[j] = x;
+                if (!hit[x]) { hit[x] = 1; cnt[owner[x]]++; }
+            }
+        int mx = 0;
+        for (int r = 0; r < N; r++) if (cnt[r] > mx) mx = cnt[r];
+        sum += mx;
+    }
+    free(hit); free(cnt); free(owner);
+    return sum / draws;
+}
+
+/* Bytes the busiest of N ranks (N > 1) reads in one decode step of nb sequences at a mean
+ * context of ctx tokens: its slice of attention, dense MLP, shared expert and lm_head
+ * (ceil(V/N) rows), the replicated router and the batch's embedding rows, its part of the
+ * routed experts the batch touches (tp: a 1/N slice of every touched expert; ep: the
+ * busiest rank's whole experts) and its heads' KV cache. */
+static double rank_step_bytes(const glm_hparams *hp, int fmt, int N, int split, int nb, double ctx, double kv_elt) {
+    const double D = hp->n_embd, Q = (double)hp->n_head * hp->head_dim / N, KV = (double)hp->n_head_kv * hp->head_dim / N;
+    const double F = ceil((double)hp->n_ff / N), Fe = hp->n_ff_exp, Fs = ceil((double)hp->n_ff_exp * hp->n_expert_shared / N);
+    const double E = hp->n_expert, k = hp->n_expert_used;
+    const double attn = mat_bytes(Q, D, fmt) + 2 * mat_bytes(KV, D, fmt) + mat_bytes(D, Q, fmt);
+    double experts = 0;   /* a MoE layer's routed bytes on the busiest rank */
+    if (E > 0) {
+        if (split == GLM_MOE_SPLIT_EP) {
+            experts = ep_busiest(hp->n_expert, hp->n_expert_used, nb, N) * 3 * mat_bytes(Fe, D, fmt);
+        } else {
+            const double Fr = ceil(Fe / N), uniq = E * (1.0 - pow(1.0 - k / E, nb));
+            experts = uniq * (2 * mat_bytes(Fr, D, fmt) + mat_bytes(D, Fr, fmt));
+        }
+    }
+    double b = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        b += attn;
+        if (il < hp->n_dense_layer) {
+            b += 2 * mat_bytes(F, D, fmt) + mat_bytes(D, F, fmt);
+        } else {
+            b += E * D * 4 + experts;   /* router (float32, replicated) */
+            if (hp->n_expert_shared > 0) b += 2 * mat_bytes(Fs, D, fmt) + mat_bytes(D, Fs, fmt);
+        }
+    }
+    b += ceil((double)hp->n_vocab / N) * D * 2;    /* lm_head rows, BF16 */
+    b += (double)nb * D * 2;                        /* the batch's embedding rows, BF16 */
+    b += (double)nb * ctx * hp->n_layer * 2 * KV * kv_elt;
+    return b;
+}
+
+/* Modelled seconds of one decode step's collectives over N GPUs: 2 all-reduces a layer of
+ * nb x n_embd float32 and one all-gather of the logits (ceil(V/N) rows of every rank), each
+ * alpha + bytes / busbw scaled as nccl-tests defines bus bandwidth (all-reduce 2(N-1)/N,
+ * all-gather (N-1)/N of the whole message). */
+static double coll_model_s(const glm_hparams *hp, int N, int nb, double alpha_s, double busbw) {
+    const double ar = (double)nb * hp->n_embd * 4, ag = (double)nb * ceil((double)hp->n_vocab / N) * N * 4;
+    return 2.0 * hp->n_layer * (alpha_s + ar / busbw * 2.0 * (N - 1) / N) + alpha_s + ag / busbw * (double)(N - 1) / N;
+}
+
+/* What glm_ctx_comm_seconds measures for a communicator kind (glm_ctx_tp_kind). */
+static const char *coll_meaning(const char *kind) {
+    if (!strcmp(kind, "local"))
+        return "host time rank 0 spent in the collectives a decode step, the whole sums (ranks as CPU threads, sums in "
+               "host memory)";
+    if (!strcmp(kind, "shared-gpu"))
+        return "host time rank 0 spent in the collectives a decode step, the whole sums (the ranks share one GPU: each sum "
+               "goes through host memory and no CUDA graphs run, so the measured t/s is not that of N GPUs)";
+    if (!strcmp(kind, "nccl"))
+        return "host time rank 0 spent enqueueing the collectives a decode step, not the sums (they run on the GPUs, "
+               "inside the step's time)";
+    return "no collectives";
+}
+
+/* Bytes as text with a unit (10^3 steps). */
+static void fmt_bytes(char *buf, size_t n, double b) {
+    if (b >= 1e9) snprintf(buf, n, "%.2f GB", b / 1e9);
+    else if (b >= 1e6) snprintf(buf, n, "%.2f MB", b / 1e6);
+    else snprintf(buf, n, "%.1f kB", b / 1e3);
+}
+
 /* Pages of 16 tokens (the library's KV page) that hold n tokens. */
 static int64_t kv_pages(int64_t n) { return (n + 15) / 16; }
 
@@ -191,11 +320,24 @@ static void check_memory(glm_device dev, double weights, double kv, double act) 
     }
 }
 
+/* Whether glm-bench checks the memory of a run over n_tp ranks itself: not on CUDA with
+ * several ranks (the library checks each GPU's share of the weights, KV pages and scratch
+ * before loading and names both numbers); on the CPU the ranks are threads sharing the
+ * host's memory: the weights are not copied (views), the KV cache is split between them
+ * (the same bytes in all), and each rank has its own activation buffers (*act x n_tp). */
+static int tp_check_memory(glm_device dev, int n_tp, double *act) {
+    if (n_tp <= 1) return 1;
+    if (dev == GLM_DEVICE_CUDA) return 0;
+    *act *= n_tp;
+    return 1;
+}
+
 #include "bench-serve.h"
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *synth = NULL, *out_fmt = "md";
-    int layers = 0, fmt = GLM_FMT_FP8_CHANNEL, reps = 3, n_threads = 0, probe = 1, profile = 0;
+    int layers = 0, fmt = GLM_FMT_FP8_CHANNEL, reps = 3, n_threads = 0, probe = 1, profile = 0, project = 0;
+    double coll_alpha_us = COLL_ALPHA_US, coll_busbw_gbs = COLL_BUSBW_GBS;
     glm_kv_type kv_type = GLM_KV_BF16;
     int *P = NULL, *N = NULL, *B = NULL, nP = 0, nN = 0, nB = 0;
     tool_init(PROG);
@@ -234,6 +376,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--kv-type")) kv_type = tool_kv_type(tool_arg(argc, argv, &i));
         else if (!strcmp(a, "--no-probe")) probe = 0;
         else if (!strcmp(a, "--profile")) profile = 1;
+        else if (!strcmp(a, "--project")) project = 1;
+        else if (!strcmp(a, "--coll-alpha-us")) coll_alpha_us = tool_float_in(a, tool_arg(argc, argv, &i), '[', 0, 1e6, ']');
+        else if (!strcmp(a, "--coll-busbw-gbs")) coll_busbw_gbs = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, 1e6, ']');
         else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
         else if (tool_spec_flag(argc, argv, &i, &spo)) continue;
         else if (serve_flag(argc, argv, &i, &so)) continue;
@@ -246,6 +391,8 @@ int main(int argc, char **argv) {
     if (synth && glm_preset(synth, layers, &hp)) tool_usage_error("--synthetic: %s", glm_last_error());
     if (synth && spo.n_draft) hp.n_nextn = 1;   /* a random MTP layer to draft with */
     if (spo.n_draft && so.on) tool_usage_error("--draft: not with --serve (the scheduler does not draft yet)");
+    if (project && tpo.n_tp < 2) tool_usage_error("--project: projects a step over --tp N ranks, N 2 or more");
+    if (project && so.on) tool_usage_error("--project: not with --serve");
     glm_ctx_params spec_cp = glm_ctx_default_params();
     spec_cp.device = dev;
     const int spec_rc = tool_spec_apply(PROG, &spo, &spec_cp);
@@ -290,7 +437,8 @@ int main(int argc, char **argv) {
             return EXIT_FAIL;
         }
         run_bytes(&hp, dev, kv_run, (double)pages * 16, n_batch, maxB, &kv_bytes, &act_bytes);
-        check_memory(dev, (double)glm_model_n_bytes(shapes), kv_bytes, act_bytes);
+        if (tp_check_memory(dev, tpo.n_tp, &act_bytes))
+            check_memory(dev, (double)glm_model_n_bytes(shapes), kv_bytes, act_bytes);
         glm_model_free(shapes);
     }
 
@@ -327,7 +475,9 @@ int main(int argc, char **argv) {
         fmt = strstr(d, "fp8-block") ? GLM_FMT_FP8_BLOCK : strstr(d, "fp8") ? GLM_FMT_FP8_CHANNEL : GLM_FMT_BF16;
         /* the weights are mapped from the files (the page cache holds them); on a GPU they are copied */
         run_bytes(glm_model_hparams(m), dev, kv_run, (double)pages * 16, n_batch, maxB, &kv_bytes, &act_bytes);
-        check_memory(dev, dev == GLM_DEVICE_CPU ? 0 : (double)glm_model_n_bytes(m), kv_bytes, act_bytes);
+        /* the fixed-batch tests check once the ranks are known (on CUDA they may be chosen from the model) */
+        if (so.on && tp_check_memory(dev, tpo.n_tp, &act_bytes))
+            check_memory(dev, dev == GLM_DEVICE_CPU ? 0 : (double)glm_model_n_bytes(m), kv_bytes, act_bytes);
     }
     hp = *glm_model_hparams(m);
     if (so.on) {
@@ -349,8 +499,10 @@ int main(int argc, char **argv) {
     if (dev == GLM_DEVICE_CPU) cp.n_kv_pages = (int)pages;
     cp.mtp = spec_cp.mtp;
     int tp_rc = tool_tp_apply(&tpo, &hp, &cp);
-    tool_tp_free(&tpo);
-    if (tp_rc) { glm_model_free(m); free(P); free(N); free(B); return tp_rc; }
+    if (tp_rc) { tool_tp_free(&tpo); glm_model_free(m); free(P); free(N); free(B); return tp_rc; }
+    const int n_tp = cp.n_tp > 1 ? cp.n_tp : 1;
+    if (!synth && tp_check_memory(dev, n_tp, &act_bytes))
+        check_memory(dev, dev == GLM_DEVICE_CPU ? 0 : (double)glm_model_n_bytes(m), kv_bytes, act_bytes);
     glm_ctx *ctx = NULL;
     glm_spec *spec = NULL;   /* --draft */
 #ifdef GLM_CUDA
@@ -361,9 +513,13 @@ int main(int argc, char **argv) {
     if (rc) { fprintf(stderr, PROG ": error: %s\n", glm_last_error()); glm_model_free(m); return EXIT_FAIL; }
     fprintf(stderr, PROG ": %s on %s, ready in %.1f s, %d KV pages\n", glm_model_desc(m),
             dev == GLM_DEVICE_CUDA ? "cuda" : "cpu", tool_now() - t0, glm_ctx_kv_pages_total(ctx));
+    char tp_kind[32];   /* how the ranks sum: none, local, nccl, shared-gpu */
+    snprintf(tp_kind, sizeof tp_kind, "%s", glm_ctx_tp_kind(ctx));
+    if (n_tp > 1 && !strcmp(tp_kind, "shared-gpu")) project = 1;
 
     const model_cost mc = cost_of(&hp, fmt);
-    const double kv_tok = (double)hp.n_layer * 2 * hp.n_head_kv * hp.head_dim * (kv_type == GLM_KV_FP8 ? 1.0 : 2.0);
+    const double kv_elt = kv_type == GLM_KV_FP8 ? 1.0 : 2.0;   /* bytes of a cached value */
+    const double kv_tok = (double)hp.n_layer * 2 * hp.n_head_kv * hp.head_dim * kv_elt;
     result *res = calloc((size_t)(nP + nN * nB + nN), sizeof(result));
     int nres = 0;
     double *tv = calloc((size_t)reps, sizeof(double));
@@ -403,8 +559,12 @@ int main(int argc, char **argv) {
             result *r = &res[nres++];
             snprintf(r->name, sizeof r->name, "tg%d b%d", n, nb);
             r->n_tok = n * nb;
+            r->n_seq = nb;
+            r->n_gen = n;
             for (int s = 0; s < nb; s++) { seqs[s] = s; want[s] = 1; }
+            double comm0 = 0;
             for (int rep = -1; rep < reps; rep++) {
+                if (rep == 0) comm0 = glm_ctx_comm_seconds(ctx, NULL);
                 for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
                 const int steps = rep < 0 ? 2 : n;
                 double s0 = tool_now();
@@ -417,13 +577,15 @@ int main(int argc, char **argv) {
                 }
                 if (rep >= 0) tv[rep] = (double)n * nb / (tool_now() - s0);
             }
+            if (n_tp > 1) r->coll_ms = 1000.0 * (glm_ctx_comm_seconds(ctx, NULL) - comm0) / ((double)reps * n);
             for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
             stats(tv, reps, &r->mean, &r->sd);
             print_profile(profile, r->name);
             r->ms_step = 1000.0 * nb / r->mean;
             const double E = hp.n_expert, k = hp.n_expert_used;
             const double uniq = E > 0 ? E * (1.0 - pow(1.0 - k / E, nb)) : 0;
-            const double bytes = mc.dense_bytes + mc.n_moe * uniq * mc.expert_bytes + nb * kv_tok * (n / 2.0);
+            double bytes = mc.dense_bytes + mc.n_moe * uniq * mc.expert_bytes + nb * kv_tok * (n / 2.0);
+            if (n_tp > 1) bytes = r->rank_bytes = rank_step_bytes(&hp, fmt, n_tp, cp.moe_split, nb, n / 2.0, kv_elt);
             r->floor_detail = bytes;
             r->floor_tps = bw > 0 ? nb / (bytes / bw) : 0;
         }
@@ -471,12 +633,48 @@ int main(int argc, char **argv) {
     glm_spec_free(spec);
     spec = NULL;
 
+    /* the projection: the decode tests again on rank 0's slice alone (its own step, no
+     * collectives), plus the modelled collectives of N GPUs */
+    int n_proj = 0;
+    if (project) {
+        glm_ctx_free(ctx);   /* the ranks' memory back before rank 0 alone is made */
+        ctx = NULL;
+        glm_ctx_params sp = cp;
+        sp.tp_solo = 1;
+        t0 = tool_now();
+        if ((rc = glm_ctx_new(m, &sp, &ctx))) goto fail;
+        fprintf(stderr, PROG ": rank 0 of %d alone (projection), ready in %.1f s\n", n_tp, tool_now() - t0);
+        for (int i = 0; i < nres; i++) {
+            result *r = &res[i];
+            if (!r->n_seq) continue;
+            const int n = r->n_gen, nb = r->n_seq;
+            for (int rep = -1; rep < reps; rep++) {
+                for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
+                const int steps = rep < 0 ? 2 : n;
+                double s0 = tool_now();
+                for (int st = 0; st < steps; st++) {
+                    for (int s = 0; s < nb; s++) { toks[s] = rand_token(hp.n_vocab); seqs[s] = s; want[s] = 1; }
+                    glm_batch b = {nb, toks, seqs, want};
+                    if ((rc = glm_ctx_decode(ctx, &b))) goto fail;
+                }
+                if (rep >= 0) tv[rep] = 1000.0 * (tool_now() - s0) / steps;
+            }
+            for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
+            double sd;
+            stats(tv, reps, &r->own_ms, &sd);
+            r->model_coll_ms = 1000.0 * coll_model_s(&hp, n_tp, nb, coll_alpha_us * 1e-6, coll_busbw_gbs * 1e9);
+            n_proj++;
+        }
+    }
+
     /* report */
     const char *desc = glm_model_desc(m);
     const char *dname = dev == GLM_DEVICE_CUDA ? "cuda" : "cpu";
+    const char *split = cp.moe_split == GLM_MOE_SPLIT_EP ? "ep" : "tp";
     if (!strcmp(out_fmt, "md")) {
-        printf("| model | device | test | t/s | ms/step | floor t/s | of floor | KV |\n");
-        printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+        printf("| model | device | test | t/s | ms/step | floor t/s | of floor | KV |%s\n",
+               n_tp > 1 ? " rank bytes/step | coll ms/step |" : "");
+        printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |%s\n", n_tp > 1 ? " ---: | ---: |" : "");
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
             char ms[32] = "", fl[32] = "n/a", fr[32] = "n/a";
@@ -485,8 +683,29 @@ int main(int argc, char **argv) {
                 snprintf(fl, sizeof fl, "%.1f", r->floor_tps);
                 snprintf(fr, sizeof fr, "%.1f%%", 100.0 * r->mean / r->floor_tps);
             }
-            printf("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.1f%% |\n", desc, dname, r->name, r->mean, r->sd, ms, fl, fr,
+            printf("| %s | %s | %s | %.2f ± %.2f | %s | %s | %s | %.1f%% |", desc, dname, r->name, r->mean, r->sd, ms, fl, fr,
                    100 * r->kv_peak);
+            if (n_tp > 1) {
+                char rb[32] = "", cm[32] = "";
+                if (r->n_seq) {
+                    fmt_bytes(rb, sizeof rb, r->rank_bytes);
+                    snprintf(cm, sizeof cm, "%.3f", r->coll_ms);
+                }
+                printf(" %s | %s |", rb, cm);
+            }
+            printf("\n");
+        }
+        if (n_proj) {
+            printf("\nprojected step of %d GPUs: rank 0's own step (its slice alone) + modelled collectives\n\n", n_tp);
+            printf("| model | device | test | own ms/step | modelled coll ms/step | projected ms/step | projected t/s |\n");
+            printf("| --- | --- | --- | ---: | ---: | ---: | ---: |\n");
+            for (int i = 0; i < nres; i++) {
+                const result *r = &res[i];
+                if (!r->n_seq) continue;
+                const double pm = r->own_ms + r->model_coll_ms;
+                printf("| %s | %s | %s projected | %.2f | %.3f | %.2f | %.2f |\n", desc, dname, r->name, r->own_ms,
+                       r->model_coll_ms, pm, 1000.0 * r->n_seq / pm);
+            }
         }
         for (int i = 0; i < nres; i++)
             if (res[i].draft)
@@ -496,20 +715,53 @@ int main(int argc, char **argv) {
             printf("\ncopy bandwidth %.0f GB/s (read+write); FP8 GEMM %.0f TFLOP/s (cuBLASLt 8192^3). "
                    "Decode floor: weights touched (expected unique experts) + KV read over the bandwidth; "
                    "prefill floor: FLOPs over the FP8 rate.\n", bw / 1e9, fp8_rate / 1e12);
+        if (n_tp > 1) {
+            printf("\n%d tensor-parallel ranks, routed experts split %s. rank bytes/step: the bytes the busiest rank reads "
+                   "a decode step (its slices of attention, dense MLP, shared expert and lm_head, the replicated router and "
+                   "embedding rows, %s, its heads' KV cache)%s.\n", n_tp, split,
+                   cp.moe_split == GLM_MOE_SPLIT_EP ? "the expected whole experts of the busiest rank (seeded Monte Carlo of "
+                   "uniform top-k routing)" : "a 1/N slice of each expected touched expert",
+                   bw > 0 ? "; the decode floor is these bytes over the copy bandwidth" : "");
+            printf("coll ms/step: %s.\n", coll_meaning(tp_kind));
+        }
+        if (n_proj)
+            printf("projected: measured own step of rank 0's slice alone (collectives skipped, on %s) + modelled "
+                   "collectives of %d GPUs: 2 x %d all-reduces of batch x %d x 4 bytes and one all-gather of batch x %d x 4 "
+                   "bytes of logits, each %.1f us + bytes / %.0f GB/s x 2(N-1)/N (all-gather: (N-1)/N). Defaults: %s. "
+                   "Not a measurement on %d GPUs.\n", dname, n_tp, hp.n_layer, hp.n_embd,
+                   (int)ceil((double)hp.n_vocab / n_tp) * n_tp, coll_alpha_us, coll_busbw_gbs, COLL_SOURCE, n_tp);
     } else if (!strcmp(out_fmt, "csv")) {
         printf("model,device,test,n_tokens,tps_mean,tps_sd,ms_step,floor_tps,floor_fraction,floor_bytes_or_flops,copy_gbps,fp8_tflops,"
-               "kv_peak%s\n", spo.n_draft ? ",draft,acceptance,mean_accepted_length" : "");
+               "kv_peak%s%s%s\n", spo.n_draft ? ",draft,acceptance,mean_accepted_length" : "",
+               n_tp > 1 ? ",rank_bytes_per_step,coll_ms_per_step" : "",
+               n_proj ? ",own_ms_per_step,modelled_coll_ms_per_step,projected_ms_per_step,projected_tps" : "");
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
             printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.6g,%.1f,%.1f,%.4f", desc, dname, r->name, r->n_tok, r->mean,
                    r->sd, r->ms_step, r->floor_tps, r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, bw / 1e9,
                    fp8_rate / 1e12, r->kv_peak);
             if (spo.n_draft) printf(",%d,%.4f,%.4f", r->draft, r->acceptance, r->mean_accepted);   /* --draft's columns */
+            if (n_tp > 1) {   /* empty on prefill rows */
+                if (r->n_seq) printf(",%.0f,%.6f", r->rank_bytes, r->coll_ms);
+                else printf(",,");
+            }
+            if (n_proj) {
+                const double pm = r->own_ms + r->model_coll_ms;
+                if (r->n_seq) printf(",%.6f,%.6f,%.6f,%.4f", r->own_ms, r->model_coll_ms, pm, 1000.0 * r->n_seq / pm);
+                else printf(",,,,");
+            }
             printf("\n");
         }
     } else {
-        printf("{\n  \"model\": \"%s\",\n  \"device\": \"%s\",\n  \"copy_gbps\": %.1f,\n  \"fp8_tflops\": %.1f,\n  \"tests\": [\n",
+        printf("{\n  \"model\": \"%s\",\n  \"device\": \"%s\",\n  \"copy_gbps\": %.1f,\n  \"fp8_tflops\": %.1f,\n",
                desc, dname, bw / 1e9, fp8_rate / 1e12);
+        if (n_tp > 1)
+            printf("  \"n_tp\": %d,\n  \"moe_split\": \"%s\",\n  \"tp_kind\": \"%s\",\n  \"coll_ms_meaning\": \"%s\",\n", n_tp,
+                   split, tp_kind, coll_meaning(tp_kind));
+        if (n_proj)
+            printf("  \"coll_alpha_us\": %.3f,\n  \"coll_busbw_gbs\": %.3f,\n  \"coll_model_source\": \"%s\",\n",
+                   coll_alpha_us, coll_busbw_gbs, COLL_SOURCE);
+        printf("  \"tests\": [\n");
         for (int i = 0; i < nres; i++) {
             const result *r = &res[i];
             printf("    {\"test\": \"%s\", \"n_tokens\": %d, \"tps_mean\": %.4f, \"tps_sd\": %.4f, \"ms_step\": %.4f, "
@@ -518,11 +770,19 @@ int main(int argc, char **argv) {
                    r->floor_tps > 0 ? r->mean / r->floor_tps : 0, r->floor_detail, r->kv_peak);
             if (spo.n_draft)
                 printf(", \"draft\": %d, \"acceptance\": %.4f, \"mean_accepted_length\": %.4f", r->draft, r->acceptance, r->mean_accepted);
+            if (n_tp > 1 && r->n_seq)
+                printf(", \"rank_bytes_per_step\": %.0f, \"coll_ms_per_step\": %.6f", r->rank_bytes, r->coll_ms);
+            if (n_proj && r->n_seq) {
+                const double pm = r->own_ms + r->model_coll_ms;
+                printf(", \"own_ms_per_step\": %.6f, \"modelled_coll_ms_per_step\": %.6f, \"projected_ms_per_step\": %.6f, "
+                       "\"projected_tps\": %.4f", r->own_ms, r->model_coll_ms, pm, 1000.0 * r->n_seq / pm);
+            }
             printf("}%s\n", i + 1 < nres ? "," : "");
         }
         printf("  ]\n}\n");
     }
     glm_ctx_free(ctx);
+    tool_tp_free(&tpo);
     glm_model_free(m);
     free(res); free(tv); free(toks); free(seqs); free(want); free(P); free(N); free(B);
     return EXIT_OK;
@@ -530,6 +790,7 @@ fail:
     fprintf(stderr, PROG ": error: %s\n", glm_last_error());
     glm_spec_free(spec);
     glm_ctx_free(ctx);
+    tool_tp_free(&tpo);
     glm_model_free(m);
     return EXIT_FAIL;
 }
