@@ -306,7 +306,8 @@ TEST(tp_tools_match_one_rank) {
     tool_result_free(&t);
 }
 
-/* Bad flags: exit 2 naming the flag; several ranks on CUDA: exit 1, "not implemented". */
+/* Bad flags: exit 2 naming the flag; --dist-init needs CUDA, a good WORLD_SIZE and no
+ * other --tp; several ranks on CUDA without a GPU: exit 1, "no CUDA device". */
 TEST(tp_tool_errors) {
     const char *B = tool_bin(), *M = FORMATS[0];
     static const char *const tools[] = { "glm-run", "glm-perplexity", "glm-bench" };
@@ -331,15 +332,57 @@ TEST(tp_tool_errors) {
         CHECK(run_tool(&t, "GLM_COMM_FAIL_RANK=3 %s/%s -m %s --device cpu --tp 8 %s", B, tools[k], M, args[k]) == 1);
         CHECK_MSG(strstr(t.err, "rank 3 failed"), "%s: %s", tools[k], t.err);
         tool_result_free(&t);
-    }
-    for (int k = 0; k < 2; k++) {   /* glm-bench without a GPU stops earlier, at the device */
-        CHECK(run_tool(&t, "%s/%s -m %s --device cuda --tp 2 %s", B, tools[k], M, args[k]) == 1);
-        CHECK_MSG(strstr(t.err, "--tp on CUDA is not implemented yet"), "%s: %s", tools[k], t.err);
+        /* one process a rank: CUDA only */
+        CHECK(run_tool(&t, "%s/%s -m %s --device cpu --dist-init file:%s/id %s", B, tools[k], M, test_tmp, args[k]) == 2);
+        CHECK_MSG(strstr(t.err, "--dist-init") && strstr(t.err, "needs --device cuda"), "%s: %s", tools[k], t.err);
+        tool_result_free(&t);
+        /* the environment, read when the flag is: a bad WORLD_SIZE is named */
+        CHECK(run_tool(&t, "RANK=0 WORLD_SIZE=abc %s/%s -m %s --device cpu --dist-init file:%s/id %s", B, tools[k], M,
+                       test_tmp, args[k]) == 2);
+        CHECK_MSG(strstr(t.err, "WORLD_SIZE"), "%s: %s", tools[k], t.err);
+        tool_result_free(&t);
+        CHECK(run_tool(&t, "RANK=0 WORLD_SIZE=4 LOCAL_RANK=x %s/%s -m %s --device cuda --dist-init file:%s/id %s", B,
+                       tools[k], M, test_tmp, args[k]) == 2);
+        CHECK_MSG(strstr(t.err, "LOCAL_RANK"), "%s: %s", tools[k], t.err);
+        tool_result_free(&t);
+        CHECK(run_tool(&t, "%s/%s -m %s --device cuda --dist-init nfs:/x %s", B, tools[k], M, args[k]) == 2);
+        CHECK_MSG(strstr(t.err, "--dist-init expects file:PATH or tcp:HOST:PORT"), "%s: %s", tools[k], t.err);
         tool_result_free(&t);
     }
-    CHECK(run_tool(&t, "%s/glm-run --help", B) == 0);
-    CHECK(strstr(t.out, "--moe-split ep|tp") && strstr(t.out, "default tp, until the") && strstr(t.out, "--gpus LIST"));
+    for (int k = 0; k < 2; k++) {   /* glm-bench without a GPU stops earlier, at the device */
+        /* --tp with --dist-init: the same as WORLD_SIZE, or left out */
+        CHECK(run_tool(&t, "RANK=0 WORLD_SIZE=4 %s/%s -m %s --device cuda --tp 2 --dist-init file:%s/id %s", B, tools[k], M,
+                       test_tmp, args[k]) == 2);
+        CHECK_MSG(strstr(t.err, "--tp 2 differs from WORLD_SIZE 4"), "%s: %s", tools[k], t.err);
+        tool_result_free(&t);
+        if (glm_cuda_device_count() > 0) continue;
+        CHECK(run_tool(&t, "%s/%s -m %s --device cuda --tp 2 %s", B, tools[k], M, args[k]) == 1);
+        CHECK_MSG(strstr(t.err, "--device cuda: no CUDA device"), "%s: %s", tools[k], t.err);
+        tool_result_free(&t);
+        CHECK(run_tool(&t, "%s/%s -m %s --device cuda --gpus 0,1 %s", B, tools[k], M, args[k]) == 1);
+        CHECK_MSG(strstr(t.err, "--device cuda: no CUDA device"), "%s: %s", tools[k], t.err);
+        tool_result_free(&t);
+    }
+    /* the server: --dist-init is refused (its requests would reach one process), before the device */
+    CHECK(run_tool(&t, "%s/glm-server -m %s --device cpu --dist-init file:%s/id --port 0", B, M, test_tmp) == 2);
+    CHECK_MSG(strstr(t.err, "--dist-init") && strstr(t.err, "needs --device cuda"), "%s", t.err);
     tool_result_free(&t);
+    CHECK(run_tool(&t, "%s/glm-server -m %s --device cuda --dist-init file:%s/id --port 0", B, M, test_tmp) == 2);
+    CHECK_MSG(strstr(t.err, "--dist-init: the server runs its ranks in one process"), "%s", t.err);
+    tool_result_free(&t);
+    /* glm-run with --dist-init and --chat: every process would read its own stdin */
+    CHECK(run_tool(&t, "RANK=0 WORLD_SIZE=1 %s/glm-run -m %s --device cuda --dist-init file:%s/id --chat </dev/null", B, M,
+                   test_tmp) == 2);
+    CHECK_MSG(strstr(t.err, "--chat with --dist-init"), "%s", t.err);
+    tool_result_free(&t);
+    static const char *const helps[] = { "glm-run", "glm-perplexity", "glm-server", "glm-bench" };
+    for (int k = 0; k < 4; k++) {
+        CHECK(run_tool(&t, "%s/%s --help", B, helps[k]) == 0);
+        CHECK_MSG(strstr(t.out, "--moe-split ep|tp") && strstr(t.out, "default tp, until the") && strstr(t.out, "--gpus LIST") &&
+                  !strstr(t.out, "--dist-init SPEC") == (k == 2) && strstr(t.out, "shared-GPU mode") &&
+                  strstr(t.out, "CUDA_VISIBLE_DEVICES"), "%s --help: %s", helps[k], t.out);
+        tool_result_free(&t);
+    }
 }
 
 /* ---- the file rendezvous with a path near PATH_MAX ---- */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 static const char *prog_name;
+static int tp_quiet;  /* a --dist-init process of a rank other than 0 (tool_tp_quiet) */
 
 void tool_init(const char *prog) {
     const char *slash = prog ? strrchr(prog, '/') : NULL;
@@ -54,7 +55,7 @@ void tool_clear_interrupt(void) { sigint_count = 0; }
 
 void tool_warn_ctx(const char *prog, int n_ctx, const glm_model *m) {
     int train = glm_model_hparams(m)->n_ctx_train;
-    if (train > 0 && n_ctx > train)
+    if (train > 0 && n_ctx > train && !tp_quiet)
         fprintf(stderr, "%s: warning: context size %d is past the model's trained context (%d tokens); "
                 "output beyond %d tokens may degrade\n", prog, n_ctx, train, train);
 }
@@ -153,7 +154,7 @@ const char *tool_default_model(void) {
 int tool_progress(uint64_t done, uint64_t total, void *user) {
     (void)user;
     if (tool_interrupted()) return 1;
-    if (!isatty(2) || total == 0) return 0;
+    if (tp_quiet || !isatty(2) || total == 0) return 0;
     int w = 40, fill = (int)(w * (double)done / (double)total);
     fprintf(stderr, "\rloading [%.*s%*s] %5.1f%% %.2f/%.2f GB", fill, "########################################", w - fill, "",
             100.0 * (double)done / (double)total, done / 1e9, total / 1e9);
@@ -209,28 +210,43 @@ glm_kv_type tool_kv_type(const char *v) {
 /* ---- tensor parallel flags ---- */
 void tool_tp_usage(FILE *f, int width) {
     static const char *const lines[][2] = {
-        { "--tp N", "tensor-parallel ranks (default 1), a divisor of the model's KV" },
-        { "", "heads; --device cpu: the ranks are threads of this process (-t" },
-        { "", "threads shared between them); --device cuda: not implemented yet" },
+        { "--tp N", "tensor-parallel ranks (default 1; on CUDA without --tp: the fewest" },
+        { "", "of 1, 2, 4, 8 GPUs whose free memory holds the model), a divisor of" },
+        { "", "the model's KV heads; --device cpu: the ranks are threads of this" },
+        { "", "process (-t threads shared between them); --device cuda: one GPU a" },
+        { "", "rank, summing through NCCL; fewer GPUs than ranks: they share the" },
+        { "", "GPUs (shared-GPU mode, sums through host memory: a test and" },
+        { "", "projection mode, not the speed of N GPUs)" },
         { "--moe-split ep|tp", "routed experts over the ranks: ep = whole experts (N must divide" },
         { "", "the experts), tp = a slice of every expert (default tp, until the" },
         { "", "two are measured)" },
-        { "--gpus LIST", "CUDA devices, e.g. 0,1,2,3 (one GPU: that GPU; several: not" },
-        { "", "implemented yet)" },
+        { "--gpus LIST", "CUDA devices of the ranks, e.g. 0,1,2,3: rank r on entry r mod" },
+        { "", "their count (default: all visible GPUs, CUDA_VISIBLE_DEVICES" },
+        { "", "respected)" },
+        { "--dist-init SPEC", "one process a rank (--device cuda): file:PATH (a shared file" },
+        { "", "system) or tcp:HOST:PORT (rank 0's address); RANK, WORLD_SIZE and" },
+        { "", "LOCAL_RANK (the GPU) from the environment; --tp is WORLD_SIZE; only" },
+        { "", "rank 0 writes output" },
     };
-    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+    const int dist = strcmp(tool_name(), "glm-server") != 0;  /* the server runs its ranks in one process */
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        if (!dist && !strncmp(lines[i][0], "--dist-init", 11)) break;  /* its lines come last */
         fprintf(f, "  %-*s%s\n", width - 2, lines[i][0], lines[i][1]);
+    }
 }
 
 tool_tp_opts tool_tp_default(void) {
-    tool_tp_opts o = { 1, GLM_MOE_SPLIT_TP, NULL, 0 };
+    tool_tp_opts o = { 1, 0, GLM_MOE_SPLIT_TP, NULL, 0, NULL, 0, 1, 0 };
     return o;
 }
+
+int tool_tp_quiet(void) { return tp_quiet; }
 
 int tool_tp_flag(int argc, char **argv, int *i, tool_tp_opts *o) {
     const char *a = argv[*i];
     if (!strcmp(a, "--tp")) {
         o->n_tp = tool_int(a, tool_arg(argc, argv, i), 1, 64);
+        o->tp_set = 1;
     } else if (!strcmp(a, "--moe-split")) {
         const char *v = tool_arg(argc, argv, i);
         if (!strcmp(v, "ep")) o->moe_split = GLM_MOE_SPLIT_EP;
@@ -242,40 +258,192 @@ int tool_tp_flag(int argc, char **argv, int *i, tool_tp_opts *o) {
         o->gpus = NULL;
         if (tool_parse_int_list(v, &o->gpus, &o->n_gpus) || o->n_gpus < 1 || o->n_gpus > 64)
             tool_usage_error("--gpus expects a list of 1 to 64 GPU indices such as 0,1,2,3, got '%s'", v);
+    } else if (!strcmp(a, "--dist-init")) {
+        const char *v = tool_arg(argc, argv, i);
+        if (strncmp(v, "file:", 5) && strncmp(v, "tcp:", 4))
+            tool_usage_error("--dist-init expects file:PATH or tcp:HOST:PORT, got '%s'", v);
+        if (glm_dist_env(&o->rank, &o->world_size, &o->local_rank) != GLM_OK)
+            tool_usage_error("--dist-init: %s", glm_last_error());
+        o->dist_init = v;
+        tp_quiet = o->rank != 0;
     } else {
         return 0;
     }
     return 1;
 }
 
-int tool_tp_apply(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp) {
+int tool_tp_check(const tool_tp_opts *o, glm_device dev) {
     const char *prog = tool_name();
+    if (o->dist_init && dev != GLM_DEVICE_CUDA) {
+        fprintf(stderr, "%s: error: --dist-init (one process a rank) needs --device cuda; with --device cpu the ranks are "
+                "threads of one process (--tp N)\n", prog);
+        return EXIT_USAGE;
+    }
+    if (o->dist_init && o->tp_set && o->n_tp != o->world_size) {
+        fprintf(stderr, "%s: error: --tp %d differs from WORLD_SIZE %d (with --dist-init each process is one rank; "
+                "leave --tp out)\n", prog, o->n_tp, o->world_size);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* "0,1,2,3" of n GPU indices into buf. */
+static const char *gpu_list_str(const int *g, int n, char *buf, size_t len) {
+    size_t k = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && k + 16 < len; i++) k += (size_t)snprintf(buf + k, len - k, "%s%d", i ? "," : "", g[i]);
+    return buf;
+}
+
+static const char *split_name(int split) {
+    return split == GLM_MOE_SPLIT_EP ? "ep (whole experts)" : "tp (a slice of every expert)";
+}
+
+/* The GPU list a context points to: kept here, so that it outlives the tool's options. */
+static int tp_gpus[64];
+
+/* The fewest of 1, 2, 4, 8 GPUs (of the distinct ones in g[n]) whose free memory holds
+ * the model's weights split that many ways, with 10% and 2 GiB for activations and a
+ * KV cache; 0 when none does. *need: the bytes a GPU needs at that count. */
+static int tp_auto_count(const glm_model *m, const glm_hparams *hp, int split, const int *g, int n, uint64_t *need) {
+    const uint64_t bytes = glm_model_n_bytes(m);
+    for (int k = 1; k <= 8 && k <= n; k *= 2) {
+        if (hp->n_head_kv % k || (split == GLM_MOE_SPLIT_EP && hp->n_expert % k)) continue;
+        const uint64_t per = bytes / (uint64_t)k;
+        *need = per + per / 10 + (2ull << 30);
+        int fits = 1;
+        for (int i = 0; i < k && fits; i++) {
+            uint64_t fr = 0, tot = 0;
+            fits = glm_cuda_mem_info(g[i], &fr, &tot) == GLM_OK && fr >= *need;
+        }
+        if (fits) return k;
+    }
+    return 0;
+}
+
+static int tp_apply(const tool_tp_opts *o, const glm_model *m, const glm_hparams *hp, glm_ctx_params *cp) {
+    const char *prog = tool_name();
+    int rc = tool_tp_check(o, cp->device);
+    if (rc) return rc;
     if (o->gpus && cp->device != GLM_DEVICE_CUDA) {
         fprintf(stderr, "%s: error: --gpus selects the GPUs of --device cuda; with --device cpu the ranks are threads\n", prog);
         return EXIT_USAGE;
     }
-    if (hp->n_head_kv % o->n_tp) {
-        fprintf(stderr, "%s: error: --tp %d does not divide the model's %d KV heads (replicating KV heads is not built)\n",
-                prog, o->n_tp, hp->n_head_kv);
+    const int n_tp = o->dist_init ? o->world_size : o->n_tp;
+    const char *tp_flag = o->dist_init ? "WORLD_SIZE" : "--tp";
+    if (hp->n_head_kv % n_tp) {
+        fprintf(stderr, "%s: error: %s %d does not divide the model's %d KV heads (replicating KV heads is not built)\n",
+                prog, tp_flag, n_tp, hp->n_head_kv);
         return EXIT_USAGE;
     }
-    if (o->moe_split == GLM_MOE_SPLIT_EP && hp->n_expert % o->n_tp) {
-        fprintf(stderr, "%s: error: --moe-split ep: --tp %d does not divide the model's %d routed experts (use --moe-split tp)\n",
-                prog, o->n_tp, hp->n_expert);
+    if (o->moe_split == GLM_MOE_SPLIT_EP && hp->n_expert % n_tp) {
+        fprintf(stderr, "%s: error: --moe-split ep: %s %d does not divide the model's %d routed experts (use --moe-split tp)\n",
+                prog, tp_flag, n_tp, hp->n_expert);
         return EXIT_USAGE;
     }
-    if (cp->device == GLM_DEVICE_CUDA && (o->n_tp > 1 || o->n_gpus > 1)) {
-        fprintf(stderr, "%s: error: %s on CUDA is not implemented yet (the sharded forward runs with --device cpu; "
-                "docs/PARALLEL.md)\n", prog, o->n_tp > 1 ? "--tp" : "--gpus with several GPUs");
+    cp->n_tp = n_tp;
+    cp->moe_split = o->moe_split;
+    cp->dist_init = o->dist_init;
+    if (cp->device != GLM_DEVICE_CUDA) {
+        if (n_tp > 1)
+            fprintf(stderr, "%s: %d tensor-parallel ranks as threads, routed experts split %s\n", prog, n_tp,
+                    split_name(o->moe_split));
+        return 0;
+    }
+
+    /* CUDA: the GPUs present, the effective list (--gpus, else all of them) */
+    const int count = glm_cuda_device_count();
+    if (count < 1) {
+        if (!(n_tp > 1 || o->gpus || o->dist_init)) return 0;  /* one GPU: the context names the failure */
+        fprintf(stderr, "%s: error: --device cuda: no CUDA device%s\n", prog,
+#ifdef GLM_CUDA
+                ""
+#else
+                " (this build has no CUDA backend; use --device cpu)"
+#endif
+        );
         return EXIT_FAIL;
     }
-    if (o->n_gpus == 1) cp->gpu = o->gpus[0];
-    cp->n_tp = o->n_tp;
-    cp->moe_split = o->moe_split;
-    if (o->n_tp > 1)
-        fprintf(stderr, "%s: %d tensor-parallel ranks as threads, routed experts split %s\n", prog, o->n_tp,
-                o->moe_split == GLM_MOE_SPLIT_EP ? "ep (whole experts)" : "tp (a slice of every expert)");
+    int n_list = 0;
+    if (o->gpus) {
+        for (int i = 0; i < o->n_gpus; i++) {
+            if (o->gpus[i] < 0 || o->gpus[i] >= count) {
+                fprintf(stderr, "%s: error: --gpus: GPU %d is not present (%d visible: 0 to %d; CUDA_VISIBLE_DEVICES "
+                        "renumbers them from 0)\n", prog, o->gpus[i], count, count - 1);
+                return EXIT_USAGE;
+            }
+            tp_gpus[n_list++] = o->gpus[i];
+        }
+    } else {
+        for (int g = 0; g < count && g < 64; g++) tp_gpus[n_list++] = g;
+    }
+    char list[64 * 12];
+
+    if (o->dist_init) {
+        const int gpu = tp_gpus[o->local_rank % n_list];
+        if (!o->gpus && o->local_rank >= count) {
+            fprintf(stderr, "%s: error: LOCAL_RANK %d: no such GPU (%d visible: 0 to %d)\n", prog, o->local_rank, count,
+                    count - 1);
+            return EXIT_USAGE;
+        }
+        cp->gpu = gpu;
+        if (o->gpus) { cp->gpus = tp_gpus; cp->n_gpus = n_list; }
+        if (!tp_quiet)
+            fprintf(stderr, "%s: %d tensor-parallel ranks, one process each (--dist-init %s): rank %d on GPU %d; routed "
+                    "experts split %s\n", prog, n_tp, o->dist_init, o->rank, gpu, split_name(o->moe_split));
+        return 0;
+    }
+
+    if (!o->tp_set && m) {
+        /* the fewest GPUs that hold the model, each of them once */
+        int uniq[64], n_uniq = 0;
+        for (int i = 0; i < n_list; i++) {
+            int seen = 0;
+            for (int j = 0; j < n_uniq; j++) seen |= uniq[j] == tp_gpus[i];
+            if (!seen) uniq[n_uniq++] = tp_gpus[i];
+        }
+        uint64_t need = 0;
+        const int k = tp_auto_count(m, hp, o->moe_split, uniq, n_uniq, &need);
+        if (k > 1) {
+            memcpy(tp_gpus, uniq, sizeof(int) * (size_t)k);
+            cp->n_tp = k;
+            cp->gpus = tp_gpus;
+            cp->n_gpus = k;
+            fprintf(stderr, "%s: the model needs %d GPUs (%.1f GiB a GPU); running --tp %d on GPUs %s; routed experts "
+                    "split %s\n", prog, k, need / 1073741824.0, k, gpu_list_str(tp_gpus, k, list, sizeof list),
+                    split_name(o->moe_split));
+            return 0;
+        }
+        cp->gpu = uniq[0];  /* one GPU, or none holds it: the context's load check names the figures */
+        return 0;
+    }
+    if (n_tp <= 1) {
+        cp->gpu = tp_gpus[0];
+        return 0;
+    }
+    if (o->gpus) { cp->gpus = tp_gpus; cp->n_gpus = n_list; }
+    /* the GPU of each rank, and the distinct ones in rank order */
+    int used[64], n_used = 0;
+    for (int r = 0; r < n_tp; r++) {
+        const int g = tp_gpus[r % n_list];
+        int seen = 0;
+        for (int j = 0; j < n_used; j++) seen |= used[j] == g;
+        if (!seen) used[n_used++] = g;
+    }
+    fprintf(stderr, "%s: %d tensor-parallel ranks on GPU%s %s; routed experts split %s\n", prog, n_tp, n_used == 1 ? "" : "s",
+            gpu_list_str(used, n_used, list, sizeof list), split_name(o->moe_split));
+    if (n_used < n_tp)
+        fprintf(stderr, "%s: shared-GPU mode: %d ranks on %d GPU%s, sums through host memory: a test and projection mode, "
+                "not the speed of %d GPUs\n", prog, n_tp, n_used, n_used == 1 ? "" : "s", n_tp);
     return 0;
+}
+
+int tool_tp_apply_model(const tool_tp_opts *o, const glm_model *m, glm_ctx_params *cp) {
+    return tp_apply(o, m, glm_model_hparams(m), cp);
+}
+
+int tool_tp_apply_hparams(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp) {
+    return tp_apply(o, NULL, hp, cp);
 }
 
 void tool_tp_free(tool_tp_opts *o) {

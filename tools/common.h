@@ -64,28 +64,50 @@ glm_device tool_default_device(void);
 /* Parses a --kv-type value, "bf16" or "fp8"; exits with a usage error otherwise. */
 glm_kv_type tool_kv_type(const char *v);
 
-/* ---- tensor parallel: --tp N, --moe-split ep|tp, --gpus LIST (docs/PARALLEL.md) ---- */
+/* ---- tensor parallel: --tp N, --moe-split ep|tp, --gpus LIST, --dist-init SPEC
+ * (docs/PARALLEL.md) ---- */
 typedef struct {
     int n_tp;                  /* --tp: ranks (default 1) */
+    int tp_set;                /* --tp was given */
     int moe_split;             /* --moe-split: glm_moe_split (default tp) */
     int *gpus;                 /* --gpus: CUDA devices, or NULL */
     int n_gpus;
+    const char *dist_init;     /* --dist-init: "file:PATH" or "tcp:HOST:PORT" (points into argv), or NULL */
+    int rank, world_size, local_rank;  /* with --dist-init: RANK, WORLD_SIZE, LOCAL_RANK */
 } tool_tp_opts;
 
-/* Prints the --help lines of the three flags, descriptions from column width. */
+/* Prints the --help lines of the four flags, descriptions from column width. */
 void tool_tp_usage(FILE *f, int width);
-/* Default options: one rank, the tp split, no GPU list. */
+/* Default options: one rank, the tp split, no GPU list, one process. */
 tool_tp_opts tool_tp_default(void);
-/* When argv[*i] is --tp, --moe-split or --gpus, reads its value into o (a bad value is a
- * usage error naming the flag, exit 2) and returns 1; returns 0 for any other argument. */
+/* When argv[*i] is --tp, --moe-split, --gpus or --dist-init, reads its value into o (a bad
+ * value is a usage error naming the flag, exit 2; --dist-init also reads RANK, WORLD_SIZE
+ * and LOCAL_RANK, and a bad one is a usage error naming the variable) and returns 1;
+ * returns 0 for any other argument. */
 int tool_tp_flag(int argc, char **argv, int *i, tool_tp_opts *o);
-/* Checks o against the model's geometry and the device and sets cp's n_tp, moe_split and
- * gpu. Returns 0, or prints the error and returns EXIT_USAGE (a --tp that does not divide
- * the KV heads, or the experts with --moe-split ep; --gpus without --device cuda) or
- * EXIT_FAIL (several ranks or GPUs on CUDA: not implemented yet). Prints on stderr how
- * the ranks run when there are several. */
-int tool_tp_apply(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp);
-/* Frees what tool_tp_flag allocated. */
+/* The checks of --dist-init that need no model, to run right after the arguments: it needs
+ * --device cuda, and a --tp given must equal WORLD_SIZE. Returns 0, or prints the error and
+ * returns EXIT_USAGE. */
+int tool_tp_check(const tool_tp_opts *o, glm_device dev);
+/* Checks o against the model's geometry and the device and sets cp's n_tp, moe_split,
+ * gpu, gpus, n_gpus and dist_init (cp->gpus points to a copy common.c keeps, valid until
+ * the process ends). Returns 0, or prints the error and returns EXIT_USAGE (tool_tp_check's
+ * errors; --gpus without --device cuda; a --tp that does not divide the KV heads, or the experts with --moe-split ep; a
+ * --gpus index past the GPUs present) or EXIT_FAIL (--tp, --gpus or --dist-init on CUDA
+ * with no GPU). Prints on stderr where the ranks run when there are several, and a notice
+ * when ranks share GPUs. Without --tp on CUDA, takes the fewest of 1, 2, 4 or 8 GPUs whose
+ * free memory holds the model's weights split that many ways, and says so. */
+int tool_tp_apply_model(const tool_tp_opts *o, const glm_model *m, glm_ctx_params *cp);
+/* The same from the geometry alone: no choice of the GPU count. */
+int tool_tp_apply_hparams(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp);
+/* tool_tp_apply(o, m or hp, cp): the model (glm_model *) or its geometry (glm_hparams *). */
+#define tool_tp_apply(o, x, cp) _Generic((x), \
+    const glm_hparams *: tool_tp_apply_hparams, glm_hparams *: tool_tp_apply_hparams, \
+    default: tool_tp_apply_model)(o, x, cp)
+/* Non-zero in a process of --dist-init whose RANK is not 0: it writes nothing to stdout
+ * and no progress on stderr (errors only), while running every step with the others. */
+int tool_tp_quiet(void);
+/* Frees what tool_tp_flag allocated (after glm_ctx_free: a context may point to it). */
 void tool_tp_free(tool_tp_opts *o);
 
 /* ---- speculative decoding with the model's MTP layer: --draft N, --no-mtp ---- */

@@ -498,7 +498,7 @@ int main(int argc, char **argv) {
     cp.kv_type = kv_run;
     if (dev == GLM_DEVICE_CPU) cp.n_kv_pages = (int)pages;
     cp.mtp = spec_cp.mtp;
-    int tp_rc = tool_tp_apply(&tpo, &hp, &cp);
+    int tp_rc = tool_tp_apply(&tpo, m, &cp);
     if (tp_rc) { tool_tp_free(&tpo); glm_model_free(m); free(P); free(N); free(B); return tp_rc; }
     const int n_tp = cp.n_tp > 1 ? cp.n_tp : 1;
     if (!synth && tp_check_memory(dev, n_tp, &act_bytes))

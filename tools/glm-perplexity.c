@@ -149,6 +149,15 @@ int main(int argc, char **argv) {
     }
     if ((ids_arg != NULL) + (ids_file != NULL) + (file != NULL) != 1) tool_usage_error("give exactly one of --ids, --ids-file or -f");
     if (kld_compare && !kld_path) tool_usage_error("--kl-divergence needs --kl-divergence-base FILE");
+    const int tp_check = tool_tp_check(&tpo, cp.device);
+    if (tp_check) { tool_tp_free(&tpo); return tp_check; }
+    /* --dist-init: the processes of ranks other than 0 run every window and write nothing */
+    const int quiet = tool_tp_quiet();
+    if (quiet && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, PROG ": error: /dev/null: cannot open\n");
+        tool_tp_free(&tpo);
+        return EXIT_FAIL;
+    }
     if (!model_dir) model_dir = tool_default_model();
 
     int32_t *ids = NULL;
@@ -156,20 +165,20 @@ int main(int argc, char **argv) {
     if (ids_arg || ids_file) {
         char err[160];
         char *text = ids_file ? tool_read_text(PROG, ids_file, NULL) : NULL;
-        if (ids_file && !text) return EXIT_FAIL;
+        if (ids_file && !text) { tool_tp_free(&tpo); return EXIT_FAIL; }
         int bad = tool_parse_ids(ids_file ? text : ids_arg, &ids, &n_ids, err, sizeof err);
         free(text);
         if (bad) tool_usage_error("%s%s: %s", ids_file ? "--ids-file " : "--ids", ids_file ? ids_file : "", err);
     } else {
         size_t len;
         char *text = tool_read_text(PROG, file, &len);
-        if (!text) return EXIT_FAIL;
+        if (!text) { tool_tp_free(&tpo); return EXIT_FAIL; }
         glm_tokenizer *tok = NULL;
         int rc = glm_tokenizer_load_dir(model_dir, &tok);
         if (rc == GLM_OK) rc = glm_tokenize(tok, text, len, GLM_TOK_PARSE_SPECIAL, &ids, &n_ids);
         free(text);
         glm_tokenizer_free(tok);
-        if (rc) { fprintf(stderr, PROG ": error: %s: %s\n", file, glm_last_error()); return EXIT_FAIL; }
+        if (rc) { fprintf(stderr, PROG ": error: %s: %s\n", file, glm_last_error()); tool_tp_free(&tpo); return EXIT_FAIL; }
         if (!n_ctx) n_ctx = 512;
     }
     if (n_ids < 2) tool_usage_error("need at least 2 tokens, got %d", n_ids);
@@ -181,7 +190,7 @@ int main(int argc, char **argv) {
     }
     window *win = NULL;
     const int n_win = plan_windows(n_ids, n_ctx, stride, logits_out != NULL, &win);
-    if (n_win < 0) { fprintf(stderr, PROG ": error: out of memory\n"); return EXIT_FAIL; }
+    if (n_win < 0) { fprintf(stderr, PROG ": error: out of memory\n"); tool_tp_free(&tpo); return EXIT_FAIL; }
     int n_score = 0; /* tokens the windows score */
     for (int w = 0; w < n_win; w++) n_score += win[w].e - win[w].first;
 
@@ -190,54 +199,70 @@ int main(int argc, char **argv) {
     FILE *kf = NULL;
     if (kld_compare) {
         char err[320];
-        if (kld_read(kld_path, &base, err, sizeof err)) { fprintf(stderr, PROG ": error: %s\n", err); return EXIT_FAIL; }
+        if (kld_read(kld_path, &base, err, sizeof err)) {
+            fprintf(stderr, PROG ": error: %s\n", err);
+            tool_tp_free(&tpo);
+            return EXIT_FAIL;
+        }
         const char *what = base.n_ctx != n_ctx ? "-c" : base.stride != stride ? "--stride" : NULL;
         if (what) {
             fprintf(stderr, PROG ": error: %s was made with %s %d, this run has %s %d\n", kld_path, what,
                     what[1] == 'c' ? base.n_ctx : base.stride, what, what[1] == 'c' ? n_ctx : stride);
+            tool_tp_free(&tpo);
             return EXIT_FAIL;
         }
         if (base.n_scored != n_score) {
             fprintf(stderr, PROG ": error: %s scored %d tokens, this run scores %d (not the same input or --chunks)\n",
                     kld_path, base.n_scored, n_score);
+            tool_tp_free(&tpo);
             return EXIT_FAIL;
         }
         for (int w = 0, j = 0; w < n_win; w++)
             for (int t = win[w].first; t < win[w].e; t++, j++)
                 if (base.targets[j] != ids[t]) {
                     fprintf(stderr, PROG ": error: token %d is %d, in %s %d: not the same input\n", t, ids[t], kld_path, base.targets[j]);
+                    tool_tp_free(&tpo);
                     return EXIT_FAIL;
                 }
-    } else if (kld_path && !(kf = fopen(kld_path, "wb"))) {
+    } else if (kld_path && !quiet && !(kf = fopen(kld_path, "wb"))) {
         fprintf(stderr, PROG ": error: %s: %s\n", kld_path, strerror(errno));
+        tool_tp_free(&tpo);
         return EXIT_FAIL;
     }
 
     glm_model *m = tool_load_model(PROG, model_dir);
-    if (!m) return EXIT_FAIL;
+    if (!m) { tool_tp_free(&tpo); return EXIT_FAIL; }
     const int V = glm_model_hparams(m)->n_vocab;
     for (int i = 0; i < n_ids; i++)
         if (ids[i] >= V) tool_usage_error("token id %d (index %d) is outside the vocabulary (%d)", ids[i], i, V);
     if (kld_compare && base.n_vocab != V) {
         fprintf(stderr, PROG ": error: %s has vocabulary %d, the model %d\n", kld_path, base.n_vocab, V);
+        tool_tp_free(&tpo);
         return EXIT_FAIL;
     }
     tool_warn_ctx(PROG, n_ctx, m);
     cp.n_ctx = n_ctx;
     cp.n_batch = n_batch < n_ctx ? n_batch : n_ctx;
-    int tp_rc = tool_tp_apply(&tpo, glm_model_hparams(m), &cp);
-    tool_tp_free(&tpo);
+    int tp_rc = tool_tp_apply(&tpo, m, &cp);
     if (tp_rc) {
+        tool_tp_free(&tpo);
         glm_model_free(m);
         free(ids); free(win); free(base.targets); free(base.logp);
         if (kf) fclose(kf);
         return tp_rc;
     }
     glm_ctx *c = NULL;
-    if (glm_ctx_new(m, &cp, &c) != GLM_OK) { fprintf(stderr, PROG ": error: %s\n", glm_last_error()); return EXIT_FAIL; }
+    if (glm_ctx_new(m, &cp, &c) != GLM_OK) {
+        fprintf(stderr, PROG ": error: %s\n", glm_last_error());
+        tool_tp_free(&tpo);
+        glm_model_free(m);
+        free(ids); free(win); free(base.targets); free(base.logp);
+        if (kf) fclose(kf);
+        return EXIT_FAIL;
+    }
 
     FILE *lf = NULL;
-    if (logits_out && !(lf = fopen(logits_out, "wb"))) {
+    if (logits_out && !quiet && !(lf = fopen(logits_out, "wb"))) {
         fprintf(stderr, PROG ": error: %s: %s\n", logits_out, strerror(errno));
         return EXIT_FAIL;
     }
@@ -263,7 +288,8 @@ int main(int argc, char **argv) {
         glm_ctx_seq_clear(c, 0);
         for (int i = 0; i < e - b; i++) {
             const int p = b + i;
-            want[i] = (p + 1 >= first && p + 1 < e) || (lf && p >= win[w].w0 && p < win[w].w1);
+            /* the rows every process asks for alike (--dist-init: the logits are gathered) */
+            want[i] = (p + 1 >= first && p + 1 < e) || (logits_out && p >= win[w].w0 && p < win[w].w1);
         }
         glm_batch batch = { e - b, ids + b, NULL, want };
         if (glm_ctx_decode(c, &batch) != GLM_OK) { fprintf(stderr, PROG ": error: %s\n", glm_last_error()); return EXIT_FAIL; }
@@ -304,14 +330,15 @@ int main(int argc, char **argv) {
             n_scored++;
         }
         if (first < e) windows++;
-        if (isatty(2) && n_scored) fprintf(stderr, "\r[%d] %d/%d tokens, ppl %.4f", windows, n_scored, n_score, exp(nll / n_scored));
+        if (!quiet && isatty(2) && n_scored) fprintf(stderr, "\r[%d] %d/%d tokens, ppl %.4f", windows, n_scored, n_score, exp(nll / n_scored));
     }
-    if (isatty(2)) fputc('\n', stderr);
+    if (!quiet && isatty(2)) fputc('\n', stderr);
     double dt = tool_now() - t0;
     double mean = nll / n_scored, var = nll2 / n_scored - mean * mean;
     double ppl = exp(mean), ppl_err = ppl * sqrt((var > 0 ? var : 0) / (n_scored > 1 ? n_scored - 1 : 1));
     printf("PPL = %.4f +/- %.4f\n", ppl, ppl_err);
-    fprintf(stderr, PROG ": %d tokens scored in %d windows of %d (stride %d), mean NLL %.6f, %.1f tok/s\n",
+    if (!quiet)
+        fprintf(stderr, PROG ": %d tokens scored in %d windows of %d (stride %d), mean NLL %.6f, %.1f tok/s\n",
             n_scored, windows, n_ctx, stride, mean, (n_scored + windows) / dt);
     if (lf) {
         if (fclose(lf)) { fprintf(stderr, PROG ": error: %s: write failed\n", logits_out); return EXIT_FAIL; }
@@ -329,6 +356,7 @@ int main(int argc, char **argv) {
     }
     free(kls); free(want); free(lp); free(ids); free(win); free(cur.targets); free(cur.logp); free(base.targets); free(base.logp);
     glm_ctx_free(c);
+    tool_tp_free(&tpo);  /* after the context, which may point to the GPU list */
     glm_model_free(m);
     return EXIT_OK;
 }

@@ -317,6 +317,7 @@ static int generate_spec(runner *r, const int32_t *ids, int n, gen_result *g) {
 }
 
 static void print_timings(const runner *r, const gen_result *g) {
+    if (tool_tp_quiet()) return;  /* --dist-init: rank 0 reports */
     fprintf(stderr, "\nglm-run: prompt %d tokens in %.3f s (%.2f tok/s), generated %d tokens in %.3f s (%.2f tok/s), "
             "finish: %s, seed %llu\n",
             g->n_prompt, g->t_prompt, g->t_prompt > 0 ? g->n_prompt / g->t_prompt : 0.0, g->n_gen, g->t_gen,
@@ -327,6 +328,13 @@ static void print_timings(const runner *r, const gen_result *g) {
                 g->spec.drafted ? (double)g->spec.accepted / (double)g->spec.drafted : 0.0, (unsigned long long)g->spec.accepted,
                 (unsigned long long)g->spec.drafted, g->spec.steps ? (double)g->spec.accepted / (double)g->spec.steps : 0.0,
                 g->spec.steps ? (double)g->spec.emitted / (double)g->spec.steps : 0.0, (unsigned long long)g->spec.steps);
+    const char *kind = glm_ctx_tp_kind(r->ctx);
+    if (strcmp(kind, "none")) {
+        long n = 0;
+        const double s = glm_ctx_comm_seconds(r->ctx, &n);
+        fprintf(stderr, "glm-run: tensor parallel (%s): %ld collectives, %.3f s of rank 0's host time%s\n", kind, n, s,
+                strcmp(kind, "nccl") ? "" : " (enqueue only: the sums run on the GPUs)");
+    }
 }
 
 /* Prints the result as one JSON object; returns 0, or -1 out of memory. */
@@ -465,8 +473,9 @@ static int default_ctx(const glm_hparams *hp, glm_device dev) {
         double mem = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
         if (mem > 0 && per_token > 0 && n > mem / 2 / per_token) {
             n = (int)(mem / 2 / per_token);
-            fprintf(stderr, "glm-run: context %d tokens: a KV cache for the trained context (%d) would take more than half the memory "
-                    "(-c sets it)\n", n, hp->n_ctx_train);
+            if (!tool_tp_quiet())
+                fprintf(stderr, "glm-run: context %d tokens: a KV cache for the trained context (%d) would take more than half "
+                        "the memory (-c sets it)\n", n, hp->n_ctx_train);
         }
     }
     return n < 16 ? 16 : n;
@@ -537,6 +546,13 @@ int main(int argc, char **argv) {
     if (chat_mode && (r.json || r.print_ids)) tool_usage_error("--chat writes each reply as text: it does not take %s", r.json ? "--json" : "--print-ids");
     if (!chat_mode && !prompt && !file && !prompt_ids && isatty(0))
         tool_usage_error("no prompt: give -p TEXT, -f FILE, --prompt-ids, pipe text on stdin, or use --chat");
+    int tp_rc = tool_tp_check(&tpo, cp.device);
+    if (!tp_rc && chat_mode && tpo.dist_init) {
+        fprintf(stderr, "glm-run: error: --chat with --dist-init: every process would read its own stdin (give the prompt "
+                "with -p or -f)\n");
+        tp_rc = EXIT_USAGE;
+    }
+    if (tp_rc) { tool_tp_free(&tpo); return tp_rc; }
     if (chat_mode && spo.n_draft) {
         fprintf(stderr, "glm-run: error: --draft with --chat: not implemented\n");
         tool_tp_free(&tpo);
@@ -545,7 +561,19 @@ int main(int argc, char **argv) {
     int spec_rc = tool_spec_apply("glm-run", &spo, &cp);
     if (spec_rc) { tool_tp_free(&tpo); return spec_rc; }
     r.n_draft = spo.n_draft;
+    if (!seed_set && tpo.dist_init) {  /* every process must draw the same tokens: a seed from the --dist-init spec */
+        uint64_t h = 1469598103934665603ull;
+        for (const char *c = tpo.dist_init; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+        sp.seed = (h ^ h >> 31) & 0x7fffffff;
+        seed_set = 1;
+    }
     r.seed = sp.seed = seed_set ? sp.seed : random_seed();
+    /* --dist-init: the processes of ranks other than 0 run every step and write nothing */
+    if (tool_tp_quiet() && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, "glm-run: error: /dev/null: cannot open\n");
+        tool_tp_free(&tpo);
+        return EXIT_FAIL;
+    }
     if (!model_dir) model_dir = tool_default_model();
 
     /* the prompt, as text or ids */
@@ -601,11 +629,12 @@ int main(int argc, char **argv) {
     r.n_ctx = cp.n_ctx;
     r.n_batch = cp.n_batch;
     if (!chat_mode && n_ids < r.n_ctx && r.n_predict > r.n_ctx - n_ids) {
-        fprintf(stderr, "glm-run: -n %d is more than the context leaves after the prompt (%d of %d tokens): generating at most %d\n",
-                r.n_predict, n_ids, r.n_ctx, r.n_ctx - n_ids);
+        if (!tool_tp_quiet())
+            fprintf(stderr, "glm-run: -n %d is more than the context leaves after the prompt (%d of %d tokens): generating at "
+                    "most %d\n", r.n_predict, n_ids, r.n_ctx, r.n_ctx - n_ids);
         r.n_predict = r.n_ctx - n_ids;
     }
-    int tp_rc = tool_tp_apply(&tpo, r.hp, &cp);
+    tp_rc = tool_tp_apply(&tpo, r.model, &cp);
     if (tp_rc) { rc = tp_rc; goto out; }
     if (glm_ctx_new(r.model, &cp, &r.ctx) != GLM_OK) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
     if (!(r.sampler = glm_sampler_new(&sp))) { fprintf(stderr, "glm-run: error: %s\n", glm_last_error()); goto out; }
@@ -613,8 +642,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "glm-run: error: --draft %d: %s\n", r.n_draft, glm_last_error());
         goto out;
     }
-    fprintf(stderr, "glm-run: %s\nglm-run: loaded %s in %.2f s on %s, context %d, seed %llu\n", glm_model_desc(r.model), model_dir,
-            tool_now() - t_load, cp.device == GLM_DEVICE_CUDA ? "cuda" : "cpu", r.n_ctx, (unsigned long long)r.seed);
+    if (!tool_tp_quiet())
+        fprintf(stderr, "glm-run: %s\nglm-run: loaded %s in %.2f s on %s, context %d, seed %llu\n", glm_model_desc(r.model),
+                model_dir, tool_now() - t_load, cp.device == GLM_DEVICE_CUDA ? "cuda" : "cpu", r.n_ctx, (unsigned long long)r.seed);
 
     if (chat_mode) {
         rc = chat(&r, system, think);
@@ -634,7 +664,6 @@ int main(int argc, char **argv) {
     }
     if (fflush(stdout) != 0 && rc == EXIT_OK) { fprintf(stderr, "glm-run: error: writing the output failed\n"); rc = EXIT_FAIL; }
 out:
-    tool_tp_free(&tpo);
     free(ids);
     free(text);
     free(r.hist);
@@ -642,6 +671,7 @@ out:
     glm_spec_free(r.spec);
     glm_tokenizer_free(r.tok);
     glm_ctx_free(r.ctx);
+    tool_tp_free(&tpo);  /* after the context, which may point to the GPU list */
     glm_model_free(r.model);
     return rc;
 }

@@ -750,6 +750,13 @@ int main(int argc, char **argv) {
         else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
+    int rc = tool_tp_check(&tpo, dev);
+    if (!rc && tpo.dist_init) {
+        fprintf(stderr, PROG ": error: --dist-init: the server runs its ranks in one process (--tp N); with one process "
+                "a rank the requests would reach only one of them\n");
+        rc = EXIT_USAGE;
+    }
+    if (rc) { tool_tp_free(&tpo); return rc; }
     if (dev == GLM_DEVICE_CUDA && !glm_cuda_available()) {
         fprintf(stderr, PROG ": error: --device cuda: no usable CUDA device%s\n",
 #ifdef GLM_CUDA
@@ -816,9 +823,9 @@ int main(int argc, char **argv) {
     sp.batch_tokens = batch_tokens;
     sp.prefix_cache = prefix_cache;
     sp.tok = S.tok;
-    int rc = tool_tp_apply(&tpo, hp, &cp);
-    tool_tp_free(&tpo);
+    rc = tool_tp_apply(&tpo, S.model, &cp);
     if (rc) {
+        tool_tp_free(&tpo);
         glm_tokenizer_free(S.tok);
         glm_model_free(S.model);
         freeaddrinfo(ai);
@@ -829,6 +836,7 @@ int main(int argc, char **argv) {
     if (rc) {
         fprintf(stderr, PROG ": error: %s\n", glm_last_error());
         glm_ctx_free(S.ctx);
+        tool_tp_free(&tpo);
         glm_tokenizer_free(S.tok);
         glm_model_free(S.model);
         freeaddrinfo(ai);
@@ -882,6 +890,7 @@ int main(int argc, char **argv) {
     freeaddrinfo(ai);
     glm_sched_free(S.sched);
     glm_ctx_free(S.ctx);
+    tool_tp_free(&tpo);  /* after the context, which may point to the GPU list */
     glm_tokenizer_free(S.tok);
     glm_model_free(S.model);
     return status;
