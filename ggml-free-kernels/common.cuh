@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "kernels.h"
@@ -166,22 +167,28 @@ static inline int glm_cu_arch(void) {
     return major > 0 ? 10 * major + glm_cu_dev_attr(2, cudaDevAttrComputeCapabilityMinor, 0) : 0;
 }
 
-// Lets kernel fn use bytes of dynamic shared memory on the current device. The
-// attribute is per device; it is set once per kernel, device and host thread (a
-// host-side call, legal during stream capture).
+// Lets kernel fn use bytes of dynamic shared memory on the current device (a host-side
+// call, legal during stream capture). The attribute belongs to the kernel and device for
+// the whole process, whichever host thread sets it (tensor-parallel ranks are threads), so
+// the record is one per process, under a lock, and the limit only ever rises: a thread
+// asking for less must not lower what another thread's launch relies on.
 static inline cudaError_t glm_cu_smem_limit(const void *fn, int bytes) {
-    static __thread struct { const void *fn; int dev, bytes; } memo[64];
-    static __thread int n_memo;
+    static struct { const void *fn; int dev, bytes; } memo[128];
+    static int n_memo;
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
-    for (int i = 0; i < n_memo; i++)
-        if (memo[i].fn == fn && memo[i].dev == dev && memo[i].bytes >= bytes) return cudaSuccess;
+    pthread_mutex_lock(&mu);
+    int i = 0;
+    while (i < n_memo && !(memo[i].fn == fn && memo[i].dev == dev)) i++;
+    if (i < n_memo && memo[i].bytes >= bytes) { pthread_mutex_unlock(&mu); return cudaSuccess; }
     e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (e == cudaSuccess && n_memo < 64) {
-        memo[n_memo].fn = fn; memo[n_memo].dev = dev; memo[n_memo].bytes = bytes;
-        n_memo++;
+    if (e == cudaSuccess && i < 128) {
+        memo[i].fn = fn; memo[i].dev = dev; memo[i].bytes = bytes;
+        if (i == n_memo) n_memo++;
     }
+    pthread_mutex_unlock(&mu);
     return e;
 }
 

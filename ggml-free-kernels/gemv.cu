@@ -633,7 +633,16 @@ static int gb_launch(gemv_args &a, unsigned gy, cudaStream_t st) {
                                      : (a.glu ? gemv_bulk_kernel<GLM_CU_SCALE_BLOCK, 1> : gemv_bulk_kernel<GLM_CU_SCALE_BLOCK, 0>);
     CUDA_CHECK(glm_cu_smem_limit((const void *)k, smem));
     k<<<dim3((unsigned)gx, gy), (GB_CW + 1) * 32, smem, st>>>(a);
-    CUDA_CHECK_LAUNCH();
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        cudaFuncAttributes fa;
+        memset(&fa, 0, sizeof fa);
+        cudaFuncGetAttributes(&fa, (const void *)k);
+        cudaGetLastError();
+        return glm_err(GLM_CU_ERR_CUDA, "gemv (bulk copies) of %d x %d: launch of %lld x %u blocks with %d bytes of shared "
+                       "memory (the kernel allows %d dynamic, %zu static) failed: %s",
+                       a.w.N, a.w.K, gx, gy, smem, fa.maxDynamicSharedSizeBytes, fa.sharedSizeBytes, cudaGetErrorString(e));
+    }
     return 0;
 }
 

@@ -12,6 +12,10 @@ int glm_cuda_available(void) { return 0; }
 
 int glm_cuda_device_count(void) { return 0; }
 
+int glm_cuda_check(void) {
+    return glm_err(GLM_ERR_NOT_IMPLEMENTED, "CUDA backend not implemented in this build (built without nvcc); use --device cpu");
+}
+
 int glm_cuda_mem_info(int gpu, uint64_t *free_b, uint64_t *total_b) {
     *free_b = *total_b = 0;
     return glm_err(GLM_ERR_NOT_IMPLEMENTED, "GPU %d: CUDA not implemented in this build (built without nvcc)", gpu);

@@ -102,6 +102,9 @@ struct glm_backend {
 int glm_backend_cpu_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
 /* Creates the CUDA backend (GLM_ERR_NOT_IMPLEMENTED in builds without CUDA). */
 int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend **out);
+/* GLM_OK when a CUDA device is present; else the error (no device, or a build without
+ * CUDA: not implemented). */
+int glm_cuda_check(void);
 /* Device memory the CUDA backend's load() takes for model's weights (0 without CUDA). */
 uint64_t glm_backend_cuda_weight_bytes(glm_model *model);
 

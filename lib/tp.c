@@ -226,6 +226,7 @@ int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out) {
     int rc = p->dist_init ? GLM_OK : glm_tp_check(model, p);
     if (rc) return rc;
     const int cuda = p->device == GLM_DEVICE_CUDA;
+    if (cuda && (rc = glm_cuda_check())) return rc;
     glm_tp *tp = calloc(1, sizeof *tp);
     if (!tp) return glm_err(GLM_ERR_OOM, "out of memory");
     uint8_t id[GLM_COMM_ID_BYTES] = {0};

@@ -4,7 +4,9 @@
 # synthetic full-width GLM-4.7 slice. Logs go to $OUT (default ./gpu-out); a short
 # table is printed last.
 #
-# usage: scripts/gpu-check.sh [quick|fast]  quick: no benchmark; fast: a shorter one
+# usage: scripts/gpu-check.sh [quick|fast|tests|tp]  quick: no benchmark; fast: a shorter one;
+#        tests: the GPU tests alone (GPU_TESTS="test-gpu-tp ..." picks them; default all);
+#        tp: the GPU tests, memcheck of test-gpu-tp and the tensor-parallel benchmarks
 # env:   FUZZ_SECONDS, FUZZ_BUILD  run the libFuzzer binaries of FUZZ_BUILD that long beside the tests
 #        GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
 #        GLM_U8=DIR  a utf8proc include/ + lib/ tree when the machine has none
@@ -40,8 +42,12 @@ t0=$(date +%s)
 if ! make -j"$J" all > "$OUT/build.log" 2>&1; then
   echo "== make all failed; building the GPU targets alone" >> "$OUT/build.log"
 fi
-GPU_TESTS=$(ls tests/test-gpu-*.c | sed 's|^tests/\(.*\)\.c$|build/tests/\1|')
-make -j"$J" build/lib/libglm.a $GPU_TESTS build/bin/glm-bench build/bin/glm-perplexity build/bin/glm-run >> "$OUT/build.log" 2>&1
+if [ -n "${GPU_TESTS:-}" ]; then
+  GPU_TESTS=$(for t in $GPU_TESTS; do printf 'build/tests/%s ' "$t"; done)
+else
+  GPU_TESTS=$(ls tests/test-gpu-*.c | sed 's|^tests/\(.*\)\.c$|build/tests/\1|')
+fi
+make -k -j"$J" build/lib/libglm.a $GPU_TESTS build/bin/glm-bench build/bin/glm-perplexity build/bin/glm-run >> "$OUT/build.log" 2>&1
 if [ ! -x build/bin/glm-bench ] && [ -f build/tools/glm-bench.o ]; then
   make build/tools/common.o >> "$OUT/build.log" 2>&1
   cc -o build/bin/glm-bench build/tools/glm-bench.o build/tools/common.o build/lib/libglm.a -lutf8proc -lm -pthread \
@@ -72,6 +78,41 @@ t0=$(date +%s)
 GLM_TEST_TIMEOUT=${GLM_TEST_TIMEOUT:-1200} sh tests/run-tests.sh $GPU_TESTS > "$OUT/test-gpu.log" 2>&1
 note "test-gpu: $(tail -n 1 "$OUT/test-gpu.log") ($(( $(date +%s) - t0 )) s)"
 grep -E 'FAIL|failed:|rel err|probe:|max \|diff\||per row|argmax|greedy|graphs off|together|asked for|copy |SKIP|passed, ' "$OUT/test-gpu.log" | head -90 >> "$summary"
+
+if [ "$MODE" = tests ]; then
+  echo
+  cat "$summary"
+  exit 0
+fi
+
+# tp: memcheck of the tensor-parallel tests, then the synthetic slice at --tp 1 and at
+# --tp 8 on this one GPU (shared-GPU ranks, projected), and rank 0 of the whole 92-layer
+# GLM-4.7 at --tp 8 alone (--project-only)
+if [ "$MODE" = tp ]; then
+  if command -v compute-sanitizer >/dev/null; then
+    t0=$(date +%s)
+    # the NCCL test is left out: libnccl's own init probes kernels of other GPUs and the
+    # sanitizer counts those refused calls (cudaFuncGetAttributes) as API errors
+    GLM_TEST_QUICK=1 GLM_TEST_ONLY='[tf]*' compute-sanitizer --tool memcheck --error-exitcode 3 build/tests/test-gpu-tp \
+      > "$OUT/sanitizer-tp.log" 2>&1
+    note "memcheck (test-gpu-tp, tiny, shared-GPU ranks): exit $?, $(grep 'ERROR SUMMARY' "$OUT/sanitizer-tp.log" | tail -1), $(grep 'passed, ' "$OUT/sanitizer-tp.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
+  fi
+  BB="--synthetic glm-4.7 --fmt fp8ch -p 0 -n 32 -b 1,64 -r 2 -o md"
+  for run in "1 tp $LAYERS" "8 tp $LAYERS" "8 ep $LAYERS" "8 tp 92 --project-only" "8 ep 92 --project-only"; do
+    set -- $run
+    t0=$(date +%s)
+    extra=""
+    [ "$1" -gt 1 ] && extra="--tp $1 --gpus 0 --moe-split $2 ${4:-}"
+    echo "== glm-bench --layers $3 $extra" >> "$OUT/bench-tp.md"
+    build/bin/glm-bench $BB --layers "$3" $extra >> "$OUT/bench-tp.md" 2>> "$OUT/bench-tp.err"
+    note "bench --layers $3 $extra: exit $? ($(( $(date +%s) - t0 )) s)"
+  done
+  echo
+  cat "$summary"
+  echo
+  cat "$OUT/bench-tp.md"
+  exit 0
+fi
 
 # 3. compute-sanitizer memcheck on the tiny checkpoints
 if command -v compute-sanitizer >/dev/null; then

@@ -192,7 +192,7 @@ TEST(tp_reports_rank_bytes_and_collective_time) {
     tool_result_free(&t);
     double ep_b1 = 0, tp_b1 = 0;
     for (int split = 0; split < 2; split++) {
-        rc = run_tool(&t, BENCH " " TINY_TP " --tp 2%s -o json", tool_bin(), split ? " --moe-split ep" : "");
+        rc = run_tool(&t, BENCH " " TINY_TP " --tp 2%s -o json", tool_bin(), split ? " --moe-split ep" : " --moe-split tp");
         CHECK_MSG(rc == 0 && json_ok(t.out), "exit %d: %s%s", rc, t.out, t.err);
         CHECK(strstr(t.out, "\"n_tp\": 2,") && strstr(t.out, split ? "\"moe_split\": \"ep\"" : "\"moe_split\": \"tp\"") &&
               strstr(t.out, "\"tp_kind\": \"local\""));

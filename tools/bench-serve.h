@@ -127,7 +127,7 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
     cp.n_batch = o->batch_tokens > o->np ? o->batch_tokens : o->np;
     cp.n_kv_pages = o->kv_pages;
     cp.kv_type = kv_run;
-    int tp_rc = tool_tp_apply(tpo, hp, &cp);
+    int tp_rc = tool_tp_apply(tpo, m, &cp);
     if (tp_rc) return tp_rc;
     glm_ctx *ctx = NULL;
     glm_sched *s = NULL;

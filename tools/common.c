@@ -218,8 +218,9 @@ void tool_tp_usage(FILE *f, int width) {
         { "", "GPUs (shared-GPU mode, sums through host memory: a test and" },
         { "", "projection mode, not the speed of N GPUs)" },
         { "--moe-split ep|tp", "routed experts over the ranks: ep = whole experts (N must divide" },
-        { "", "the experts), tp = a slice of every expert (default tp, until the" },
-        { "", "two are measured)" },
+        { "", "the experts), tp = a slice of every expert (default ep where the" },
+        { "", "ranks divide the experts, else tp: measured faster on the" },
+        { "", "GLM-4.7 slice, docs/PARALLEL.md)" },
         { "--gpus LIST", "CUDA devices of the ranks, e.g. 0,1,2,3: rank r on entry r mod" },
         { "", "their count (default: all visible GPUs, CUDA_VISIBLE_DEVICES" },
         { "", "respected)" },
@@ -236,7 +237,7 @@ void tool_tp_usage(FILE *f, int width) {
 }
 
 tool_tp_opts tool_tp_default(void) {
-    tool_tp_opts o = { 1, 0, GLM_MOE_SPLIT_TP, NULL, 0, NULL, 0, 1, 0 };
+    tool_tp_opts o = { 1, 0, -1, NULL, 0, NULL, 0, 1, 0 };
     return o;
 }
 
@@ -321,8 +322,17 @@ static int tp_auto_count(const glm_model *m, const glm_hparams *hp, int split, c
     return 0;
 }
 
-static int tp_apply(const tool_tp_opts *o, const glm_model *m, const glm_hparams *hp, glm_ctx_params *cp) {
+/* The split of the routed experts over n ranks: --moe-split, else ep where n divides the
+ * experts (measured faster at batch 64 and within 15% at batch 1: docs/PARALLEL.md), tp
+ * otherwise. */
+static int split_for(const tool_tp_opts *o, const glm_hparams *hp, int n) {
+    if (o->moe_split >= 0) return o->moe_split;
+    return n > 1 && hp->n_expert > 0 && hp->n_expert % n == 0 ? GLM_MOE_SPLIT_EP : GLM_MOE_SPLIT_TP;
+}
+
+int tool_tp_apply(const tool_tp_opts *o, const glm_model *m, glm_ctx_params *cp) {
     const char *prog = tool_name();
+    const glm_hparams *hp = glm_model_hparams(m);
     int rc = tool_tp_check(o, cp->device);
     if (rc) return rc;
     if (o->gpus && cp->device != GLM_DEVICE_CUDA) {
@@ -342,12 +352,12 @@ static int tp_apply(const tool_tp_opts *o, const glm_model *m, const glm_hparams
         return EXIT_USAGE;
     }
     cp->n_tp = n_tp;
-    cp->moe_split = o->moe_split;
+    cp->moe_split = split_for(o, hp, n_tp);
     cp->dist_init = o->dist_init;
     if (cp->device != GLM_DEVICE_CUDA) {
         if (n_tp > 1)
             fprintf(stderr, "%s: %d tensor-parallel ranks as threads, routed experts split %s\n", prog, n_tp,
-                    split_name(o->moe_split));
+                    split_name(cp->moe_split));
         return 0;
     }
 
@@ -390,11 +400,11 @@ static int tp_apply(const tool_tp_opts *o, const glm_model *m, const glm_hparams
         if (o->gpus) { cp->gpus = tp_gpus; cp->n_gpus = n_list; }
         if (!tp_quiet)
             fprintf(stderr, "%s: %d tensor-parallel ranks, one process each (--dist-init %s): rank %d on GPU %d; routed "
-                    "experts split %s\n", prog, n_tp, o->dist_init, o->rank, gpu, split_name(o->moe_split));
+                    "experts split %s\n", prog, n_tp, o->dist_init, o->rank, gpu, split_name(cp->moe_split));
         return 0;
     }
 
-    if (!o->tp_set && m) {
+    if (!o->tp_set) {
         /* the fewest GPUs that hold the model, each of them once */
         int uniq[64], n_uniq = 0;
         for (int i = 0; i < n_list; i++) {
@@ -407,11 +417,12 @@ static int tp_apply(const tool_tp_opts *o, const glm_model *m, const glm_hparams
         if (k > 1) {
             memcpy(tp_gpus, uniq, sizeof(int) * (size_t)k);
             cp->n_tp = k;
+            cp->moe_split = split_for(o, hp, k);
             cp->gpus = tp_gpus;
             cp->n_gpus = k;
             fprintf(stderr, "%s: the model needs %d GPUs (%.1f GiB a GPU); running --tp %d on GPUs %s; routed experts "
                     "split %s\n", prog, k, need / 1073741824.0, k, gpu_list_str(tp_gpus, k, list, sizeof list),
-                    split_name(o->moe_split));
+                    split_name(cp->moe_split));
             return 0;
         }
         cp->gpu = uniq[0];  /* one GPU, or none holds it: the context's load check names the figures */
@@ -431,19 +442,11 @@ static int tp_apply(const tool_tp_opts *o, const glm_model *m, const glm_hparams
         if (!seen) used[n_used++] = g;
     }
     fprintf(stderr, "%s: %d tensor-parallel ranks on GPU%s %s; routed experts split %s\n", prog, n_tp, n_used == 1 ? "" : "s",
-            gpu_list_str(used, n_used, list, sizeof list), split_name(o->moe_split));
+            gpu_list_str(used, n_used, list, sizeof list), split_name(cp->moe_split));
     if (n_used < n_tp)
         fprintf(stderr, "%s: shared-GPU mode: %d ranks on %d GPU%s, sums through host memory: a test and projection mode, "
                 "not the speed of %d GPUs\n", prog, n_tp, n_used, n_used == 1 ? "" : "s", n_tp);
     return 0;
-}
-
-int tool_tp_apply_model(const tool_tp_opts *o, const glm_model *m, glm_ctx_params *cp) {
-    return tp_apply(o, m, glm_model_hparams(m), cp);
-}
-
-int tool_tp_apply_hparams(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp) {
-    return tp_apply(o, NULL, hp, cp);
 }
 
 void tool_tp_free(tool_tp_opts *o) {

@@ -69,7 +69,7 @@ glm_kv_type tool_kv_type(const char *v);
 typedef struct {
     int n_tp;                  /* --tp: ranks (default 1) */
     int tp_set;                /* --tp was given */
-    int moe_split;             /* --moe-split: glm_moe_split (default tp) */
+    int moe_split;             /* --moe-split: glm_moe_split, or -1: ep where the ranks divide the experts, else tp */
     int *gpus;                 /* --gpus: CUDA devices, or NULL */
     int n_gpus;
     const char *dist_init;     /* --dist-init: "file:PATH" or "tcp:HOST:PORT" (points into argv), or NULL */
@@ -97,13 +97,7 @@ int tool_tp_check(const tool_tp_opts *o, glm_device dev);
  * with no GPU). Prints on stderr where the ranks run when there are several, and a notice
  * when ranks share GPUs. Without --tp on CUDA, takes the fewest of 1, 2, 4 or 8 GPUs whose
  * free memory holds the model's weights split that many ways, and says so. */
-int tool_tp_apply_model(const tool_tp_opts *o, const glm_model *m, glm_ctx_params *cp);
-/* The same from the geometry alone: no choice of the GPU count. */
-int tool_tp_apply_hparams(const tool_tp_opts *o, const glm_hparams *hp, glm_ctx_params *cp);
-/* tool_tp_apply(o, m or hp, cp): the model (glm_model *) or its geometry (glm_hparams *). */
-#define tool_tp_apply(o, x, cp) _Generic((x), \
-    const glm_hparams *: tool_tp_apply_hparams, glm_hparams *: tool_tp_apply_hparams, \
-    default: tool_tp_apply_model)(o, x, cp)
+int tool_tp_apply(const tool_tp_opts *o, const glm_model *m, glm_ctx_params *cp);
 /* Non-zero in a process of --dist-init whose RANK is not 0: it writes nothing to stdout
  * and no progress on stderr (errors only), while running every step with the others. */
 int tool_tp_quiet(void);

@@ -45,6 +45,8 @@ static void usage(FILE *f) {
         "  --kv-type bf16|fp8       CUDA KV cache type (default bf16)\n"
         "  --no-probe               skip the bandwidth and FP8 GEMM measurements\n"
         "  --profile                CUDA: GPU time per op after each test on stderr (graphs off)\n"
+        "  --project-only           with --tp N: run the tests on rank 0's slice alone only (no sharded\n"
+        "                           run: a model larger than the GPU) and print the projection\n"
         "  --project                with --tp N: run the decode tests again on rank 0's slice alone\n"
         "                           (its own step, collectives skipped) and print a projected\n"
         "                           N-GPU step: own step + modelled collectives (2 all-reduces a\n"
@@ -337,6 +339,7 @@ static int tp_check_memory(glm_device dev, int n_tp, double *act) {
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *synth = NULL, *out_fmt = "md";
     int layers = 0, fmt = GLM_FMT_FP8_CHANNEL, reps = 3, n_threads = 0, probe = 1, profile = 0, project = 0;
+    int project_only = 0;  /* --project-only: rank 0's slice alone, no sharded run */
     double coll_alpha_us = COLL_ALPHA_US, coll_busbw_gbs = COLL_BUSBW_GBS;
     glm_kv_type kv_type = GLM_KV_BF16;
     int *P = NULL, *N = NULL, *B = NULL, nP = 0, nN = 0, nB = 0;
@@ -377,6 +380,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-probe")) probe = 0;
         else if (!strcmp(a, "--profile")) profile = 1;
         else if (!strcmp(a, "--project")) project = 1;
+        else if (!strcmp(a, "--project-only")) project = project_only = 1;
         else if (!strcmp(a, "--coll-alpha-us")) coll_alpha_us = tool_float_in(a, tool_arg(argc, argv, &i), '[', 0, 1e6, ']');
         else if (!strcmp(a, "--coll-busbw-gbs")) coll_busbw_gbs = tool_float_in(a, tool_arg(argc, argv, &i), '(', 0, 1e6, ']');
         else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
@@ -500,6 +504,12 @@ int main(int argc, char **argv) {
     cp.mtp = spec_cp.mtp;
     int tp_rc = tool_tp_apply(&tpo, m, &cp);
     if (tp_rc) { tool_tp_free(&tpo); glm_model_free(m); free(P); free(N); free(B); return tp_rc; }
+    /* --dist-init: the processes of ranks other than 0 run every test and report nothing */
+    if (tool_tp_quiet() && !freopen("/dev/null", "w", stdout)) {
+        fprintf(stderr, PROG ": error: /dev/null: cannot open\n");
+        tool_tp_free(&tpo); glm_model_free(m); free(P); free(N); free(B);
+        return EXIT_FAIL;
+    }
     const int n_tp = cp.n_tp > 1 ? cp.n_tp : 1;
     if (!synth && tp_check_memory(dev, n_tp, &act_bytes))
         check_memory(dev, dev == GLM_DEVICE_CPU ? 0 : (double)glm_model_n_bytes(m), kv_bytes, act_bytes);
@@ -509,8 +519,12 @@ int main(int argc, char **argv) {
     if (profile) setenv("GLM_CUDA_PROFILE", "1", 1);
 #endif
     double t0 = tool_now();
+    cp.tp_solo = project_only;
     int rc = glm_ctx_new(m, &cp, &ctx);
     if (rc) { fprintf(stderr, PROG ": error: %s\n", glm_last_error()); glm_model_free(m); return EXIT_FAIL; }
+    if (project_only)
+        fprintf(stderr, PROG ": --project-only: rank 0 of %d alone (its slice, collectives skipped); the decode rows are "
+                "its own step against its own byte floor\n", n_tp);
     fprintf(stderr, PROG ": %s on %s, ready in %.1f s, %d KV pages\n", glm_model_desc(m),
             dev == GLM_DEVICE_CUDA ? "cuda" : "cpu", tool_now() - t0, glm_ctx_kv_pages_total(ctx));
     char tp_kind[32];   /* how the ranks sum: none, local, nccl, shared-gpu */
@@ -636,7 +650,15 @@ int main(int argc, char **argv) {
     /* the projection: the decode tests again on rank 0's slice alone (its own step, no
      * collectives), plus the modelled collectives of N GPUs */
     int n_proj = 0;
-    if (project) {
+    if (project_only) {      /* the tests above ran on rank 0 alone: they are its own step */
+        for (int i = 0; i < nres; i++) {
+            result *r = &res[i];
+            if (!r->n_seq) continue;
+            r->own_ms = r->ms_step;
+            r->model_coll_ms = 1000.0 * coll_model_s(&hp, n_tp, r->n_seq, coll_alpha_us * 1e-6, coll_busbw_gbs * 1e9);
+            n_proj++;
+        }
+    } else if (project) {
         glm_ctx_free(ctx);   /* the ranks' memory back before rank 0 alone is made */
         ctx = NULL;
         glm_ctx_params sp = cp;
