@@ -42,6 +42,7 @@ enum { MODE_EAGER, MODE_CAPTURE, MODE_REPLAY };
 
 typedef struct {
     int T, n_out, n_seq_slots, max_pages;
+    int hidden;                  /* the pass reads its hidden states (a verify step) */
     uint64_t hash;
     cudaGraphExec_t exec;
     float *host_dst;             /* the page-locked logits rows the graph copies into, or NULL */
@@ -157,6 +158,12 @@ typedef struct {
      * gather: this rank's vocabulary rows [logit_chunk, Vmax], every rank's [N, logit_chunk, Vmax] */
     glm_comm *comm;
     float *tp_send, *tp_recv;
+
+    /* a read inside a captured pass (read()): page-locked staging [max_tokens, n_embd] with
+     * the MTP layer, and where logits() copies it once the pass has run */
+    float *rd_pin;
+    size_t rd_cap, rd_n;
+    float *rd_host;
 
     /* profiling (GLM_CUDA_PROFILE=1): an event before each op, graphs off */
     int prof;
@@ -556,12 +563,20 @@ static int up_experts(cu_impl *c, glm_layer *L, int il, int E, int pass, size_t 
 }
 
 /* Walks every weight: pass 0 sums the arena size, pass 1 uploads. */
-static int walk_weights(cu_impl *c, glm_model *m, int pass, size_t *need) {
+static int walk_weights(cu_impl *c, glm_model *m, int mtp, int pass, size_t *need) {
     const glm_hparams *hp = &m->hp;
     RUN(up_single(c, &m->tok_embd, 0, pass, need));
     RUN(up_single(c, &m->out_norm, 1, pass, need));
     RUN(up_single(c, &m->lm_head, 0, pass, need));
-    for (int il = 0; il < hp->n_layer; il++) {
+    if (mtp) {  /* the MTP layer's own weights; its decoder block is layer n_layer below */
+        RUN(up_single(c, &m->mtp_enorm, 1, pass, need));
+        RUN(up_single(c, &m->mtp_hnorm, 1, pass, need));
+        RUN(up_single(c, &m->mtp_eh_proj, 0, pass, need));
+        RUN(up_single(c, &m->mtp_head_norm, 1, pass, need));
+        RUN(up_single(c, &m->mtp_embd, 0, pass, need));
+        RUN(up_single(c, &m->mtp_head, 0, pass, need));
+    }
+    for (int il = 0; il < hp->n_layer + mtp; il++) {
         glm_layer *L = &m->layers[il];
         RUN(up_single(c, &L->attn_norm, 1, pass, need));
         RUN(up_single(c, &L->ffn_norm, 1, pass, need));
@@ -594,7 +609,9 @@ static void clear_dev(glm_weight *w) { if (w) { w->dev = NULL; w->dev_scale = NU
 
 static void clear_model_dev(glm_model *m) {
     clear_dev(&m->tok_embd); clear_dev(&m->out_norm); clear_dev(&m->lm_head);
-    for (int il = 0; il < m->hp.n_layer; il++) {
+    clear_dev(&m->mtp_enorm); clear_dev(&m->mtp_hnorm); clear_dev(&m->mtp_eh_proj);
+    clear_dev(&m->mtp_head_norm); clear_dev(&m->mtp_embd); clear_dev(&m->mtp_head);
+    for (int il = 0; il < m->hp.n_layer + m->has_mtp; il++) {
         glm_layer *L = &m->layers[il];
         glm_weight *ws[] = {&L->attn_norm, &L->ffn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk, &L->bv,
                             &L->q_norm, &L->k_norm, &L->ffn_gate, &L->ffn_up, &L->ffn_down, &L->router,
@@ -610,7 +627,7 @@ static void clear_model_dev(glm_model *m) {
 
 uint64_t glm_backend_cuda_weight_bytes(glm_model *m) {
     size_t need = 0;
-    if (walk_weights(NULL, m, 0, &need)) return 0;  /* pass 0 only sums: no backend state */
+    if (walk_weights(NULL, m, 0, 0, &need)) return 0;  /* pass 0 only sums: no backend state */
     return need;
 }
 
@@ -619,7 +636,8 @@ static int cu_load(glm_backend *be, glm_model *m) {
     CK(cudaSetDevice(c->gpu));
     if (m->tok_embd.dev) return glm_err(GLM_ERR_ARG, "model is already loaded on a CUDA backend");
     size_t need = 0;
-    RUN(walk_weights(c, m, 0, &need));
+    const int mtp = be->params.mtp && m->has_mtp;
+    RUN(walk_weights(c, m, mtp, 0, &need));
     size_t fr = 0, tot = 0;
     CK(cudaMemGetInfo(&fr, &tot));
     if (need + (256u << 20) > fr)
@@ -628,21 +646,26 @@ static int cu_load(glm_backend *be, glm_model *m) {
     RUN(dev_alloc((void **)&c->arena, need, "the weights"));
     c->arena_bytes = need;
     c->arena_used = 0;
-    c->moe = calloc((size_t)m->hp.n_layer, sizeof(cu_moe));
+    c->moe = calloc((size_t)m->hp.n_layer + 1, sizeof(cu_moe));
     if (!c->moe) return glm_err(GLM_ERR_OOM, "out of memory");
     c->synthetic = m->tok_embd.data == NULL;
-    int rc = walk_weights(c, m, 1, &need);
+    int rc = walk_weights(c, m, mtp, 1, &need);
     if (rc) { clear_model_dev(m); return rc; }
     CK(cudaStreamSynchronize(c->st));
     return GLM_OK;
 }
 
 /* ---- KV cache ---- */
-static size_t page_bytes(const glm_hparams *hp, int fp8) {
+/* Layers with a KV cache: the decoder layers, and the MTP layer when the context drafts. */
+static int kv_layers(const glm_backend *be) {
+    return be->model->hp.n_layer + (be->params.mtp && be->model->has_mtp ? 1 : 0);
+}
+
+static size_t page_bytes(const glm_hparams *hp, int fp8, int n_layers) {
     const size_t per = (size_t)hp->n_head_kv * GLM_PAGE * hp->head_dim;
     size_t b = 2 * per * (fp8 ? 1 : 2);
     if (fp8) b += 2 * (size_t)hp->n_head_kv * GLM_PAGE * 4;
-    return b * hp->n_layer;
+    return b * n_layers;
 }
 
 /* Device bytes reserve() takes for max_tokens (asked before it runs). */
@@ -661,7 +684,7 @@ static int cu_kv_pages_fit(glm_backend *be, const glm_ctx_params *p) {
                        (size_t)nb * 4 * (4 * (size_t)hp->n_embd + 4 * (size_t)hp->n_head * hp->head_dim) + (512u << 20);
     if (fr <= act) return 0;
     const double frac = p->kv_frac > 0.f ? p->kv_frac : 0.9;
-    const double pages = frac * (double)(fr - act) / (double)page_bytes(hp, p->kv_type == GLM_KV_FP8);
+    const double pages = frac * (double)(fr - act) / (double)page_bytes(hp, p->kv_type == GLM_KV_FP8, kv_layers(be));
     return pages > 1e9 ? 1000000000 : (int)pages;
 }
 
@@ -672,18 +695,19 @@ static int cu_kv_init(glm_backend *be, int n_pages, glm_kv_type type) {
     if (type == GLM_KV_F32) return glm_err(GLM_ERR_UNSUPPORTED, "CUDA backend keeps the KV cache in BF16 or FP8, not F32");
     if (c->kv_mem) { cudaFree(c->kv_mem); c->kv_mem = NULL; }
     c->kv_fp8 = type == GLM_KV_FP8;
-    const size_t total = page_bytes(hp, c->kv_fp8) * (size_t)n_pages;
+    const int n_kv = kv_layers(be);
+    const size_t total = page_bytes(hp, c->kv_fp8, n_kv) * (size_t)n_pages;
     char what[96];
     snprintf(what, sizeof what, "the KV cache (%d pages of %d tokens)", n_pages, GLM_PAGE);
     RUN(dev_alloc(&c->kv_mem, total, what));
     c->n_pages = n_pages;
     free(c->kv);
-    c->kv = calloc((size_t)hp->n_layer, sizeof(glm_cu_kv));
+    c->kv = calloc((size_t)n_kv, sizeof(glm_cu_kv));
     if (!c->kv) return glm_err(GLM_ERR_OOM, "out of memory");
     const size_t per = (size_t)n_pages * hp->n_head_kv * GLM_PAGE * hp->head_dim * (c->kv_fp8 ? 1 : 2);
     const size_t sper = c->kv_fp8 ? (size_t)n_pages * hp->n_head_kv * GLM_PAGE * 4 : 0;
     uint8_t *p = c->kv_mem;
-    for (int il = 0; il < hp->n_layer; il++) {
+    for (int il = 0; il < n_kv; il++) {
         glm_cu_kv *kv = &c->kv[il];
         kv->fp8 = c->kv_fp8;
         kv->k = p; p += per;
@@ -806,7 +830,7 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     RUN(dev_alloc((void **)&c->g_slot, z.g_rows, "expert slots"));
     RUN(dev_alloc((void **)&c->g_ids, z.g_rows, "expert ids"));
     int wg = 0;  /* the grouped wgmma kernel's tile list, where its route can run */
-    for (int il = 0; c->moe && c->wgmma && il < hp->n_layer; il++) wg |= c->moe[il].wgmma_ok;
+    for (int il = 0; c->moe && c->wgmma && il < hp->n_layer + 1; il++) wg |= c->moe[il].wgmma_ok;
     if (wg) RUN(dev_alloc((void **)&c->g_tiles, z.g_tiles, "expert tiles"));
     CK(cudaMallocHost((void **)&c->h_off, z.g_active * 2));
     c->att_ws_floats = z.att_ws / 4;
@@ -815,6 +839,10 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     RUN(dev_alloc((void **)&c->fnorm, (size_t)c->logit_chunk * D * 4, "final norm rows"));
     RUN(dev_alloc((void **)&c->logits_d, (size_t)c->logit_chunk * hp->n_vocab * 4, "logits"));
     CK(cudaMallocHost((void **)&c->logits_h, (size_t)c->logit_chunk * hp->n_vocab * 4));
+    if (be->params.mtp) {
+        c->rd_cap = (size_t)max_tokens * D;
+        CK(cudaMallocHost((void **)&c->rd_pin, c->rd_cap * sizeof(float)));
+    }
     c->comm = be->comm;
     if (c->comm) {
         const size_t N = (size_t)glm_comm_size(c->comm), Vmax = ((size_t)hp->n_vocab + N - 1) / N;
@@ -912,13 +940,15 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->xq_of = NULL;
     c->n_ev = 0;
     c->mode = MODE_EAGER;
+    c->rd_host = NULL;
     c->n_tiles = 0;
     /* ranks sharing a GPU sum through host memory: no graphs (the route stays the same) */
     const int capturable = !c->comm || strcmp(glm_comm_kind_name(c->comm), "shared-gpu") != 0;
-    if (c->use_graphs && capturable && T <= c->graph_max) {
+    if (c->use_graphs && capturable && !p->eager && T <= c->graph_max) {
         for (int i = 0; i < c->n_graphs; i++) {
             cu_graph *g = &c->graphs[i];
-            if (g->T == T && g->n_out == p->n_out && g->n_seq_slots == p->n_seq_slots && g->max_pages == p->max_pages) {
+            if (g->T == T && g->n_out == p->n_out && g->n_seq_slots == p->n_seq_slots && g->max_pages == p->max_pages &&
+                g->hidden == (p->hidden_host != NULL)) {
                 c->cur = g;
                 c->mode = MODE_REPLAY;
                 return GLM_OK;
@@ -1361,7 +1391,18 @@ static int cu_copy(glm_backend *be, void *dst, const void *src, size_t n, enum c
     return stream_wait(c);
 }
 static int cu_read(glm_backend *be, float *host, const float *src, size_t n) {
-    return cu_copy(be, host, src, n, cudaMemcpyDeviceToHost);
+    cu_impl *c = IMPL(be);
+    if (c->mode == MODE_EAGER) return cu_copy(be, host, src, n, cudaMemcpyDeviceToHost);
+    /* a captured pass (the hidden states of a verify step): the copy goes into the graph,
+     * into page-locked staging, and logits() hands it over once the pass has run */
+    if (c->rd_host) return glm_err(GLM_ERR_NOT_IMPLEMENTED, "a second read in one graph-captured CUDA pass");
+    if (n > c->rd_cap) return glm_err(GLM_ERR_ARG, "read of %zu values past the %zu reserved", n, c->rd_cap);
+    c->rd_host = host;
+    c->rd_n = n;
+    if (op_skip(c, 11, src, NULL, NULL, (int)n)) return GLM_OK;   /* replay: the graph has the copy */
+    RUN(flush(c));
+    CK(cudaMemcpyAsync(c->rd_pin, src, n * sizeof(float), cudaMemcpyDeviceToHost, c->st));
+    return GLM_OK;
 }
 static int cu_write(glm_backend *be, float *dst, const float *host, size_t n) {
     return cu_copy(be, dst, host, n, cudaMemcpyHostToDevice);
@@ -1446,6 +1487,10 @@ static int logits_finish(cu_impl *c, float *logits_host, int r0, int n, int V, i
     if (!copied) RUN(logits_copy(c, logits_host, r0, n, V));
     prof_op(c, "(end)");
     RUN(stream_wait(c));
+    if (c->rd_host) {  /* the pass's deferred read (cu_read) */
+        memcpy(c->rd_host, c->rd_pin, c->rd_n * sizeof(float));
+        c->rd_host = NULL;
+    }
     prof_collect(c);
     if (!copied) logits_done(c, logits_host, r0, n, V);
     return GLM_OK;
@@ -1481,6 +1526,7 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
         cudaGraphDestroy(graph);
         if (e != cudaSuccess) return glm_err(GLM_ERR_CUDA, "graph instantiate failed: %s", cudaGetErrorString(e));
         g->T = c->T; g->n_out = n_out; g->n_seq_slots = c->n_seq_slots; g->max_pages = c->max_pages;
+        g->hidden = c->rd_host != NULL;
         g->hash = c->hash;
         g->host_dst = copied ? logits_host : NULL;
         c->n_graphs++;
@@ -1555,6 +1601,7 @@ static void cu_destroy(glm_backend *be) {
         if (c->h_plan) cudaFreeHost(c->h_plan);
         if (c->h_off) cudaFreeHost(c->h_off);
         if (c->logits_h) cudaFreeHost(c->logits_h);
+        if (c->rd_pin) cudaFreeHost(c->rd_pin);
         if (c->pin) cudaFreeHost(c->pin);
         if (c->st) cudaStreamDestroy(c->st);
         cudaGetLastError();

@@ -26,6 +26,8 @@ typedef struct {
     const int32_t *out_rows;    /* [n_out] batch rows, ascending */
     float *hidden_host;         /* [n_tokens, n_embd] every row's last hidden state (before the
                                    final norm: what the MTP layer reads), or NULL */
+    int eager;                  /* 1: a pass whose ops move activations to and from the host as
+                                   they go (the MTP layer): run as issued, never in a graph */
 } glm_plan;
 
 typedef struct glm_backend glm_backend;
@@ -82,9 +84,19 @@ typedef struct {
     void *(*host_alloc)(glm_backend *be, size_t bytes);
     void (*host_free)(glm_backend *be, void *p);
     /* Optional (the MTP layer needs them; NULL = not implemented): host[n] = src[n] from a
-     * backend buffer, and dst[n] = host[n] into one. */
+     * backend buffer, and dst[n] = host[n] into one. Within a pass that is not eager, read
+     * may be deferred to the pass's logits() (CUDA: one read a pass, copied in the graph). */
     int (*read)(glm_backend *be, float *host, const float *src, size_t n);
     int (*write)(glm_backend *be, float *dst, const float *host, size_t n);
+    /* Optional (NULL: the caller samples on the host, with glm_sampler): ids[i] = a token
+     * sampled from output row out_idx[i] of the last pass, whose logits are still in the
+     * backend, under params[i] (lib/sampler.c's rules) with the penalties over
+     * hist[i][0..n_hist[i]) (the request's generated tokens; repeat_last_n applies) and
+     * the draw a function of (params[i].seed, steps[i]). The rows must be distinct; the
+     * penalties change the backend's copy of them, so each pass's rows are sampled once.
+     * GLM_ERR_NOT_IMPLEMENTED (nothing done) when the rows are not all in the backend. */
+    int (*sample)(glm_backend *be, int n, const int32_t *out_idx, const glm_sampler_params *params,
+                  const uint64_t *steps, const int32_t *const *hist, const int *n_hist, int32_t *ids);
 } glm_backend_ops;
 
 struct glm_backend {

@@ -62,9 +62,9 @@ int glm_ctx_new(glm_model *model, const glm_ctx_params *params, glm_ctx **out) {
     int rc = glm_tp_check(model, &p);
     if (!rc && p.mtp && !model->has_mtp)
         rc = glm_err(GLM_ERR_ARG, "params.mtp: the model has no MTP layer bound (num_nextn_predict_layers %d)", model->hp.n_nextn);
-    else if (!rc && p.mtp && (p.device == GLM_DEVICE_CUDA || p.n_tp > 1 || p.dist_init))
-        rc = glm_err(GLM_ERR_NOT_IMPLEMENTED, "the MTP layer (speculative decoding) on %s: not implemented",
-                     p.n_tp > 1 ? "several tensor-parallel ranks" : "CUDA");
+    else if (!rc && p.mtp && (p.n_tp > 1 || p.dist_init))
+        rc = glm_err(GLM_ERR_NOT_IMPLEMENTED, "the MTP layer (speculative decoding) on several tensor-parallel ranks: "
+                     "not implemented");
     if (!rc && (p.n_tp > 1 || p.dist_init)) { if (!(rc = glm_tp_new(model, &p, &c->tp))) c->be = glm_tp_rank(c->tp, 0); }
     else if (!rc) rc = p.device == GLM_DEVICE_CUDA ? glm_backend_cuda_new(model, &p, &c->be) : glm_backend_cpu_new(model, &p, &c->be);
     if (rc) goto fail;
@@ -333,7 +333,7 @@ int glm_ctx_mtp_forward(glm_ctx *c, int seq, int pos0, int n, const int32_t *tok
     glm_plan plan = {
         .n_tokens = n, .tokens = tokens, .pos = pos, .seq = sq,
         .n_seq_slots = c->p.n_seq_max, .max_pages = c->max_pages, .page_table = c->page_table,
-        .n_out = 1, .out_rows = &last,
+        .n_out = 1, .out_rows = &last, .eager = 1,
     };
     int rc = glm4moe_forward_mtp(c->be, &plan, h, h_out, logits);
     free(pos);

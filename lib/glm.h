@@ -147,7 +147,7 @@ typedef struct {
                            are not the model's */
     int mtp;            /* 1 = also keep a KV cache for the model's MTP layer, in the same pages
                            (speculative decoding, lib/spec.c); needs a model with it bound, one
-                           rank, CPU (CUDA: not implemented) */
+                           rank (CPU or CUDA) */
 } glm_ctx_params;
 
 /* Routed experts over tensor-parallel ranks (docs/PARALLEL.md). */

@@ -140,6 +140,7 @@ int glm4moe_forward_mtp(glm_backend *be, const glm_plan *p, const float *h_host,
     if (!m->has_mtp || !b->cat) return glm_err(GLM_ERR_ARG, "the MTP layer is not loaded in this model and context");
     if (T < 1 || T > b->max_tokens) return glm_err(GLM_ERR_ARG, "MTP batch of %d tokens (1 to %d)", T, b->max_tokens);
     const glm_weight *E = glm_mtp_embd(m);
+    if (!E->data) return glm_err(GLM_ERR_NOT_IMPLEMENTED, "the MTP layer of a model without host weights (synthetic): not implemented");
     float *row = malloc((size_t)D * sizeof *row);
     if (!row) return glm_err(GLM_ERR_OOM, "out of memory");
     int rc = op->begin(be, p);

@@ -459,7 +459,7 @@ void tool_tp_free(tool_tp_opts *o) {
 
 void tool_spec_usage(FILE *f, int width) {
     fprintf(f, "  %-*s tokens the model's MTP layer drafts a step, verified in one forward\n"
-               "  %-*s (default 0 = off until a trained MTP layer is measured; max %d; CPU only)\n"
+               "  %-*s (default 0 = off until a trained MTP layer is measured; max %d; one rank)\n"
                "  %-*s never load the MTP layer (loads as a checkpoint without it)\n",
             width - 2, "--draft N", width - 2, "", GLM_SPEC_MAX_DRAFT, width - 2, "--no-mtp");
 }
@@ -477,10 +477,6 @@ int tool_spec_apply(const char *prog, const tool_spec_opts *o, glm_ctx_params *c
     if (o->no_mtp) {
         fprintf(stderr, "%s: error: --draft %d needs the MTP layer: not with --no-mtp\n", prog, o->n_draft);
         return EXIT_USAGE;
-    }
-    if (cp->device == GLM_DEVICE_CUDA) {
-        fprintf(stderr, "%s: error: --draft on CUDA: not implemented (speculative decoding runs on the CPU: --device cpu)\n", prog);
-        return EXIT_FAIL;
     }
     return 0;
 }

@@ -116,8 +116,7 @@ void tool_spec_usage(FILE *f, int width);
  * exit 2) and returns 1; returns 0 for any other argument. */
 int tool_spec_flag(int argc, char **argv, int *i, tool_spec_opts *o);
 /* Checks o against the context parameters and sets cp->mtp. Returns 0, or prints the error
- * and returns EXIT_USAGE (--draft with --no-mtp) or EXIT_FAIL (--draft on CUDA: not
- * implemented). */
+ * and returns EXIT_USAGE (--draft with --no-mtp). */
 int tool_spec_apply(const char *prog, const tool_spec_opts *o, glm_ctx_params *cp);
 /* tool_load_model with the MTP layer required (--draft > 0), left out (--no-mtp) or
  * bound when the checkpoint has it whole (neither). */
