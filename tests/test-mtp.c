@@ -613,6 +613,10 @@ TEST(glm_bench_draft_reports_acceptance) {
     CHECK_MSG(run_tool(&r, "%s/glm-bench -m " DIR " --device cpu -p 8 -n 12 -r 1 -t 1 --draft 2 -o csv", bin) == 0, "%s", r.err);
     CHECK_MSG(strstr(r.out, ",draft,acceptance,mean_accepted_length\n") && strstr(r.out, ",tg12 d2,12,"), "%s", r.out);
     tool_result_free(&r);
+    /* the verify step's cost and the projected speed-ups (md) */
+    CHECK_MSG(run_tool(&r, "%s/glm-bench -m " DIR " --device cpu -p 0 -n 4 -r 1 -t 1 --draft 2", bin) == 0, "%s", r.err);
+    CHECK_MSG(strstr(r.out, "verify step of 3 tokens: ") && strstr(r.out, "; acceptance 0.8: 2.44 tokens a step, "), "%s", r.out);
+    tool_result_free(&r);
 }
 
 RUN_TESTS_IN_TMP("glm-test-mtp")
