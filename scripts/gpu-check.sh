@@ -4,9 +4,10 @@
 # synthetic full-width GLM-4.7 slice. Logs go to $OUT (default ./gpu-out); a short
 # table is printed last.
 #
-# usage: scripts/gpu-check.sh [quick|fast|tests|tp]  quick: no benchmark; fast: a shorter one;
+# usage: scripts/gpu-check.sh [quick|fast|tests|tp|spec]  quick: no benchmark; fast: a shorter one;
 #        tests: the GPU tests alone (GPU_TESTS="test-gpu-tp ..." picks them; default all);
-#        tp: the GPU tests, memcheck of test-gpu-tp and the tensor-parallel benchmarks
+#        tp: the GPU tests, memcheck of test-gpu-tp and the tensor-parallel benchmarks;
+#        spec: the GPU tests and the speculative-decoding benchmarks
 # env:   FUZZ_SECONDS, FUZZ_BUILD  run the libFuzzer binaries of FUZZ_BUILD that long beside the tests
 #        GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
 #        GLM_U8=DIR  a utf8proc include/ + lib/ tree when the machine has none
@@ -82,6 +83,27 @@ grep -E 'FAIL|failed:|rel err|probe:|max \|diff\||per row|argmax|greedy|graphs o
 if [ "$MODE" = tests ]; then
   echo
   cat "$summary"
+  exit 0
+fi
+
+# spec: speculative decoding on the GPU: glm-tiny (its trained MTP layer) at --draft 0 and
+# 2, and the verify step of 3 tokens on the synthetic slice
+if [ "$MODE" = spec ]; then
+  for d in 0 2; do
+    t0=$(date +%s)
+    build/bin/glm-bench -m models/glm-tiny --device cuda -p 0 -n 128 -r 3 --draft "$d" --no-probe -o md \
+      >> "$OUT/bench-spec.md" 2>> "$OUT/bench-spec.err"
+    note "bench glm-tiny --draft $d: exit $? ($(( $(date +%s) - t0 )) s)"
+  done
+  t0=$(date +%s)
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch -p 0 -n 32 -r 2 --draft 2 -o md \
+    >> "$OUT/bench-spec.md" 2>> "$OUT/bench-spec.err"
+  note "bench slice --draft 2: exit $? ($(( $(date +%s) - t0 )) s)"
+  echo
+  cat "$summary"
+  echo
+  cat "$OUT/bench-spec.md"
+  grep -v '^profile\|^ ' "$OUT/bench-spec.err" | tail -n 6
   exit 0
 fi
 
