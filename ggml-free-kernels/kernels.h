@@ -247,6 +247,25 @@ int glm_cu_gather_fp8(const uint8_t *q_tok, const float *s_tok, int n_s, const i
 int glm_cu_moe_combine(const void *eo, int eo_bf16, const int32_t *slot_of, const float *w, int T, int k, int D,
                        int shared, float *out, cudaStream_t st);
 
+/* ---- sampling (sample.cu) ---- */
+/* One row to sample: its logits at logits + logit_off, the host sampler's parameters
+ * (lib/sampler.c; repeat_last_n already applied: the penalty window is hist[hist_off,
+ * hist_off + n_hist)), and (seed, step) for the draw. */
+typedef struct {
+    long long logit_off;
+    float temp, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
+    int top_k;
+    int hist_off, n_hist;
+    uint64_t seed, step;
+} glm_cu_sample_row;
+
+/* ids[r] = the token sampled from row r of R (V logits each) by the host sampler's rules:
+ * penalties over the window, then greedy (temp <= 0: the largest logit, the lowest id on
+ * ties) or temperature, top-k, min-p, top-p and a draw from a uniform of (seed, step).
+ * The penalties are applied to the logits in place, so the rows must be distinct. */
+int glm_cu_sample(float *logits, const glm_cu_sample_row *rows, int R, const int32_t *hist, int V,
+                  int32_t *ids, cudaStream_t st);
+
 /* ---- profiling (lib/backend-cuda.c) ---- */
 /* With GLM_CUDA_PROFILE=1 in the environment when a CUDA backend is created, graphs are
  * off and the GPU time of every op is accumulated by label (op, weight shape and type,

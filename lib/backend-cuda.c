@@ -115,6 +115,13 @@ typedef struct {
     float *fnorm;                /* final-norm rows [logit_chunk, D] */
     float *logits_d, *logits_h;  /* [logit_chunk, n_vocab] device, pinned host staging */
     int logit_chunk;
+    /* sampling on the device (sample()): output rows of the last logits() pass whole in
+     * logits_d (0: none, or already sampled), and the per-call buffers */
+    int samp_n;
+    glm_cu_sample_row *samp_row_h, *samp_row_d;
+    int32_t *samp_hist_h, *samp_hist_d, *samp_ids_d;
+    int samp_cap;                /* rows the buffers hold */
+    size_t samp_hist_cap;        /* history tokens they hold */
     void *pin;                   /* the page-locked logits buffer given to the context */
     size_t pin_bytes;
 
@@ -942,6 +949,7 @@ static int cu_begin(glm_backend *be, const glm_plan *p) {
     c->mode = MODE_EAGER;
     c->rd_host = NULL;
     c->n_tiles = 0;
+    c->samp_n = 0;
     /* ranks sharing a GPU sum through host memory: no graphs (the route stays the same) */
     const int capturable = !c->comm || strcmp(glm_comm_kind_name(c->comm), "shared-gpu") != 0;
     if (c->use_graphs && capturable && !p->eager && T <= c->graph_max) {
@@ -1496,7 +1504,7 @@ static int logits_finish(cu_impl *c, float *logits_host, int r0, int n, int V, i
     return GLM_OK;
 }
 
-static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
+static int cu_logits_run(glm_backend *be, const float *x, float *logits_host) {
     cu_impl *c = IMPL(be);
     const int V = be->model->hp.n_vocab, n_out = c->n_out;
     op_skip(c, 9, x, logits_host ? (const void *)1 : NULL, NULL, n_out);
@@ -1541,6 +1549,103 @@ static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
         RUN(logits_finish(c, logits_host, r0, n, V, copied));
     }
     return n_out ? GLM_OK : logits_finish(c, logits_host, 0, 0, V, 1);
+}
+
+/* The pass's output rows stay in logits_d for sample() when they fit in one chunk. */
+static int cu_logits(glm_backend *be, const float *x, float *logits_host) {
+    cu_impl *c = IMPL(be);
+    c->samp_n = 0;
+    const int rc = cu_logits_run(be, x, logits_host);
+    if (!rc) c->samp_n = c->n_out <= c->logit_chunk ? c->n_out : 0;
+    return rc;
+}
+
+/* Grows the sampling buffers to n rows and nh history tokens. */
+static int samp_reserve(cu_impl *c, int n, size_t nh) {
+    if (n > c->samp_cap) {
+        const int cap = n > 2 * c->samp_cap ? n : 2 * c->samp_cap;
+        free(c->samp_row_h);
+        cudaFree(c->samp_row_d);
+        cudaFree(c->samp_ids_d);
+        c->samp_row_d = NULL;
+        c->samp_ids_d = NULL;
+        c->samp_cap = 0;
+        c->samp_row_h = malloc((size_t)cap * sizeof *c->samp_row_h);
+        if (!c->samp_row_h) return glm_err(GLM_ERR_OOM, "out of memory");
+        RUN(dev_alloc((void **)&c->samp_row_d, (size_t)cap * sizeof *c->samp_row_d, "sampling rows"));
+        RUN(dev_alloc((void **)&c->samp_ids_d, (size_t)cap * sizeof *c->samp_ids_d, "sampled ids"));
+        c->samp_cap = cap;
+    }
+    if (nh > c->samp_hist_cap) {
+        const size_t cap = nh > 2 * c->samp_hist_cap ? nh : 2 * c->samp_hist_cap;
+        free(c->samp_hist_h);
+        cudaFree(c->samp_hist_d);
+        c->samp_hist_d = NULL;
+        c->samp_hist_cap = 0;
+        c->samp_hist_h = malloc(cap * sizeof *c->samp_hist_h);
+        if (!c->samp_hist_h) return glm_err(GLM_ERR_OOM, "out of memory");
+        RUN(dev_alloc((void **)&c->samp_hist_d, cap * sizeof *c->samp_hist_d, "sampling history"));
+        c->samp_hist_cap = cap;
+    }
+    return GLM_OK;
+}
+
+/* The penalty window of a history under p (lib/sampler.c): empty when no penalty is on. */
+static int samp_window(const glm_sampler_params *p, const int32_t *h, int n, int *h0) {
+    *h0 = 0;
+    if (!h || n <= 0 || (p->repeat_penalty == 1.0f && p->presence_penalty == 0 && p->frequency_penalty == 0)) return 0;
+    *h0 = p->repeat_last_n < 0 || p->repeat_last_n > n ? 0 : n - p->repeat_last_n;
+    return n - *h0;
+}
+
+static int cu_sample(glm_backend *be, int n, const int32_t *out_idx, const glm_sampler_params *params,
+                     const uint64_t *steps, const int32_t *const *hist, const int *n_hist, int32_t *ids) {
+    cu_impl *c = IMPL(be);
+    const int V = be->model->hp.n_vocab;
+    /* after logits() the pass has run: eager, or a replayed graph (the mode stays until begin) */
+    if (c->mode == MODE_CAPTURE) return glm_err(GLM_ERR_NOT_IMPLEMENTED, "sampling inside a graph-captured CUDA pass");
+    for (int i = 0; i < n; i++)
+        if (out_idx[i] < 0 || out_idx[i] >= c->samp_n)
+            return glm_err(GLM_ERR_NOT_IMPLEMENTED, "output row %d of the last pass is not on the device (%d rows are)",
+                           out_idx[i], c->samp_n);
+    if (n <= 0) return GLM_OK;
+    size_t nh = 0;
+    for (int i = 0; i < n; i++) {
+        int h0;
+        nh += (size_t)samp_window(&params[i], hist ? hist[i] : NULL, n_hist ? n_hist[i] : 0, &h0);
+    }
+    if (nh > INT32_MAX) return glm_err(GLM_ERR_ARG, "%zu history tokens to sample with", nh);
+    CK(cudaSetDevice(c->gpu));
+    RUN(samp_reserve(c, n, nh));
+    int off = 0;
+    for (int i = 0; i < n; i++) {
+        const glm_sampler_params *p = &params[i];
+        int h0;
+        const int w = samp_window(p, hist ? hist[i] : NULL, n_hist ? n_hist[i] : 0, &h0);
+        if (w) memcpy(c->samp_hist_h + off, hist[i] + h0, (size_t)w * sizeof(int32_t));
+        glm_cu_sample_row *r = &c->samp_row_h[i];
+        memset(r, 0, sizeof *r);
+        r->logit_off = (long long)out_idx[i] * V;
+        r->temp = p->temp;
+        r->top_k = p->top_k;
+        r->top_p = p->top_p;
+        r->min_p = p->min_p;
+        r->repeat_penalty = p->repeat_penalty;
+        r->presence_penalty = p->presence_penalty;
+        r->frequency_penalty = p->frequency_penalty;
+        r->hist_off = off;
+        r->n_hist = w;
+        r->seed = p->seed;
+        r->step = steps ? steps[i] : 0;
+        off += w;
+    }
+    if (c->mode == MODE_EAGER) RUN(flush(c));
+    CK(cudaMemcpyAsync(c->samp_row_d, c->samp_row_h, (size_t)n * sizeof *c->samp_row_h, cudaMemcpyHostToDevice, c->st));
+    if (off) CK(cudaMemcpyAsync(c->samp_hist_d, c->samp_hist_h, (size_t)off * sizeof(int32_t), cudaMemcpyHostToDevice, c->st));
+    c->samp_n = 0;  /* the penalties change the rows: sampled once */
+    RUN(glm_cu_sample(c->logits_d, c->samp_row_d, n, c->samp_hist_d, V, c->samp_ids_d, c->st));
+    CK(cudaMemcpyAsync(ids, c->samp_ids_d, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost, c->st));
+    return stream_wait(c);
 }
 
 /* Page-locked host memory for the context's logits (plain memory if that fails). */
@@ -1602,6 +1707,11 @@ static void cu_destroy(glm_backend *be) {
         if (c->h_off) cudaFreeHost(c->h_off);
         if (c->logits_h) cudaFreeHost(c->logits_h);
         if (c->rd_pin) cudaFreeHost(c->rd_pin);
+        if (c->samp_row_d) cudaFree(c->samp_row_d);
+        if (c->samp_ids_d) cudaFree(c->samp_ids_d);
+        if (c->samp_hist_d) cudaFree(c->samp_hist_d);
+        free(c->samp_row_h);
+        free(c->samp_hist_h);
         if (c->pin) cudaFreeHost(c->pin);
         if (c->st) cudaStreamDestroy(c->st);
         cudaGetLastError();
@@ -1631,6 +1741,7 @@ static const glm_backend_ops cuda_ops = {
     .add = cu_add,
     .all_reduce = cu_all_reduce,
     .logits = cu_logits,
+    .sample = cu_sample,
     .read = cu_read,
     .write = cu_write,
     .host_alloc = cu_host_alloc,

@@ -26,6 +26,9 @@ struct glm_ctx {
     int cap_logits;         /* rows the logits buffer holds (it only grows) */
     int32_t *logit_row;     /* [n_batch] batch row -> index into logits, -1 none */
     int cap_rows;
+    /* logits indices [dev_first, dev_first + dev_n) of the last decode's last pass, still
+     * on the device for glm_ctx_sample (dev_n 0: none, or sampled already) */
+    int dev_first, dev_n;
     /* per pass */
     int32_t *pos, *seq, *out_rows;
 };
@@ -188,6 +191,35 @@ const float *glm_ctx_logits(glm_ctx *c, int i) {
     return c->logits + (size_t)c->logit_row[i] * c->model->hp.n_vocab;
 }
 
+int glm_ctx_samples_on_device(const glm_ctx *c) { return !c->tp && c->be->ops->sample != NULL; }
+
+int glm_ctx_sample(glm_ctx *c, int n, const int32_t *rows, const glm_sampler_params *params, const uint64_t *steps,
+                   const int32_t *const *hist, const int *n_hist, int32_t *ids) {
+    if (n < 0 || (n > 0 && (!rows || !params || !ids))) return glm_err(GLM_ERR_ARG, "glm_ctx_sample: %d rows without arrays", n);
+    if (!glm_ctx_samples_on_device(c))
+        return glm_err(GLM_ERR_NOT_IMPLEMENTED, "sampling on the device: not with the %s backend%s", c->be->ops->name,
+                       c->tp ? " over tensor-parallel ranks" : "");
+    if (n == 0) return GLM_OK;
+    int32_t *idx = malloc((size_t)n * sizeof *idx);
+    if (!idx) return glm_err(GLM_ERR_OOM, "out of memory");
+    int rc = GLM_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        const int r = rows[i];
+        if (r < 0 || r >= c->cap_rows || !c->logit_row || c->logit_row[r] < 0) rc = glm_err(GLM_ERR_ARG, "no logits for batch row %d", r);
+        else if (n_hist && n_hist[i] > 0 && (!hist || !hist[i])) rc = glm_err(GLM_ERR_ARG, "row %d: %d history tokens without the array", i, n_hist[i]);
+        else if ((idx[i] = c->logit_row[r] - c->dev_first) < 0 || idx[i] >= c->dev_n)
+            rc = glm_err(GLM_ERR_NOT_IMPLEMENTED, "the logits of batch row %d are not on the device (an earlier pass, or sampled already)", r);
+        for (int j = 0; j < i && !rc; j++)
+            if (rows[j] == r) rc = glm_err(GLM_ERR_ARG, "batch row %d sampled twice", r);
+    }
+    if (!rc) {
+        rc = c->be->ops->sample(c->be, n, idx, params, steps, hist, n_hist, ids);
+        if (rc != GLM_ERR_NOT_IMPLEMENTED) c->dev_n = 0;  /* the penalties changed the device's rows */
+    }
+    free(idx);
+    return rc;
+}
+
 /* Pages sequence s holds when its main cache has len tokens (the MTP layer's may reach further). */
 static int held_pages(const glm_ctx *c, int s, int64_t len) {
     return pages_for(len > c->mtp_len[s] ? len : c->mtp_len[s]);
@@ -228,6 +260,7 @@ int glm_ctx_decode_hidden(glm_ctx *c, const glm_batch *b, float *hidden) {
         c->logit_row = nr;
         c->cap_rows = T;
     }
+    c->dev_n = 0;
     if ((rc = logits_reserve(c, n_want ? n_want : 1))) goto done;
     for (int i = 0; i < c->cap_rows; i++) c->logit_row[i] = -1;
     /* allocate pages */
@@ -257,11 +290,15 @@ int glm_ctx_decode_hidden(glm_ctx *c, const glm_batch *b, float *hidden) {
             .hidden_host = hidden ? hidden + (size_t)t0 * c->model->hp.n_embd : NULL,
         };
         float *lg = c->logits + (size_t)(out_i - n_out) * V;
+        c->dev_n = 0;
         rc = c->tp ? glm_tp_forward(c->tp, &plan, lg) : glm4moe_forward(c->be, &plan, lg);
         if (rc) goto undo;
+        c->dev_first = out_i - n_out;
+        c->dev_n = n_out;
     }
     goto done;
 undo:
+    c->dev_n = 0;
     /* a failed pass leaves the sequences as they were before this call */
     for (int s = 0; s < c->p.n_seq_max; s++) {
         if (!add[s]) continue;
@@ -319,6 +356,7 @@ int glm_ctx_mtp_forward(glm_ctx *c, int seq, int pos0, int n, const int32_t *tok
         return glm_err(GLM_ERR_ARG, "MTP position %d of sequence %d: positions 0..%d are written", pos0, seq, c->mtp_len[seq] - 1);
     if ((int64_t)pos0 + n > c->p.n_ctx)
         return glm_err(GLM_ERR_ARG, "MTP positions up to %lld pass the context size %d", (long long)pos0 + n, c->p.n_ctx);
+    c->dev_n = 0;  /* the MTP pass's logits take the device's place */
     int32_t *pt = c->page_table + (size_t)seq * c->max_pages;
     const int old = c->mtp_len[seq], end = pos0 + n > old ? pos0 + n : old;
     const int p0 = held_pages(c, seq, c->seq_len[seq]);

@@ -215,6 +215,20 @@ void glm_sampler_free(glm_sampler *s);
 /* Picks the next token from logits[n_vocab]; history (may be NULL) feeds the penalties. */
 int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab,
                            const int32_t *history, int n_history);
+/* Sampling on the context's device, a batch at once (only the ids leave the device):
+ * ids[i] = a token from the logits of batch row rows[i] of the last glm_ctx_decode, under
+ * params[i] and glm_sampler_sample's rules, the penalties over hist[i][0..n_hist[i])
+ * (hist, n_hist may be NULL: none) and the draw a function of (params[i].seed, steps[i])
+ * alone, not of the rest of the batch. Greedy (temp <= 0) gives exactly what
+ * glm_sampler_sample gives from glm_ctx_logits; the other draws follow the same
+ * distribution, from a different generator. The rows must be distinct, and a decode's
+ * rows are sampled once. GLM_ERR_NOT_IMPLEMENTED (nothing done) where the context cannot
+ * sample these rows on its device (see glm_ctx_samples_on_device; also the rows of a
+ * decode's earlier passes, or a pass of more than 256 logits rows): sample on the host. */
+int glm_ctx_sample(glm_ctx *ctx, int n, const int32_t *rows, const glm_sampler_params *params,
+                   const uint64_t *steps, const int32_t *const *hist, const int *n_hist, int32_t *ids);
+/* 1 when glm_ctx_sample can work: a CUDA context of one rank; 0 otherwise. */
+int glm_ctx_samples_on_device(const glm_ctx *ctx);
 
 /* ---- tokenizer (tokenizer/) ---- */
 /* BEGIN tokenizer API */
@@ -353,6 +367,8 @@ typedef struct {
     int batch_tokens;              /* tokens one step feeds at most; 0 = the context's n_batch */
     int prefix_cache;              /* 1 = share full pages between requests by content */
     const glm_tokenizer *tok;      /* for text in the events and stop strings; NULL: ids only */
+    int host_sampling;             /* 1 = sample on the host even where the context could
+                                      on its device (glm_ctx_sample) */
 } glm_sched_params;
 
 typedef struct {
@@ -379,6 +395,7 @@ typedef struct {
     uint64_t generated_tokens;
     uint64_t preemptions;
     uint64_t finished;             /* requests ended (any reason) */
+    uint64_t device_sampled;       /* tokens sampled on the context's device (glm_ctx_sample) */
 } glm_sched_stats;
 
 glm_sched_params glm_sched_default_params(void);

@@ -36,6 +36,7 @@ typedef struct req {
     int n_hashed;
     int ignore_eos;
     glm_sampler *smp;
+    glm_sampler_params sp;     /* its parameters (sampling on the device) */
     char **stop;
     int n_stop;
     size_t max_stop;           /* longest stop string */
@@ -79,6 +80,12 @@ struct glm_sched {
     req **s_req;               /* [n_slots] requests sampled this step */
     int32_t *s_rows;           /* [n_slots] their batch rows */
     int32_t *s_out;
+    /* sampling on the context's device (glm_ctx_sample), when it can and host_sampling is 0 */
+    int dev;
+    glm_sampler_params *s_par; /* [n_slots] */
+    uint64_t *s_step;
+    const int32_t **s_hist;
+    int *s_nhist;
 };
 
 /* ---- hashing ---- */
@@ -250,7 +257,15 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->s_req = malloc((size_t)s->n_slots * sizeof *s->s_req);
     s->s_rows = malloc((size_t)s->n_slots * sizeof *s->s_rows);
     s->s_out = malloc((size_t)s->n_slots * sizeof *s->s_out);
-    if (!s->cache || !s->page_key || !s->lru_prev || !s->lru_next || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_rows || !s->s_out) {
+    s->dev = !p.host_sampling && glm_ctx_samples_on_device(ctx);
+    if (s->dev) {
+        s->s_par = malloc((size_t)s->n_slots * sizeof *s->s_par);
+        s->s_step = malloc((size_t)s->n_slots * sizeof *s->s_step);
+        s->s_hist = malloc((size_t)s->n_slots * sizeof *s->s_hist);
+        s->s_nhist = malloc((size_t)s->n_slots * sizeof *s->s_nhist);
+    }
+    if (!s->cache || !s->page_key || !s->lru_prev || !s->lru_next || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_rows || !s->s_out ||
+        (s->dev && (!s->s_par || !s->s_step || !s->s_hist || !s->s_nhist))) {
         glm_sched_free(s);
         return glm_err(GLM_ERR_OOM, "out of memory");
     }
@@ -269,6 +284,7 @@ void glm_sched_free(glm_sched *s) {
     free(s->cache); free(s->page_key); free(s->lru_prev); free(s->lru_next); free(s->slot);
     free(s->b_tok); free(s->b_seq); free(s->b_logits); free(s->b_req); free(s->order);
     free(s->s_req); free(s->s_rows); free(s->s_out);
+    free(s->s_par); free(s->s_step); free(s->s_hist); free(s->s_nhist);
     free(s);
 }
 
@@ -306,6 +322,7 @@ int glm_sched_submit(glm_sched *s, const glm_request *q, int64_t *id) {
     r->tok = malloc((size_t)r->cap * sizeof *r->tok);
     r->ph = malloc(((size_t)r->cap / PAGE + 1) * sizeof *r->ph);
     r->smp = glm_sampler_new(&q->sampling);
+    r->sp = q->sampling;
     r->stop = q->n_stop ? calloc((size_t)q->n_stop, sizeof *r->stop) : NULL;
     int bad = !r->tok || !r->ph || !r->smp || (q->n_stop && !r->stop);
     for (int i = 0; !bad && i < q->n_stop; i++) {
@@ -455,8 +472,22 @@ static int admit(glm_sched *s) {
  * rows[i] of the step just run: out[i] = token of rq[i]. The one place sampling happens,
  * once a step over the whole batch, so that a sampler on the device can take it over:
  * it needs each request's sampling parameters, its generated tokens (the penalties'
- * history) and its sampler state, and gives back only the token ids. */
+ * history) and its sampler state, and gives back only the token ids. On a device that
+ * samples (glm_ctx_sample) the state is (seed, tokens generated so far): a request's draws
+ * do not depend on the rest of the batch, and a preempted one draws the same again. */
 static int sample_batch(glm_sched *s, int n, req **rq, const int32_t *rows, int32_t *out) {
+    if (s->dev && n > 0) {
+        for (int i = 0; i < n; i++) {
+            const req *r = rq[i];
+            s->s_par[i] = r->sp;
+            s->s_step[i] = (uint64_t)r->n_gen;
+            s->s_hist[i] = r->tok + r->n_prompt;
+            s->s_nhist[i] = r->n_gen;
+        }
+        int rc = glm_ctx_sample(s->ctx, n, rows, s->s_par, s->s_step, s->s_hist, s->s_nhist, out);
+        if (!rc) s->st.device_sampled += (uint64_t)n;
+        if (rc != GLM_ERR_NOT_IMPLEMENTED) return rc;  /* else these rows are not on the device: the host samples */
+    }
     for (int i = 0; i < n; i++) {
         req *r = rq[i];
         const float *logits = glm_ctx_logits(s->ctx, rows[i]);
