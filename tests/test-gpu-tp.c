@@ -23,9 +23,11 @@
  * NCCL with one rank through the whole path: one process as rank 0 of a world of 1
  * (dist_init file:, RANK=0 WORLD_SIZE=1): rendezvous, communicator, graph-captured
  * all-reduces and logits gather, teardown; its logits equal --tp 1's within 1e-6.
+ * glm-run --tp 8 --gpus 0 announces the shared-GPU mode and continues as --tp 1 does.
  * GLM_TEST_QUICK=1 leaves out the full-width slice (for compute-sanitizer). */
 #include "glm.h"
 #include "test.h"
+#include "tool-run.h"
 #include "refs.h"
 
 #include <stdint.h>
@@ -335,6 +337,23 @@ TEST(full_width_tp8) {
     free(one);
     free(got);
     glm_model_free(m);
+}
+
+/* The tools: glm-run --tp 8 on one GPU announces the shared-GPU mode and, with float32
+ * activations, continues greedily with the ids of --tp 1. */
+TEST(glm_run_tp8_one_gpu) {
+    const char *B = tool_bin();
+    tool_result a = {0}, b = {0};
+    const char *env = "GLM_CUDA_GEMV_MAX=100000 GLM_CUDA_MMA_MIN=100000 GLM_CUDA_GEMV_MMA=0";
+    const char *args = "-m tests/data/tiny-tp/fp8ch --device cuda --prompt-ids 5,17,33,2,9,101 --print-ids -n 24 --temp 0";
+    CHECK_MSG(run_tool(&a, "%s %s/glm-run %s --tp 1", env, B, args) == 0, "%s", a.err);
+    CHECK_MSG(run_tool(&b, "%s %s/glm-run %s --tp 8 --gpus 0 --moe-split ep", env, B, args) == 0, "%s", b.err);
+    fprintf(stderr, "  --tp 1: %s  --tp 8: %s", a.out ? a.out : "", b.out ? b.out : "");
+    CHECK(a.out && b.out && !strcmp(a.out, b.out));
+    CHECK_MSG(b.err && strstr(b.err, "8 tensor-parallel ranks on GPU 0") && strstr(b.err, "shared-GPU mode: 8 ranks on 1 GPU"),
+              "%s", b.err);
+    tool_result_free(&a);
+    tool_result_free(&b);
 }
 
 int main(void) {
