@@ -352,6 +352,15 @@ TEST(glm_run_tp8_one_gpu) {
     CHECK(a.out && b.out && !strcmp(a.out, b.out));
     CHECK_MSG(b.err && strstr(b.err, "8 tensor-parallel ranks on GPU 0") && strstr(b.err, "shared-GPU mode: 8 ranks on 1 GPU"),
               "%s", b.err);
+    tool_result_free(&b);
+    /* one process as rank 0 of a world of one (--dist-init): NCCL, graphs, the same ids */
+    char spec[64];
+    snprintf(spec, sizeof spec, "/tmp/glm-test-run-id-%d", (int)getpid());
+    CHECK_MSG(run_tool(&b, "RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 %s %s/glm-run %s --dist-init file:%s", env, B, args, spec) == 0,
+              "%s", b.err);
+    unlink(spec);
+    fprintf(stderr, "  --dist-init, a world of one: %s", b.out ? b.out : "");
+    CHECK(a.out && b.out && !strcmp(a.out, b.out));
     tool_result_free(&a);
     tool_result_free(&b);
 }
