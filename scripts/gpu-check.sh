@@ -7,7 +7,8 @@
 # usage: scripts/gpu-check.sh [quick|fast|tests|tp|spec]  quick: no benchmark; fast: a shorter one;
 #        tests: the GPU tests alone (GPU_TESTS="test-gpu-tp ..." picks them; default all);
 #        tp: the GPU tests, memcheck of test-gpu-tp and the tensor-parallel benchmarks;
-#        spec: the GPU tests and the speculative-decoding benchmarks
+#        spec: the GPU tests and the speculative-decoding benchmarks; final: the GPU tests,
+#        memcheck of test-gpu-tp, serving at 64 requests against -b 64, and spec's benchmarks
 # env:   FUZZ_SECONDS, FUZZ_BUILD  run the libFuzzer binaries of FUZZ_BUILD that long beside the tests
 #        GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
 #        GLM_U8=DIR  a utf8proc include/ + lib/ tree when the machine has none
@@ -87,7 +88,23 @@ if [ "$MODE" = tests ]; then
 fi
 
 # spec: speculative decoding on the GPU: glm-tiny (its trained MTP layer) at --draft 0 and
-# 2, and the verify step of 3 tokens on the synthetic slice
+# 2, and the verify step of 3 tokens on the synthetic slice; final: memcheck of the
+# tensor-parallel tests, those, and the serving throughput at 64 requests against -b 64
+if [ "$MODE" = final ] && command -v compute-sanitizer >/dev/null; then
+  t0=$(date +%s)
+  GLM_TEST_QUICK=1 GLM_TEST_ONLY='[tf]*' compute-sanitizer --tool memcheck --error-exitcode 3 build/tests/test-gpu-tp \
+    > "$OUT/sanitizer-tp.log" 2>&1
+  note "memcheck (test-gpu-tp, tiny, shared-GPU ranks): exit $?, $(grep 'ERROR SUMMARY' "$OUT/sanitizer-tp.log" | tail -1), $(grep 'passed, ' "$OUT/sanitizer-tp.log" | tail -1) ($(( $(date +%s) - t0 )) s)"
+fi
+if [ "$MODE" = final ]; then
+  t0=$(date +%s)
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch -p 0 -n 128 -b 64 -r 2 -o md > "$OUT/bench-serve.md" 2>> "$OUT/bench-serve.err"
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe --serve -np 64 --requests 64 --in 128 --out 128 \
+    -o md >> "$OUT/bench-serve.md" 2>> "$OUT/bench-serve.err"
+  note "bench serve -np 64 vs -b 64: exit $? ($(( $(date +%s) - t0 )) s)"
+  cat "$OUT/bench-serve.md" >> "$summary"
+  MODE=spec
+fi
 if [ "$MODE" = spec ]; then
   for d in 0 2; do
     t0=$(date +%s)
