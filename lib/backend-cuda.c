@@ -77,7 +77,10 @@ typedef struct {
     cudaStream_t copy_st;
     cudaEvent_t ev_slice, ev_copied;
 
-    /* weights */
+    /* weights, and the load's progress (params.progress) */
+    glm_progress_fn progress;
+    void *progress_user;
+    uint64_t up_done, up_total;
     uint8_t *arena;
     size_t arena_bytes, arena_used;
     cu_moe *moe;                 /* [n_layer] */
@@ -376,7 +379,20 @@ static uint64_t g_seed = 0x5eed;
 
 /* Uploads (or generates) w's data at dst and its float32 scales at sdst.
  * kind: 0 matrix, 1 norm vector (ones), 2 small vector (biases). */
+static int upload_one(cu_impl *c, glm_weight *w, void *dst, float *sdst, int kind);
+static size_t w_arena_bytes(const glm_weight *w, int kind);
+
+/* Uploads w (upload_one) and reports the bytes done to params.progress; its non-zero
+ * answer cancels the load. */
 static int upload(cu_impl *c, glm_weight *w, void *dst, float *sdst, int kind) {
+    RUN(upload_one(c, w, dst, sdst, kind));
+    c->up_done += w_arena_bytes(w, kind);
+    if (c->progress && c->progress(c->up_done, c->up_total, c->progress_user))
+        return glm_err(GLM_ERR_IO, "loading the weights onto GPU %d: cancelled", c->gpu);
+    return GLM_OK;
+}
+
+static int upload_one(cu_impl *c, glm_weight *w, void *dst, float *sdst, int kind) {
     const int dt = w_dev_dtype(w), sk = w_scale_kind(w);
     const size_t n = (size_t)(w->rows * w->cols);
     w->dev = dst;
@@ -656,6 +672,10 @@ static int cu_load(glm_backend *be, glm_model *m) {
     c->moe = calloc((size_t)m->hp.n_layer + 1, sizeof(cu_moe));
     if (!c->moe) return glm_err(GLM_ERR_OOM, "out of memory");
     c->synthetic = m->tok_embd.data == NULL;
+    c->progress = be->params.progress;
+    c->progress_user = be->params.progress_user;
+    c->up_done = 0;
+    c->up_total = need;
     int rc = walk_weights(c, m, mtp, 1, &need);
     if (rc) { clear_model_dev(m); return rc; }
     CK(cudaStreamSynchronize(c->st));

@@ -142,6 +142,10 @@ typedef struct {
                            RANK, WORLD_SIZE (the ranks) and LOCAL_RANK (this process's GPU, or
                            its index in gpus) come from the environment. Every process gathers
                            the whole logits. NULL: one process */
+    glm_progress_fn progress;  /* CUDA: called as the weights go onto the GPUs (bytes done and
+                           total over all ranks, from the loading threads one at a time);
+                           non-zero cancels. NULL: quiet */
+    void *progress_user;
     int tp_solo;        /* with n_tp > 1: make and run rank 0's slice alone, collectives
                            skipped: a rank's own step for projections (glm-bench); the logits
                            are not the model's */

@@ -172,6 +172,30 @@ typedef struct {
     char msg[640];
 } rank_load;
 
+/* The ranks' upload progress, summed over the ranks for the caller's callback. */
+typedef struct {
+    pthread_mutex_t mu;
+    const glm_ctx_params *p;
+    uint64_t done[GLM_COMM_MAX_RANKS], total;
+    int cancelled;
+} load_progress;
+
+typedef struct { load_progress *lp; int r; } rank_progress_arg;
+
+static int rank_progress(uint64_t done, uint64_t total, void *user) {
+    rank_progress_arg *a = user;
+    load_progress *lp = a->lp;
+    (void)total;
+    pthread_mutex_lock(&lp->mu);
+    lp->done[a->r] = done;
+    uint64_t sum = 0;
+    for (int r = 0; r < GLM_COMM_MAX_RANKS; r++) sum += lp->done[r];
+    if (!lp->cancelled && lp->p->progress(sum, lp->total, lp->p->progress_user)) lp->cancelled = 1;
+    const int stop = lp->cancelled;
+    pthread_mutex_unlock(&lp->mu);
+    return stop;
+}
+
 /* Makes rank r's CUDA backend on its GPU: the upload of its slice. Returns NULL. */
 static void *load_main(void *arg) {
     rank_load *a = arg;
@@ -187,13 +211,27 @@ static int load_cuda_ranks(glm_tp *tp, const glm_ctx_params *p) {
     rank_load a[GLM_COMM_MAX_RANKS];
     pthread_t th[GLM_COMM_MAX_RANKS];
     int started[GLM_COMM_MAX_RANKS] = {0};
-    for (int r = 0; r < tp->n; r++) a[r] = (rank_load){ tp, p, r, 0, "" };
+    /* one progress over all ranks: each rank reports its own bytes into the sum */
+    load_progress lp;
+    memset(&lp, 0, sizeof lp);
+    pthread_mutex_init(&lp.mu, NULL);
+    lp.p = p;
+    rank_progress_arg pa[GLM_COMM_MAX_RANKS];
+    glm_ctx_params rp[GLM_COMM_MAX_RANKS];
+    for (int r = 0; r < tp->n; r++) {
+        lp.total += glm_backend_cuda_weight_bytes(&tp->views[r]);
+        pa[r] = (rank_progress_arg){ &lp, r };
+        rp[r] = *p;
+        if (p->progress) { rp[r].progress = rank_progress; rp[r].progress_user = &pa[r]; }
+    }
+    for (int r = 0; r < tp->n; r++) a[r] = (rank_load){ tp, &rp[r], r, 0, "" };
     for (int r = 1; r < tp->n; r++) started[r] = pthread_create(&th[r], NULL, load_main, &a[r]) == 0;
     load_main(&a[0]);
     for (int r = 1; r < tp->n; r++) {
         if (started[r]) pthread_join(th[r], NULL);
         else load_main(&a[r]);
     }
+    pthread_mutex_destroy(&lp.mu);
     for (int r = 0; r < tp->n; r++)
         if (a[r].rc) return glm_err(a[r].rc, "rank %d (GPU %d): %s", tp->first + r, tp->gpu[r], a[r].msg);
     return GLM_OK;

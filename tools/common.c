@@ -354,6 +354,7 @@ int tool_tp_apply(const tool_tp_opts *o, const glm_model *m, glm_ctx_params *cp)
     cp->n_tp = n_tp;
     cp->moe_split = split_for(o, hp, n_tp);
     cp->dist_init = o->dist_init;
+    if (cp->device == GLM_DEVICE_CUDA) cp->progress = tool_progress;  /* the weights going onto the GPUs */
     if (cp->device != GLM_DEVICE_CUDA) {
         if (n_tp > 1)
             fprintf(stderr, "%s: %d tensor-parallel ranks as threads, routed experts split %s\n", prog, n_tp,
