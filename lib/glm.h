@@ -457,9 +457,11 @@ typedef struct {
 } glm_spec_stats;
 
 /* A speculative decoder over ctx (created with params.mtp = 1) drafting n_draft tokens a
- * step (1..GLM_SPEC_MAX_DRAFT). sp: temp <= 0 is greedy; temp, top_k, top_p and min_p
- * shape both the main model's and the draft's distributions; the penalties are not
- * implemented with speculative decoding (GLM_ERR_NOT_IMPLEMENTED). */
+ * step (1..GLM_SPEC_MAX_DRAFT). sp: temp <= 0 is greedy; the penalties, temp, top_k, top_p
+ * and min_p shape both the main model's and the draft's distributions as in
+ * glm_sampler_sample, the penalties over the sequence's tokens (the prompt, the tokens
+ * returned, then the drafts before the position), so that the output is the same as
+ * glm_sampler_sample's with that history (greedy: token for token). */
 int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_spec **out);
 void glm_spec_free(glm_spec *s);
 /* Feeds the prompt to sequence seq (empty) through the main model and the MTP layer and

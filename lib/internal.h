@@ -201,6 +201,12 @@ void glm_synthetic_release(void *owned);
 /* Parses config.json text into hp; path names the file in errors. */
 int glm_hparams_parse(const char *json, size_t len, const char *path, glm_hparams *hp);
 
+/* ---- sampling (lib/sampler.c) ---- */
+/* Applies p's repetition, presence and frequency penalties over the last repeat_last_n
+ * tokens of history[n_history] (all with -1; NULL or none on: l unchanged) to l[n_vocab]
+ * in place: the first step of glm_sampler_sample, shared with speculative decoding. */
+void glm_apply_penalties(float *l, int n_vocab, const glm_sampler_params *p, const int32_t *history, int n_history);
+
 /* ---- speculative decoding (lib/spec.c) ---- */
 /* The speculative-sampling rule for one drafted token x drawn from q: accepted when
  * u < p[x] / q[x] (u uniform in [0, 1)); otherwise the token drawn with u2 from

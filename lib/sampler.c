@@ -69,19 +69,8 @@ static void sift_down(int32_t *h, int n, int i, const float *l) {
     }
 }
 
-int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab, const int32_t *history, int n_history) {
-    if (n_vocab > s->cap) {
-        float *w = realloc(s->work, (size_t)n_vocab * sizeof *w);
-        int32_t *ix = realloc(s->idx, (size_t)n_vocab * sizeof *ix);
-        if (w) s->work = w;
-        if (ix) s->idx = ix;
-        if (!w || !ix) return glm_err(GLM_ERR_OOM, "out of memory");
-        s->cap = n_vocab;
-    }
-    float *l = s->work;
-    memcpy(l, logits, (size_t)n_vocab * sizeof *l);
-    const glm_sampler_params *p = &s->p;
-    /* penalties over the last repeat_last_n tokens */
+/* Penalties over the last repeat_last_n tokens of history. */
+void glm_apply_penalties(float *l, int n_vocab, const glm_sampler_params *p, const int32_t *history, int n_history) {
     int h0 = p->repeat_last_n < 0 || p->repeat_last_n > n_history ? 0 : n_history - p->repeat_last_n;
     if (history && n_history > h0 && (p->repeat_penalty != 1.0f || p->presence_penalty != 0 || p->frequency_penalty != 0)) {
         for (int i = h0; i < n_history; i++) {
@@ -95,6 +84,21 @@ int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab, con
             l[t] -= (float)count * p->frequency_penalty + p->presence_penalty;
         }
     }
+}
+
+int32_t glm_sampler_sample(glm_sampler *s, const float *logits, int n_vocab, const int32_t *history, int n_history) {
+    if (n_vocab > s->cap) {
+        float *w = realloc(s->work, (size_t)n_vocab * sizeof *w);
+        int32_t *ix = realloc(s->idx, (size_t)n_vocab * sizeof *ix);
+        if (w) s->work = w;
+        if (ix) s->idx = ix;
+        if (!w || !ix) return glm_err(GLM_ERR_OOM, "out of memory");
+        s->cap = n_vocab;
+    }
+    float *l = s->work;
+    memcpy(l, logits, (size_t)n_vocab * sizeof *l);
+    const glm_sampler_params *p = &s->p;
+    glm_apply_penalties(l, n_vocab, p, history, n_history);
     if (p->temp <= 0) {
         int32_t best = 0;
         for (int i = 1; i < n_vocab; i++) if (l[i] > l[best]) best = i;

@@ -14,7 +14,10 @@
  *      correction, or the bonus token after N acceptances);
  *   4. cuts the cache back to M + 1 + k tokens (k accepted) and runs the MTP layer over
  *      positions M..M+k with the verified hidden states, which rewrites the rows the
- *      drafts wrote and leaves the next step's draft logits ready. */
+ *      drafts wrote and leaves the next step's draft logits ready.
+ * With penalties on, every distribution (the draft's q_j, the main model's p_j, greedy's
+ * argmax) is taken after glm_apply_penalties over the sequence's history as the sampler
+ * sees it without drafting: the prompt, the tokens returned, then d_1..d_{j-1}. */
 #include "backend.h"
 #include "scheduler.h"
 
@@ -27,6 +30,9 @@ typedef struct {
     int32_t next;      /* the last token returned (not in the cache) */
     float *qlog;       /* [V] the MTP layer's logits for the token after next */
     float *g;          /* [D] the MTP layer's last output hidden state */
+    int32_t *hist;     /* [cap_hist] with penalties on: the sequence's last tokens (the prompt
+                          and those returned, next included; the last repeat_last_n) */
+    int n_hist, cap_hist;
 } seq_state;
 
 struct glm_spec {
@@ -44,6 +50,8 @@ struct glm_spec {
     float *dg, *dlog;  /* [D], [V] the MTP layer's output and logits for drafts 2..N (the
                           sequence's own, g and qlog, stay as they are until the step succeeds) */
     float *p;          /* [V] a main-model distribution */
+    float *pl;         /* [V] penalised logits */
+    int pen;           /* a penalty is on */
     int32_t *idx;      /* [V] sort scratch */
     int32_t *toks;     /* [n_draft + 1] */
     int8_t *want;      /* [n_draft + 1] */
@@ -143,8 +151,6 @@ int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_sp
     if (cp->n_batch < n_draft + 1)
         return glm_err(GLM_ERR_ARG, "n_batch %d is less than the %d rows a verify step needs", cp->n_batch, n_draft + 1);
     glm_sampler_params p = sp ? *sp : glm_sampler_default_params();
-    if (p.temp > 0 && (p.repeat_penalty != 1.0f || p.presence_penalty != 0 || p.frequency_penalty != 0))
-        return glm_err(GLM_ERR_NOT_IMPLEMENTED, "repetition, presence and frequency penalties with speculative decoding: not implemented");
     glm_spec *s = calloc(1, sizeof *s);
     if (!s) return glm_err(GLM_ERR_OOM, "out of memory");
     s->ctx = ctx;
@@ -163,10 +169,12 @@ int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_sp
     s->dg = malloc((size_t)s->D * sizeof(float));
     s->dlog = malloc((size_t)s->V * sizeof(float));
     s->p = malloc((size_t)s->V * sizeof(float));
+    s->pl = malloc((size_t)s->V * sizeof(float));
+    s->pen = p.repeat_penalty != 1.0f || p.presence_penalty != 0 || p.frequency_penalty != 0;
     s->idx = malloc((size_t)s->V * sizeof(int32_t));
     s->toks = malloc((size_t)(n_draft + 1) * sizeof(int32_t));
     s->want = malloc((size_t)(n_draft + 1));
-    int ok = s->seqs && s->hid && s->q && s->dg && s->dlog && s->p && s->idx && s->toks && s->want;
+    int ok = s->seqs && s->hid && s->q && s->dg && s->dlog && s->p && s->pl && s->idx && s->toks && s->want;
     for (int i = 0; ok && i < s->n_seq; i++) {
         s->seqs[i].qlog = malloc((size_t)s->V * sizeof(float));
         s->seqs[i].g = malloc((size_t)s->D * sizeof(float));
@@ -179,21 +187,55 @@ int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_sp
 
 void glm_spec_free(glm_spec *s) {
     if (!s) return;
-    for (int i = 0; s->seqs && i < s->n_seq; i++) { free(s->seqs[i].qlog); free(s->seqs[i].g); }
+    for (int i = 0; s->seqs && i < s->n_seq; i++) { free(s->seqs[i].qlog); free(s->seqs[i].g); free(s->seqs[i].hist); }
     free(s->seqs);
     free(s->hid);
     free(s->q);
     free(s->dg);
     free(s->dlog);
     free(s->p);
+    free(s->pl);
     free(s->idx);
     free(s->toks);
     free(s->want);
     free(s);
 }
 
-/* The main model's (or the draft's) pick from logits l: argmax when greedy, else a draw
- * from dist(l), whose probabilities are left in p. */
+/* The logits l after the penalties over seq's history followed by the n_d tokens written
+ * after it (the drafts before the position): l itself when no penalty is on, else s->pl. */
+static const float *penalised(glm_spec *s, const seq_state *q, const float *l, int n_d) {
+    if (!s->pen) return l;
+    memcpy(s->pl, l, (size_t)s->V * sizeof *s->pl);
+    glm_apply_penalties(s->pl, s->V, &s->sp, q->hist, q->n_hist + n_d);
+    return s->pl;
+}
+
+/* Makes room for n tokens in seq's history (with penalties on). */
+static int hist_reserve(glm_spec *s, seq_state *q, int n) {
+    if (!s->pen || n <= q->cap_hist) return GLM_OK;
+    int cap = q->cap_hist ? q->cap_hist : 64;
+    while (cap < n) cap *= 2;
+    int32_t *h = realloc(q->hist, (size_t)cap * sizeof *h);
+    if (!h) return glm_err(GLM_ERR_OOM, "out of memory");
+    q->hist = h;
+    q->cap_hist = cap;
+    return GLM_OK;
+}
+
+/* Takes the n tokens written after seq's history into it, keeping the last repeat_last_n
+ * (the penalties' window; all with -1). */
+static void hist_commit(glm_spec *s, seq_state *q, int n) {
+    if (!s->pen) return;
+    q->n_hist += n;
+    const int w = s->sp.repeat_last_n;
+    if (w >= 0 && q->n_hist > w) {
+        memmove(q->hist, q->hist + (q->n_hist - w), (size_t)w * sizeof *q->hist);
+        q->n_hist = w;
+    }
+}
+
+/* The main model's (or the draft's) pick from logits l (already penalised): argmax when
+ * greedy, else a draw from dist(l), whose probabilities are left in p. */
 static int32_t pick(glm_spec *s, const float *l, float *p) {
     if (s->sp.temp <= 0) return argmax(l, s->V);
     dist(s, l, p);
@@ -226,6 +268,9 @@ int glm_spec_prefill(glm_spec *s, int seq, const int32_t *prompt, int n, int32_t
         return glm_err(GLM_ERR_ARG, "sequence %d is not empty", seq);
     seq_state *q = &s->seqs[seq];
     q->active = 0;
+    q->n_hist = 0;
+    if (hist_reserve(s, q, n + 1)) return GLM_ERR_OOM;
+    if (s->pen) memcpy(q->hist, prompt, (size_t)n * sizeof *prompt);
     const int nb = glm_ctx_params_of(s->ctx)->n_batch;
     int32_t *shifted = malloc((size_t)n * sizeof *shifted);
     if (!shifted) return glm_err(GLM_ERR_OOM, "out of memory");
@@ -245,12 +290,14 @@ int glm_spec_prefill(glm_spec *s, int seq, const int32_t *prompt, int n, int32_t
         rc = glm_ctx_decode_hidden(s->ctx, &b, s->hid);
         free(sq);
         if (rc) break;
-        if (i + k == n) q->next = pick(s, glm_ctx_logits(s->ctx, k - 1), s->p);
+        if (i + k == n) q->next = pick(s, penalised(s, q, glm_ctx_logits(s->ctx, k - 1), n), s->p);
         for (int t = 0; t < k; t++) shifted[t] = i + t + 1 < n ? prompt[i + t + 1] : q->next;
         rc = mtp_catch_up(s, seq, i, k, shifted, s->hid);
     }
     free(shifted);
     if (rc) { glm_ctx_seq_clear(s->ctx, seq); return rc; }
+    if (s->pen) q->hist[n] = q->next;
+    hist_commit(s, q, n + 1);
     q->active = 1;
     *first = q->next;
     return GLM_OK;
@@ -267,7 +314,8 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
     int N = s->n_draft < n_ctx - M - 1 ? s->n_draft : n_ctx - M - 1;   /* drafts that fit the context */
     const int greedy = s->sp.temp <= 0;
     const uint64_t rng0 = s->rng;   /* restored when the step fails: a retry draws the same */
-    int rc = GLM_OK;
+    int rc = hist_reserve(s, q, q->n_hist + N + 1);   /* d_j is written at hist[n_hist + j - 1] */
+    if (rc) return rc;
     /* 1. draft d_1..d_N: q_j in s->q + (j-1)*V; d_1 from the sequence's qlog, the others
      * from the MTP layer's outputs in dg, dlog */
     s->toks[0] = q->next;
@@ -279,7 +327,8 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
             if (rc) break;
             lg = s->dlog;
         }
-        s->toks[j] = pick(s, lg, qj);
+        s->toks[j] = pick(s, penalised(s, q, lg, j - 1), qj);
+        if (s->pen) q->hist[q->n_hist + j - 1] = s->toks[j];
     }
     if (rc) {   /* a draft step failed: give back what the drafts wrote; the state before stays */
         glm_ctx_seq_truncate(s->ctx, seq, M);
@@ -302,7 +351,7 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
     int k = 0;
     int32_t nt = -1;
     for (int j = 1; j <= N && nt < 0; j++) {
-        const float *l = glm_ctx_logits(s->ctx, j - 1);
+        const float *l = penalised(s, q, glm_ctx_logits(s->ctx, j - 1), j - 1);
         const int32_t d = s->toks[j];
         if (greedy) {
             const int32_t a = argmax(l, V);
@@ -317,7 +366,7 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
             else nt = t;
         }
     }
-    if (nt < 0) nt = pick(s, glm_ctx_logits(s->ctx, N), s->p);   /* every draft accepted: the bonus token */
+    if (nt < 0) nt = pick(s, penalised(s, q, glm_ctx_logits(s->ctx, N), N), s->p);   /* every draft accepted: the bonus token */
     s->st.steps++;
     s->st.drafted += (uint64_t)N;
     s->st.accepted += (uint64_t)k;
@@ -328,6 +377,8 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
     out[k] = nt;
     *n_out = k + 1;
     q->next = nt;
+    if (s->pen) q->hist[q->n_hist + k] = nt;   /* after the k accepted drafts already there */
+    hist_commit(s, q, k + 1);
     rc = mtp_catch_up(s, seq, M, k + 1, out, s->hid);
     if (rc) q->active = 0;   /* the sequence's MTP state is gone: prefill again */
     return rc;

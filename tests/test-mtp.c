@@ -1,8 +1,9 @@
 /* test-mtp.c - the MTP (next-token prediction) layer and speculative decoding on the CPU:
  * the draft head's logits against a plain PyTorch reference (scripts/mtp-ref.py), greedy
  * output with --draft 1, 2, 3 token for token equal to plain decoding (through the library
- * and through glm-run), the rejection rule giving the main model's distribution
- * (chi-square; a wrong rule fails it), rollback leaving no page held, both FP8 formats,
+ * and through glm-run), with and without the repetition, presence and frequency penalties,
+ * the rejection rule giving the main model's distribution, penalised or not (chi-square; a
+ * wrong rule, penalties left out or a token missing from their history fail it), rollback leaving no page held, both FP8 formats,
  * and bad MTP tensors rejected by name. */
 #include "backend.h"
 #include "scheduler.h"
@@ -82,25 +83,66 @@ TEST(mtp_logits_match_reference) {
 
 /* ---- greedy equality ---- */
 
+/* The penalties the greedy and glm-run tests use (repeat_last_n 32: shorter than most
+ * prompts, so the window cuts), and stronger ones for the distribution tests. */
+static glm_sampler_params with_penalties(int last_n) {
+    glm_sampler_params sp = glm_sampler_default_params();
+    sp.repeat_penalty = 1.3f;
+    sp.presence_penalty = 0.5f;
+    sp.frequency_penalty = 0.2f;
+    sp.repeat_last_n = last_n;
+    return sp;
+}
+
+/* Plain decoding of prompt[n] with glm_sampler_sample under sp (greedy at temp 0), the
+ * history as glm-run passes it (the prompt, then the tokens generated): out[G]. */
+static int plain_sampled(glm_ctx *c, const glm_sampler_params *sp, const int32_t *prompt, int n, int G, int32_t *out) {
+    const int V = glm_ctx_model(c)->hp.n_vocab;
+    int32_t *h = malloc(sizeof(int32_t) * (size_t)(n + G));
+    glm_sampler *smp = glm_sampler_new(sp);
+    int rc = h && smp ? 0 : -1;
+    if (!rc) memcpy(h, prompt, sizeof(int32_t) * (size_t)n);
+    glm_ctx_seq_clear(c, 0);
+    glm_batch b = { n, prompt, NULL, NULL };
+    if (!rc && glm_ctx_decode(c, &b)) rc = -1;
+    for (int i = 0, last = n - 1; !rc && i < G; i++, last = 0) {
+        out[i] = h[n + i] = glm_sampler_sample(smp, glm_ctx_logits(c, last), V, h, n + i);
+        if (out[i] < 0) rc = -1;
+        if (rc || i + 1 == G) break;
+        glm_batch b1 = { 1, &out[i], NULL, NULL };
+        if (glm_ctx_decode(c, &b1)) rc = -1;
+    }
+    glm_ctx_seq_clear(c, 0);
+    glm_sampler_free(smp);
+    free(h);
+    return rc;
+}
+
 /* Greedy speculative output equals plain decoding on n_prompts prompts at draft 1, 2, 3;
- * with mimic, drafts get accepted (the accept, bonus and rollback paths). */
-static void greedy_equal(int mimic, int n_prompts, int G) {
+ * with mimic, drafts get accepted (the accept, bonus and rollback paths). pen: the
+ * penalties (the same on both sides; plain decoding through glm_sampler_sample), or NULL. */
+static void greedy_equal(int mimic, int n_prompts, int G, const glm_sampler_params *pen) {
     glm_model *m = load_mtp(DIR);
     if (!m) return;
     float *buf = mimic ? mtp_mimic(m) : NULL;
     glm_ctx *c = new_ctx(m, 256, 64);
     const int V = m->hp.n_vocab;
     int32_t prompt[128], want[64], got[64];
-    int bad = 0;
+    int bad = 0, changed = 0;
     for (int nd = 1; c && nd <= 3; nd++) {
-        glm_sampler_params sp = glm_sampler_default_params();
+        glm_sampler_params sp = pen ? *pen : glm_sampler_default_params();
         sp.temp = 0;
         glm_spec *s = NULL;
         CHECK_MSG(glm_spec_new(c, nd, &sp, &s) == GLM_OK, "%s", glm_last_error());
         if (!s) break;
         for (int i = 0; i < n_prompts; i++) {
             const int n = make_prompt(i, V, prompt);
-            CHECK(plain_greedy(c, prompt, n, G, want) == 0);
+            CHECK((pen ? plain_sampled(c, &sp, prompt, n, G, want) : plain_greedy(c, prompt, n, G, want)) == 0);
+            if (pen && nd == 1) {   /* the penalties change the output (of most prompts) */
+                int32_t bare[64];
+                CHECK(plain_greedy(c, prompt, n, G, bare) == 0);
+                changed += memcmp(bare, want, sizeof(int32_t) * G) != 0;
+            }
             int rc = spec_greedy(s, c, prompt, n, G, got);
             CHECK_MSG(rc == 0, "draft %d prompt %d: %s", nd, i, glm_last_error());
             if (rc == 0 && memcmp(want, got, sizeof(int32_t) * G) && bad++ < 3) {
@@ -111,21 +153,47 @@ static void greedy_equal(int mimic, int n_prompts, int G) {
         }
         glm_spec_stats st;
         glm_spec_get_stats(s, &st);
-        fprintf(stderr, "  draft %d%s: %llu steps, %llu of %llu drafts accepted (%.3f), %.2f tokens a step\n", nd,
-                mimic ? " (mimic)" : "", (unsigned long long)st.steps, (unsigned long long)st.accepted,
+        fprintf(stderr, "  draft %d%s%s: %llu steps, %llu of %llu drafts accepted (%.3f), %.2f tokens a step\n", nd,
+                mimic ? " (mimic)" : "", pen ? (pen->repeat_last_n < 0 ? " (penalties, all)" : " (penalties, window)") : "", (unsigned long long)st.steps, (unsigned long long)st.accepted,
                 (unsigned long long)st.drafted, st.drafted ? (double)st.accepted / st.drafted : 0.0,
                 st.steps ? (double)st.emitted / st.steps : 0.0);
         if (mimic) CHECK(st.accepted > 0);
         glm_spec_free(s);
     }
     CHECK(bad == 0);
+    if (pen) {
+        fprintf(stderr, "  the penalties change %d of %d greedy continuations\n", changed, n_prompts);
+        CHECK(changed >= n_prompts / 2);
+    }
     glm_ctx_free(c);
     glm_model_free(m);
     free(buf);
 }
 
-TEST(greedy_draft_equals_plain) { greedy_equal(0, 50, 24); }
-TEST(greedy_draft_equals_plain_accepting) { greedy_equal(1, 50, 24); }
+TEST(greedy_draft_equals_plain) { greedy_equal(0, 50, 24, NULL); }
+TEST(greedy_draft_equals_plain_accepting) { greedy_equal(1, 50, 24, NULL); }
+
+/* Greedy with the repetition, presence and frequency penalties (a window of 32, then all
+ * the history): --draft 1, 2, 3 gives glm_sampler_sample's greedy output token for token. */
+TEST(greedy_draft_with_penalties_equals_plain) {
+    glm_sampler_params sp = with_penalties(32);
+    greedy_equal(0, 40, 24, &sp);
+    sp.repeat_last_n = -1;
+    greedy_equal(0, 20, 24, &sp);
+}
+TEST(greedy_draft_with_penalties_equals_plain_accepting) {
+    glm_sampler_params sp = with_penalties(32);
+    greedy_equal(1, 40, 24, &sp);
+    sp.repeat_last_n = -1;
+    greedy_equal(1, 20, 24, &sp);
+    /* the mimic layer drafts the token before again, which penalties against repeats
+     * reject; penalties that favour repeats get drafts accepted under them */
+    sp.repeat_penalty = 0.8f;
+    sp.presence_penalty = -0.5f;
+    sp.frequency_penalty = -0.2f;
+    sp.repeat_last_n = 32;
+    greedy_equal(1, 40, 24, &sp);
+}
 
 /* Sampling through the whole path: drafts drawn from the draft distribution, accepted by
  * the rule, the cache rolled back; a fixed seed gives the same tokens twice. */
@@ -279,6 +347,150 @@ TEST(speculative_step_samples_main_distribution) {
             s ? (unsigned long long)st.accepted : 0ull, s ? (unsigned long long)st.drafted : 0ull);
     CHECK(df >= 21 && x < chi2_q999(df));
     CHECK(s && st.accepted > st.drafted / 10 && st.accepted < st.drafted);   /* both branches taken */
+    glm_spec_free(s);
+    glm_ctx_free(c);
+    glm_model_free(m);
+}
+
+/* The test's own statement of the penalties (llama.cpp's rules, as glm_sampler_sample
+ * documents them) over the last `last_n` of hist[n] (all with -1), applied to l[V]. */
+static void ref_penalties(double *l, int V, const glm_sampler_params *sp, const int32_t *hist, int n) {
+    const int h0 = sp->repeat_last_n < 0 || sp->repeat_last_n > n ? 0 : n - sp->repeat_last_n;
+    for (int t = 0; t < V; t++) {
+        int count = 0;
+        for (int i = h0; i < n; i++) count += hist[i] == t;
+        if (!count) continue;
+        l[t] = l[t] > 0 ? l[t] / sp->repeat_penalty : l[t] * sp->repeat_penalty;
+        l[t] -= count * sp->frequency_penalty + sp->presence_penalty;
+    }
+}
+
+/* p[8] = the main model's distribution after toks[n] at temperature 1, the penalties (pen)
+ * over toks[0..n_pen); ql: when not NULL, the MTP layer's logits for the same token (the
+ * hidden states of toks[0..n-1) and the tokens toks[1..n)), penalised the same, into q[8]. */
+static void ref_dist(glm_ctx *c, const int32_t *toks, int n, const glm_sampler_params *pen, int n_pen, double *p, double *q) {
+    const int D = glm_ctx_model(c)->hp.n_embd;
+    float h[16 * 64], g[64], ql[8];
+    glm_ctx_seq_clear(c, 0);
+    glm_batch b = { n, toks, NULL, NULL };
+    CHECK(n <= 16 && D <= 64 && glm_ctx_decode_hidden(c, &b, h) == GLM_OK);
+    for (int w = 0; w < (q ? 2 : 1); w++) {
+        const float *l = w ? ql : glm_ctx_logits(c, n - 1);
+        if (w) CHECK(glm_ctx_mtp_forward(c, 0, 0, n - 1, toks + 1, h, g, ql) == GLM_OK);
+        double x[8], mx = -INFINITY, sum = 0, *out = w ? q : p;
+        for (int i = 0; i < 8; i++) x[i] = l[i];
+        if (pen) ref_penalties(x, 8, pen, toks, n_pen);
+        for (int i = 0; i < 8; i++) mx = fmax(mx, x[i]);
+        for (int i = 0; i < 8; i++) sum += out[i] = exp(x[i] - mx);
+        for (int i = 0; i < 8; i++) out[i] /= sum;
+    }
+    glm_ctx_seq_clear(c, 0);
+}
+
+/* Chi-square of cnt[8] against p[8]; adds 7 to *df when the row has n >= 200 draws (a
+ * rarer context is left out). */
+static double chi2_row(const long *cnt, const double *p, int *df) {
+    long n = 0;
+    for (int i = 0; i < 8; i++) n += cnt[i];
+    if (n < 200) return 0;
+    double x = 0;
+    for (int i = 0; i < 8; i++) { double e = p[i] * n; x += (cnt[i] - e) * (cnt[i] - e) / e; }
+    *df += 7;
+    return x;
+}
+
+/* With the repetition, presence and frequency penalties on (strong, over a window that cuts
+ * the prompt): the tokens after the prompt, t (from the prefill) then a and b (from the
+ * steps, drafts accepted by the rule or resampled; --draft 2, so b is often the second
+ * draft, verified with a in its history), must follow the penalised main model:
+ * a ~ p(. | prompt t) and b ~ p(. | prompt t a), the penalties over the last 6 tokens. The
+ * same counts against the distributions without the penalties, and with the history one
+ * token short (t left out for a, a left out for b: a draft missing from the verified
+ * position's history), must fail. And the drafts' acceptance must be that of the penalised
+ * draft distribution q: sum min(p, q) for a's position, not that of an unpenalised q. */
+TEST(speculative_step_with_penalties_samples_main_distribution) {
+    glm_hparams hp;
+    CHECK(glm_preset("tiny", 1, &hp) == GLM_OK);
+    hp.n_vocab = 8; hp.n_embd = 16; hp.n_head = 2; hp.n_head_kv = 1; hp.head_dim = 8; hp.n_rot = 4;
+    hp.n_ff = 16; hp.n_ff_exp = 8; hp.n_expert = 2; hp.n_expert_used = 1; hp.n_dense_layer = 1; hp.n_ctx_train = 64;
+    hp.n_nextn = 1; hp.eos[0] = 7;
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/v8p", test_tmp);
+    CHECK_MSG(glm_synthetic_write(&hp, GLM_FMT_BF16, dir, 3, NULL, NULL) == GLM_OK, "%s", glm_last_error());
+    glm_model *m = load_mtp(dir);
+    glm_ctx *c = m ? new_ctx(m, 16, 8) : NULL;
+    if (!c) { glm_model_free(m); return; }
+    glm_sampler_params sp = glm_sampler_default_params();
+    sp.temp = 1; sp.top_k = 0; sp.top_p = 1; sp.min_p = 0; sp.seed = 1234;
+    sp.repeat_penalty = 1.5f; sp.presence_penalty = 0.6f; sp.frequency_penalty = 0.3f; sp.repeat_last_n = 6;
+    const int32_t prompt[8] = { 0, 4, 1, 2, 2, 3, 1, 2 };
+    /* the reference distributions: pa[t] after prompt t, pb[t][a] after prompt t a; the
+     * wrong ones without penalties (_0) and with the history one token short (_s); qa[t]
+     * the penalised draft distribution of a, qa0[t] without the penalties */
+    static double pa[8][8], pa0[8][8], pas[8][8], qa[8][8], qa0[8][8], pb[8][8][8], pb0[8][8][8], pbs[8][8][8];
+    int32_t seq[10];
+    memcpy(seq, prompt, sizeof prompt);
+    for (int t = 0; t < 8; t++) {
+        seq[8] = t;
+        ref_dist(c, seq, 9, &sp, 9, pa[t], qa[t]);
+        ref_dist(c, seq, 9, NULL, 0, pa0[t], qa0[t]);
+        ref_dist(c, seq, 9, &sp, 8, pas[t], NULL);
+        for (int a = 0; a < 8; a++) {
+            seq[9] = a;
+            ref_dist(c, seq, 10, &sp, 10, pb[t][a], NULL);
+            ref_dist(c, seq, 10, NULL, 0, pb0[t][a], NULL);
+            ref_dist(c, seq, 10, &sp, 9, pbs[t][a], NULL);
+        }
+    }
+    glm_spec *s = NULL;
+    CHECK_MSG(glm_spec_new(c, 2, &sp, &s) == GLM_OK, "%s", glm_last_error());
+    static long ca[8][8], cb[8][8][8];
+    long n_t[8] = {0}, acc1[8] = {0}, N = 40000;
+    for (long i = 0; s && i < N; i++) {
+        int32_t t, out[3], more[3];
+        int k, k2;
+        glm_spec_seq_clear(s, 0);
+        if (glm_spec_prefill(s, 0, prompt, 8, &t) || glm_spec_step(s, 0, out, &k)) { CHECK_MSG(0, "%s", glm_last_error()); break; }
+        n_t[t]++;
+        acc1[t] += k >= 2;   /* the first draft accepted */
+        if (k < 2) {
+            if (glm_spec_step(s, 0, more, &k2)) { CHECK_MSG(0, "%s", glm_last_error()); break; }
+            out[1] = more[0];
+        }
+        ca[t][out[0]]++;
+        cb[t][out[0]][out[1]]++;
+    }
+    double x[3] = {0};
+    int df[3] = {0};
+    for (int t = 0; t < 8; t++) {
+        x[0] += chi2_row(ca[t], pa[t], &df[0]);
+        x[1] += chi2_row(ca[t], pa0[t], &df[1]);
+        x[2] += chi2_row(ca[t], pas[t], &df[2]);
+        for (int a = 0; a < 8; a++) {
+            x[0] += chi2_row(cb[t][a], pb[t][a], &df[0]);
+            x[1] += chi2_row(cb[t][a], pb0[t][a], &df[1]);
+            x[2] += chi2_row(cb[t][a], pbs[t][a], &df[2]);
+        }
+    }
+    /* the first draft's acceptance: expected sum over t of n_t * sum_i min(p, q) */
+    double e = 0, v = 0, e0 = 0, v0 = 0, got = 0;
+    for (int t = 0; t < 8; t++) {
+        double r = 0, r0 = 0;
+        for (int i = 0; i < 8; i++) { r += fmin(pa[t][i], qa[t][i]); r0 += fmin(pa[t][i], qa0[t][i]); }
+        e += n_t[t] * r; v += n_t[t] * r * (1 - r);
+        e0 += n_t[t] * r0; v0 += n_t[t] * r0 * (1 - r0);
+        got += acc1[t];
+    }
+    const double z = (got - e) / sqrt(v), z0 = (got - e0) / sqrt(v0);
+    fprintf(stderr, "  with penalties: chi-square %.1f, df %d, bound %.1f; without the penalties %.1f (df %d), "
+            "the history one token short %.1f (df %d)\n", x[0], df[0], chi2_q999(df[0]), x[1], df[1], x[2], df[2]);
+    fprintf(stderr, "  first draft accepted %.0f of %ld: z %.2f against the penalised q (expected %.0f), %.1f against an "
+            "unpenalised q (expected %.0f)\n", got, N, z, e, z0, e0);
+    CHECK(df[0] >= 70 && x[0] < chi2_q999(df[0]));
+    CHECK(df[1] >= 70 && x[1] > chi2_q999(df[1]));   /* the test sees penalties left out */
+    CHECK(df[2] >= 70 && x[2] > chi2_q999(df[2]));   /* and a token missing from the history */
+    CHECK(fabs(z) < 4);
+    CHECK(fabs(z0) > 4);   /* the draft's penalties are seen in the acceptance */
     glm_spec_free(s);
     glm_ctx_free(c);
     glm_model_free(m);
@@ -545,7 +757,29 @@ TEST(glm_run_draft_equals_plain) {
         }
         tool_result_free(&base);
     }
+    /* with the penalties: --draft 2 the same text as without it, at --temp 0; and the
+     * penalties change it */
+#define PEN "--repeat-penalty 1.3 --presence-penalty 0.5 --frequency-penalty 0.2 --repeat-last-n 16"
+    for (int i = 0; i < 3; i++) {
+        tool_result base, bare, r;
+        CHECK(run_tool(&base, "%s/glm-run -m " DIR " --prompt-ids %s --print-ids --temp 0 -n 48 -t 1 " PEN, bin, prompts[i]) == 0);
+        CHECK(run_tool(&bare, "%s/glm-run -m " DIR " --prompt-ids %s --print-ids --temp 0 -n 48 -t 1", bin, prompts[i]) == 0);
+        CHECK(strcmp(base.out, bare.out) != 0);
+        for (int d = 1; d <= 3; d++) {
+            CHECK_MSG(run_tool(&r, "%s/glm-run -m " DIR " --prompt-ids %s --print-ids --temp 0 -n 48 -t 1 --draft %d " PEN, bin, prompts[i], d) == 0,
+                      "%s", r.err);
+            CHECK_MSG(strcmp(r.out, base.out) == 0, "--draft %d with penalties: %s vs %s", d, r.out, base.out);
+            tool_result_free(&r);
+        }
+        tool_result_free(&base);
+        tool_result_free(&bare);
+    }
     tool_result r;
+    /* sampling with the penalties and --draft: no longer refused */
+    CHECK_MSG(run_tool(&r, "%s/glm-run -m " DIR " --prompt-ids 5,17,99 --print-ids --temp 0.8 --seed 3 -n 24 -t 1 --draft 2 " PEN, bin) == 0, "%s", r.err);
+    CHECK(strstr(r.err, "acceptance") != NULL);
+    tool_result_free(&r);
+#undef PEN
     CHECK(run_tool(&r, "%s/glm-run -m " DIR " --prompt-ids 1,2 --print-ids --json --temp 0 -n 8 -t 1 --draft 2", bin) == 0);
     CHECK(strstr(r.out, "\"acceptance\": ") && strstr(r.out, "\"mean_accepted_length\": "));
     tool_result_free(&r);
