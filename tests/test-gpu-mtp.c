@@ -112,36 +112,7 @@ static void greedy_equal_cuda(int mimic) {
     f32_paths(1);
     float *buf = mimic ? mtp_mimic(m) : NULL;
     glm_ctx *c = mtp_ctx(m, GLM_DEVICE_CUDA);
-    const int V = m->hp.n_vocab, G = 24, n_prompts = getenv("GLM_TEST_QUICK") ? 4 : 50;
-    int32_t prompt[128], want[64], got[64];
-    int bad = 0;
-    for (int nd = 1; c && nd <= 3; nd++) {
-        glm_sampler_params sp = glm_sampler_default_params();
-        sp.temp = 0;
-        glm_spec *s = NULL;
-        CHECK_MSG(glm_spec_new(c, nd, &sp, &s) == GLM_OK, "%s", glm_last_error());
-        if (!s) break;
-        for (int i = 0; i < n_prompts; i++) {
-            const int n = make_prompt(i, V, prompt);
-            CHECK(plain_greedy(c, prompt, n, G, want) == 0);
-            int rc = spec_greedy(s, c, prompt, n, G, got);
-            CHECK_MSG(rc == 0, "draft %d prompt %d: %s", nd, i, glm_last_error());
-            if (rc == 0 && memcmp(want, got, sizeof(int32_t) * G) && bad++ < 3) {
-                int j = 0;
-                while (want[j] == got[j]) j++;
-                CHECK_MSG(0, "draft %d prompt %d (%d ids): token %d is %d, plain decoding gives %d", nd, i, n, j, got[j], want[j]);
-            }
-        }
-        glm_spec_stats st;
-        glm_spec_get_stats(s, &st);
-        fprintf(stderr, "  CUDA draft %d%s: %llu steps, %llu of %llu drafts accepted (%.3f), %.2f tokens a step\n", nd,
-                mimic ? " (mimic)" : "", (unsigned long long)st.steps, (unsigned long long)st.accepted,
-                (unsigned long long)st.drafted, st.drafted ? (double)st.accepted / st.drafted : 0.0,
-                st.steps ? (double)st.emitted / st.steps : 0.0);
-        if (mimic) CHECK(st.accepted > 0);
-        glm_spec_free(s);
-    }
-    CHECK(bad == 0);
+    if (c) spec_check_drafts(c, getenv("GLM_TEST_QUICK") ? 4 : 50, 24, NULL, mimic, "CUDA ");
     glm_ctx_free(c);
     f32_paths(0);
     glm_model_free(m);

@@ -94,76 +94,22 @@ static glm_sampler_params with_penalties(int last_n) {
     return sp;
 }
 
-/* Plain decoding of prompt[n] with glm_sampler_sample under sp (greedy at temp 0), the
- * history as glm-run passes it (the prompt, then the tokens generated): out[G]. */
-static int plain_sampled(glm_ctx *c, const glm_sampler_params *sp, const int32_t *prompt, int n, int G, int32_t *out) {
-    const int V = glm_ctx_model(c)->hp.n_vocab;
-    int32_t *h = malloc(sizeof(int32_t) * (size_t)(n + G));
-    glm_sampler *smp = glm_sampler_new(sp);
-    int rc = h && smp ? 0 : -1;
-    if (!rc) memcpy(h, prompt, sizeof(int32_t) * (size_t)n);
-    glm_ctx_seq_clear(c, 0);
-    glm_batch b = { n, prompt, NULL, NULL };
-    if (!rc && glm_ctx_decode(c, &b)) rc = -1;
-    for (int i = 0, last = n - 1; !rc && i < G; i++, last = 0) {
-        out[i] = h[n + i] = glm_sampler_sample(smp, glm_ctx_logits(c, last), V, h, n + i);
-        if (out[i] < 0) rc = -1;
-        if (rc || i + 1 == G) break;
-        glm_batch b1 = { 1, &out[i], NULL, NULL };
-        if (glm_ctx_decode(c, &b1)) rc = -1;
-    }
-    glm_ctx_seq_clear(c, 0);
-    glm_sampler_free(smp);
-    free(h);
-    return rc;
-}
 
-/* Greedy speculative output equals plain decoding on n_prompts prompts at draft 1, 2, 3;
- * with mimic, drafts get accepted (the accept, bonus and rollback paths). pen: the
- * penalties (the same on both sides; plain decoding through glm_sampler_sample), or NULL. */
+/* Greedy speculative output equals plain decoding on n_prompts prompts at draft 1, 2, 3
+ * (spec_check_drafts); with mimic, drafts get accepted (the accept, bonus and rollback
+ * paths). pen: the penalties (the same on both sides; plain decoding through
+ * glm_sampler_sample), or NULL. */
 static void greedy_equal(int mimic, int n_prompts, int G, const glm_sampler_params *pen) {
     glm_model *m = load_mtp(DIR);
     if (!m) return;
     float *buf = mimic ? mtp_mimic(m) : NULL;
     glm_ctx *c = new_ctx(m, 256, 64);
-    const int V = m->hp.n_vocab;
-    int32_t prompt[128], want[64], got[64];
-    int bad = 0, changed = 0;
-    for (int nd = 1; c && nd <= 3; nd++) {
-        glm_sampler_params sp = pen ? *pen : glm_sampler_default_params();
-        sp.temp = 0;
-        glm_spec *s = NULL;
-        CHECK_MSG(glm_spec_new(c, nd, &sp, &s) == GLM_OK, "%s", glm_last_error());
-        if (!s) break;
-        for (int i = 0; i < n_prompts; i++) {
-            const int n = make_prompt(i, V, prompt);
-            CHECK((pen ? plain_sampled(c, &sp, prompt, n, G, want) : plain_greedy(c, prompt, n, G, want)) == 0);
-            if (pen && nd == 1) {   /* the penalties change the output (of most prompts) */
-                int32_t bare[64];
-                CHECK(plain_greedy(c, prompt, n, G, bare) == 0);
-                changed += memcmp(bare, want, sizeof(int32_t) * G) != 0;
-            }
-            int rc = spec_greedy(s, c, prompt, n, G, got);
-            CHECK_MSG(rc == 0, "draft %d prompt %d: %s", nd, i, glm_last_error());
-            if (rc == 0 && memcmp(want, got, sizeof(int32_t) * G) && bad++ < 3) {
-                int j = 0;
-                while (want[j] == got[j]) j++;
-                CHECK_MSG(0, "draft %d prompt %d (%d ids): token %d is %d, plain decoding gives %d", nd, i, n, j, got[j], want[j]);
-            }
+    if (c) {
+        const int changed = spec_check_drafts(c, n_prompts, G, pen, mimic, "");
+        if (pen) {
+            fprintf(stderr, "  the penalties change %d of %d greedy continuations\n", changed, n_prompts);
+            CHECK(changed >= n_prompts / 2);
         }
-        glm_spec_stats st;
-        glm_spec_get_stats(s, &st);
-        fprintf(stderr, "  draft %d%s%s: %llu steps, %llu of %llu drafts accepted (%.3f), %.2f tokens a step\n", nd,
-                mimic ? " (mimic)" : "", pen ? (pen->repeat_last_n < 0 ? " (penalties, all)" : " (penalties, window)") : "", (unsigned long long)st.steps, (unsigned long long)st.accepted,
-                (unsigned long long)st.drafted, st.drafted ? (double)st.accepted / st.drafted : 0.0,
-                st.steps ? (double)st.emitted / st.steps : 0.0);
-        if (mimic) CHECK(st.accepted > 0);
-        glm_spec_free(s);
-    }
-    CHECK(bad == 0);
-    if (pen) {
-        fprintf(stderr, "  the penalties change %d of %d greedy continuations\n", changed, n_prompts);
-        CHECK(changed >= n_prompts / 2);
     }
     glm_ctx_free(c);
     glm_model_free(m);
