@@ -42,17 +42,6 @@ static glm_ctx *mtp_ctx(glm_model *m, glm_device dev) {
     return c;
 }
 
-static void f32_paths(int on) {
-    if (on) {
-        setenv("GLM_CUDA_GEMV_MAX", "100000", 1);
-        setenv("GLM_CUDA_MMA_MIN", "100000", 1);
-        setenv("GLM_CUDA_GEMV_MMA", "0", 1);
-    } else {
-        unsetenv("GLM_CUDA_GEMV_MAX");
-        unsetenv("GLM_CUDA_MMA_MIN");
-        unsetenv("GLM_CUDA_GEMV_MMA");
-    }
-}
 
 /* max |a - b| / max |b| over n values (infinite on NaN). */
 static double rel_max(const float *a, const float *b, size_t n) {
@@ -68,7 +57,7 @@ static double rel_max(const float *a, const float *b, size_t n) {
 TEST(draft_logits_cuda_vs_cpu) {
     glm_model *m = load_mtp();
     if (!m) return;
-    f32_paths(1);
+    test_f32_paths(1);
     glm_ctx *c[2] = { mtp_ctx(m, GLM_DEVICE_CPU), mtp_ctx(m, GLM_DEVICE_CUDA) };
     const int D = glm_model_hparams(m)->n_embd, V = glm_model_hparams(m)->n_vocab;
     enum { N = 24 };
@@ -102,19 +91,19 @@ TEST(draft_logits_cuda_vs_cpu) {
     for (int p = 0; p + 1 < N; p++) agree += spec_argmax(lg[1] + (size_t)p * V, V) == spec_argmax(lg[0] + (size_t)p * V, V);
     CHECK_MSG(agree == N - 1, "draft argmax agreement %d/%d", agree, N - 1);
     for (int d = 0; d < 2; d++) { free(h[d]); free(g[d]); free(lg[d]); glm_ctx_free(c[d]); }
-    f32_paths(0);
+    test_f32_paths(0);
     glm_model_free(m);
 }
 
 static void greedy_equal_cuda(int mimic) {
     glm_model *m = load_mtp();
     if (!m) return;
-    f32_paths(1);
+    test_f32_paths(1);
     float *buf = mimic ? mtp_mimic(m) : NULL;
     glm_ctx *c = mtp_ctx(m, GLM_DEVICE_CUDA);
     if (c) spec_check_drafts(c, getenv("GLM_TEST_QUICK") ? 4 : 50, 24, NULL, mimic, "CUDA ");
     glm_ctx_free(c);
-    f32_paths(0);
+    test_f32_paths(0);
     glm_model_free(m);
     free(buf);
 }

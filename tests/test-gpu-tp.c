@@ -40,18 +40,6 @@ static const int TPS[] = { 2, 4, 8 };
 static const int SPLITS[] = { GLM_MOE_SPLIT_TP, GLM_MOE_SPLIT_EP };
 static const char *const SPLIT_NAMES[] = { "tp", "ep" };
 
-/* float32 activations everywhere (the GEMV and tiled kernels), or the default path. */
-static void f32_paths(int on) {
-    if (on) {
-        setenv("GLM_CUDA_GEMV_MAX", "100000", 1);
-        setenv("GLM_CUDA_MMA_MIN", "100000", 1);
-        setenv("GLM_CUDA_GEMV_MMA", "0", 1);
-    } else {
-        unsetenv("GLM_CUDA_GEMV_MAX");
-        unsetenv("GLM_CUDA_MMA_MIN");
-        unsetenv("GLM_CUDA_GEMV_MMA");
-    }
-}
 
 /* A CUDA context of n_tp ranks on GPU 0 (shared when n_tp > 1); NULL with the error kept. */
 static glm_ctx *tp_ctx(glm_model *m, int n_tp, int split, int n_batch, int *rc) {
@@ -126,7 +114,7 @@ static void tiny_tp(const char *dir) {
     int rc;
     /* --tp 1 on CUDA with float32 activations picks the continuation; the CPU backend
      * runs it too (the default path's reference) */
-    f32_paths(1);
+    test_f32_paths(1);
     glm_ctx *c = tp_ctx(m, 1, GLM_MOE_SPLIT_TP, 24, &rc);
     CHECK_MSG(c && run(c, V, NULL, gen, ref) == GLM_OK, "%s --tp 1: %s", dir, glm_last_error());
     glm_ctx_free(c);
@@ -138,7 +126,7 @@ static void tiny_tp(const char *dir) {
     CHECK_MSG(glm_ctx_new(m, &cp, &c) == GLM_OK && run(c, V, gen, NULL, cpu) == GLM_OK, "%s cpu: %s", dir, glm_last_error());
     glm_ctx_free(c);
     for (int f32 = 1; f32 >= 0; f32--) {
-        f32_paths(f32);
+        test_f32_paths(f32);
         for (int t = f32 ? 0 : -1; t < (int)(sizeof TPS / sizeof TPS[0]); t++)
             for (int s = 0; s < 2; s++) {
                 const int n_tp = t >= 0 ? TPS[t] : 1;
@@ -172,7 +160,7 @@ static void tiny_tp(const char *dir) {
                 else compare(what, got, cpu, rows, V, 0.45, 0.8);
             }
     }
-    f32_paths(0);
+    test_f32_paths(0);
     free(ref);
     free(cpu);
     free(got);
@@ -313,7 +301,7 @@ TEST(full_width_tp8) {
     float *cpu = malloc(sizeof(float) * n), *one = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n);
     CHECK_MSG(full_width_run(m, GLM_DEVICE_CPU, 1, 0, cpu) == GLM_OK, "cpu: %s", glm_last_error());
     for (int f32 = 1; f32 >= 0; f32--) {
-        f32_paths(f32);
+        test_f32_paths(f32);
         if (f32) CHECK_MSG(full_width_run(m, GLM_DEVICE_CUDA, 1, 0, one) == GLM_OK, "--tp 1: %s", glm_last_error());
         for (int s = f32 ? 0 : -1; s < 2; s++) {
             const int n_tp = s < 0 ? 1 : 8, split = s < 0 ? 0 : SPLITS[s];
@@ -332,7 +320,7 @@ TEST(full_width_tp8) {
             }
         }
     }
-    f32_paths(0);
+    test_f32_paths(0);
     free(cpu);
     free(one);
     free(got);

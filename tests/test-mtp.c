@@ -236,21 +236,30 @@ static double chi2_q999(int df) {
     return df * c * c * c;
 }
 
-/* The whole sampled path, end to end, on a model of 8 tokens: after a fixed prompt and a
- * sampled t_M, the first token glm_spec_step returns (a draft accepted by the rule or the
- * resampled one) must follow the main model's p(. | prompt, t_M) at temperature 1. */
-TEST(speculative_step_samples_main_distribution) {
+/* A model of 8 tokens with an MTP layer, written under test_tmp/name and loaded (*m),
+ * and a context on it; NULL (and *m freed) on failure. */
+static glm_ctx *v8_model(const char *name, glm_model **m) {
     glm_hparams hp;
     CHECK(glm_preset("tiny", 1, &hp) == GLM_OK);
     hp.n_vocab = 8; hp.n_embd = 16; hp.n_head = 2; hp.n_head_kv = 1; hp.head_dim = 8; hp.n_rot = 4;
     hp.n_ff = 16; hp.n_ff_exp = 8; hp.n_expert = 2; hp.n_expert_used = 1; hp.n_dense_layer = 1; hp.n_ctx_train = 64;
     hp.n_nextn = 1; hp.eos[0] = 7;
     char dir[400];
-    snprintf(dir, sizeof dir, "%s/v8", test_tmp);
+    snprintf(dir, sizeof dir, "%s/%s", test_tmp, name);
     CHECK_MSG(glm_synthetic_write(&hp, GLM_FMT_BF16, dir, 3, NULL, NULL) == GLM_OK, "%s", glm_last_error());
-    glm_model *m = load_mtp(dir);
-    glm_ctx *c = m ? new_ctx(m, 16, 8) : NULL;
-    if (!c) { glm_model_free(m); return; }
+    *m = load_mtp(dir);
+    glm_ctx *c = *m ? new_ctx(*m, 16, 8) : NULL;
+    if (!c) { glm_model_free(*m); *m = NULL; }
+    return c;
+}
+
+/* The whole sampled path, end to end, on a model of 8 tokens: after a fixed prompt and a
+ * sampled t_M, the first token glm_spec_step returns (a draft accepted by the rule or the
+ * resampled one) must follow the main model's p(. | prompt, t_M) at temperature 1. */
+TEST(speculative_step_samples_main_distribution) {
+    glm_model *m = NULL;
+    glm_ctx *c = v8_model("v8", &m);
+    if (!c) return;
     /* p(. | prompt, t) for every t, plain decoding, softmax at temperature 1 */
     const int32_t prompt[3] = { 1, 2, 3 };
     double p[8][8];
@@ -355,17 +364,9 @@ static double chi2_row(const long *cnt, const double *p, int *df) {
  * position's history), must fail. And the drafts' acceptance must be that of the penalised
  * draft distribution q: sum min(p, q) for a's position, not that of an unpenalised q. */
 TEST(speculative_step_with_penalties_samples_main_distribution) {
-    glm_hparams hp;
-    CHECK(glm_preset("tiny", 1, &hp) == GLM_OK);
-    hp.n_vocab = 8; hp.n_embd = 16; hp.n_head = 2; hp.n_head_kv = 1; hp.head_dim = 8; hp.n_rot = 4;
-    hp.n_ff = 16; hp.n_ff_exp = 8; hp.n_expert = 2; hp.n_expert_used = 1; hp.n_dense_layer = 1; hp.n_ctx_train = 64;
-    hp.n_nextn = 1; hp.eos[0] = 7;
-    char dir[400];
-    snprintf(dir, sizeof dir, "%s/v8p", test_tmp);
-    CHECK_MSG(glm_synthetic_write(&hp, GLM_FMT_BF16, dir, 3, NULL, NULL) == GLM_OK, "%s", glm_last_error());
-    glm_model *m = load_mtp(dir);
-    glm_ctx *c = m ? new_ctx(m, 16, 8) : NULL;
-    if (!c) { glm_model_free(m); return; }
+    glm_model *m = NULL;
+    glm_ctx *c = v8_model("v8p", &m);
+    if (!c) return;
     glm_sampler_params sp = glm_sampler_default_params();
     sp.temp = 1; sp.top_k = 0; sp.top_p = 1; sp.min_p = 0; sp.seed = 1234;
     sp.repeat_penalty = 1.5f; sp.presence_penalty = 0.6f; sp.frequency_penalty = 0.3f; sp.repeat_last_n = 6;

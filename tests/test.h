@@ -151,4 +151,19 @@ static char test_tmp[256] __attribute__((unused));
         return rc_;                                                         \
     }
 
+/* GPU tests: float32 activations in every product (the GEMV and tiled kernels at any
+ * number of tokens), so that CUDA results differ from the CPU's only in the order of the
+ * sums; read when a CUDA context is made. */
+static inline void test_f32_paths(int on) {
+    if (on) {
+        setenv("GLM_CUDA_GEMV_MAX", "100000", 1);
+        setenv("GLM_CUDA_MMA_MIN", "100000", 1);
+        setenv("GLM_CUDA_GEMV_MMA", "0", 1);
+    } else {
+        unsetenv("GLM_CUDA_GEMV_MAX");
+        unsetenv("GLM_CUDA_MMA_MIN");
+        unsetenv("GLM_CUDA_GEMV_MMA");
+    }
+}
+
 #endif
