@@ -373,6 +373,13 @@ typedef struct {
     const glm_tokenizer *tok;      /* for text in the events and stop strings; NULL: ids only */
     int host_sampling;             /* 1 = sample on the host even where the context could
                                       on its device (glm_ctx_sample) */
+    int n_draft;                   /* speculative decoding: tokens the MTP layer drafts for each
+                                      decoding request a step, verified for the whole batch in
+                                      the step's one forward (0 = off, up to GLM_SPEC_MAX_DRAFT;
+                                      needs a context made with params.mtp = 1). Greedy
+                                      requests give the same tokens as without; sampling
+                                      follows glm_spec's rules on the host, from a generator
+                                      seeded with the request's seed */
 } glm_sched_params;
 
 typedef struct {
@@ -400,6 +407,9 @@ typedef struct {
     uint64_t preemptions;
     uint64_t finished;             /* requests ended (any reason) */
     uint64_t device_sampled;       /* tokens sampled on the context's device (glm_ctx_sample) */
+    uint64_t draft_steps;          /* n_draft: request steps that verified drafts */
+    uint64_t draft_tokens;         /* tokens drafted */
+    uint64_t accepted_tokens;      /* of them accepted by the main model */
 } glm_sched_stats;
 
 glm_sched_params glm_sched_default_params(void);

@@ -213,4 +213,40 @@ void glm_apply_penalties(float *l, int n_vocab, const glm_sampler_params *p, con
  * norm(max(p - q, 0)). p, q: [n] probabilities. Returns the token; *accepted says which. */
 int32_t glm_spec_accept(const float *p, const float *q, int n, int32_t x, double u, double u2, int *accepted);
 
+/* The rules of a speculative step, shared by glm_spec and the scheduler (lib/sched.c):
+ * sp is the sequence's sampler parameters (temp <= 0: greedy), rng its generator, and the
+ * penalties look at hist[0..n_hist) (the history as the sampler sees it without drafting)
+ * followed by the drafts before the position. */
+typedef struct {
+    int V;
+    float *p;          /* [V] a main-model distribution */
+    float *pl;         /* [V] penalised logits */
+    int32_t *idx;      /* [V] sort scratch */
+} glm_spec_work;
+int glm_spec_work_init(glm_spec_work *w, int V);
+void glm_spec_work_free(glm_spec_work *w);
+/* The generator's first state for a seed. */
+uint64_t glm_spec_rng_init(uint64_t seed);
+/* l after sp's penalties over hist[0..n_hist): l itself when no penalty is on, else w->pl. */
+const float *glm_spec_penalised(glm_spec_work *w, const glm_sampler_params *sp, const float *l, const int32_t *hist, int n_hist);
+/* A pick from logits l (penalised already): the argmax when greedy, else a draw from the
+ * sampler's distribution for l, whose probabilities are left in p[V]. */
+int32_t glm_spec_pick(glm_spec_work *w, const glm_sampler_params *sp, uint64_t *rng, const float *l, float *p);
+/* Drafts d[0..n) for sequence seq whose main cache holds M tokens (the last token returned
+ * not in it): d[0] from the MTP layer's logits qlog, d[j] from the MTP layer run at
+ * position M+j-1 on (d[j-1], g for j = 1, else its previous output). q[n, V] receives the
+ * draft distributions (sampling; NULL when greedy); dg[D], dlog[V] are scratch. With a penalty on,
+ * hist[n_hist + j] = d[j] (d may be that very place). Returns 0 or the MTP layer's error
+ * (the caller cuts the sequence back to M). */
+int glm_spec_draft(glm_spec_work *w, const glm_sampler_params *sp, uint64_t *rng, glm_ctx *ctx, int seq, int M,
+                   const float *qlog, const float *g, int n, int32_t *d, float *q, float *dg, float *dlog,
+                   int32_t *hist, int n_hist);
+/* Accepts drafts d[0..n) against the main model's logits of batch rows row0..row0+n of the
+ * last decode (row row0 + j: the token after the j-th draft): greedy, while the argmax
+ * equals the draft; sampling, by glm_spec_accept against q[n, V]. Returns the number k
+ * accepted (or an error < 0) and the token after them in *next: the correction, or the
+ * bonus token picked from row row0 + n when all are accepted. */
+int glm_spec_verify(glm_spec_work *w, const glm_sampler_params *sp, uint64_t *rng, glm_ctx *ctx, int row0,
+                    const int32_t *d, const float *q, int n, const int32_t *hist, int n_hist, int32_t *next);
+
 #endif

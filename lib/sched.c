@@ -13,8 +13,25 @@
  * of page i (chained: h_i = H(h_{i-1}, tokens of page i)); an open-addressing table maps
  * the hash to the physical page, which the cache holds one reference to. The cached pages
  * no sequence holds are kept in a list by the time they were last held, the least
- * recently used first: reclaiming takes its head. */
-#include "internal.h"
+ * recently used first: reclaiming takes its head.
+ *
+ * Speculative decoding (params.n_draft): the MTP layer follows every request's cache (each
+ * step runs it over the positions the step made final, with the main model's hidden
+ * states), so that the next draft is ready; a step then drafts up to n_draft tokens for
+ * each decoding request (one MTP pass a draft, a request at a time) with the pages and
+ * budget left after the plain plan (drafts never preempt), feeds each request's last
+ * token and its drafts in the step's one batch with every row's logits, accepts by
+ * glm_spec's rules (lib/internal.h: glm_spec_draft, glm_spec_verify) with the request's
+ * own parameters and generator, cuts the cache back past the rejected drafts, and gives
+ * the accepted tokens and the correction (or bonus) token out one at a time through
+ * accept_token, whose stop strings, eos and max_tokens end a run where they end plain
+ * decoding. The drafts are written into the request's token array past n_tok (scratch:
+ * room for them is kept by never drafting past max_tokens). A request drafts only while
+ * the MTP layer has all its cached positions (glm_ctx_mtp_len equal to n_done); one whose
+ * cache began on shared prefix-cache pages has not (glm_ctx_seq_share leaves the MTP
+ * length at 0) and decodes plainly. With drafting on, every pick goes through glm_spec's
+ * rules on the host (sample_batch and its device path are not used). */
+#include "backend.h"
 #include "scheduler.h"
 
 #include <stdlib.h>
@@ -45,8 +62,15 @@ typedef struct req {
     size_t text_len, text_cap, emitted;
     glm_sched_fn cb;
     void *user;
-    int chunk;                 /* tokens fed this step */
+    int chunk;                 /* tokens fed this step (its drafts included) */
     struct req *next;          /* waiting list */
+    /* speculative decoding (n_draft) */
+    uint64_t rng;              /* the generator of its picks (seeded with sp.seed) */
+    float *q;                  /* [n_draft, V] its draft distributions (sampling only) */
+    int n_dr;                  /* drafts fed this step */
+    int mtp_ok;                /* the MTP layer has seen every cached position */
+    int row0;                  /* its first batch row this step */
+    int n_acc;                 /* tokens of this step to give out: accepted drafts + 1, 0 = none */
 } req;
 
 typedef struct {
@@ -86,6 +110,11 @@ struct glm_sched {
     uint64_t *s_step;
     const int32_t **s_hist;
     int *s_nhist;
+    /* speculative decoding (n_draft) */
+    glm_spec_work w;
+    float *hid;                /* [budget, D] the step's hidden states */
+    float *mq, *mg;            /* [n_slots, V], [n_slots, D] each slot's MTP logits and hidden state */
+    float *dg, *dlog;          /* [D], [V] drafting scratch */
 };
 
 /* ---- hashing ---- */
@@ -214,6 +243,7 @@ static void req_free(req *r) {
     free(r->stop);
     glm_detok_stream_free(r->ds);
     free(r->text);
+    free(r->q);
     free(r);
 }
 
@@ -228,6 +258,10 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     glm_sched_params p = params ? *params : glm_sched_default_params();
     const glm_ctx_params *cp = glm_ctx_params_of(ctx);
     if (p.batch_tokens < 0) return glm_err(GLM_ERR_ARG, "batch_tokens %d is negative", p.batch_tokens);
+    if (p.n_draft < 0 || p.n_draft > GLM_SPEC_MAX_DRAFT)
+        return glm_err(GLM_ERR_ARG, "n_draft %d out of range [0, %d]", p.n_draft, GLM_SPEC_MAX_DRAFT);
+    if (p.n_draft && (!cp->mtp || !glm_model_has_mtp(glm_ctx_model(ctx))))
+        return glm_err(GLM_ERR_ARG, "drafting (n_draft %d) needs a context made with params.mtp = 1 on a model with the MTP layer", p.n_draft);
     for (int i = 0; i < cp->n_seq_max; i++)
         if (glm_ctx_seq_len(ctx, i)) return glm_err(GLM_ERR_ARG, "sequence %d of the context is not empty", i);
     glm_sched *s = calloc(1, sizeof *s);
@@ -257,7 +291,17 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
     s->s_req = malloc((size_t)s->n_slots * sizeof *s->s_req);
     s->s_rows = malloc((size_t)s->n_slots * sizeof *s->s_rows);
     s->s_out = malloc((size_t)s->n_slots * sizeof *s->s_out);
-    s->dev = !p.host_sampling && glm_ctx_samples_on_device(ctx);
+    s->dev = !p.host_sampling && !p.n_draft && glm_ctx_samples_on_device(ctx);  /* drafting picks on the host */
+    int spec_ok = 1;
+    if (p.n_draft) {
+        const int V = s->hp->n_vocab, D = s->hp->n_embd;
+        s->hid = malloc((size_t)s->budget * D * sizeof *s->hid);
+        s->mq = malloc((size_t)s->n_slots * V * sizeof *s->mq);
+        s->mg = malloc((size_t)s->n_slots * D * sizeof *s->mg);
+        s->dg = malloc((size_t)D * sizeof *s->dg);
+        s->dlog = malloc((size_t)V * sizeof *s->dlog);
+        spec_ok = s->hid && s->mq && s->mg && s->dg && s->dlog && !glm_spec_work_init(&s->w, V);
+    }
     if (s->dev) {
         s->s_par = malloc((size_t)s->n_slots * sizeof *s->s_par);
         s->s_step = malloc((size_t)s->n_slots * sizeof *s->s_step);
@@ -265,7 +309,7 @@ int glm_sched_new(glm_ctx *ctx, const glm_sched_params *params, glm_sched **out)
         s->s_nhist = malloc((size_t)s->n_slots * sizeof *s->s_nhist);
     }
     if (!s->cache || !s->page_key || !s->lru_prev || !s->lru_next || !s->slot || !s->b_tok || !s->b_seq || !s->b_logits || !s->b_req || !s->order || !s->s_req || !s->s_rows || !s->s_out ||
-        (s->dev && (!s->s_par || !s->s_step || !s->s_hist || !s->s_nhist))) {
+        (s->dev && (!s->s_par || !s->s_step || !s->s_hist || !s->s_nhist)) || !spec_ok) {
         glm_sched_free(s);
         return glm_err(GLM_ERR_OOM, "out of memory");
     }
@@ -285,6 +329,8 @@ void glm_sched_free(glm_sched *s) {
     free(s->b_tok); free(s->b_seq); free(s->b_logits); free(s->b_req); free(s->order);
     free(s->s_req); free(s->s_rows); free(s->s_out);
     free(s->s_par); free(s->s_step); free(s->s_hist); free(s->s_nhist);
+    glm_spec_work_free(&s->w);
+    free(s->hid); free(s->mq); free(s->mg); free(s->dg); free(s->dlog);
     free(s);
 }
 
@@ -340,6 +386,7 @@ int glm_sched_submit(glm_sched *s, const glm_request *q, int64_t *id) {
     r->cb = q->on_event;
     r->user = q->user;
     r->slot = -1;
+    r->rng = glm_spec_rng_init(q->sampling.seed);
     r->id = s->next_id++;
     r->arrival = s->next_arrival++;
     wait_insert(s, r);
@@ -544,14 +591,16 @@ static size_t stop_holdback(const req *r) {
 }
 
 /* Takes token t for r: appends it, gives out the text that became final, and ends r
- * when it is done. Returns 0 or an error. */
-static int accept_token(glm_sched *s, req *r, int32_t t) {
+ * when it is done (then *ended = 1, where ended is not NULL: r is freed). Returns 0 or an
+ * error. */
+static int accept_token(glm_sched *s, req *r, int32_t t, int *ended) {
     r->tok[r->n_tok++] = t;
     r->n_gen++;
     s->st.generated_tokens++;
     glm_finish_reason fin = GLM_FINISH_NONE;
     if (!r->ignore_eos && is_eos(s, t)) fin = GLM_FINISH_STOP;
     else if (r->n_gen >= r->max_tokens || r->n_tok >= s->n_ctx) fin = GLM_FINISH_LENGTH;
+    if (ended) *ended = fin != GLM_FINISH_NONE;
     if (!r->ds) {
         if (fin) finish(s, r, t, NULL, 0, fin);
         else emit(r, t, NULL, 0, fin);
@@ -566,7 +615,7 @@ static int accept_token(glm_sched *s, req *r, int32_t t) {
     if (rc) return rc;
     size_t end = r->text_len;
     long at = r->n_stop ? stop_at(r) : -1;
-    if (at >= 0) { end = (size_t)at; fin = GLM_FINISH_STOP; }
+    if (at >= 0) { end = (size_t)at; fin = GLM_FINISH_STOP; if (ended) *ended = 1; }
     else if (!fin) end -= stop_holdback(r);
     const char *out = r->text ? r->text + r->emitted : "";
     size_t n = end > r->emitted ? end - r->emitted : 0;
@@ -607,23 +656,125 @@ static int make_room(glm_sched *s, int need, req *keep) {
     return 1;
 }
 
+/* Drafts r may take this step at most (0 when it is not decoding or its MTP layer lags):
+ * n_draft, less past max_tokens or the context. */
+static int draft_room(const glm_sched *s, const req *r) {
+    if (!s->p.n_draft || r->n_tok - r->n_done != 1 || glm_ctx_mtp_len(s->ctx, r->slot) != r->n_done) return 0;
+    int n = s->p.n_draft;
+    if (n > r->max_tokens - r->n_gen - 1) n = r->max_tokens - r->n_gen - 1;
+    if (n > s->n_ctx - r->n_done - 1) n = s->n_ctx - r->n_done - 1;
+    return n > 0 ? n : 0;
+}
+
+/* Drafts for the decoding requests of the planned batch (b_req[nb], T tokens, resv pages
+ * still to take), oldest first, in the budget and the free pages left: writes each one's
+ * drafts after its tokens and grows its chunk. A request whose drafting runs out of pages
+ * decodes plainly. Returns 0 or an error. */
+static int draft_batch(glm_sched *s, int nb, int *T, int resv) {
+    const int V = s->hp->n_vocab, D = s->hp->n_embd;
+    int avail = glm_ctx_kv_pages_free(s->ctx) - resv;
+    for (int i = 0; i < nb; i++) {
+        req *r = s->b_req[i];
+        r->n_dr = 0;
+        r->mtp_ok = glm_ctx_mtp_len(s->ctx, r->slot) == r->n_done;
+        int n = draft_room(s, r);
+        if (n > s->budget - *T) n = s->budget - *T;
+        while (n > 0 && pages_for((int64_t)r->n_done + 1 + n) - pages_for(r->n_done + 1) > avail) n--;
+        if (n <= 0) continue;
+        if (r->sp.temp > 0 && !r->q && !(r->q = malloc((size_t)s->p.n_draft * V * sizeof *r->q)))
+            return glm_err(GLM_ERR_OOM, "out of memory");
+        const uint64_t rng0 = r->rng;
+        int rc = glm_spec_draft(&s->w, &r->sp, &r->rng, s->ctx, r->slot, r->n_done, s->mq + (size_t)r->slot * V,
+                                s->mg + (size_t)r->slot * D, n, r->tok + r->n_tok, r->sp.temp > 0 ? r->q : NULL, s->dg,
+                                s->dlog, r->tok + r->n_prompt, r->n_gen);
+        if (rc) {   /* give back what the drafts wrote; out of pages: no drafts this step */
+            r->rng = rng0;
+            int rc2 = glm_ctx_seq_truncate(s->ctx, r->slot, r->n_done);
+            if (rc != GLM_WARN_KV_FULL) return rc;
+            if (rc2) return rc2;
+            continue;
+        }
+        avail -= pages_for((int64_t)r->n_done + 1 + n) - pages_for(r->n_done + 1);
+        r->n_dr = n;
+        r->chunk += n;
+        *T += n;
+    }
+    return GLM_OK;
+}
+
+/* After the forward of a drafting scheduler's step: for each request of the batch, the
+ * picks (verifying its drafts, cutting the cache back past the rejected ones), its MTP
+ * layer over the positions that became final, its full pages to the prefix cache; then
+ * the tokens given out, request by request. Returns 0 or an error. */
+static int spec_finish_step(glm_sched *s, int nb) {
+    const int V = s->hp->n_vocab, D = s->hp->n_embd;
+    const int n_batch = glm_ctx_params_of(s->ctx)->n_batch;
+    for (int i = 0; i < nb; i++) {
+        req *r = s->b_req[i];
+        const int M = r->n_done, plain = r->chunk - r->n_dr;
+        int fed = plain;
+        r->n_acc = 0;
+        if (M + plain == r->n_tok) {   /* all its tokens are in: pick the next ones */
+            int32_t nt;
+            const int k = glm_spec_verify(&s->w, &r->sp, &r->rng, s->ctx, r->row0 + plain - 1, r->tok + r->n_tok, r->q,
+                                          r->n_dr, r->tok + r->n_prompt, r->n_gen, &nt);
+            if (k < 0) return k;
+            if (r->n_dr) {
+                s->st.draft_steps++;
+                s->st.draft_tokens += (uint64_t)r->n_dr;
+                s->st.accepted_tokens += (uint64_t)k;
+                int rc = k < r->n_dr ? glm_ctx_seq_truncate(s->ctx, r->slot, M + plain + k) : GLM_OK;
+                if (rc) return rc;
+            }
+            r->tok[r->n_tok + k] = nt;   /* after the accepted drafts (room: draft_room) */
+            fed += k;
+            r->n_acc = k + 1;
+        }
+        r->n_done = M + fed;
+        r->chunk = r->n_dr = 0;
+        if (r->mtp_ok)   /* the MTP layer over positions M..M+fed-1 (each with the token after it) */
+            for (int j = 0; j < fed; j += n_batch) {
+                const int n = fed - j < n_batch ? fed - j : n_batch;
+                int rc = glm_ctx_mtp_forward(s->ctx, r->slot, M + j, n, r->tok + M + j + 1, s->hid + (size_t)(r->row0 + j) * D,
+                                             s->mg + (size_t)r->slot * D, s->mq + (size_t)r->slot * V);
+                if (rc) return rc;
+            }
+        cache_register(s, r);
+    }
+    for (int i = 0; i < nb; i++) {
+        req *r = s->b_req[i];
+        const int n = r->n_acc;
+        for (int j = 0, ended = 0; j < n && !ended; j++) {
+            int rc = accept_token(s, r, r->tok[r->n_tok], &ended);   /* the token is there already */
+            if (rc) return rc;
+        }
+    }
+    return GLM_OK;
+}
+
 int glm_sched_step(glm_sched *s) {
     int rc = admit(s);
     if (rc) return rc;
-    int T, nb;
+    int T, nb, resv;
     for (;;) {
-        int resv = 0;  /* pages the requests already in the batch will take */
+        resv = 0;  /* pages the requests already in the batch will take */
         T = nb = 0;
         /* decoding requests first (one token each), oldest first; then prompt chunks */
         int n_run = 0;
         for (int i = 0; i < s->n_slots; i++) if (s->slot[i]) s->order[n_run++] = s->slot[i];
         qsort(s->order, (size_t)n_run, sizeof *s->order, by_arrival);
         for (int pass = 0; pass < 2; pass++) {
-            for (int k = 0; k < n_run && T < s->budget; k++) {
+            int lim = s->budget;
+            if (pass == 1 && s->p.n_draft) {   /* the drafts may take up to half the budget left before prompt chunks */
+                int want = 0;
+                for (int i = 0; i < nb; i++) want += draft_room(s, s->b_req[i]);
+                lim -= want < (s->budget - T) / 2 ? want : (s->budget - T) / 2;
+            }
+            for (int k = 0; k < n_run && T < lim; k++) {
                 req *r = s->order[k];
                 if (r->slot < 0 || (r->n_tok - r->n_done == 1) != (pass == 0)) continue;  /* preempted, or the other kind */
                 int chunk = r->n_tok - r->n_done;
-                if (chunk > s->budget - T) chunk = s->budget - T;
+                if (chunk > lim - T) chunk = lim - T;
                 int need = pages_for((int64_t)r->n_done + chunk) - pages_for(r->n_done);
                 if (resv + need > glm_ctx_kv_pages_free(s->ctx) && !make_room(s, resv + need, r)) {
                     if (pass == 0) { preempt(s, r); continue; }  /* nothing newer to evict */
@@ -635,13 +786,9 @@ int glm_sched_step(glm_sched *s) {
                 }
                 resv += need;
                 r->chunk = chunk;
+                r->n_dr = 0;
                 s->b_req[nb++] = r;
-                for (int j = 0; j < chunk; j++) {
-                    s->b_tok[T] = r->tok[r->n_done + j];
-                    s->b_seq[T] = r->slot;
-                    s->b_logits[T] = r->n_done + j == r->n_tok - 1;
-                    T++;
-                }
+                T += chunk;
             }
         }
         /* a request preempted after it joined the batch leaves it (rebuild) */
@@ -657,14 +804,36 @@ int glm_sched_step(glm_sched *s) {
         if (!others) return glm_err(GLM_ERR_ARG, "request %lld cannot get KV pages with nothing else running", (long long)v->id);
         preempt(s, v);  /* every running request is stuck on pages: free some */
     }
+    if (s->p.n_draft && (rc = draft_batch(s, nb, &T, resv))) {
+        for (int i = 0; i < nb; i++) s->b_req[i]->chunk = 0;
+        fail_running(s);
+        return rc;
+    }
+    /* the batch: each request's tokens in turn (a drafting request's last token and its
+     * drafts, every row with logits) */
+    T = 0;
+    for (int i = 0; i < nb; i++) {
+        req *r = s->b_req[i];
+        r->row0 = T;
+        for (int j = 0; j < r->chunk; j++) {
+            s->b_tok[T] = r->tok[r->n_done + j];
+            s->b_seq[T] = r->slot;
+            s->b_logits[T] = r->n_dr > 0 || r->n_done + j == r->n_tok - 1;
+            T++;
+        }
+    }
     glm_batch b = {T, s->b_tok, s->b_seq, s->b_logits};
-    rc = glm_ctx_decode(s->ctx, &b);
+    rc = s->p.n_draft ? glm_ctx_decode_hidden(s->ctx, &b, s->hid) : glm_ctx_decode(s->ctx, &b);
     if (rc) {
         for (int i = 0; i < nb; i++) s->b_req[i]->chunk = 0;
         fail_running(s);
         return rc < 0 ? rc : glm_err(GLM_ERR_ARG, "KV pages ran out inside a step: %s", glm_last_error());
     }
     s->st.computed_tokens += (uint64_t)T;
+    if (s->p.n_draft) {
+        if ((rc = spec_finish_step(s, nb))) { fail_running(s); return rc; }
+        return T;
+    }
     int ns = 0, row = 0;
     for (int i = 0; i < nb; i++) {
         req *r = s->b_req[i];
@@ -679,6 +848,6 @@ int glm_sched_step(glm_sched *s) {
     }
     if ((rc = sample_batch(s, ns, s->s_req, s->s_rows, s->s_out))) { fail_running(s); return rc; }
     for (int i = 0; i < ns; i++)
-        if ((rc = accept_token(s, s->s_req[i], s->s_out[i]))) { fail_running(s); return rc; }
+        if ((rc = accept_token(s, s->s_req[i], s->s_out[i], NULL))) { fail_running(s); return rc; }
     return T;
 }

@@ -1,7 +1,17 @@
 /* scheduler.h (not sched.h: that name is the system header pthread.h includes) - what the scheduler (lib/sched.c) needs from the context beyond glm.h:
  * reference-counted KV pages, so that one physical page can sit in several sequences'
  * page tables and in the prefix cache. Only full pages are shared (a sequence never
- * writes into a page it shares). Internal to libglm. */
+ * writes into a page it shares). Internal to libglm.
+ *
+ * With glm_sched_params.n_draft the scheduler also drafts (speculative decoding): it keeps
+ * the MTP layer's cache of every request level with its main cache (glm_ctx_mtp_forward
+ * after each step, on the main model's hidden states from glm_ctx_decode_hidden,
+ * lib/backend.h), drafts with glm_spec_draft, verifies the whole batch's drafts in the
+ * step's one forward with glm_spec_verify (lib/internal.h: glm_spec's rules, each request
+ * with its own sampler parameters and generator) and cuts rejected drafts off with
+ * glm_ctx_seq_truncate, which cuts the MTP layer's length too. The MTP layer's KV lives in
+ * the same pages; glm_ctx_seq_share does not carry an MTP length over, so a request
+ * admitted on shared pages (glm_ctx_mtp_len below its length) decodes without drafting. */
 #ifndef GLM_SCHEDULER_H
 #define GLM_SCHEDULER_H
 

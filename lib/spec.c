@@ -49,18 +49,43 @@ struct glm_spec {
     float *q;          /* [n_draft, V] draft distributions */
     float *dg, *dlog;  /* [D], [V] the MTP layer's output and logits for drafts 2..N (the
                           sequence's own, g and qlog, stay as they are until the step succeeds) */
-    float *p;          /* [V] a main-model distribution */
-    float *pl;         /* [V] penalised logits */
+    glm_spec_work w;   /* the rules' scratch */
     int pen;           /* a penalty is on */
-    int32_t *idx;      /* [V] sort scratch */
     int32_t *toks;     /* [n_draft + 1] */
     int8_t *want;      /* [n_draft + 1] */
 };
 
-/* Returns a uniform double in [0, 1) from the decoder's generator. */
-static double uniform(glm_spec *s) {
-    s->rng ^= s->rng >> 12; s->rng ^= s->rng << 25; s->rng ^= s->rng >> 27;
-    return (double)((s->rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+/* ---- the rules (shared with the scheduler, lib/internal.h) ---- */
+
+int glm_spec_work_init(glm_spec_work *w, int V) {
+    w->V = V;
+    w->p = malloc((size_t)V * sizeof *w->p);
+    w->pl = malloc((size_t)V * sizeof *w->pl);
+    w->idx = malloc((size_t)V * sizeof *w->idx);
+    if (w->p && w->pl && w->idx) return GLM_OK;
+    glm_spec_work_free(w);
+    return glm_err(GLM_ERR_OOM, "out of memory");
+}
+
+void glm_spec_work_free(glm_spec_work *w) {
+    free(w->p);
+    free(w->pl);
+    free(w->idx);
+    w->p = w->pl = NULL;
+    w->idx = NULL;
+}
+
+uint64_t glm_spec_rng_init(uint64_t seed) {
+    uint64_t r = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
+    return r ? r : 1;
+}
+
+/* Returns a uniform double in [0, 1) from the generator *rng. */
+static double uniform(uint64_t *rng) {
+    uint64_t x = *rng;
+    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+    *rng = x;
+    return (double)((x * 2685821657736338717ull) >> 11) / 9007199254740992.0;
 }
 
 /* The index of the largest logit (the first one on ties, as the sampler picks). */
@@ -80,31 +105,30 @@ static int by_logit_desc(const void *a, const void *b, void *arg) {
 
 /* p[V] = the distribution the sampler draws from for these logits: top-k, softmax at the
  * temperature, min-p, top-p (the sampler's order), renormalised; zero elsewhere. */
-static void dist(glm_spec *s, const float *l, float *p) {
-    const glm_sampler_params *sp = &s->sp;
-    const int V = s->V;
-    for (int i = 0; i < V; i++) s->idx[i] = i;
-    qsort_r(s->idx, (size_t)V, sizeof *s->idx, by_logit_desc, (void *)l);
+static void dist(glm_spec_work *w, const glm_sampler_params *sp, const float *l, float *p) {
+    const int V = w->V;
+    for (int i = 0; i < V; i++) w->idx[i] = i;
+    qsort_r(w->idx, (size_t)V, sizeof *w->idx, by_logit_desc, (void *)l);
     int n = sp->top_k > 0 && sp->top_k < V ? sp->top_k : V;
     memset(p, 0, (size_t)V * sizeof *p);
-    const double mx = l[s->idx[0]];
+    const double mx = l[w->idx[0]];
     double sum = 0;
-    for (int i = 0; i < n; i++) sum += exp((l[s->idx[i]] - mx) / sp->temp);
+    for (int i = 0; i < n; i++) sum += exp((l[w->idx[i]] - mx) / sp->temp);
     double p0 = 1.0 / sum;   /* the largest probability */
     if (sp->min_p > 0) {
         int m = 1;
-        while (m < n && exp((l[s->idx[m]] - mx) / sp->temp) / sum >= sp->min_p * p0) m++;
+        while (m < n && exp((l[w->idx[m]] - mx) / sp->temp) / sum >= sp->min_p * p0) m++;
         n = m;
     }
     if (sp->top_p < 1.0f) {
         double c = 0;
         int m = 0;
-        while (m < n) { c += exp((l[s->idx[m++]] - mx) / sp->temp) / sum; if (c >= sp->top_p) break; }
+        while (m < n) { c += exp((l[w->idx[m++]] - mx) / sp->temp) / sum; if (c >= sp->top_p) break; }
         n = m;
     }
     double tot = 0;
-    for (int i = 0; i < n; i++) tot += exp((l[s->idx[i]] - mx) / sp->temp);
-    for (int i = 0; i < n; i++) p[s->idx[i]] = (float)(exp((l[s->idx[i]] - mx) / sp->temp) / tot);
+    for (int i = 0; i < n; i++) tot += exp((l[w->idx[i]] - mx) / sp->temp);
+    for (int i = 0; i < n; i++) p[w->idx[i]] = (float)(exp((l[w->idx[i]] - mx) / sp->temp) / tot);
 }
 
 /* Returns the token drawn from p[n] with u in [0, 1) (the last token with mass on a
@@ -121,6 +145,72 @@ static int32_t draw(const float *p, int n, double u) {
         if (u < c) return i;
     }
     return last;
+}
+
+/* Non-zero when one of sp's penalties is on. */
+static int has_penalty(const glm_sampler_params *sp) {
+    return sp->repeat_penalty != 1.0f || sp->presence_penalty != 0 || sp->frequency_penalty != 0;
+}
+
+const float *glm_spec_penalised(glm_spec_work *w, const glm_sampler_params *sp, const float *l, const int32_t *hist, int n_hist) {
+    if (!has_penalty(sp)) return l;
+    memcpy(w->pl, l, (size_t)w->V * sizeof *w->pl);
+    glm_apply_penalties(w->pl, w->V, sp, hist, n_hist);
+    return w->pl;
+}
+
+int32_t glm_spec_pick(glm_spec_work *w, const glm_sampler_params *sp, uint64_t *rng, const float *l, float *p) {
+    if (sp->temp <= 0) return argmax(l, w->V);
+    dist(w, sp, l, p);
+    return draw(p, w->V, uniform(rng));
+}
+
+int glm_spec_draft(glm_spec_work *w, const glm_sampler_params *sp, uint64_t *rng, glm_ctx *ctx, int seq, int M,
+                   const float *qlog, const float *g, int n, int32_t *d, float *q, float *dg, float *dlog,
+                   int32_t *hist, int n_hist) {
+    const int pen = has_penalty(sp);
+    for (int j = 0; j < n; j++) {
+        const float *lg = qlog;
+        if (j > 0) {
+            int rc = glm_ctx_mtp_forward(ctx, seq, M + j - 1, 1, &d[j - 1], j == 1 ? g : dg, dg, dlog);
+            if (rc) return rc;
+            lg = dlog;
+        }
+        d[j] = glm_spec_pick(w, sp, rng, glm_spec_penalised(w, sp, lg, hist, n_hist + j), q ? q + (size_t)j * w->V : w->p);
+        if (pen) hist[n_hist + j] = d[j];
+    }
+    return GLM_OK;
+}
+
+int glm_spec_verify(glm_spec_work *w, const glm_sampler_params *sp, uint64_t *rng, glm_ctx *ctx, int row0,
+                    const int32_t *d, const float *q, int n, const int32_t *hist, int n_hist, int32_t *next) {
+    const int V = w->V;
+    int k = 0;
+    int32_t nt = -1;
+    for (int j = 0; j < n && nt < 0; j++) {
+        const float *lr = glm_ctx_logits(ctx, row0 + j);
+        if (!lr) return GLM_ERR_ARG;
+        const float *l = glm_spec_penalised(w, sp, lr, hist, n_hist + j);
+        if (sp->temp <= 0) {
+            const int32_t a = argmax(l, V);
+            if (a == d[j]) k++;
+            else nt = a;
+        } else {
+            int acc;
+            dist(w, sp, l, w->p);
+            const double u = uniform(rng), u2 = uniform(rng);
+            const int32_t t = glm_spec_accept(w->p, q + (size_t)j * V, V, d[j], u, u2, &acc);
+            if (acc) k++;
+            else nt = t;
+        }
+    }
+    if (nt < 0) {   /* every draft accepted: the bonus token */
+        const float *lr = glm_ctx_logits(ctx, row0 + n);
+        if (!lr) return GLM_ERR_ARG;
+        nt = glm_spec_pick(w, sp, rng, glm_spec_penalised(w, sp, lr, hist, n_hist + n), w->p);
+    }
+    *next = nt;
+    return k;
 }
 
 int32_t glm_spec_accept(const float *p, const float *q, int n, int32_t x, double u, double u2, int *accepted) {
@@ -159,8 +249,7 @@ int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_sp
     s->V = m->hp.n_vocab;
     s->D = m->hp.n_embd;
     s->sp = p;
-    s->rng = p.seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
-    if (!s->rng) s->rng = 1;
+    s->rng = glm_spec_rng_init(p.seed);
     s->n_seq = cp->n_seq_max;
     s->cap_hid = cp->n_batch > n_draft + 1 ? cp->n_batch : n_draft + 1;
     s->seqs = calloc((size_t)s->n_seq, sizeof *s->seqs);
@@ -168,13 +257,10 @@ int glm_spec_new(glm_ctx *ctx, int n_draft, const glm_sampler_params *sp, glm_sp
     s->q = malloc((size_t)n_draft * s->V * sizeof(float));
     s->dg = malloc((size_t)s->D * sizeof(float));
     s->dlog = malloc((size_t)s->V * sizeof(float));
-    s->p = malloc((size_t)s->V * sizeof(float));
-    s->pl = malloc((size_t)s->V * sizeof(float));
-    s->pen = p.repeat_penalty != 1.0f || p.presence_penalty != 0 || p.frequency_penalty != 0;
-    s->idx = malloc((size_t)s->V * sizeof(int32_t));
+    s->pen = has_penalty(&p);
     s->toks = malloc((size_t)(n_draft + 1) * sizeof(int32_t));
     s->want = malloc((size_t)(n_draft + 1));
-    int ok = s->seqs && s->hid && s->q && s->dg && s->dlog && s->p && s->pl && s->idx && s->toks && s->want;
+    int ok = s->seqs && s->hid && s->q && s->dg && s->dlog && s->toks && s->want && !glm_spec_work_init(&s->w, s->V);
     for (int i = 0; ok && i < s->n_seq; i++) {
         s->seqs[i].qlog = malloc((size_t)s->V * sizeof(float));
         s->seqs[i].g = malloc((size_t)s->D * sizeof(float));
@@ -193,21 +279,16 @@ void glm_spec_free(glm_spec *s) {
     free(s->q);
     free(s->dg);
     free(s->dlog);
-    free(s->p);
-    free(s->pl);
-    free(s->idx);
+    glm_spec_work_free(&s->w);
     free(s->toks);
     free(s->want);
     free(s);
 }
 
 /* The logits l after the penalties over seq's history followed by the n_d tokens written
- * after it (the drafts before the position): l itself when no penalty is on, else s->pl. */
+ * after it (the drafts before the position): l itself when no penalty is on. */
 static const float *penalised(glm_spec *s, const seq_state *q, const float *l, int n_d) {
-    if (!s->pen) return l;
-    memcpy(s->pl, l, (size_t)s->V * sizeof *s->pl);
-    glm_apply_penalties(s->pl, s->V, &s->sp, q->hist, q->n_hist + n_d);
-    return s->pl;
+    return glm_spec_penalised(&s->w, &s->sp, l, q->hist, q->n_hist + n_d);
 }
 
 /* Makes room for n tokens in seq's history (with penalties on). */
@@ -232,14 +313,6 @@ static void hist_commit(glm_spec *s, seq_state *q, int n) {
         memmove(q->hist, q->hist + (q->n_hist - w), (size_t)w * sizeof *q->hist);
         q->n_hist = w;
     }
-}
-
-/* The main model's (or the draft's) pick from logits l (already penalised): argmax when
- * greedy, else a draw from dist(l), whose probabilities are left in p. */
-static int32_t pick(glm_spec *s, const float *l, float *p) {
-    if (s->sp.temp <= 0) return argmax(l, s->V);
-    dist(s, l, p);
-    return draw(p, s->V, uniform(s));
 }
 
 /* Runs the MTP layer over positions pos0..pos0+n-1 of seq (tokens[n], hidden h[n, D]) in
@@ -290,7 +363,7 @@ int glm_spec_prefill(glm_spec *s, int seq, const int32_t *prompt, int n, int32_t
         rc = glm_ctx_decode_hidden(s->ctx, &b, s->hid);
         free(sq);
         if (rc) break;
-        if (i + k == n) q->next = pick(s, penalised(s, q, glm_ctx_logits(s->ctx, k - 1), n), s->p);
+        if (i + k == n) q->next = glm_spec_pick(&s->w, &s->sp, &s->rng, penalised(s, q, glm_ctx_logits(s->ctx, k - 1), n), s->w.p);
         for (int t = 0; t < k; t++) shifted[t] = i + t + 1 < n ? prompt[i + t + 1] : q->next;
         rc = mtp_catch_up(s, seq, i, k, shifted, s->hid);
     }
@@ -308,28 +381,18 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
     if (seq < 0 || seq >= s->n_seq || !s->seqs[seq].active)
         return glm_err(GLM_ERR_ARG, "sequence %d has no prefill (glm_spec_prefill first)", seq);
     seq_state *q = &s->seqs[seq];
-    const int V = s->V, M = glm_ctx_seq_len(s->ctx, seq);
+    const int M = glm_ctx_seq_len(s->ctx, seq);
     const int n_ctx = glm_ctx_params_of(s->ctx)->n_ctx;
     if (M + 1 > n_ctx) return glm_err(GLM_WARN_KV_FULL, "sequence %d is full (%d tokens, context %d)", seq, M, n_ctx);
     int N = s->n_draft < n_ctx - M - 1 ? s->n_draft : n_ctx - M - 1;   /* drafts that fit the context */
-    const int greedy = s->sp.temp <= 0;
     const uint64_t rng0 = s->rng;   /* restored when the step fails: a retry draws the same */
     int rc = hist_reserve(s, q, q->n_hist + N + 1);   /* d_j is written at hist[n_hist + j - 1] */
     if (rc) return rc;
     /* 1. draft d_1..d_N: q_j in s->q + (j-1)*V; d_1 from the sequence's qlog, the others
      * from the MTP layer's outputs in dg, dlog */
     s->toks[0] = q->next;
-    for (int j = 1; j <= N; j++) {
-        float *qj = s->q + (size_t)(j - 1) * V;
-        const float *lg = q->qlog;
-        if (j > 1) {
-            rc = glm_ctx_mtp_forward(s->ctx, seq, M + j - 2, 1, &s->toks[j - 1], j == 2 ? q->g : s->dg, s->dg, s->dlog);
-            if (rc) break;
-            lg = s->dlog;
-        }
-        s->toks[j] = pick(s, penalised(s, q, lg, j - 1), qj);
-        if (s->pen) q->hist[q->n_hist + j - 1] = s->toks[j];
-    }
+    rc = glm_spec_draft(&s->w, &s->sp, &s->rng, s->ctx, seq, M, q->qlog, q->g, N, s->toks + 1, s->q, s->dg, s->dlog,
+                        q->hist, q->n_hist);
     if (rc) {   /* a draft step failed: give back what the drafts wrote; the state before stays */
         glm_ctx_seq_truncate(s->ctx, seq, M);
         s->rng = rng0;
@@ -348,25 +411,9 @@ int glm_spec_step(glm_spec *s, int seq, int32_t *out, int *n_out) {
     free(sq);
     if (rc) { glm_ctx_seq_truncate(s->ctx, seq, M); s->rng = rng0; return rc; }
     /* 3. accept */
-    int k = 0;
-    int32_t nt = -1;
-    for (int j = 1; j <= N && nt < 0; j++) {
-        const float *l = penalised(s, q, glm_ctx_logits(s->ctx, j - 1), j - 1);
-        const int32_t d = s->toks[j];
-        if (greedy) {
-            const int32_t a = argmax(l, V);
-            if (a == d) k++;
-            else nt = a;
-        } else {
-            int acc;
-            dist(s, l, s->p);
-            const double u = uniform(s), u2 = uniform(s);
-            const int32_t t = glm_spec_accept(s->p, s->q + (size_t)(j - 1) * V, V, d, u, u2, &acc);
-            if (acc) k++;
-            else nt = t;
-        }
-    }
-    if (nt < 0) nt = pick(s, penalised(s, q, glm_ctx_logits(s->ctx, N), N), s->p);   /* every draft accepted: the bonus token */
+    int32_t nt;
+    const int k = glm_spec_verify(&s->w, &s->sp, &s->rng, s->ctx, 0, s->toks + 1, s->q, N, q->hist, q->n_hist, &nt);
+    if (k < 0) { glm_ctx_seq_truncate(s->ctx, seq, M); s->rng = rng0; return k; }
     s->st.steps++;
     s->st.drafted += (uint64_t)N;
     s->st.accepted += (uint64_t)k;

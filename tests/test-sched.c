@@ -3,7 +3,9 @@
  * cache too small for all of them preempts and still gives the same tokens (greedy and
  * seeded sampling); a second request with the same 32-token prefix feeds only its new
  * tokens; cancellation frees pages at once; stop strings end the text before them; no
- * page is leaked. */
+ * page is leaked. Drafting with glm-tiny's MTP layer (n_draft 1..3) gives greedy requests
+ * the tokens, text and finish of plain decoding (stop strings, preemption, the prefix
+ * cache, small budgets), and seeded sampled requests the same tokens run after run. */
 #include "glm.h"
 #include "test.h"
 
@@ -424,6 +426,149 @@ TEST(bad_requests_are_refused) {
     CHECK(glm_sched_submit(s, &r, NULL) == GLM_ERR_ARG && strstr(glm_last_error(), "tokenizer"));
     CHECK(glm_sched_idle(s));
     glm_sched_free(s);
+    glm_ctx_free(c);
+}
+
+/* ---- speculative decoding (n_draft) ---- */
+
+static int draft_steps_run;   /* scheduler steps of run_draft's last run */
+
+/* Runs n requests (stops[i]: NULL or one stop string) through a scheduler drafting
+ * n_draft tokens over a context with the MTP layer; checks the pages at the end and
+ * returns the statistics. */
+static glm_sched_stats run_draft(const spec_t *sp, const char *const *stops, int n, out_t *outs, int n_slots, int n_pages,
+                                 int batch_tokens, int cache, int n_draft) {
+    glm_sched_stats st = {0};
+    glm_ctx_params cp = glm_ctx_default_params();
+    cp.n_ctx = 512;
+    cp.n_seq_max = n_slots;
+    cp.n_batch = 64;
+    cp.n_threads = 1;
+    cp.kv_type = GLM_KV_F32;
+    cp.n_kv_pages = n_pages;
+    cp.mtp = 1;
+    glm_ctx *c = NULL;
+    CHECK_MSG(glm_ctx_new(tiny(), &cp, &c) == GLM_OK, "%s", glm_last_error());
+    if (!c) return st;
+    glm_sched_params p = glm_sched_default_params();
+    p.batch_tokens = batch_tokens;
+    p.prefix_cache = cache;
+    p.tok = tok;
+    p.n_draft = n_draft;
+    glm_sched *s = NULL;
+    CHECK_MSG(glm_sched_new(c, &p, &s) == GLM_OK, "%s", glm_last_error());
+    if (!s) { glm_ctx_free(c); return st; }
+    for (int i = 0; i < n; i++) {
+        memset(&outs[i], 0, sizeof outs[i]);
+        const char *const *stop = stops && stops[i] ? &stops[i] : NULL;
+        glm_request r = {sp[i].prompt, sp[i].n_prompt, sp[i].max_tokens, sp[i].sp, stop, stop ? 1 : 0, 1, on_event, &outs[i]};
+        CHECK_MSG(glm_sched_submit(s, &r, NULL) == GLM_OK, "%s", glm_last_error());
+    }
+    int rc;
+    draft_steps_run = 0;
+    while ((rc = glm_sched_step(s)) > 0) draft_steps_run++;
+    CHECK_MSG(rc == 0, "step: %d %s", rc, glm_last_error());
+    CHECK(glm_sched_idle(s));
+    glm_sched_get_stats(s, &st);
+    CHECK_MSG(st.kv_pages_used == 0, "%d pages still held", st.kv_pages_used);
+    CHECK(st.finished == (uint64_t)n);
+    CHECK(glm_sched_cache_clear(s) == st.kv_pages_cached);
+    CHECK_MSG(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c), "%d of %d pages free after the run",
+              glm_ctx_kv_pages_free(c), glm_ctx_kv_pages_total(c));
+    glm_sched_free(s);
+    glm_ctx_free(c);
+    return st;
+}
+
+static int same_output(const out_t *a, const out_t *b) {
+    return same_tokens(a, b) && a->fin == b->fin && a->text_len == b->text_len && !memcmp(a->text, b->text, a->text_len) &&
+           !a->events_after_finish && !b->events_after_finish;
+}
+
+#define N_SPEC 16
+
+TEST(drafting_gives_the_greedy_tokens_of_plain_decoding) {
+    if (!tiny()) { CHECK(0); return; }
+    if (!tok && glm_tokenizer_load_dir(MODEL, &tok)) { CHECK_MSG(0, "%s", glm_last_error()); return; }
+    static spec_t sp[N_SPEC];
+    static out_t ref[N_SPEC], got[N_SPEC];
+    static char stop_buf[N_SPEC][8];
+    const char *stops[N_SPEC] = {0};
+    for (int i = 0; i < N_SPEC; i++) make_spec(&sp[i], 300 + i, 2 + (i * 29) % 70, 3 + (i * 13) % 32, 1);
+    for (int i = 0; i < 4; i++) memcpy(sp[10 + i].prompt, sp[2].prompt, sizeof(int32_t) * 32);   /* a shared prefix */
+    for (int i = 0; i < 4; i++) if (sp[10 + i].n_prompt < 40) sp[10 + i].n_prompt = 40;
+    sp[2].n_prompt = 60;
+    /* stop strings from the middle of half the requests' plain texts */
+    run_draft(sp, NULL, N_SPEC, ref, N_SPEC, 0, 0, 1, 0);
+    for (int i = 0; i < N_SPEC; i += 2) {
+        const size_t L = ref[i].text_len;
+        if (L < 12) continue;
+        memcpy(stop_buf[i], ref[i].text + L / 2, 4);
+        stops[i] = stop_buf[i];
+    }
+    /* slots, KV pages (0: all; 20: preemption), budget, prefix cache, drafts from, to */
+    const int cfg[][6] = {{N_SPEC, 0, 0, 1, 1, 3}, {N_SPEC, 20, 0, 0, 2, 2}, {N_SPEC, 20, 40, 1, 3, 3}, {6, 0, 24, 1, 1, 1}};
+    for (int ci = 0; ci < 4; ci++) {
+        glm_sched_stats st0 = run_draft(sp, stops, N_SPEC, ref, cfg[ci][0], cfg[ci][1], cfg[ci][2], cfg[ci][3], 0);
+        const int steps0 = draft_steps_run;
+        int n_stop = 0;
+        for (int i = 0; i < N_SPEC; i++) n_stop += ref[i].fin == GLM_FINISH_STOP;
+        if (ci == 0) CHECK_MSG(n_stop >= 3, "%d requests stopped on their stop string", n_stop);
+        for (int nd = cfg[ci][4]; nd <= cfg[ci][5]; nd++) {
+            glm_sched_stats st = run_draft(sp, stops, N_SPEC, got, cfg[ci][0], cfg[ci][1], cfg[ci][2], cfg[ci][3], nd);
+            for (int i = 0; i < N_SPEC; i++)
+                CHECK_MSG(same_output(&got[i], &ref[i]), "config %d draft %d request %d: %d tokens (fin %d) vs %d (fin %d)", ci,
+                          nd, i, got[i].n, got[i].fin, ref[i].n, ref[i].fin);
+            CHECK(st.generated_tokens == st0.generated_tokens);
+            CHECK(st.draft_tokens > 0 && st.accepted_tokens > 0 && st.accepted_tokens <= st.draft_tokens);
+            if (cfg[ci][1]) CHECK_MSG(st.preemptions > 0, "config %d draft %d: no preemption", ci, nd);
+            fprintf(stderr, "  config %d draft %d: %llu of %llu drafts accepted (%.3f) in %llu request steps; %d scheduler steps "
+                    "(plain %d), %llu preemptions (plain %llu)\n", ci, nd, (unsigned long long)st.accepted_tokens,
+                    (unsigned long long)st.draft_tokens, (double)st.accepted_tokens / (double)(st.draft_tokens ? st.draft_tokens : 1),
+                    (unsigned long long)st.draft_steps, draft_steps_run, steps0, (unsigned long long)st.preemptions,
+                    (unsigned long long)st0.preemptions);
+        }
+    }
+}
+
+TEST(drafting_sampled_requests_repeat_with_their_seed) {
+    if (!tiny()) { CHECK(0); return; }
+    static spec_t sp[16];
+    static out_t a[16], b[16], c[16];
+    for (int i = 0; i < 16; i++) {
+        make_spec(&sp[i], 500 + i, 5 + (i * 23) % 70, 10 + (i * 7) % 30, 0);
+        sp[i].sp.temp = 0.7f;
+        sp[i].sp.top_k = 20;
+        if (i % 4 == 1) sp[i].sp.repeat_penalty = 1.3f;
+    }
+    glm_sched_stats st = run_draft(sp, NULL, 16, a, 16, 0, 0, 1, 2);
+    run_draft(sp, NULL, 16, b, 16, 0, 0, 1, 2);
+    for (int i = 0; i < 16; i++) {
+        CHECK_MSG(same_tokens(&a[i], &b[i]), "request %d differs between two runs", i);
+        CHECK(a[i].fin == GLM_FINISH_LENGTH && a[i].n == sp[i].max_tokens);
+    }
+    CHECK(st.draft_tokens > 0 && st.accepted_tokens > 0);
+    fprintf(stderr, "  sampled draft 2: %llu of %llu drafts accepted (%.3f)\n", (unsigned long long)st.accepted_tokens,
+            (unsigned long long)st.draft_tokens, (double)st.accepted_tokens / (double)(st.draft_tokens ? st.draft_tokens : 1));
+    /* the same requests one at a time: a request's draws do not depend on the others */
+    for (int i = 0; i < 16; i += 5) {
+        run_draft(sp + i, NULL, 1, c + i, 1, 0, 0, 0, 2);
+        CHECK_MSG(same_tokens(&a[i], &c[i]), "request %d alone differs from it in the batch", i);
+    }
+}
+
+TEST(drafting_needs_the_mtp_layer) {
+    if (!tiny()) { CHECK(0); return; }
+    glm_ctx *c = make_ctx(2, 0);
+    glm_sched_params p = glm_sched_default_params();
+    p.n_draft = 2;
+    glm_sched *s = NULL;
+    CHECK(glm_sched_new(c, &p, &s) == GLM_ERR_ARG && strstr(glm_last_error(), "params.mtp = 1"));
+    p.n_draft = GLM_SPEC_MAX_DRAFT + 1;
+    CHECK(glm_sched_new(c, &p, &s) == GLM_ERR_ARG);
+    p.n_draft = -1;
+    CHECK(glm_sched_new(c, &p, &s) == GLM_ERR_ARG);
+    CHECK(s == NULL);
     glm_ctx_free(c);
 }
 

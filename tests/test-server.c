@@ -824,6 +824,50 @@ TEST(bench_serve_reports) {
     tool_result_free(&t);
 }
 
+TEST(draft_gives_the_same_greedy_answers) {
+    if (!up()) return;
+    server sd;
+    /* drafting 2 tokens a step, 24 KV pages for 12 requests of up to 10 pages: preemptions */
+    if (server_start(&sd, "-np 8 --batch-tokens 64 -c 256 --kv-pages 24 --draft 2")) { CHECK_MSG(0, "glm-server --draft 2 did not start"); return; }
+    conc_req q[12], ref[12];
+    for (int i = 0; i < 12; i++) {
+        ref[i] = (conc_req){main_srv.port, 700 + i, 3 + (i * 37) % 120, 4 + (i * 11) % 30, NULL, 0};
+        conc_run(&ref[i]);
+        q[i] = ref[i];
+        q[i].port = sd.port;
+        q[i].text = NULL;
+    }
+    run_concurrent(q, 12);
+    for (int i = 0; i < 12; i++) {
+        CHECK_MSG(q[i].text && ref[i].text && !strcmp(q[i].text, ref[i].text) && q[i].n_tokens == ref[i].max_tokens,
+                  "request %d: '%s' with --draft 2, '%s' without", i, q[i].text ? q[i].text : "(failed)",
+                  ref[i].text ? ref[i].text : "(failed)");
+        free(q[i].text);
+        free(ref[i].text);
+    }
+    const double drafted = metric(sd.port, "glm_spec_draft_tokens_total"), accepted = metric(sd.port, "glm_spec_accepted_tokens_total");
+    fprintf(stderr, "  glm-server --draft 2: %.0f of %.0f drafted tokens accepted, %.0f preemptions\n", accepted, drafted,
+            metric(sd.port, "glm_preemptions_total"));
+    CHECK(drafted > 0 && accepted > 0 && accepted <= drafted);
+    CHECK(metric(main_srv.port, "glm_spec_draft_tokens_total") == 0);
+    CHECK_MSG(drained(sd.port, 5), "requests or KV pages left after the run");
+    CHECK(server_stop(&sd) == 0);
+    /* glm-bench --serve --draft: the acceptance in the report */
+    tool_result t;
+    int rc = run_tool(&t, "%s/glm-bench --serve --device cpu -t 1 -np 4 --requests 6 --in-dist 8:32 --out-dist 8:24 --draft 2 -o json",
+                      tool_bin());
+    CHECK_MSG(rc == 0, "exit %d: %s", rc, t.err);
+    CHECK_MSG(report_num(t.out, "draft") == 2 && report_num(t.out, "acceptance") > 0 && report_num(t.out, "acceptance") <= 1 &&
+              report_num(t.out, "accepted_tokens") <= report_num(t.out, "draft_tokens"), "%s", t.out);
+    tool_result_free(&t);
+    rc = run_tool(&t, "%s/glm-bench --serve --device cpu -t 1 -np 2 --requests 2 --in 8 --out 8 --draft 3 -o csv", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.out, ",prefix_hit_ratio,draft,acceptance,draft_tokens,accepted_tokens\n"), "%s%s", t.out, t.err);
+    tool_result_free(&t);
+    rc = run_tool(&t, "%s/glm-server --draft 2 --no-mtp", tool_bin());
+    CHECK_MSG(rc == 2 && strstr(t.err, "needs the MTP layer"), "%s", t.err);
+    tool_result_free(&t);
+}
+
 TEST(usage_and_startup_errors) {
     if (!up()) return;
     const struct { const char *args; int status; const char *msg; } cases[] = {

@@ -4,7 +4,9 @@
  * once, -np decoding together. Reports requests/s, output tokens/s, time to first token
  * and inter-token latency (p50, p99), KV utilisation (pages held by requests over all
  * pages: the mean over the run's time and the peak), preemptions and the prefix-cache hit
- * ratio. Included by glm-bench.c after its helpers (rand_token, run_bytes, check_memory). */
+ * ratio; with --draft N (speculative decoding in the scheduler, greedy), the fraction of
+ * the drafted tokens accepted. Included by glm-bench.c after its helpers (rand_token,
+ * run_bytes, check_memory). */
 #ifndef GLM_BENCH_SERVE_H
 #define GLM_BENCH_SERVE_H
 
@@ -13,6 +15,7 @@ typedef struct {
     int np, n_req;              /* -np, --requests (0: -np) */
     int in_lo, in_hi, out_lo, out_hi;
     int batch_tokens, kv_pages, shared_prefix, prefix_cache;
+    int n_draft;                /* --draft (set by glm-bench.c from its speculative-decoding flags) */
 } serve_opts;
 
 /* The serve-mode defaults: -np 8, 512 prompt and 128 output tokens, 512-token steps. */
@@ -127,6 +130,7 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
     cp.n_batch = o->batch_tokens > o->np ? o->batch_tokens : o->np;
     cp.n_kv_pages = o->kv_pages;
     cp.kv_type = kv_run;
+    cp.mtp = o->n_draft > 0;
     int tp_rc = tool_tp_apply(tpo, m, &cp);
     if (tp_rc) return tp_rc;
     glm_ctx *ctx = NULL;
@@ -134,6 +138,7 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
     glm_sched_params sp = glm_sched_default_params();
     sp.batch_tokens = o->batch_tokens;
     sp.prefix_cache = o->prefix_cache;
+    sp.n_draft = o->n_draft;
     serve_req *rs = calloc((size_t)n_req, sizeof *rs);
     int32_t *prefix = malloc(sizeof(int32_t) * (size_t)(o->shared_prefix + 1)), *prompt = malloc(sizeof(int32_t) * (size_t)n_ctx);
     if (!rs || !prefix || !prompt) {
@@ -204,6 +209,9 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
     const unsigned long long preempt = (unsigned long long)(st.preemptions - st0.preemptions);
     const double prompt_tok = (double)(st.prompt_tokens - st0.prompt_tokens);
     const double hit = prompt_tok > 0 ? (double)(st.cached_tokens - st0.cached_tokens) / prompt_tok : 0;
+    const unsigned long long drafted = (unsigned long long)(st.draft_tokens - st0.draft_tokens);
+    const unsigned long long accepted = (unsigned long long)(st.accepted_tokens - st0.accepted_tokens);
+    const double acc = drafted ? (double)accepted / (double)drafted : 0;
     free(ttft);
     if (gen != out_tokens) fprintf(stderr, PROG ": warning: %lld tokens generated, %lld asked\n", gen, out_tokens);
     char test[96], in_s[24], out_s[24];
@@ -213,22 +221,28 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
     const char *desc = glm_model_desc(m), *dname = dev == GLM_DEVICE_CUDA ? "cuda" : "cpu";
     if (!strcmp(out_fmt, "md")) {
         printf("| model | device | test | requests | req/s | output t/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
-               "| KV mean | KV peak | preemptions | prefix hits |\n");
-        printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-        printf("| %s | %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.1f%% | %llu | %.1f%% |\n", desc, dname,
+               "| KV mean | KV peak | preemptions | prefix hits |%s\n", o->n_draft ? " draft | acceptance |" : "");
+        printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |%s\n",
+               o->n_draft ? " ---: | ---: |" : "");
+        printf("| %s | %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.1f%% | %llu | %.1f%% |", desc, dname,
                test, n_req, req_s, tok_s, ttft50, ttft99, itl50, itl99, 100 * kv_mean, 100 * kv_peak, preempt, 100 * hit);
+        if (o->n_draft) printf(" %d | %.3f (%llu of %llu) |", o->n_draft, acc, accepted, drafted);
+        printf("\n");
     } else if (!strcmp(out_fmt, "csv")) {
         printf("model,device,test,requests,req_per_s,output_tok_per_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,kv_util_mean,"
-               "kv_util_peak,preemptions,prefix_hit_ratio\n");
-        printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%llu,%.4f\n", desc, dname, test, n_req, req_s, tok_s,
+               "kv_util_peak,preemptions,prefix_hit_ratio%s\n", o->n_draft ? ",draft,acceptance,draft_tokens,accepted_tokens" : "");
+        printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%llu,%.4f", desc, dname, test, n_req, req_s, tok_s,
                ttft50, ttft99, itl50, itl99, kv_mean, kv_peak, preempt, hit);
+        if (o->n_draft) printf(",%d,%.4f,%llu,%llu", o->n_draft, acc, drafted, accepted);
+        printf("\n");
     } else {
         printf("{\n  \"model\": \"%s\",\n  \"device\": \"%s\",\n  \"test\": \"%s\",\n  \"requests\": %d,\n  \"np\": %d,\n"
                "  \"batch_tokens\": %d,\n  \"kv_pages\": %d,\n  \"req_per_s\": %.4f,\n  \"output_tok_per_s\": %.4f,\n"
                "  \"ttft_p50_ms\": %.4f,\n  \"ttft_p99_ms\": %.4f,\n  \"itl_p50_ms\": %.4f,\n  \"itl_p99_ms\": %.4f,\n"
-               "  \"kv_util_mean\": %.4f,\n  \"kv_util_peak\": %.4f,\n  \"preemptions\": %llu,\n  \"prefix_hit_ratio\": %.4f\n}\n",
+               "  \"kv_util_mean\": %.4f,\n  \"kv_util_peak\": %.4f,\n  \"preemptions\": %llu,\n  \"prefix_hit_ratio\": %.4f,\n"
+               "  \"draft\": %d,\n  \"draft_tokens\": %llu,\n  \"accepted_tokens\": %llu,\n  \"acceptance\": %.4f\n}\n",
                desc, dname, test, n_req, o->np, o->batch_tokens, st.kv_pages_total, req_s, tok_s, ttft50, ttft99, itl50, itl99,
-               kv_mean, kv_peak, preempt, hit);
+               kv_mean, kv_peak, preempt, hit, o->n_draft, drafted, accepted, acc);
     }
 done:
     if (rc && rc != GLM_ERR_OOM) fprintf(stderr, PROG ": error: %s\n", glm_last_error());

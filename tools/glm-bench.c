@@ -80,7 +80,9 @@ static void usage(FILE *f) {
                "                           with the acceptance rate (a synthetic model's random MTP layer\n"
                "                           accepts next to nothing); and the cost of a verify step of\n"
                "                           draft + 1 tokens against a one-token step, with the projected\n"
-               "                           speed-up at acceptance 0.6, 0.7 and 0.8\n");
+               "                           speed-up at acceptance 0.6, 0.7 and 0.8; with --serve, the\n"
+               "                           scheduler drafts for every decoding request and the report\n"
+               "                           adds the fraction of drafted tokens accepted\n");
     fprintf(f, "  -h, --help               this text\n");
 }
 
@@ -396,7 +398,7 @@ int main(int argc, char **argv) {
     glm_hparams hp;
     if (synth && glm_preset(synth, layers, &hp)) tool_usage_error("--synthetic: %s", glm_last_error());
     if (synth && spo.n_draft) hp.n_nextn = 1;   /* a random MTP layer to draft with */
-    if (spo.n_draft && so.on) tool_usage_error("--draft: not with --serve (the scheduler does not draft yet)");
+    so.n_draft = spo.n_draft;   /* --serve: the scheduler drafts */
     if (project && tpo.n_tp < 2) tool_usage_error("--project: projects a step over --tp N ranks, N 2 or more");
     if (project && so.on) tool_usage_error("--project: not with --serve");
     glm_ctx_params spec_cp = glm_ctx_default_params();

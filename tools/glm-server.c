@@ -47,7 +47,11 @@ static void usage(FILE *f) {
         "  --no-prefix-cache        do not share prompt pages between requests\n",
         tool_default_model());
     tool_tp_usage(f, 27);
+    tool_spec_usage(f, 27);
     fprintf(f,
+        "                           (--draft: the scheduler drafts for every decoding request and\n"
+        "                           verifies all of them in its one forward a step; greedy\n"
+        "                           requests give the same text as without)\n"
         "server:\n"
         "  --host H                 address to listen on (default 127.0.0.1)\n"
         "  --port P                 port (default 8080; 0 = any free port, printed on stderr)\n"
@@ -613,6 +617,11 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
               "glm_generation_tokens_total %llu\n", (unsigned long long)st.generated_tokens);
     sb_printf(&b, "# HELP glm_preemptions_total Requests evicted for KV pages (recomputed later).\n"
               "# TYPE glm_preemptions_total counter\nglm_preemptions_total %llu\n", (unsigned long long)st.preemptions);
+    sb_printf(&b, "# HELP glm_spec_draft_tokens_total Tokens the MTP layer drafted (--draft).\n"
+              "# TYPE glm_spec_draft_tokens_total counter\nglm_spec_draft_tokens_total %llu\n", (unsigned long long)st.draft_tokens);
+    sb_printf(&b, "# HELP glm_spec_accepted_tokens_total Drafted tokens the model accepted (--draft).\n"
+              "# TYPE glm_spec_accepted_tokens_total counter\nglm_spec_accepted_tokens_total %llu\n",
+              (unsigned long long)st.accepted_tokens);
     sb_printf(&b, "# HELP glm_requests_finished_total Requests ended, by outcome.\n# TYPE glm_requests_finished_total counter\n"
               "glm_requests_finished_total{outcome=\"ok\"} %llu\nglm_requests_finished_total{outcome=\"cancelled_or_failed\"} %llu\n",
               (unsigned long long)ok, (unsigned long long)failed);
@@ -722,6 +731,7 @@ int main(int argc, char **argv) {
     tool_init(PROG);
     glm_device dev = tool_default_device();
     tool_tp_opts tpo = tool_tp_default();
+    tool_spec_opts spo = {0, 0};
     S.n_parallel = 4;
     S.max_queue = 64;
     S.max_body = 1 << 20;
@@ -748,9 +758,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--max-body")) S.max_body = tool_int(a, tool_arg(argc, argv, &i), 64, 1 << 30);
         else if (!strcmp(a, "--timeout")) timeout = tool_int(a, tool_arg(argc, argv, &i), 1, 86400);
         else if (tool_tp_flag(argc, argv, &i, &tpo)) continue;
+        else if (tool_spec_flag(argc, argv, &i, &spo)) continue;
         else tool_usage_error("unknown argument '%s' (see --help)", a);
     }
-    int rc = tool_tp_check(&tpo, dev);
+    glm_ctx_params cp = glm_ctx_default_params();
+    int rc = tool_spec_apply(PROG, &spo, &cp);   /* cp.mtp */
+    if (!rc) rc = tool_tp_check(&tpo, dev);
     if (!rc && tpo.dist_init) {
         fprintf(stderr, PROG ": error: --dist-init: the server runs its ranks in one process (--tp N); with one process "
                 "a rank the requests would reach only one of them\n");
@@ -787,7 +800,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     const char *dir = model_dir ? model_dir : tool_default_model();
-    S.model = tool_load_model(PROG, dir);
+    S.model = tool_load_model_spec(PROG, dir, &spo);
     if (!S.model) { tool_tp_free(&tpo); freeaddrinfo(ai); return EXIT_FAIL; }
     if (glm_tokenizer_load_dir(dir, &S.tok)) {
         fprintf(stderr, PROG ": error: cannot load the tokenizer: %s\n", glm_last_error());
@@ -810,7 +823,6 @@ int main(int argc, char **argv) {
         snprintf(base, sizeof base, "%.*s", (int)(l - b0), dir + b0);
         S.name = base;
     }
-    glm_ctx_params cp = glm_ctx_default_params();
     cp.device = dev;
     cp.n_threads = n_threads;
     cp.n_ctx = S.n_ctx;
@@ -823,6 +835,7 @@ int main(int argc, char **argv) {
     sp.batch_tokens = batch_tokens;
     sp.prefix_cache = prefix_cache;
     sp.tok = S.tok;
+    sp.n_draft = spo.n_draft;
     rc = tool_tp_apply(&tpo, S.model, &cp);
     if (rc) {
         tool_tp_free(&tpo);
