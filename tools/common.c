@@ -462,7 +462,7 @@ void tool_spec_usage(FILE *f, int width) {
     fprintf(f, "  %-*s tokens the model's MTP layer drafts a step, verified in one forward\n"
                "  %-*s (default 0 = off until a trained MTP layer is measured; max %d; one rank)\n"
                "  %-*s never load the MTP layer (loads as a checkpoint without it)\n",
-            width - 2, "--draft N", width - 2, "", GLM_SPEC_MAX_DRAFT, width - 2, "--no-mtp");
+            width - 3, "--draft N", width - 3, "", GLM_SPEC_MAX_DRAFT, width - 3, "--no-mtp");
 }
 
 int tool_spec_flag(int argc, char **argv, int *i, tool_spec_opts *o) {
