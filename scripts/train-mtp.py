@@ -22,7 +22,7 @@ not touched.
 
 Needs torch (Debian python3-torch is enough) and a CPU build of the engine:
   make CUDA=0 BUILD=build-mtp all
-  nice -n 10 /usr/bin/python3 scripts/train-mtp.py --build build-mtp [--minutes 12]
+  nice -n 10 /usr/bin/python3 scripts/train-mtp.py --build build-mtp [--minutes 40]
 """
 import argparse
 import json
@@ -273,10 +273,10 @@ def main():
     ap.add_argument("--model", default="models/glm-tiny")
     ap.add_argument("--corpus", default=".data/corpus/train.txt")
     ap.add_argument("--build", default="build")
-    ap.add_argument("--tokens", type=int, default=100000, help="training tokens (windows of --window)")
+    ap.add_argument("--tokens", type=int, default=400000, help="training tokens (windows of --window)")
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8, help="windows a step")
-    ap.add_argument("--minutes", type=float, default=12.0, help="training time")
+    ap.add_argument("--minutes", type=float, default=40.0, help="training time")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--out", default=None, help="directory to export into (default: --model)")
     a = ap.parse_args()
