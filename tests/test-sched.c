@@ -65,19 +65,23 @@ static void make_spec(spec_t *s, uint64_t seed, int n_prompt, int max_tokens, in
     if (greedy) s->sp.temp = 0;
 }
 
-/* A context for n_slots requests of up to 512 tokens, with n_pages KV pages (0: all). */
-static glm_ctx *make_ctx(int n_slots, int n_pages) {
+/* A context for n_slots requests of up to 512 tokens, with n_pages KV pages (0: all),
+ * passes of up to n_batch tokens, and the MTP layer's cache with mtp. */
+static glm_ctx *make_ctx_with(int n_slots, int n_pages, int n_batch, int mtp) {
     glm_ctx_params cp = glm_ctx_default_params();
     cp.n_ctx = 512;
     cp.n_seq_max = n_slots;
-    cp.n_batch = 256;
+    cp.n_batch = n_batch;
     cp.n_threads = 1;
     cp.kv_type = GLM_KV_F32;
     cp.n_kv_pages = n_pages;
+    cp.mtp = mtp;
     glm_ctx *c = NULL;
     if (glm_ctx_new(tiny(), &cp, &c)) fprintf(stderr, "  ctx: %s\n", glm_last_error());
     return c;
 }
+
+static glm_ctx *make_ctx(int n_slots, int n_pages) { return make_ctx_with(n_slots, n_pages, 256, 0); }
 
 /* Runs the n requests through one scheduler (all submitted at once) into outs; returns
  * the scheduler's statistics at the end, and checks that no page is leaked. */
@@ -439,16 +443,8 @@ static int draft_steps_run;   /* scheduler steps of run_draft's last run */
 static glm_sched_stats run_draft(const spec_t *sp, const char *const *stops, int n, out_t *outs, int n_slots, int n_pages,
                                  int batch_tokens, int cache, int n_draft) {
     glm_sched_stats st = {0};
-    glm_ctx_params cp = glm_ctx_default_params();
-    cp.n_ctx = 512;
-    cp.n_seq_max = n_slots;
-    cp.n_batch = 64;
-    cp.n_threads = 1;
-    cp.kv_type = GLM_KV_F32;
-    cp.n_kv_pages = n_pages;
-    cp.mtp = 1;
-    glm_ctx *c = NULL;
-    CHECK_MSG(glm_ctx_new(tiny(), &cp, &c) == GLM_OK, "%s", glm_last_error());
+    glm_ctx *c = make_ctx_with(n_slots, n_pages, 64, 1);
+    CHECK(c != NULL);
     if (!c) return st;
     glm_sched_params p = glm_sched_default_params();
     p.batch_tokens = batch_tokens;
