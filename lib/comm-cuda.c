@@ -62,12 +62,6 @@ typedef struct {
 
 static cu_rank *rank_of(glm_comm *c) { return &((cu_group *)c->g->impl)->r[c->local]; }
 
-/* Returns seconds on the monotonic clock. */
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 /* Sleeps a little: nothing for the first millisecond of a wait, 50 us after. */
 static void nap(double waited_s) {
@@ -104,7 +98,7 @@ static int cuda_check(glm_comm *c, cudaError_t e, const char *call, const char *
  * the timeout passes; returns 0 or the error (aborting the rank's communicator). */
 static int wait_stream(glm_comm *c, cudaStream_t st, const char *what) {
     cu_rank *cr = rank_of(c);
-    double t0 = now_s(), timeout = c->g->p.timeout_s;
+    double t0 = glm_now_s(), timeout = c->g->p.timeout_s;
     for (;;) {
         int rc = glm_comm_check(c, what);
         if (rc) {
@@ -126,7 +120,7 @@ static int wait_stream(glm_comm *c, cudaStream_t st, const char *what) {
             }
         }
 #endif
-        double waited = now_s() - t0;
+        double waited = glm_now_s() - t0;
         if (waited > timeout) {
             char why[400], late[256];
             int first = glm_comm_late_ranks(c, late, sizeof late);
@@ -149,14 +143,14 @@ static int wait_stream(glm_comm *c, cudaStream_t st, const char *what) {
  * naming the call (aborting the rank's communicator). */
 static int nccl_done(glm_comm *c, ncclResult_t r, const char *call, const char *what) {
     cu_rank *cr = rank_of(c);
-    double t0 = now_s();
+    double t0 = glm_now_s();
     while (r == ncclInProgress) {
         int rc = glm_comm_check(c, what);
         if (rc) {
             abort_rank(cr);
             return rc;
         }
-        double waited = now_s() - t0;
+        double waited = glm_now_s() - t0;
         if (waited > c->g->p.timeout_s) break;
         nap(waited);
         ncclResult_t a = ncclInProgress, q = ncclCommGetAsyncError(cr->comm, &a);
@@ -207,7 +201,7 @@ static int nccl_init_all(glm_comm_group *g, const glm_comm_params *p, cu_group *
     if (!*err && r != ncclSuccess && r != ncclInProgress)
         snprintf(err, sizeof err, "ncclGroupEnd: %s (%s)", ncclGetErrorString(r), ncclGetLastError(NULL));
     /* every rank's init settles, fails or times out */
-    double t0 = now_s();
+    double t0 = glm_now_s();
     for (int i = 0; i < g->n && !*err; i++) {
         ncclResult_t a = ncclInProgress;
         while (a == ncclInProgress) {
@@ -217,10 +211,10 @@ static int nccl_init_all(glm_comm_group *g, const glm_comm_params *p, cu_group *
             if (a != ncclSuccess && a != ncclInProgress)
                 snprintf(err, sizeof err, "rank %d: ncclCommInitRankConfig: %s (%s)", g->ranks[i].rank,
                          ncclGetErrorString(a), ncclGetLastError(cg->r[i].comm));
-            else if (a == ncclInProgress && now_s() - t0 > g->p.timeout_s)
+            else if (a == ncclInProgress && glm_now_s() - t0 > g->p.timeout_s)
                 snprintf(err, sizeof err, "rank %d: ncclCommInitRankConfig did not complete within %g s "
                          "(are all %d ranks started?)", g->ranks[i].rank, g->p.timeout_s, g->world);
-            else { nap(now_s() - t0); continue; }
+            else { nap(glm_now_s() - t0); continue; }
             break;
         }
     }
@@ -286,11 +280,11 @@ static void cu_free(glm_comm_group *g) {
         cudaSetDevice(cr->device);
         state[i] = ncclCommFinalize(cr->comm);
     }
-    double t0 = now_s();
+    double t0 = glm_now_s();
     for (int i = 0; i < g->n; i++) {
         cu_rank *cr = &cg->r[i];
-        while (state[i] == ncclInProgress && now_s() - t0 < g->p.timeout_s) {
-            nap(now_s() - t0);
+        while (state[i] == ncclInProgress && glm_now_s() - t0 < g->p.timeout_s) {
+            nap(glm_now_s() - t0);
             if (ncclCommGetAsyncError(cr->comm, &state[i]) != ncclSuccess) state[i] = ncclInternalError;
         }
     }

@@ -365,16 +365,10 @@ const char *glm_comm_kind_name(const glm_comm *c) {
 
 /* ---- the calls: argument checks, then the kind ---- */
 
-/* Seconds on CLOCK_MONOTONIC. */
-static double mono_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* Counts a collective's host time (started at t0) into c's totals; returns rc. */
 static int timed(glm_comm *c, double t0, int rc) {
-    c->busy_s += mono_s() - t0;
+    c->busy_s += glm_now_s() - t0;
     c->n_timed++;
     return rc;
 }
@@ -388,7 +382,7 @@ int glm_comm_all_reduce(glm_comm *c, void *buf, size_t n, glm_comm_dtype dtype, 
     if (!c || (!buf && n)) return glm_err(GLM_ERR_ARG, "all-reduce: NULL communicator or buffer");
     if (dtype != GLM_COMM_F32 && dtype != GLM_COMM_BF16)
         return glm_err(GLM_ERR_ARG, "all-reduce on rank %d: unknown dtype %d", c->rank, (int)dtype);
-    const double t0 = mono_s();
+    const double t0 = glm_now_s();
     return timed(c, t0, c->g->ops->all_reduce(c, buf, n, dtype, stream));
 }
 
@@ -400,7 +394,7 @@ int glm_comm_all_gather(glm_comm *c, const void *send, void *recv, size_t n, glm
     const char *s = send, *r = recv;
     if (n && s < r + (size_t)c->g->world * bytes && r < s + bytes)
         return glm_err(GLM_ERR_ARG, "all-gather on rank %d: send and recv overlap", c->rank);
-    const double t0 = mono_s();
+    const double t0 = glm_now_s();
     return timed(c, t0, c->g->ops->all_gather(c, send, recv, n, dtype, stream));
 }
 

@@ -11,6 +11,8 @@
 
 /* Sets the thread's error message and returns status (so `return glm_err(...)` reads well). */
 int glm_err(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Seconds on the monotonic clock. */
+double glm_now_s(void);
 
 /* ---- numbers ---- */
 float glm_bf16_to_f32(uint16_t h);

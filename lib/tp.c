@@ -140,10 +140,9 @@ int glm_tp_gpu(const glm_ctx_params *p, int r) {
 
 /* CUDA: checks that each GPU has room for the weights of the ranks placed on it (and
  * 1 GiB a rank for activations and the KV cache), naming the GPU and both figures. */
-static int check_gpu_memory(glm_tp *tp, const glm_ctx_params *p) {
+static int check_gpu_memory(glm_tp *tp) {
     uint64_t need[GLM_COMM_MAX_RANKS] = {0};
     int gpu[GLM_COMM_MAX_RANKS], ranks[GLM_COMM_MAX_RANKS] = {0}, n = 0;
-    (void)p;
     for (int r = 0; r < tp->n; r++) {
         const int g = tp->gpu[r];
         int i = 0;
@@ -261,8 +260,7 @@ static int dist_setup(glm_tp *tp, const glm_ctx_params *p, uint8_t id[GLM_COMM_I
 
 int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out) {
     *out = NULL;
-    int rc = p->dist_init ? GLM_OK : glm_tp_check(model, p);
-    if (rc) return rc;
+    int rc;
     const int cuda = p->device == GLM_DEVICE_CUDA;
     if (cuda && (rc = glm_cuda_check())) return rc;
     glm_tp *tp = calloc(1, sizeof *tp);
@@ -276,10 +274,9 @@ int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out) {
         for (int r = 0; r < tp->n; r++) tp->gpu[r] = glm_tp_gpu(p, r);
     }
     const int N = tp->world;
-    if (N > 1 && (rc = glm_tp_check(model, &(glm_ctx_params){ .device = p->device, .n_tp = N, .moe_split = p->moe_split }))) {
-        glm_tp_free(tp);
-        return rc;
-    }
+    glm_ctx_params cq = *p;   /* the checks at the world's size (WORLD_SIZE with dist_init) */
+    cq.n_tp = N;
+    if ((rc = glm_tp_check(model, &cq))) { glm_tp_free(tp); return rc; }
     tp->views = calloc((size_t)tp->n, sizeof *tp->views);
     tp->be = calloc((size_t)tp->n, sizeof *tp->be);
     if (!tp->views || !tp->be) { glm_tp_free(tp); return glm_err(GLM_ERR_OOM, "out of memory"); }
@@ -296,7 +293,7 @@ int glm_tp_new(glm_model *model, const glm_ctx_params *p, glm_tp **out) {
         if ((rc = glm_comm_group_new(&cp, &tp->group))) { glm_tp_free(tp); return rc; }
     }
     if (cuda) {
-        if ((rc = check_gpu_memory(tp, p)) || (rc = load_cuda_ranks(tp, p))) { glm_tp_free(tp); return rc; }
+        if ((rc = check_gpu_memory(tp)) || (rc = load_cuda_ranks(tp, p))) { glm_tp_free(tp); return rc; }
     } else {
         /* the threads are shared out between the ranks, at least one each */
         long cores = sysconf(_SC_NPROCESSORS_ONLN);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static _Thread_local char last_error[1024];
 
@@ -144,4 +145,10 @@ int glm_path_join(char *buf, size_t cap, const char *dir, const char *name) {
     }
     snprintf(buf, cap, "%.*s/%s", (int)dl, dir, name);
     return GLM_OK;
+}
+
+double glm_now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
