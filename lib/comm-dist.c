@@ -57,11 +57,6 @@ int glm_comm_dist_from_env(glm_comm_dist *d) {
     return rc;
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 static void sleep_ms(int ms) {
     struct timespec t = { ms / 1000, (long)(ms % 1000) * 1000000L };
@@ -104,12 +99,12 @@ static int file_rank0(const char *path, int world, double timeout_s, const uint8
         return glm_err(GLM_ERR_IO, "rendezvous: cannot write %s: %s", path, strerror(e));
     }
     /* wait for every rank's answer, then clean up */
-    double t0 = now_s();
+    double t0 = glm_now_s();
     int rc = 0;
     for (int r = 1; r < world && !rc; r++) {
         snprintf(ack, sizeof ack, "%s.ack.%d", path, r);
         while (stat(ack, &st) != 0) {
-            if (now_s() - t0 > timeout_s) {
+            if (glm_now_s() - t0 > timeout_s) {
                 rc = glm_err(GLM_ERR_IO, "rendezvous file:%s: rank %d did not answer within %g s", path, r, timeout_s);
                 break;
             }
@@ -125,7 +120,7 @@ static int file_rank0(const char *path, int world, double timeout_s, const uint8
 }
 
 static int file_rank(const char *path, int rank, int world, double timeout_s, uint8_t *id) {
-    double t0 = now_s();
+    double t0 = glm_now_s();
     uint8_t rec[FILE_LEN];
     for (;;) {
         int fd = open(path, O_RDONLY);
@@ -137,7 +132,7 @@ static int file_rank(const char *path, int rank, int world, double timeout_s, ui
             break;
         }
         if (errno != ENOENT) return glm_err(GLM_ERR_IO, "rendezvous: cannot open %s: %s", path, strerror(errno));
-        if (now_s() - t0 > timeout_s)
+        if (glm_now_s() - t0 > timeout_s)
             return glm_err(GLM_ERR_IO, "rendezvous file:%s: rank 0 did not write it within %g s", path, timeout_s);
         sleep_ms(2);
     }
@@ -158,7 +153,7 @@ static int file_rank(const char *path, int rank, int world, double timeout_s, ui
 /* Reads exactly n bytes from fd before the deadline; returns 0, or -1 with *why set. */
 static int read_full(int fd, void *buf, size_t n, double deadline, const char **why) {
     for (size_t done = 0; done < n;) {
-        int ms = (int)((deadline - now_s()) * 1000);
+        int ms = (int)((deadline - glm_now_s()) * 1000);
         if (ms <= 0) { *why = "timed out"; return -1; }
         struct pollfd p = { fd, POLLIN, 0 };
         int k = poll(&p, 1, ms);
@@ -206,10 +201,10 @@ static int tcp_rank0(const char *addr, const char *port, int world, double timeo
     freeaddrinfo(ai);
     if (ls < 0) return glm_err(GLM_ERR_IO, "rendezvous tcp:%s: cannot listen on port %s: %s", addr, port, strerror(e));
     char *seen = calloc((size_t)world, 1);
-    double deadline = now_s() + timeout_s;
+    double deadline = glm_now_s() + timeout_s;
     int rc = seen ? 0 : glm_err(GLM_ERR_OOM, "rendezvous: out of memory");
     for (int answered = 1; answered < world && !rc;) {
-        int ms = (int)((deadline - now_s()) * 1000);
+        int ms = (int)((deadline - glm_now_s()) * 1000);
         struct pollfd p = { ls, POLLIN, 0 };
         int k = ms > 0 ? poll(&p, 1, ms) : 0;
         if (k < 0 && errno == EINTR) continue;
@@ -250,7 +245,7 @@ static int tcp_rank0(const char *addr, const char *port, int world, double timeo
 
 static int tcp_rank(const char *addr, const char *host, const char *port, int rank, int world, double timeout_s,
                     uint8_t *id) {
-    double deadline = now_s() + timeout_s;
+    double deadline = glm_now_s() + timeout_s;
     const char *why = "no address";
     for (;;) {
         struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
@@ -277,11 +272,28 @@ static int tcp_rank(const char *addr, const char *host, const char *port, int ra
             close(fd);
         }
         if (ai) freeaddrinfo(ai);
-        if (now_s() > deadline)
+        if (glm_now_s() > deadline)
             return glm_err(GLM_ERR_IO, "rendezvous tcp:%s: rank %d could not get the id from rank 0 within %g s (%s)",
                            addr, rank, timeout_s, why);
         sleep_ms(20);
     }
+}
+
+int glm_comm_spec_check(const char *spec) {
+    if (!spec) return glm_err(GLM_ERR_ARG, "rendezvous: NULL spec");
+    if (!strncmp(spec, "file:", 5) && spec[5]) {
+        /* PATH.tmp.PID and PATH.ack.RANK must fit (cut, every rank's answer had one name) */
+        const size_t len = strlen(spec + 5), longest = sizeof ".tmp.4294967295";
+        if (len + longest > PATH_MAX)
+            return glm_err(GLM_ERR_ARG, "rendezvous file:%.64s...: a path of %zu bytes, at most %zu (its answer files add up to %zu)",
+                           spec + 5, len, (size_t)PATH_MAX - longest, longest - 1);
+        return GLM_OK;
+    }
+    if (!strncmp(spec, "tcp:", 4)) {
+        char host[256], port[16];
+        return split_host_port(spec + 4, host, sizeof host, port, sizeof port);
+    }
+    return glm_err(GLM_ERR_ARG, "rendezvous '%.200s': expected file:PATH or tcp:HOST:PORT", spec);
 }
 
 int glm_comm_rendezvous(const char *spec, int rank, int world_size, double timeout_s, uint8_t id[GLM_COMM_ID_BYTES]) {
@@ -289,24 +301,15 @@ int glm_comm_rendezvous(const char *spec, int rank, int world_size, double timeo
     if (world_size < 1 || rank < 0 || rank >= world_size)
         return glm_err(GLM_ERR_ARG, "rendezvous: rank %d outside a world of %d", rank, world_size);
     if (!(timeout_s > 0)) return glm_err(GLM_ERR_ARG, "rendezvous: timeout must be positive");
-    if (world_size == 1) return 0;
-    if (!strncmp(spec, "file:", 5) && spec[5]) {
-        /* PATH.tmp.PID and PATH.ack.RANK must fit (cut, every rank's answer had one name) */
-        const size_t len = strlen(spec + 5), longest = sizeof ".tmp.4294967295";
-        if (len + longest > PATH_MAX)
-            return glm_err(GLM_ERR_ARG, "rendezvous file:%.64s...: a path of %zu bytes, at most %zu (its answer files add up to %zu)",
-                           spec + 5, len, (size_t)PATH_MAX - longest, longest - 1);
+    int rc = glm_comm_spec_check(spec);   /* checked in a world of one too */
+    if (rc || world_size == 1) return rc;
+    if (!strncmp(spec, "file:", 5))
         return rank == 0 ? file_rank0(spec + 5, world_size, timeout_s, id)
                          : file_rank(spec + 5, rank, world_size, timeout_s, id);
-    }
-    if (!strncmp(spec, "tcp:", 4)) {
-        char host[256], port[16];
-        int rc = split_host_port(spec + 4, host, sizeof host, port, sizeof port);
-        if (rc) return rc;
-        return rank == 0 ? tcp_rank0(spec + 4, port, world_size, timeout_s, id)
-                         : tcp_rank(spec + 4, host, port, rank, world_size, timeout_s, id);
-    }
-    return glm_err(GLM_ERR_ARG, "rendezvous '%s': expected file:PATH or tcp:HOST:PORT", spec);
+    char host[256], port[16];
+    split_host_port(spec + 4, host, sizeof host, port, sizeof port);
+    return rank == 0 ? tcp_rank0(spec + 4, port, world_size, timeout_s, id)
+                     : tcp_rank(spec + 4, host, port, rank, world_size, timeout_s, id);
 }
 
 int glm_dist_env(int *rank, int *world_size, int *local_rank) {
@@ -318,3 +321,5 @@ int glm_dist_env(int *rank, int *world_size, int *local_rank) {
     if (local_rank) *local_rank = d.local_rank;
     return GLM_OK;
 }
+
+int glm_dist_spec_check(const char *spec) { return glm_comm_spec_check(spec); }

@@ -109,6 +109,10 @@ int glm_comm_dist_from_env(glm_comm_dist *d);
  * "file:PATH" (a shared file system) or "tcp:HOST:PORT" (rank 0 listens on PORT of HOST);
  * rank 0 passes its id in, the others receive it. Returns a status; every wait ends after
  * timeout_s with an error naming the file or address and the missing ranks. */
+/* Checks a rendezvous spec ("file:PATH" with room for its answer files, or
+ * "tcp:HOST:PORT", HOST possibly [v6], PORT 1..65535) without touching the file system or
+ * the network; GLM_OK or GLM_ERR_ARG naming what is wrong. */
+int glm_comm_spec_check(const char *spec);
 int glm_comm_rendezvous(const char *spec, int rank, int world_size, double timeout_s,
                         uint8_t id[GLM_COMM_ID_BYTES]);
 

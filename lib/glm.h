@@ -191,6 +191,9 @@ int glm_cuda_mem_info(int gpu, uint64_t *free_b, uint64_t *total_b);
 /* The place of this process from RANK, WORLD_SIZE and LOCAL_RANK in the environment
  * (unset: 0, 1, 0); a status naming a variable that is not an integer in range. */
 int glm_dist_env(int *rank, int *world_size, int *local_rank);
+/* Checks a dist_init spec ("file:PATH" or "tcp:HOST:PORT") without the file system or the
+ * network; GLM_OK or GLM_ERR_ARG naming what is wrong. */
+int glm_dist_spec_check(const char *spec);
 /* Ranks the context runs (1 without tensor parallelism, and with tp_solo) and how they
  * sum: "none" (one rank), "local" (CPU threads), "nccl" or "shared-gpu". */
 int glm_ctx_tp_ranks(const glm_ctx *ctx);

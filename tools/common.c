@@ -261,8 +261,8 @@ int tool_tp_flag(int argc, char **argv, int *i, tool_tp_opts *o) {
             tool_usage_error("--gpus expects a list of 1 to 64 GPU indices such as 0,1,2,3, got '%s'", v);
     } else if (!strcmp(a, "--dist-init")) {
         const char *v = tool_arg(argc, argv, i);
-        if (strncmp(v, "file:", 5) && strncmp(v, "tcp:", 4))
-            tool_usage_error("--dist-init expects file:PATH or tcp:HOST:PORT, got '%s'", v);
+        if (glm_dist_spec_check(v) != GLM_OK)
+            tool_usage_error("--dist-init expects file:PATH or tcp:HOST:PORT, got '%s': %s", v, glm_last_error());
         if (glm_dist_env(&o->rank, &o->world_size, &o->local_rank) != GLM_OK)
             tool_usage_error("--dist-init: %s", glm_last_error());
         o->dist_init = v;
