@@ -413,6 +413,14 @@ typedef struct {
     uint64_t draft_steps;          /* n_draft: request steps that verified drafts */
     uint64_t draft_tokens;         /* tokens drafted */
     uint64_t accepted_tokens;      /* of them accepted by the main model */
+    uint64_t steps;                /* glm_sched_step calls that fed the model */
+    uint64_t prefill_steps;        /* of them those that fed a prompt chunk (or recomputed
+                                      a preempted request's tokens) */
+    double t_step;                 /* seconds inside those calls, all of it */
+    double t_prefill_step;         /* of it in those steps */
+    double t_forward;              /* of it in the model's forward (glm_ctx_decode*) */
+    double t_sample;               /* of it picking the tokens after the forward (sampling;
+                                      with drafting, verifying and the MTP layer's passes) */
 } glm_sched_stats;
 
 glm_sched_params glm_sched_default_params(void);

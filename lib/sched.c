@@ -96,6 +96,7 @@ struct glm_sched {
     int32_t lru_head, lru_tail;    /* (reference count 1), least recently held first; -1 = none */
     int n_cache_only;          /* pages in that list */
     glm_sched_stats st;
+    int step_prefill;          /* the step fed a prompt chunk */
     /* per step */
     int32_t *b_tok, *b_seq;
     int8_t *b_logits;
@@ -752,7 +753,23 @@ static int spec_finish_step(glm_sched *s, int nb) {
     return GLM_OK;
 }
 
+static int sched_step(glm_sched *s);
+
+/* One step, timed: the whole call, its forward and its picking (glm_sched_stats). */
 int glm_sched_step(glm_sched *s) {
+    const double t0 = glm_now_s();
+    s->step_prefill = 0;
+    const int rc = sched_step(s);
+    if (rc > 0) {
+        const double t = glm_now_s() - t0;
+        s->st.steps++;
+        s->st.t_step += t;
+        if (s->step_prefill) { s->st.prefill_steps++; s->st.t_prefill_step += t; }
+    }
+    return rc;
+}
+
+static int sched_step(glm_sched *s) {
     int rc = admit(s);
     if (rc) return rc;
     int T, nb, resv;
@@ -815,6 +832,7 @@ int glm_sched_step(glm_sched *s) {
     for (int i = 0; i < nb; i++) {
         req *r = s->b_req[i];
         r->row0 = T;
+        s->step_prefill |= r->n_tok - r->n_done > 1;   /* a prompt chunk (or a preempted request's recomputation) */
         for (int j = 0; j < r->chunk; j++) {
             s->b_tok[T] = r->tok[r->n_done + j];
             s->b_seq[T] = r->slot;
@@ -823,7 +841,10 @@ int glm_sched_step(glm_sched *s) {
         }
     }
     glm_batch b = {T, s->b_tok, s->b_seq, s->b_logits};
+    const double t_fwd = glm_now_s();
     rc = s->p.n_draft ? glm_ctx_decode_hidden(s->ctx, &b, s->hid) : glm_ctx_decode(s->ctx, &b);
+    const double t_pick = glm_now_s();
+    s->st.t_forward += t_pick - t_fwd;
     if (rc) {
         for (int i = 0; i < nb; i++) s->b_req[i]->chunk = 0;
         fail_running(s);
@@ -831,7 +852,9 @@ int glm_sched_step(glm_sched *s) {
     }
     s->st.computed_tokens += (uint64_t)T;
     if (s->p.n_draft) {
-        if ((rc = spec_finish_step(s, nb))) { fail_running(s); return rc; }
+        rc = spec_finish_step(s, nb);
+        s->st.t_sample += glm_now_s() - t_pick;
+        if (rc) { fail_running(s); return rc; }
         return T;
     }
     int ns = 0, row = 0;
@@ -846,7 +869,9 @@ int glm_sched_step(glm_sched *s) {
             s->s_rows[ns++] = row - 1;
         }
     }
-    if ((rc = sample_batch(s, ns, s->s_req, s->s_rows, s->s_out))) { fail_running(s); return rc; }
+    rc = sample_batch(s, ns, s->s_req, s->s_rows, s->s_out);
+    s->st.t_sample += glm_now_s() - t_pick;
+    if (rc) { fail_running(s); return rc; }
     for (int i = 0; i < ns; i++)
         if ((rc = accept_token(s, s->s_req[i], s->s_out[i], NULL))) { fail_running(s); return rc; }
     return T;

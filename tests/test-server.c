@@ -806,6 +806,14 @@ TEST(bench_serve_reports) {
     CHECK(report_num(t.out, "kv_util_mean") > 0 && report_num(t.out, "kv_util_mean") <= report_num(t.out, "kv_util_peak"));
     CHECK_MSG(report_num(t.out, "preemptions") > 0, "%s", t.out);
     CHECK(report_num(t.out, "prefix_hit_ratio") > 0 && report_num(t.out, "prefix_hit_ratio") < 1);
+    /* where a step's time goes: the forward and the picking are parts of the step; with
+     * 12 requests of 16-64 prompt tokens in 512-token steps, at least one step prefills and
+     * fewer than all (every output takes 8 steps or more) */
+    const double steps = report_num(t.out, "steps"), pre = report_num(t.out, "prefill_steps");
+    CHECK_MSG(steps >= 8 && pre >= 1 && pre < steps, "%s", t.out);
+    CHECK_MSG(report_num(t.out, "forward_ms") > 0 && report_num(t.out, "sample_ms") > 0 &&
+              report_num(t.out, "forward_ms") + report_num(t.out, "sample_ms") <= report_num(t.out, "step_ms") &&
+              report_num(t.out, "decode_step_ms") > 0, "%s", t.out);
     tool_result_free(&t);
     /* the fixed-batch tests: the KV column (4 sequences of 16 tokens hold 4 of the 8 pages sized for 18) */
     rc = run_tool(&t, "%s/glm-bench --device cpu -t 1 -p 32 -n 16 -b 4 -r 1 -o csv", tool_bin());
@@ -861,7 +869,8 @@ TEST(draft_gives_the_same_greedy_answers) {
               report_num(t.out, "accepted_tokens") <= report_num(t.out, "draft_tokens"), "%s", t.out);
     tool_result_free(&t);
     rc = run_tool(&t, "%s/glm-bench --serve --device cpu -t 1 -np 2 --requests 2 --in 8 --out 8 --draft 3 -o csv", tool_bin());
-    CHECK_MSG(rc == 0 && strstr(t.out, ",prefix_hit_ratio,draft,acceptance,draft_tokens,accepted_tokens\n"), "%s%s", t.out, t.err);
+    CHECK_MSG(rc == 0 && strstr(t.out, ",prefix_hit_ratio,steps,step_ms,forward_ms,sample_ms,prefill_steps,decode_step_ms,draft,acceptance,"
+                                     "draft_tokens,accepted_tokens\n"), "%s%s", t.out, t.err);
     tool_result_free(&t);
     rc = run_tool(&t, "%s/glm-server --draft 2 --no-mtp", tool_bin());
     CHECK_MSG(rc == 2 && strstr(t.err, "needs the MTP layer"), "%s", t.err);

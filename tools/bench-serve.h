@@ -18,13 +18,13 @@ typedef struct {
     int n_draft;                /* --draft (set by glm-bench.c from its speculative-decoding flags) */
 } serve_opts;
 
-/* The serve-mode defaults: -np 8, 512 prompt and 128 output tokens, 512-token steps. */
+/* The serve-mode defaults: -np 8, 512 prompt and 128 output tokens, the device's step
+ * budget (batch_tokens 0: tool_default_batch_tokens). */
 static serve_opts serve_default(void) {
     serve_opts o = {0};
     o.np = 8;
     o.in_lo = o.in_hi = 512;
     o.out_lo = o.out_hi = 128;
-    o.batch_tokens = 512;
     o.prefix_cache = 1;
     return o;
 }
@@ -109,8 +109,11 @@ static int serve_draw(int lo, int hi) {
 }
 
 /* Runs the serve-mode test on model m and prints its report; returns the exit status. */
-static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type kv_run, const char *out_fmt, const serve_opts *o,
+static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type kv_run, const char *out_fmt, const serve_opts *opts,
                        const tool_tp_opts *tpo) {
+    serve_opts oo = *opts;
+    const serve_opts *o = &oo;
+    if (!oo.batch_tokens) oo.batch_tokens = tool_default_batch_tokens(dev);
     const glm_hparams *hp = glm_model_hparams(m);
     const int n_req = o->n_req ? o->n_req : o->np;
     const int64_t n_ctx64 = (int64_t)o->in_hi + o->out_hi + o->shared_prefix;
@@ -212,6 +215,13 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
     const unsigned long long drafted = (unsigned long long)(st.draft_tokens - st0.draft_tokens);
     const unsigned long long accepted = (unsigned long long)(st.accepted_tokens - st0.accepted_tokens);
     const double acc = drafted ? (double)accepted / (double)drafted : 0;
+    /* where a step's time goes: the forward, the picking after it, the scheduler's own rest */
+    const double n_steps = (double)(st.steps - st0.steps);
+    const double step_ms = n_steps ? 1e3 * (st.t_step - st0.t_step) / n_steps : 0;
+    const double fwd_ms = n_steps ? 1e3 * (st.t_forward - st0.t_forward) / n_steps : 0;
+    const double pick_ms = n_steps ? 1e3 * (st.t_sample - st0.t_sample) / n_steps : 0;
+    const double n_pre = (double)(st.prefill_steps - st0.prefill_steps), t_pre = st.t_prefill_step - st0.t_prefill_step;
+    const double dec_ms = n_steps > n_pre ? 1e3 * (st.t_step - st0.t_step - t_pre) / (n_steps - n_pre) : 0;
     free(ttft);
     if (gen != out_tokens) fprintf(stderr, PROG ": warning: %lld tokens generated, %lld asked\n", gen, out_tokens);
     char test[96], in_s[24], out_s[24];
@@ -227,12 +237,16 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
         printf("| %s | %s | %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f%% | %.1f%% | %llu | %.1f%% |", desc, dname,
                test, n_req, req_s, tok_s, ttft50, ttft99, itl50, itl99, 100 * kv_mean, 100 * kv_peak, preempt, 100 * hit);
         if (o->n_draft) printf(" %d | %.3f (%llu of %llu) |", o->n_draft, acc, accepted, drafted);
-        printf("\n");
+        printf("\n\n%.0f steps, %.3f ms a step: forward %.3f ms, picking the tokens %.3f ms, the scheduler's own work %.3f ms; "
+               "%.0f steps with prompt chunks took %.1f%% of the wall time, %.3f ms a step; the decode-only steps %.3f ms a step\n",
+               n_steps, step_ms, fwd_ms, pick_ms, step_ms - fwd_ms - pick_ms, n_pre, wall > 0 ? 100.0 * t_pre / wall : 0,
+               n_pre ? 1e3 * t_pre / n_pre : 0, dec_ms);
     } else if (!strcmp(out_fmt, "csv")) {
         printf("model,device,test,requests,req_per_s,output_tok_per_s,ttft_p50_ms,ttft_p99_ms,itl_p50_ms,itl_p99_ms,kv_util_mean,"
-               "kv_util_peak,preemptions,prefix_hit_ratio%s\n", o->n_draft ? ",draft,acceptance,draft_tokens,accepted_tokens" : "");
-        printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%llu,%.4f", desc, dname, test, n_req, req_s, tok_s,
-               ttft50, ttft99, itl50, itl99, kv_mean, kv_peak, preempt, hit);
+               "kv_util_peak,preemptions,prefix_hit_ratio,steps,step_ms,forward_ms,sample_ms,prefill_steps,decode_step_ms%s\n",
+               o->n_draft ? ",draft,acceptance,draft_tokens,accepted_tokens" : "");
+        printf("\"%s\",%s,%s,%d,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%llu,%.4f,%.0f,%.4f,%.4f,%.4f,%.0f,%.4f", desc, dname, test, n_req,
+               req_s, tok_s, ttft50, ttft99, itl50, itl99, kv_mean, kv_peak, preempt, hit, n_steps, step_ms, fwd_ms, pick_ms, n_pre, dec_ms);
         if (o->n_draft) printf(",%d,%.4f,%llu,%llu", o->n_draft, acc, drafted, accepted);
         printf("\n");
     } else {
@@ -240,9 +254,11 @@ static int bench_serve(glm_model *m, glm_device dev, int n_threads, glm_kv_type 
                "  \"batch_tokens\": %d,\n  \"kv_pages\": %d,\n  \"req_per_s\": %.4f,\n  \"output_tok_per_s\": %.4f,\n"
                "  \"ttft_p50_ms\": %.4f,\n  \"ttft_p99_ms\": %.4f,\n  \"itl_p50_ms\": %.4f,\n  \"itl_p99_ms\": %.4f,\n"
                "  \"kv_util_mean\": %.4f,\n  \"kv_util_peak\": %.4f,\n  \"preemptions\": %llu,\n  \"prefix_hit_ratio\": %.4f,\n"
+               "  \"steps\": %.0f,\n  \"step_ms\": %.4f,\n  \"forward_ms\": %.4f,\n  \"sample_ms\": %.4f,\n"
+               "  \"prefill_steps\": %.0f,\n  \"decode_step_ms\": %.4f,\n"
                "  \"draft\": %d,\n  \"draft_tokens\": %llu,\n  \"accepted_tokens\": %llu,\n  \"acceptance\": %.4f\n}\n",
                desc, dname, test, n_req, o->np, o->batch_tokens, st.kv_pages_total, req_s, tok_s, ttft50, ttft99, itl50, itl99,
-               kv_mean, kv_peak, preempt, hit, o->n_draft, drafted, accepted, acc);
+               kv_mean, kv_peak, preempt, hit, n_steps, step_ms, fwd_ms, pick_ms, n_pre, dec_ms, o->n_draft, drafted, accepted, acc);
     }
 done:
     if (rc && rc != GLM_ERR_OOM) fprintf(stderr, PROG ": error: %s\n", glm_last_error());
