@@ -126,6 +126,21 @@ TEST(small_run_reports_every_test_and_warns_past_the_trained_context) {
     tool_result_free(&t);
 }
 
+/* -d: each sequence holds the depth before the decode test: in the name, in the pages it
+ * held (2 sequences of 24 + 4 tokens: 2 pages each of the 4 sized for 24 + 4 + 2) */
+TEST(depth_fills_the_cache_before_decode_tests) {
+    tool_result t;
+    int rc = run_tool(&t, BENCH " -m " BF16_DIR " --device cpu -p 0 -n 4 -b 2 -d 24 -r 1 --no-probe -o csv", tool_bin());
+    CHECK_MSG(rc == 0 && strstr(t.out, ",tg4 b2 @ d24,8,"), "exit %d: %s%s", rc, t.out, t.err);
+    const char *row = strstr(t.out, "tg4 b2 @ d24");
+    const char *last = row ? strrchr(row, ',') : NULL;
+    CHECK_MSG(last && atof(last + 1) == 1.0, "the KV column: %s", t.out);
+    tool_result_free(&t);
+    rc = run_tool(&t, BENCH " -m " BF16_DIR " --device cpu --serve -d 8", tool_bin());
+    CHECK_MSG(rc == 2 && strstr(t.err, "-d: not with --serve"), "exit %d: %s", rc, t.err);
+    tool_result_free(&t);
+}
+
 /* ---- tensor parallel: per-rank bytes, collective time, the projection ---- */
 
 /* The number after "key": inside the JSON object of test name in text, or NAN. */

@@ -38,6 +38,8 @@ static void usage(FILE *f) {
         "  -p, --n-prompt LIST      prefill tests, tokens (default 512)\n"
         "  -n, --n-gen LIST         decode tests, steps (default 128)\n"
         "  -b, --batch LIST         sequences decoding together (default 1)\n"
+        "  -d, --depth N            tokens each sequence holds before a decode test (prefilled,\n"
+        "                           untimed; the test is named tg<N> b<B> @ d<N>; default 0)\n"
         "  -r, --repetitions N      repetitions of each test (default 3)\n"
         "  -o, --output md|json|csv (default md)\n"
         "  --device cpu|cuda        backend (default: cuda when usable, else cpu)\n"
@@ -68,7 +70,7 @@ static void usage(FILE *f) {
         "  --in L, --out M          prompt and output tokens of each request (default 512, 128)\n"
         "  --in-dist LO:HI          prompt lengths drawn uniformly from [LO, HI]\n"
         "  --out-dist LO:HI         output lengths drawn uniformly from [LO, HI]\n"
-        "  --batch-tokens N         tokens a step feeds at most (default 512)\n"
+        "  --batch-tokens N         tokens a step feeds at most (default 8192 on CUDA, 512 on the CPU)\n"
         "  --kv-pages N             KV pages of 16 tokens (default: every request at full length)\n"
         "  --shared-prefix S        S prompt tokens common to all requests (the prefix cache)\n"
         "  --no-prefix-cache        do not share prompt pages\n",
@@ -340,10 +342,27 @@ static int tp_check_memory(glm_device dev, int n_tp, double *act) {
 
 #include "bench-serve.h"
 
+/* -d: depth random tokens into each of sequences 0..nb-1 (one prefill each, untimed). */
+static int fill_depth(glm_ctx *ctx, int depth, int nb, int n_vocab) {
+    if (!depth) return GLM_OK;
+    int32_t *t = malloc(sizeof(int32_t) * (size_t)depth * 2);
+    if (!t) { fprintf(stderr, PROG ": error: out of memory\n"); return GLM_ERR_OOM; }
+    int32_t *sq = t + depth;
+    int rc = GLM_OK;
+    for (int s = 0; s < nb && !rc; s++) {
+        for (int i = 0; i < depth; i++) { t[i] = rand_token(n_vocab); sq[i] = s; }
+        glm_batch b = {depth, t, sq, NULL};
+        rc = glm_ctx_decode(ctx, &b);
+    }
+    free(t);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *synth = NULL, *out_fmt = "md";
     int layers = 0, fmt = GLM_FMT_FP8_CHANNEL, reps = 3, n_threads = 0, probe = 1, profile = 0, project = 0;
     int project_only = 0;  /* --project-only: rank 0's slice alone, no sharded run */
+    int depth = 0;         /* -d: tokens in each sequence before a decode test */
     double coll_alpha_us = COLL_ALPHA_US, coll_busbw_gbs = COLL_BUSBW_GBS;
     glm_kv_type kv_type = GLM_KV_BF16;
     int *P = NULL, *N = NULL, *B = NULL, nP = 0, nN = 0, nB = 0;
@@ -373,7 +392,8 @@ int main(int argc, char **argv) {
             if (tool_parse_int_list(v, dst, cnt)) tool_usage_error("%s expects a list like 512,2048, got '%s'", a, v);
             for (int j = 0; j < *cnt; j++)
                 if ((*dst)[j] < (dst == &B ? 1 : 0)) tool_usage_error("%s: values must be %s, got %d", a, dst == &B ? "positive" : "0 or more", (*dst)[j]);
-        } else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) reps = tool_int(a, tool_arg(argc, argv, &i), 1, 1000);
+        } else if (!strcmp(a, "-d") || !strcmp(a, "--depth")) depth = tool_int(a, tool_arg(argc, argv, &i), 0, 1 << 24);
+        else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) reps = tool_int(a, tool_arg(argc, argv, &i), 1, 1000);
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
             out_fmt = tool_arg(argc, argv, &i);
             if (strcmp(out_fmt, "md") && strcmp(out_fmt, "json") && strcmp(out_fmt, "csv"))
@@ -401,6 +421,7 @@ int main(int argc, char **argv) {
     so.n_draft = spo.n_draft;   /* --serve: the scheduler drafts */
     if (project && tpo.n_tp < 2) tool_usage_error("--project: projects a step over --tp N ranks, N 2 or more");
     if (project && so.on) tool_usage_error("--project: not with --serve");
+    if (depth && so.on) tool_usage_error("-d: not with --serve (its prompts are --in)");
     glm_ctx_params spec_cp = glm_ctx_default_params();
     spec_cp.device = dev;
     const int spec_rc = tool_spec_apply(PROG, &spo, &spec_cp);
@@ -413,7 +434,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nB; i++) if (B[i] > maxB) maxB = B[i];
     /* a draft test holds a 16-token prompt, its tokens and a verify step's n_draft + 1 */
     const int spec_extra = spo.n_draft ? SPEC_PROMPT + spo.n_draft + 1 : 0;
-    const int64_t n_ctx = (int64_t)(maxP > maxN + spec_extra ? maxP : maxN + spec_extra) + 16;
+    const int64_t n_ctx = (int64_t)(maxP > (int64_t)depth + maxN + spec_extra ? maxP : (int64_t)depth + maxN + spec_extra) + 16;
     if (n_ctx > INT32_MAX)
         tool_usage_error("%s %d: a test of %d tokens needs a context of %lld tokens, more than %d", maxP > maxN ? "-p" : "-n",
                          maxP > maxN ? maxP : maxN, maxP > maxN ? maxP : maxN, (long long)n_ctx, INT32_MAX);
@@ -421,7 +442,7 @@ int main(int argc, char **argv) {
         tool_usage_error("-b %d: %d sequences of %lld tokens need %lld KV pages of 16 tokens, more than %d", maxB, maxB,
                          (long long)n_ctx, (long long)(maxB * kv_pages(n_ctx)), INT32_MAX);
     /* the CPU keeps the pages the largest test holds: one prefill, or maxB decoding sequences */
-    int64_t pages = kv_pages(maxP) > maxB * kv_pages(maxN + 2) ? kv_pages(maxP) : maxB * kv_pages(maxN + 2);
+    int64_t pages = kv_pages(maxP) > maxB * kv_pages((int64_t)depth + maxN + 2) ? kv_pages(maxP) : maxB * kv_pages((int64_t)depth + maxN + 2);
     if (pages < kv_pages(maxN + spec_extra + 2)) pages = kv_pages(maxN + spec_extra + 2);
 
     /* the device before anything runs on it */
@@ -575,7 +596,8 @@ int main(int argc, char **argv) {
             const int n = N[in], nb = B[ib];
             if (!n) continue;
             result *r = &res[nres++];
-            snprintf(r->name, sizeof r->name, "tg%d b%d", n, nb);
+            if (depth) snprintf(r->name, sizeof r->name, "tg%d b%d @ d%d", n, nb, depth);
+            else snprintf(r->name, sizeof r->name, "tg%d b%d", n, nb);
             r->n_tok = n * nb;
             r->n_seq = nb;
             r->n_gen = n;
@@ -584,6 +606,7 @@ int main(int argc, char **argv) {
             for (int rep = -1; rep < reps; rep++) {
                 if (rep == 0) comm0 = glm_ctx_comm_seconds(ctx, NULL);
                 for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
+                if ((rc = fill_depth(ctx, depth, nb, hp.n_vocab))) goto fail;
                 const int steps = rep < 0 ? 2 : n;
                 double s0 = tool_now();
                 for (int st = 0; st < steps; st++) {
@@ -602,8 +625,8 @@ int main(int argc, char **argv) {
             r->ms_step = 1000.0 * nb / r->mean;
             const double E = hp.n_expert, k = hp.n_expert_used;
             const double uniq = E > 0 ? E * (1.0 - pow(1.0 - k / E, nb)) : 0;
-            double bytes = mc.dense_bytes + mc.n_moe * uniq * mc.expert_bytes + nb * kv_tok * (n / 2.0);
-            if (n_tp > 1) bytes = r->rank_bytes = rank_step_bytes(&hp, fmt, n_tp, cp.moe_split, nb, n / 2.0, kv_elt);
+            double bytes = mc.dense_bytes + mc.n_moe * uniq * mc.expert_bytes + nb * kv_tok * (depth + n / 2.0);
+            if (n_tp > 1) bytes = r->rank_bytes = rank_step_bytes(&hp, fmt, n_tp, cp.moe_split, nb, depth + n / 2.0, kv_elt);
             r->floor_detail = bytes;
             r->floor_tps = bw > 0 ? nb / (bytes / bw) : 0;
         }
@@ -712,6 +735,7 @@ int main(int argc, char **argv) {
             const int n = r->n_gen, nb = r->n_seq;
             for (int rep = -1; rep < reps; rep++) {
                 for (int s = 0; s < nb; s++) glm_ctx_seq_clear(ctx, s);
+                if ((rc = fill_depth(ctx, depth, nb, hp.n_vocab))) goto fail;
                 const int steps = rep < 0 ? 2 : n;
                 double s0 = tool_now();
                 for (int st = 0; st < steps; st++) {
