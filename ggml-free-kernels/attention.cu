@@ -347,6 +347,20 @@ __global__ void attention_combine_kernel(const float *ws, float *out, int n_head
     }
 }
 
+static int attention_decode_mma(const float *q, float *out, int T, int n_head, int n_kv, int hd, const glm_cu_plan *p,
+                                const glm_cu_kv *kv, int n_split, float *ws, cudaStream_t st);
+
+// The tensor-core decode kernel where it applies (BF16 pages, head_dim 32, 64 or 128,
+// up to 16 query heads a KV head; GLM_CUDA_ATT_MMA=0 turns it off), else attention_kernel.
+static bool att_mma_on(int hd, int G, const glm_cu_kv *kv) {
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("GLM_CUDA_ATT_MMA");
+        env = e && *e ? atoi(e) != 0 : 1;
+    }
+    return env && !kv->fp8 && (hd == 32 || hd == 64 || hd == 128) && G <= 16;
+}
+
 extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
                                 const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws,
                                 cudaStream_t st) {
@@ -355,6 +369,7 @@ extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, i
     if (n_head % n_kv || G > ATT_MAXG || hd > 2 * ATT_THREADS)
         return glm_err(-7, "attention: %d heads over %d KV heads with head_dim %d not supported", n_head, n_kv, hd);
     if (n_split < 1) n_split = 1;
+    if (att_mma_on(hd, G, kv)) return attention_decode_mma(q, out, T, n_head, n_kv, hd, p, kv, n_split, ws, st);
     const size_t smem = sizeof(float) * ((size_t)G * hd + 16 * (hd + 1) + 16 * hd + G * 16 + 3 * G);
     dim3 grid(T, n_kv, n_split);
     attention_kernel<<<grid, ATT_THREADS, smem, st>>>(q, out, n_head, n_kv, hd, *p, *kv, n_split, ws);
@@ -656,4 +671,217 @@ extern "C" int glm_cu_attention_prefill(const float *q, float *out, int n_head, 
     if (hd == 32) return fa_launch<32>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
     if (hd == 64) return fa_launch<64>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
     return fa_launch<128>(grid, q, out, n_head, n_kv, p, kv, tiles, n_tiles, st);
+}
+
+// ---- decode: tensor-core attention over the pages ----
+// One block serves one (token, KV head, context split), as attention_kernel does, with
+// the G <= 16 query heads that share the KV head as the rows of m16n8k16 BF16 tiles.
+// The four warps take the split's pages in turn, each through its own two-page cp.async
+// ring, and merge their partials at the end (into out, or the split's partial in ws for
+// attention_combine_kernel, in the same form as attention_kernel's). BF16 pages only:
+// K and V are exact BF16 operands; Q goes in as three BF16 parts (high, middle, low)
+// and P as two, so S = sum of the parts' products and O += P_hi V + P_lo V keep the
+// operands to about float32 precision, with float32 sums: the results agree with
+// attention_kernel's to float32 rounding, not BF16's.
+#define DM_WARPS 4
+
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+template <int HD>
+__global__ void __launch_bounds__(DM_WARPS * 32) attention_decode_mma_kernel(const float *q, float *out, int n_head,
+                                                                             int n_kv, glm_cu_plan p, glm_cu_kv kv,
+                                                                             int n_split, float *ws) {
+    constexpr int LD = HD + 8;             // BF16 row stride: 16-byte rows, ldmatrix conflict-free
+    constexpr int PAGE = 2 * 16 * LD;      // one page's K rows then V rows
+    extern __shared__ __align__(16) uint16_t dm_smem[];  // Q parts [3][16][LD], rings [DM_WARPS][2][PAGE]
+    const int t = blockIdx.x, j = blockIdx.y, s = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, mi = lane >> 3;
+    const int G = n_head / n_kv;
+    const int pos = p.pos[t], seq = p.seq[t];
+    const att_split sp = att_split_of(pos, n_split, s);
+    if (s >= sp.live) return;  // a split past the context: the combine reads only the others
+    uint16_t *Qs = dm_smem, *ring = dm_smem + 3 * 16 * LD + warp * 2 * PAGE;
+
+    // Q rows j*G + r times log2(e)/sqrt(HD) in three BF16 parts (rows past G as zeros)
+    const float qscale = 1.4426950408889634f * rsqrtf((float)HD);
+    for (int i = threadIdx.x; i < 16 * (HD / 2); i += DM_WARPS * 32) {
+        const int r = i / (HD / 2), d = (i - r * (HD / 2)) * 2;
+        float2 v = make_float2(0.f, 0.f);
+        if (r < G) v = *(const float2 *)(q + ((size_t)t * n_head + (size_t)j * G + r) * HD + d);
+        v.x *= qscale;
+        v.y *= qscale;
+        const uint32_t h = pack_bf16(v.x, v.y);
+        const float rx = v.x - bf16_lo(h), ry = v.y - bf16_hi(h);
+        const uint32_t m = pack_bf16(rx, ry);
+        const uint32_t l = pack_bf16(rx - bf16_lo(m), ry - bf16_hi(m));
+        *(uint32_t *)&Qs[r * LD + d] = h;
+        *(uint32_t *)&Qs[(16 + r) * LD + d] = m;
+        *(uint32_t *)&Qs[(32 + r) * LD + d] = l;
+    }
+
+    // page pg into ring buffer b: BF16 rows by cp.async, slots past the token zero-filled
+    auto fetch = [&](int pg, int b) {
+        uint16_t *Kd = ring + b * PAGE, *Vd = Kd + 16 * LD;
+        const size_t base = ((size_t)p.page_table[(size_t)seq * p.max_pages + pg] * n_kv + j) * 16;
+        for (int i = lane; i < 16 * (HD / 8); i += 32) {
+            const int r = i / (HD / 8), c8 = (i - r * (HD / 8)) * 8;
+            const int n = pg * 16 + r <= pos ? 16 : 0;
+            const uint32_t kd = (uint32_t)__cvta_generic_to_shared(&Kd[r * LD + c8]);
+            const uint32_t vd = (uint32_t)__cvta_generic_to_shared(&Vd[r * LD + c8]);
+            const uint16_t *ks = (const uint16_t *)kv.k + (base + r) * HD + c8, *vs = (const uint16_t *)kv.v + (base + r) * HD + c8;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(kd), "l"(ks), "r"(n));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(vd), "l"(vs), "r"(n));
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    int pg = sp.pb + warp;
+    if (pg < sp.pe) fetch(pg, 0);
+    __syncthreads();  // the Q parts
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};  // rows g and g + 8
+    for (int it = 0; pg < sp.pe; it++, pg += DM_WARPS) {
+        if (pg + DM_WARPS < sp.pe) fetch(pg + DM_WARPS, (it + 1) & 1);  // under this page's products
+        else asm volatile("cp.async.commit_group;\n" ::);
+        asm volatile("cp.async.wait_group 1;\n" ::);
+        __syncwarp();
+        const uint16_t *Ks = ring + (it & 1) * PAGE, *Vs = Ks + 16 * LD;
+
+        // S = Q K^T [16 heads][16 keys]: two n-tiles of 8 keys, Q's three parts
+        float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            uint32_t b[4];
+            ldsm_x4<false>(b, &Ks[((mi >> 1) * 8 + (lane & 7)) * LD + ks * 16 + (mi & 1) * 8]);
+#pragma unroll
+            for (int part = 0; part < 3; part++) {
+                uint32_t a[4];
+                ldsm_x4<false>(a, &Qs[(part * 16 + (mi & 1) * 8 + (lane & 7)) * LD + ks * 16 + (mi >> 1) * 8]);
+                mma_bf16(sc[0], a, b[0], b[1]);
+                mma_bf16(sc[1], a, b[2], b[3]);
+            }
+        }
+        // keys past the token, the running max over the 4 lanes of a row
+        float mx0 = m_run[0], mx1 = m_run[1];
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                if (pg * 16 + nt * 8 + 2 * c + e > pos) sc[nt][e] = sc[nt][2 + e] = -INFINITY;
+                mx0 = fmaxf(mx0, sc[nt][e]);
+                mx1 = fmaxf(mx1, sc[nt][2 + e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float base0 = mx0 == -INFINITY ? 0.f : mx0, base1 = mx1 == -INFINITY ? 0.f : mx1;
+        const float a0 = exp2f(m_run[0] - base0), a1 = exp2f(m_run[1] - base1);  // 0 while nothing was seen
+        m_run[0] = mx0;
+        m_run[1] = mx1;
+        float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            sc[nt][0] = exp2f(sc[nt][0] - base0); sc[nt][1] = exp2f(sc[nt][1] - base0);
+            sc[nt][2] = exp2f(sc[nt][2] - base1); sc[nt][3] = exp2f(sc[nt][3] - base1);
+            sum0 += sc[nt][0] + sc[nt][1];
+            sum1 += sc[nt][2] + sc[nt][3];
+        }
+        l_run[0] = l_run[0] * a0 + sum0;  // per-lane partial sums; the 4 lanes are added at the end
+        l_run[1] = l_run[1] * a1 + sum1;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+            o[dt][0] *= a0; o[dt][1] *= a0; o[dt][2] *= a1; o[dt][3] *= a1;
+        }
+        // O += P V: P [16][16 keys] from the two S n-tiles, high and low BF16 parts
+        uint32_t ph[4], pl[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float x = sc[i >> 1][(i & 1) * 2], y = sc[i >> 1][(i & 1) * 2 + 1];
+            ph[i] = pack_bf16(x, y);
+            pl[i] = pack_bf16(x - bf16_lo(ph[i]), y - bf16_hi(ph[i]));
+        }
+        // A fragment order: (g, keys 2c..) tile 0; (g + 8, ..) tile 0; (g, ..) tile 1; (g + 8, ..) tile 1
+        const uint32_t pa_h[4] = {ph[0], ph[1], ph[2], ph[3]}, pa_l[4] = {pl[0], pl[1], pl[2], pl[3]};
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; dp++) {
+            uint32_t b[4];
+            ldsm_x4<true>(b, &Vs[(lane & 15) * LD + dp * 16 + (lane >> 4) * 8]);
+            mma_bf16(o[2 * dp], pa_h, b[0], b[1]);
+            mma_bf16(o[2 * dp], pa_l, b[0], b[1]);
+            mma_bf16(o[2 * dp + 1], pa_h, b[2], b[3]);
+            mma_bf16(o[2 * dp + 1], pa_l, b[2], b[3]);
+        }
+        __syncwarp();  // this buffer is refilled two pages on
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+
+    // merge the warps: each writes (m, l, O) of its 16 rows, then the block combines them
+    float l0 = l_run[0], l1 = l_run[1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    __syncthreads();  // every ring is drained: the smem becomes the merge area
+    float *mo = (float *)dm_smem, *mm = mo + DM_WARPS * 16 * HD, *ml = mm + DM_WARPS * 16;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        *(float2 *)&mo[(warp * 16 + g) * HD + dt * 8 + 2 * c] = make_float2(o[dt][0], o[dt][1]);
+        *(float2 *)&mo[(warp * 16 + g + 8) * HD + dt * 8 + 2 * c] = make_float2(o[dt][2], o[dt][3]);
+    }
+    if (c == 0) {
+        mm[warp * 16 + g] = m_run[0]; mm[warp * 16 + g + 8] = m_run[1];
+        ml[warp * 16 + g] = l0; ml[warp * 16 + g + 8] = l1;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * HD; i += DM_WARPS * 32) {
+        const int r = i / HD, d = i - r * HD, head = j * G + r;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < DM_WARPS; w++) M = fmaxf(M, mm[w * 16 + r]);
+        float L = 0.f, acc = 0.f;
+#pragma unroll
+        for (int w = 0; w < DM_WARPS; w++) {
+            const float m = mm[w * 16 + r];
+            const float f = m == -INFINITY ? 0.f : exp2f(m - M);
+            L += f * ml[w * 16 + r];
+            acc += f * mo[(w * 16 + r) * HD + d];
+        }
+        if (n_split == 1) {
+            out[((size_t)t * n_head + head) * HD + d] = L > 0.f ? acc / L : 0.f;
+        } else {  // attention_kernel's partial: the max in natural-log units
+            float *wp = ws + (((size_t)t * n_head + head) * n_split + s) * (HD + 2);
+            wp[d] = acc;
+            if (d == 0) { wp[HD] = M * 0.6931471805599453f; wp[HD + 1] = L; }
+        }
+    }
+}
+
+template <int HD>
+static int dm_launch(dim3 grid, const float *q, float *out, int n_head, int n_kv, const glm_cu_plan *p, const glm_cu_kv *kv,
+                     int n_split, float *ws, cudaStream_t st) {
+    const int ring = (3 * 16 + DM_WARPS * 2 * 2 * 16) * (HD + 8) * 2;
+    const int merge = (DM_WARPS * 16 * HD + 2 * DM_WARPS * 16) * 4;
+    const int smem = ring > merge ? ring : merge;
+    CUDA_CHECK(glm_cu_smem_limit((const void *)attention_decode_mma_kernel<HD>, smem));
+    attention_decode_mma_kernel<HD><<<grid, DM_WARPS * 32, smem, st>>>(q, out, n_head, n_kv, *p, *kv, n_split, ws);
+    CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+static int attention_decode_mma(const float *q, float *out, int T, int n_head, int n_kv, int hd, const glm_cu_plan *p,
+                                const glm_cu_kv *kv, int n_split, float *ws, cudaStream_t st) {
+    dim3 grid(T, n_kv, n_split);
+    const int rc = hd == 32 ? dm_launch<32>(grid, q, out, n_head, n_kv, p, kv, n_split, ws, st)
+                 : hd == 64 ? dm_launch<64>(grid, q, out, n_head, n_kv, p, kv, n_split, ws, st)
+                            : dm_launch<128>(grid, q, out, n_head, n_kv, p, kv, n_split, ws, st);
+    if (rc) return rc;
+    if (n_split > 1) {
+        attention_combine_kernel<<<dim3(T, n_head), 128, 0, st>>>(ws, out, n_head, hd, n_split, p->pos);
+        CUDA_CHECK_LAUNCH();
+    }
+    return 0;
 }

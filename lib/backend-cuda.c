@@ -745,10 +745,23 @@ static int cu_kv_init(glm_backend *be, int n_pages, glm_kv_type type) {
 }
 
 /* ---- activation scratch ---- */
+/* Decode attention: blocks of (token, KV head) split along the context until there are
+ * att_waves() blocks an SM (GLM_CUDA_ATT_WAVES, default 2); splits past a token's
+ * context exit at once. */
+static int att_waves(void) {
+    static int w;
+    if (!w) {
+        const char *e = getenv("GLM_CUDA_ATT_WAVES");
+        const int v = e && *e ? atoi(e) : 2;
+        w = v < 1 ? 1 : v > 64 ? 64 : v;
+    }
+    return w;
+}
+
 static int att_splits(int n_sm, const glm_hparams *hp, int T) {
-    const int blocks = T * hp->n_head_kv;
-    if (blocks >= 2 * n_sm) return 1;
-    int s = (2 * n_sm + blocks - 1) / blocks;
+    const int blocks = T * hp->n_head_kv, want = att_waves() * n_sm;
+    if (blocks >= want) return 1;
+    int s = (want + blocks - 1) / blocks;
     return s > CU_MAX_SPLIT ? CU_MAX_SPLIT : s;
 }
 
