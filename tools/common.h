@@ -60,6 +60,8 @@ char *tool_read_text(const char *prog, const char *path, size_t *len);
 glm_device tool_device(const char *v);
 /* The default device: CUDA when the build has it and a GPU is present, else CPU. */
 glm_device tool_default_device(void);
+/* The scheduler's default token budget a step (--batch-tokens) on dev. */
+int tool_default_batch_tokens(glm_device dev);
 
 /* Parses a --kv-type value, "bf16" or "fp8"; exits with a usage error otherwise. */
 glm_kv_type tool_kv_type(const char *v);

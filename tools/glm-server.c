@@ -39,7 +39,7 @@ static void usage(FILE *f) {
         "                           model's trained context, at most 4096)\n"
         "  -np, --parallel N        requests decoding together (default 4)\n"
         "  --batch-tokens N         tokens a step feeds at most, decode first then prompt chunks\n"
-        "                           (default 512)\n"
+        "                           (default 8192 on CUDA, 512 on the CPU)\n"
         "  --kv-pages N             KV pages of 16 tokens (default: enough for every request at\n"
         "                           its full context; CUDA: from --kv-frac)\n"
         "  --kv-type bf16|fp8       CUDA KV cache type (default bf16)\n"
@@ -163,6 +163,81 @@ static void job_unref(job *j) {
     free(j);
 }
 
+/* ---- waking the connections ----
+ * The engine thread does not wake a job's connection itself (a wake-up is a system call,
+ * and with every stream waiting for its next token a step would pay one a request): it
+ * collects the jobs whose output changed (wake_push), hands them over once a step
+ * (wake_flush), and the notifier thread wakes them while the engine runs the next step. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    job **q;                    /* jobs to wake, each holding a reference */
+    int n, cap, stop;
+} W = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+static job **wake_b;            /* engine thread only: this step's jobs to wake, referenced */
+static int wake_n, wake_cap;
+
+/* Wakes whoever waits on j's output. */
+static void wake_now(job *j) {
+    pthread_mutex_lock(&j->mu);
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* Engine thread, j->mu held: queues j for waking (a reference taken), or wakes it now
+ * when the queue cannot grow. */
+static void wake_push_locked(job *j) {
+    if (wake_n == wake_cap) {
+        const int cap = wake_cap ? 2 * wake_cap : 256;
+        job **nb = realloc(wake_b, (size_t)cap * sizeof *nb);
+        if (!nb) { pthread_cond_broadcast(&j->cv); return; }
+        wake_b = nb;
+        wake_cap = cap;
+    }
+    j->refs++;
+    wake_b[wake_n++] = j;
+}
+
+/* Engine thread: hands this step's jobs to the notifier (woken here when its queue
+ * cannot grow). */
+static void wake_flush(void) {
+    if (!wake_n) return;
+    pthread_mutex_lock(&W.mu);
+    if (W.n + wake_n > W.cap) {
+        const int cap = 2 * (W.n + wake_n);
+        job **nq = realloc(W.q, (size_t)cap * sizeof *nq);
+        if (nq) { W.q = nq; W.cap = cap; }
+    }
+    int i = 0;
+    if (W.n + wake_n <= W.cap)
+        for (; i < wake_n; i++) W.q[W.n++] = wake_b[i];
+    pthread_cond_signal(&W.cv);
+    pthread_mutex_unlock(&W.mu);
+    for (; i < wake_n; i++) { wake_now(wake_b[i]); job_unref(wake_b[i]); }
+    wake_n = 0;
+}
+
+/* The notifier thread: wakes the queued jobs until the server stops. Returns NULL. */
+static void *notifier(void *arg) {
+    (void)arg;
+    job **mine = NULL;
+    int cap = 0;
+    for (;;) {
+        pthread_mutex_lock(&W.mu);
+        while (!W.n && !W.stop) pthread_cond_wait(&W.cv, &W.mu);
+        if (!W.n) { pthread_mutex_unlock(&W.mu); break; }
+        /* take the queue: swap arrays */
+        job **q = W.q;
+        const int n = W.n;
+        W.q = mine; W.cap = cap; W.n = 0;
+        mine = q; cap = n > cap ? n : cap;
+        pthread_mutex_unlock(&W.mu);
+        for (int i = 0; i < n; i++) { wake_now(mine[i]); job_unref(mine[i]); }
+    }
+    free(mine);
+    return NULL;
+}
+
 /* ---- the engine thread ---- */
 static job *active;             /* engine thread only: jobs in the scheduler */
 
@@ -186,7 +261,7 @@ static void on_event(void *user, const glm_sched_event *ev) {
     j->n_cached = ev->n_cached;
     j->t_last = now;
     if (ev->finish) { j->fin = ev->finish; j->done = 1; }
-    pthread_cond_broadcast(&j->cv);
+    wake_push_locked(j);
     pthread_mutex_unlock(&j->mu);
     if (ev->finish) {
         for (job **pp = &active; *pp; pp = &(*pp)->next)
@@ -252,10 +327,12 @@ static void *engine(void *arg) {
             n = j->next;
             if (stop || atomic_load(&j->cancel)) glm_sched_cancel(S.sched, j->sched_id);
         }
+        wake_flush();
         snapshot();
         if (stop) break;
         if (!glm_sched_idle(S.sched)) {
             int rc = glm_sched_step(S.sched);
+            wake_flush();
             if (rc < 0) fprintf(stderr, PROG ": error: a step failed, its requests ended: %s\n", glm_last_error());
             snapshot();
         }
@@ -725,7 +802,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *host = "127.0.0.1", *alias = NULL;
-    int port = 8080, n_threads = 0, n_ctx = 0, batch_tokens = 512, kv_pages = 0, prefix_cache = 1, timeout = 60;
+    int port = 8080, n_threads = 0, n_ctx = 0, batch_tokens = 0, kv_pages = 0, prefix_cache = 1, timeout = 60;
     float kv_frac = 0.9f;
     glm_kv_type kv_type = GLM_KV_BF16;
     tool_init(PROG);
@@ -827,6 +904,7 @@ int main(int argc, char **argv) {
     cp.n_threads = n_threads;
     cp.n_ctx = S.n_ctx;
     cp.n_seq_max = S.n_parallel;
+    if (!batch_tokens) batch_tokens = tool_default_batch_tokens(dev);
     cp.n_batch = batch_tokens > S.n_parallel ? batch_tokens : S.n_parallel;
     cp.n_kv_pages = kv_pages;
     cp.kv_frac = kv_frac;
@@ -861,7 +939,11 @@ int main(int argc, char **argv) {
         S.id_prefix = ((uint64_t)S.started << 20 ^ (uint64_t)getpid()) * 0x9e3779b97f4a7c15ull ^ (uint64_t)(tool_now() * 1e9);
     const int64_t kv_tokens = (int64_t)glm_ctx_kv_pages_total(S.ctx) * 16;
     S.n_room = kv_tokens < S.n_ctx ? (int)kv_tokens : S.n_ctx;
-    pthread_t eng;
+    pthread_t eng, ntf;
+    if (pthread_create(&ntf, NULL, notifier, NULL)) {
+        fprintf(stderr, PROG ": error: cannot start the notifier thread\n");
+        return EXIT_FAIL;
+    }
     if (pthread_create(&eng, NULL, engine, NULL)) {
         fprintf(stderr, PROG ": error: cannot start the engine thread\n");
         return EXIT_FAIL;
@@ -894,6 +976,12 @@ int main(int argc, char **argv) {
     pthread_cond_signal(&S.cv);
     pthread_mutex_unlock(&S.mu);
     pthread_join(eng, NULL);
+    pthread_mutex_lock(&W.mu);   /* the notifier wakes what the engine queued last, then ends */
+    W.stop = 1;
+    pthread_cond_signal(&W.cv);
+    pthread_mutex_unlock(&W.mu);
+    pthread_join(ntf, NULL);
+    free(wake_b);
     /* the streams send their last events before the connections are closed (2 s at most) */
     for (double t0 = tool_now(); atomic_load(&S.n_streams) > 0 && tool_now() - t0 < 2;) usleep(5000);
     if (d) {
