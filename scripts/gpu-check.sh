@@ -8,10 +8,13 @@
 #        tests: the GPU tests alone (GPU_TESTS="test-gpu-tp ..." picks them; default all);
 #        tp: the GPU tests, memcheck of test-gpu-tp and the tensor-parallel benchmarks;
 #        spec: the GPU tests and the speculative-decoding benchmarks; final: the GPU tests,
-#        memcheck of test-gpu-tp, serving at 64 requests against -b 64, and spec's benchmarks
+#        memcheck of test-gpu-tp, serving at 64 requests against -b 64, and spec's benchmarks;
+#        serve: no GPU tests; serving's time: -b 64 at depth 0 and 128, the scheduler at 64
+#        requests (SERVE_BT step budgets), glm-server against glm-bench --serve on one checkpoint
 # env:   FUZZ_SECONDS, FUZZ_BUILD  run the libFuzzer binaries of FUZZ_BUILD that long beside the tests
 #        GLM_BENCH_LAYERS (default 13: 3 dense + 10 MoE, fits an 80 GB H100)
 #        GLM_U8=DIR  a utf8proc include/ + lib/ tree when the machine has none
+#        GLM_MHD=DIR a libmicrohttpd include/ + lib/ tree (glm-server) when the machine has none
 set -u
 OUT=${OUT:-./gpu-out}
 mkdir -p "$OUT"
@@ -19,6 +22,9 @@ MODE=${1:-full}
 LAYERS=${GLM_BENCH_LAYERS:-13}
 if [ -n "${GLM_U8:-}" ]; then
   export CPATH="$GLM_U8/include${CPATH:+:$CPATH}" LIBRARY_PATH="$GLM_U8/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+fi
+if [ -n "${GLM_MHD:-}" ]; then
+  export CPATH="$GLM_MHD/include${CPATH:+:$CPATH}" LIBRARY_PATH="$GLM_MHD/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 fi
 J=$(nproc 2>/dev/null || echo 8)
 summary="$OUT/summary.txt"
@@ -44,12 +50,15 @@ t0=$(date +%s)
 if ! make -j"$J" all > "$OUT/build.log" 2>&1; then
   echo "== make all failed; building the GPU targets alone" >> "$OUT/build.log"
 fi
-if [ -n "${GPU_TESTS:-}" ]; then
+if [ "$MODE" = serve ]; then
+  GPU_TESTS=
+elif [ -n "${GPU_TESTS:-}" ]; then
   GPU_TESTS=$(for t in $GPU_TESTS; do printf 'build/tests/%s ' "$t"; done)
 else
   GPU_TESTS=$(ls tests/test-gpu-*.c | sed 's|^tests/\(.*\)\.c$|build/tests/\1|')
 fi
-make -k -j"$J" build/lib/libglm.a $GPU_TESTS build/bin/glm-bench build/bin/glm-perplexity build/bin/glm-run >> "$OUT/build.log" 2>&1
+make -k -j"$J" build/lib/libglm.a $GPU_TESTS build/bin/glm-bench build/bin/glm-perplexity build/bin/glm-run build/bin/glm-server \
+  build/bin/glm-convert >> "$OUT/build.log" 2>&1
 if [ ! -x build/bin/glm-bench ] && [ -f build/tools/glm-bench.o ]; then
   make build/tools/common.o >> "$OUT/build.log" 2>&1
   cc -o build/bin/glm-bench build/tools/glm-bench.o build/tools/common.o build/lib/libglm.a -lutf8proc -lm -pthread \
@@ -73,6 +82,67 @@ if [ -n "${FUZZ_SECONDS:-}" ] && ls "${FUZZ_BUILD:-build-fuzz}"/fuzz-* >/dev/nul
   n_fuzz=$(ls "${FUZZ_BUILD:-build-fuzz}"/fuzz-* | wc -l)
   (FUZZ_OUT=/tmp/fuzz-out nice -n 19 sh scripts/fuzz.sh "$FUZZ_SECONDS" "$n_fuzz" > "$OUT/fuzz.txt" 2>&1) &
   fuzz_pid=$!
+fi
+
+# serve: where serving's time goes, without the GPU tests
+if [ "$MODE" = serve ]; then
+  S="$OUT/serve.md"
+  t0=$(date +%s)
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch -p 0 -n 128 -b 64 -r 2 -o md > "$S" 2> "$OUT/serve.err"
+  build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe -p 0 -n 128 -b 64 -d 128 -r 2 -o md \
+    2>> "$OUT/serve.err" | tail -n 1 >> "$S"
+  note "bench -b 64 at depth 0 and 128: exit $? ($(( $(date +%s) - t0 )) s)"
+  # decode attention's context splits (GLM_CUDA_ATT_WAVES blocks an SM) at depth 128 and 1024
+  for w in ${SERVE_WAVES:-}; do
+    t0=$(date +%s)
+    for d in 128 1024; do
+      echo "== GLM_CUDA_ATT_WAVES=$w -d $d" >> "$S"
+      GLM_CUDA_ATT_WAVES=$w build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe -p 0 -n 64 \
+        -b 1,8,64 -d "$d" -r 2 -o md 2>> "$OUT/serve.err" | tail -n 3 >> "$S"
+    done
+    note "bench waves $w: exit $? ($(( $(date +%s) - t0 )) s)"
+  done
+  for bt in ${SERVE_BT:-512 2048 8192}; do
+    t0=$(date +%s)
+    echo "== --batch-tokens $bt" >> "$S"
+    build/bin/glm-bench --synthetic glm-4.7 --layers "$LAYERS" --fmt fp8ch --no-probe --serve -np 64 --requests 64 --in 128 \
+      --out 128 --batch-tokens "$bt" -o md >> "$S" 2>> "$OUT/serve.err"
+    note "bench serve -np 64 --batch-tokens $bt: exit $? ($(( $(date +%s) - t0 )) s)"
+  done
+  # glm-server against glm-bench --serve: one checkpoint with a tokenizer (glm-tiny, and a
+  # full-width slice written by glm-convert with glm-tiny's vocabulary and tokenizer)
+  t0=$(date +%s)
+  sl=/tmp/glm-serve-slice
+  rm -rf "$sl"
+  build/bin/glm-convert --synthetic --preset glm-4.7 --layers "${SERVE_LAYERS:-4}" --vocab 8192 --out "$sl" > "$OUT/convert.log" 2>&1 &&
+    cp models/glm-tiny/tokenizer.json models/glm-tiny/tokenizer_config.json "$sl"/
+  note "convert slice of ${SERVE_LAYERS:-4} layers: exit $? ($(( $(date +%s) - t0 )) s)"
+  for md in models/glm-tiny "$sl"; do
+    [ -f "$md/tokenizer.json" ] || continue
+    t0=$(date +%s)
+    echo "== $md: glm-bench --serve, then glm-server (stream, then not)" >> "$S"
+    build/bin/glm-bench -m "$md" --device cuda --serve -np 64 --requests 64 --in 104 --out "${SERVE_OUT:-512}" --batch-tokens 8192 -o json \
+      > "$OUT/serve-bench.json" 2>> "$OUT/serve.err"
+    grep -E 'output_tok|itl_p50|ttft_p50|decode_step|step_ms' "$OUT/serve-bench.json" | tr -d '\n' >> "$S"; echo >> "$S"
+    build/bin/glm-server -m "$md" --device cuda -np 64 -c 1024 --batch-tokens 8192 --port 8090 > "$OUT/server.log" 2>&1 &
+    srv=$!
+    for i in $(seq 120); do
+      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8090/health')" 2>/dev/null && break
+      sleep 1
+    done
+    python3 scripts/serve-load.py --url http://127.0.0.1:8090 --requests 64 --words 100 --max-tokens "${SERVE_OUT:-512}" --stream >> "$S" 2>&1
+    python3 scripts/serve-load.py --url http://127.0.0.1:8090 --requests 64 --words 100 --max-tokens "${SERVE_OUT:-512}" >> "$S" 2>&1
+    python3 scripts/serve-load.py --url http://127.0.0.1:8090 --requests 64 --words 100 --max-tokens "${SERVE_OUT:-512}" --stream >> "$S" 2>&1
+    kill "$srv"; wait "$srv"
+    note "server vs bench on $md: ($(( $(date +%s) - t0 )) s)"
+  done
+  rm -rf "$sl"
+  echo
+  cat "$summary"
+  echo
+  cat "$S"
+  grep -v '^profile\|^ ' "$OUT/serve.err" | tail -n 8
+  exit 0
 fi
 
 # 2. GPU tests
