@@ -141,6 +141,14 @@ int glm_cu_gemm_tiled(const glm_cu_mat *w, const float *x, int ldx, const float 
 int glm_cu_mma_ok(const glm_cu_mat *w);
 int glm_cu_gemm_fp8_mma(const glm_cu_mat *w, const glm_cu_mat *up, const uint8_t *xq, const float *xs,
                         float *y, int ldy, int T, const glm_cu_groups *g, int x_gather, cudaStream_t st);
+/* The dense product y[t, n] = W[n]·x[t] (+ bias[n]) of T tokens (up to graph sizes) on
+ * the same kernel with the 128-column blocks split over n_split blocks of each 64-row
+ * tile (more blocks for weights of few rows), partial sums in part [n_split][T][N]
+ * floats added up in split order. n_split from glm_cu_mma_splits (1 <= n_split <= K/128;
+ * part may be NULL with 1). */
+int glm_cu_mma_splits(const glm_cu_mat *w, int T, int n_sm, size_t part_floats);
+int glm_cu_gemm_fp8_mma_splitk(const glm_cu_mat *w, const uint8_t *xq, const float *xs, const float *bias,
+                               float *y, int ldy, int T, int n_split, float *part, cudaStream_t st);
 
 /* Grouped FP8 GEMM on Hopper's warpgroup tensor cores (moe-wgmma.cu), for prefill:
  *   y[p, n] = bf16(sum_k W_e[n, k] x[p, k]), p < R sorted positions,

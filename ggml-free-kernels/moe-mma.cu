@@ -26,6 +26,7 @@ struct mma_args {
     int T;
     const int32_t *active, *n_active, *off, *rows;
     int grouped, x_gather;
+    float *part;         // dense split-K: partial sums [gridDim.y][T][N], else NULL
 };
 
 __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -43,7 +44,7 @@ __device__ __forceinline__ uint4 ldg_stream16(const void *p) {
     return r;
 }
 
-template <int SK, int GLU, int NT>
+template <int SK, int GLU, int NT, bool SPLIT = false>
 __global__ void __launch_bounds__(MMA_WARPS * 32, NT == 1 ? 4 : 1) moe_mma_kernel(const mma_args a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tq = lane & 3;
@@ -58,6 +59,13 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NT == 1 ? 4 : 1) moe_mma_kerne
     const float *su = GLU ? a.up.scale + (long long)e * a.up.s_stride : nullptr;
     const uint8_t *pg0 = wg + (size_t)(r0 + g) * K + tq * 16, *pg8 = pg0 + (size_t)8 * K;
     const uint8_t *pu0 = GLU ? wu + (size_t)(r0 + g) * K + tq * 16 : nullptr, *pu8 = GLU ? pu0 + (size_t)8 * K : nullptr;
+    // dense split-K: this block's 128-column blocks [kb_lo, kb_hi) (every split holds one
+    // or more: the caller keeps gridDim.y <= KB)
+    int kb_lo = 0, kb_hi = KB;
+    if (SPLIT) {
+        kb_lo = (int)((long long)KB * blockIdx.y / gridDim.y);
+        kb_hi = (int)((long long)KB * (blockIdx.y + 1) / gridDim.y);
+    }
 
     for (int t0 = 0; t0 < cnt; t0 += 8 * NT) {
         // the x rows of this lane's tokens (g-th token of each n-tile)
@@ -95,22 +103,22 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NT == 1 ? 4 : 1) moe_mma_kerne
         uint4 ag[2][2], au[2][2], ng[2][2], nu[2][2];  // [span][row g / g+8]
 #pragma unroll
         for (int sp = 0; sp < 2; sp++) {
-            ng[sp][0] = ldg_stream16(pg0 + sp * 64);
-            ng[sp][1] = ldg_stream16(pg8 + sp * 64);
+            ng[sp][0] = ldg_stream16(pg0 + kb_lo * 128 + sp * 64);
+            ng[sp][1] = ldg_stream16(pg8 + kb_lo * 128 + sp * 64);
             if (GLU) {
-                nu[sp][0] = ldg_stream16(pu0 + sp * 64);
-                nu[sp][1] = ldg_stream16(pu8 + sp * 64);
+                nu[sp][0] = ldg_stream16(pu0 + kb_lo * 128 + sp * 64);
+                nu[sp][1] = ldg_stream16(pu8 + kb_lo * 128 + sp * 64);
             }
         }
 #pragma unroll 1
-        for (int kb = 0; kb < KB; kb++) {
+        for (int kb = kb_lo; kb < kb_hi; kb++) {
             const int k0 = kb * 128;
 #pragma unroll
             for (int sp = 0; sp < 2; sp++) {
                 ag[sp][0] = ng[sp][0]; ag[sp][1] = ng[sp][1];
                 if (GLU) { au[sp][0] = nu[sp][0]; au[sp][1] = nu[sp][1]; }
             }
-            if (kb + 1 < KB) {
+            if (kb + 1 < kb_hi) {
 #pragma unroll
                 for (int sp = 0; sp < 2; sp++) {
                     ng[sp][0] = ldg_stream16(pg0 + k0 + 128 + sp * 64);
@@ -179,6 +187,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, NT == 1 ? 4 : 1) moe_mma_kerne
                     const float uv = accu[j][i] * ((i >> 1) ? cu8 : cu0);
                     v = gv / (1.f + __expf(-gv)) * uv;
                 }
+                if (SPLIT) {  // dense split-K (no glu): this split's share, the scales applied
+                    a.part[((size_t)blockIdx.y * a.T + tok) * N + row] = v;
+                    continue;
+                }
                 const int orow = a.grouped ? row0 + tok : tok;
                 a.y[(size_t)orow * a.ldy + row] = v;
             }
@@ -224,5 +236,62 @@ extern "C" int glm_cu_gemm_fp8_mma(const glm_cu_mat *w, const glm_cu_mat *up, co
     else if (up) launch_nt<GLM_CU_SCALE_BLOCK, 1>(a, nt, grid, st);
     else launch_nt<GLM_CU_SCALE_BLOCK, 0>(a, nt, grid, st);
     CUDA_CHECK_LAUNCH();
+    return 0;
+}
+
+// ---- dense products of a few dozen tokens, split along K ----
+// A dense weight of few rows (the k and v projections, the shared expert) gives the
+// kernel above a handful of 64-row blocks: too few loads in flight to stream the
+// weights. Splitting the 128-column blocks over gridDim.y blocks of each row tile
+// multiplies them; each split writes its partial sums, which the kernel below adds
+// up in split order (deterministic) with the bias.
+__global__ void mma_reduce_kernel(const float *part, int S, int T, int N, const float *bias, float *y, int ldy) {
+    const int t = blockIdx.y;
+    for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += gridDim.x * blockDim.x) {
+        float v = 0.f;
+        for (int sp = 0; sp < S; sp++) v += part[((size_t)sp * T + t) * N + n];
+        y[(size_t)t * ldy + n] = bias ? v + bias[n] : v;
+    }
+}
+
+extern "C" int glm_cu_mma_splits(const glm_cu_mat *w, int T, int n_sm, size_t part_floats) {
+    const int row_blocks = (w->N + MMA_ROWS - 1) / MMA_ROWS, KB = w->K / 128;
+    int S = (4 * n_sm + row_blocks - 1) / row_blocks;  // about four blocks an SM
+    if (S > KB) S = KB;
+    if (S > 32) S = 32;
+    while (S > 1 && (size_t)S * T * w->N > part_floats) S--;
+    return S < 1 ? 1 : S;
+}
+
+extern "C" int glm_cu_gemm_fp8_mma_splitk(const glm_cu_mat *w, const uint8_t *xq, const float *xs, const float *bias,
+                                          float *y, int ldy, int T, int n_split, float *part, cudaStream_t st) {
+    if (T <= 0) return 0;
+    if (!glm_cu_mma_ok(w) || n_split < 1 || n_split > w->K / 128 || (n_split > 1 && !part))
+        return glm_err(-7, "mma split-K: weight %d x %d (type %d) in %d splits not supported", w->N, w->K, w->dtype, n_split);
+    mma_args a;
+    memset(&a, 0, sizeof a);
+    a.w = *w;
+    a.xq = xq; a.xs = xs; a.y = y; a.ldy = ldy; a.T = T;
+    a.part = part;
+    dim3 grid((w->N + MMA_ROWS - 1) / MMA_ROWS, n_split);
+    const int ch = w->scale_kind == GLM_CU_SCALE_CHANNEL;
+    if (n_split == 1) {  // the plain dense kernel, passes of up to 32 tokens
+        a.part = nullptr;
+        if (ch) launch_nt<GLM_CU_SCALE_CHANNEL, 0>(a, (T + 7) / 8, grid, st);
+        else launch_nt<GLM_CU_SCALE_BLOCK, 0>(a, (T + 7) / 8, grid, st);
+    } else {  // up to 64 tokens a pass (graph-sized batches), else passes of 32
+        if (ch && T > 32) moe_mma_kernel<GLM_CU_SCALE_CHANNEL, 0, 8, true><<<grid, MMA_WARPS * 32, 0, st>>>(a);
+        else if (ch) moe_mma_kernel<GLM_CU_SCALE_CHANNEL, 0, 4, true><<<grid, MMA_WARPS * 32, 0, st>>>(a);
+        else if (T > 32) moe_mma_kernel<GLM_CU_SCALE_BLOCK, 0, 8, true><<<grid, MMA_WARPS * 32, 0, st>>>(a);
+        else moe_mma_kernel<GLM_CU_SCALE_BLOCK, 0, 4, true><<<grid, MMA_WARPS * 32, 0, st>>>(a);
+    }
+    CUDA_CHECK_LAUNCH();
+    if (n_split > 1) {
+        dim3 rg(w->N > 256 * 32 ? 32 : (w->N + 255) / 256, T);
+        mma_reduce_kernel<<<rg, 256, 0, st>>>(part, n_split, T, w->N, bias, y, ldy);
+        CUDA_CHECK_LAUNCH();
+    } else if (bias) {
+        return glm_cu_add_bias(y, bias, T, w->N, ldy, st);
+    }
     return 0;
 }

@@ -138,6 +138,12 @@ typedef struct {
 
     /* thresholds */
     int gemv_max;                /* dense products use the GEMV kernels up to this T */
+    int dense_mma;               /* FP8 dense products up to graph_max tokens split along K on
+                                    the tensor-core kernel (GLM_CUDA_DENSE_MMA, default 1) */
+    int small_gemv;              /* float weights of up to this many rows on the GEMV up to
+                                    graph_max tokens (GLM_CUDA_SMALL_GEMV, default 1024) */
+    float *part;                 /* the split products' partial sums */
+    size_t part_floats;
     int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
     int wgmma;                   /* GLM_CUDA_WGMMA: prefill MoE on the grouped wgmma kernel (default 1) */
     int wgmma_tok;               /* GLM_CUDA_WGMMA_TOK: ... with one activation scale a token for
@@ -782,6 +788,7 @@ typedef struct {
     size_t mid, eo;   /* expert activations and outputs */
     size_t g_off, g_active, g_rows, g_tiles;  /* expert groups; the wgmma tile list */
     size_t att_ws;    /* split attention partials */
+    size_t part;      /* partial sums of dense products split along K (graph-sized batches) */
     size_t logits;    /* final-norm rows and logits of one chunk (logit_chunk rows) */
     int logit_chunk;
 } cu_sizes;
@@ -828,6 +835,9 @@ static cu_sizes scratch_sizes(const glm_hparams *hp, int max_tokens, int n_sm) {
         if (a > aw) aw = a;
     }
     z.att_ws = (aw ? aw : 1) * 4;
+    /* four splits of the widest dense product (gate and up together) at 64 tokens; more
+     * tokens or splits than fit take fewer splits (glm_cu_mma_splits) */
+    z.part = (T < 64 ? T : 64) * 4 * 2 * kmax * 4;
     z.logits = (size_t)z.logit_chunk * (D + hp->n_vocab) * 4;
     return z;
 }
@@ -835,7 +845,7 @@ static cu_sizes scratch_sizes(const glm_hparams *hp, int max_tokens, int n_sm) {
 static size_t scratch_bytes(const glm_hparams *hp, int max_tokens, int n_sm) {
     const cu_sizes z = scratch_sizes(hp, max_tokens, n_sm);
     return z.lt_y + z.plan + z.xq + z.xs + z.gtmp + z.rlog + z.mid + z.eo + 2 * z.g_off + z.g_active + 16 +
-           2 * z.g_rows + z.g_tiles + z.att_ws + z.logits + (16u << 20);
+           2 * z.g_rows + z.g_tiles + z.att_ws + z.part + z.logits + (16u << 20);
 }
 
 static int cu_reserve(glm_backend *be, int max_tokens) {
@@ -875,6 +885,8 @@ static int cu_reserve(glm_backend *be, int max_tokens) {
     CK(cudaMallocHost((void **)&c->h_off, z.g_active * 2));
     c->att_ws_floats = z.att_ws / 4;
     RUN(dev_alloc((void **)&c->att_ws, z.att_ws, "attention partials"));
+    c->part_floats = z.part / 4;
+    RUN(dev_alloc((void **)&c->part, z.part, "split-K partial sums"));
     c->logit_chunk = z.logit_chunk;
     RUN(dev_alloc((void **)&c->fnorm, (size_t)c->logit_chunk * D * 4, "final norm rows"));
     RUN(dev_alloc((void **)&c->logits_d, (size_t)c->logit_chunk * hp->n_vocab * 4, "logits"));
@@ -1125,6 +1137,21 @@ static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, floa
 static int lin_x(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T,
                  int reuse) {
     if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
+    /* graph-sized batches: narrow float weights (the router) on the GEMV in chunks of 8
+     * tokens, FP8 weights on the tensor-core kernel split along K (cuBLASLt gives a
+     * product of 64 tokens and 1024 rows a handful of blocks) */
+    if (T <= c->graph_max && w->dtype != GLM_CU_FP8 && w->N <= c->small_gemv)
+        return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
+    if (T <= c->graph_max && c->dense_mma && glm_cu_mma_ok(w) && (size_t)T * w->K <= c->xq_bytes &&
+        (size_t)T * (w->K / 128) <= c->xs_floats) {
+        if (!(reuse && c->xq_of == x && c->xq_T == T && c->xq_K == w->K && c->xq_blk == 2 && ldx == w->K)) {
+            RUN(glm_cu_quant_fp8(x, ldx, NULL, T, w->K, 2, c->xq, c->xs, 0, c->st));
+            c->xq_of = reuse && ldx == w->K ? x : NULL;
+            c->xq_T = T; c->xq_K = w->K; c->xq_blk = 2;
+        }
+        const int S = glm_cu_mma_splits(w, T, c->n_sm, c->part_floats);
+        return glm_cu_gemm_fp8_mma_splitk(w, c->xq, c->xs, bias, y, ldy, T, S, S > 1 ? c->part : NULL, c->st);
+    }
     if (glm_cu_lt_shape_ok(w) && (size_t)T * w->K <= c->xq_bytes) {
         int rc;
         if (w->dtype == GLM_CU_FP8) {
@@ -1733,7 +1760,8 @@ static void cu_destroy(glm_backend *be) {
         for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
         free(c->allocs);
         void *dv[] = {c->arena, c->lt_ws, c->lt_y, c->kv_mem, c->d_plan, c->xq, c->xs, c->gtmp, c->rlog, c->mid, c->eo,
-                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->g_ids, c->g_tiles, c->att_ws, c->fnorm, c->logits_d,
+                      c->g_off, c->g_off4, c->g_active, c->g_nact, c->g_rows, c->g_slot, c->g_ids, c->g_tiles, c->att_ws, c->part, c->fnorm,
+                      c->logits_d,
                       c->tp_send, c->tp_recv};
         for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) if (dv[i]) cudaFree(dv[i]);
         if (c->h_plan) cudaFreeHost(c->h_plan);
@@ -1814,6 +1842,8 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
      * cuBLASLt to fill the GPU and go faster on the tensor-core GEMV (run 18: rank 0 of 8,
      * batch 8, 2.53 -> 1.97 ms a step; batches 1 and 64 unchanged); one GPU keeps 4 */
     c->gemv_max = env_int("GLM_CUDA_GEMV_MAX", p->n_tp >= 8 ? 8 : 4);
+    c->dense_mma = env_int("GLM_CUDA_DENSE_MMA", 1);
+    c->small_gemv = env_int("GLM_CUDA_SMALL_GEMV", 1024);
     c->mma_min = env_int("GLM_CUDA_MMA_MIN", 4);
     c->prof = env_int("GLM_CUDA_PROFILE", 0);
     c->fuse = env_int("GLM_CUDA_FUSE", 1);

@@ -813,6 +813,62 @@ TEST(moe_mma) {
     }
 }
 
+/* Dense products of graph-sized batches split along K (glm_cu_gemm_fp8_mma_splitk):
+ * 1, 3 and 8 splits of 8 column blocks and the split count glm_cu_mma_splits picks,
+ * with a bias and an output row stride past N, against the reference on the device's
+ * dequantised activations; the rows past N in the output stay as they were. */
+TEST(mma_splitk) {
+    const int N = 192, K = 1024, Ts[] = {5, 33, 64}, ldy = N + 8;
+    for (int f = 0; f < 2; f++) {
+        hweight hw = hw_make(FMTS[f][0], FMTS[f][1], N, K);
+        glm_cu_mat m = hw_upload(&hw);
+        float *bias = frandv(N, 1.f), *d_bias = dup_h(bias, (size_t)N * 4);
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti];
+            float *x = frandv((size_t)T * K, 2.f), *d_x = dup_h(x, (size_t)T * K * 4);
+            uint8_t *d_q = dnew((size_t)T * K), *q = malloc((size_t)T * K);
+            float *d_s = dnew((size_t)T * (K / 128) * 4), *sc = malloc((size_t)T * (K / 128) * 4);
+            float *xd = malloc((size_t)T * K * 4), *ref = malloc((size_t)T * ldy * 4), *y = malloc((size_t)T * ldy * 4);
+            OK(glm_cu_quant_fp8(d_x, K, NULL, T, K, 2, d_q, d_s, 0, 0));
+            down(q, d_q, (size_t)T * K);
+            down(sc, d_s, (size_t)T * (K / 128) * 4);
+            dequant_rows(q, sc, T, K, xd);
+            ref_mm(hw.wf, N, K, xd, T, ref, ldy);
+            for (int t = 0; t < T; t++)
+                for (int n = 0; n < N; n++) ref[(size_t)t * ldy + n] += bias[n];
+            const size_t part_floats = (size_t)8 * T * N;
+            float *d_part = dnew(part_floats * 4), *d_y = dnew((size_t)T * ldy * 4);
+            const int picked = glm_cu_mma_splits(&m, T, 132, part_floats);
+            CHECK_MSG(picked >= 1 && picked <= 8, "glm_cu_mma_splits: %d", picked);
+            CHECK(glm_cu_mma_splits(&m, T, 132, (size_t)T * N) == 1);  /* no room for partials: one split */
+            const int splits[4] = {1, 3, 8, picked};
+            for (int si = 0; si < 4; si++) {
+                poison(d_y, (size_t)T * ldy * 4);
+                OK(glm_cu_gemm_fp8_mma_splitk(&m, d_q, d_s, d_bias, d_y, ldy, T, splits[si], splits[si] > 1 ? d_part : NULL, 0));
+                down(y, d_y, (size_t)T * ldy * 4);
+                int pad_ok = 1;
+                for (int t = 0; t < T; t++)
+                    for (int n = N; n < ldy; n++) {
+                        uint32_t u;
+                        memcpy(&u, &y[(size_t)t * ldy + n], 4);
+                        pad_ok &= u == 0xffffffffu;
+                        y[(size_t)t * ldy + n] = ref[(size_t)t * ldy + n] = 0.f;
+                    }
+                char what[96];
+                snprintf(what, sizeof what, "mma split-K %s T=%d, %d splits", FMT_NAMES[f], T, splits[si]);
+                CHECK_REL(y, ref, (size_t)T * ldy, 2e-3, what);
+                CHECK_MSG(pad_ok, "%s: wrote past N", what);
+            }
+            CHECK(glm_cu_gemm_fp8_mma_splitk(&m, d_q, d_s, NULL, d_y, ldy, T, K / 128 + 1, d_part, 0) != 0);  /* more splits than blocks */
+            free(x); free(q); free(sc); free(xd); free(ref); free(y);
+            cudaFree(d_x); cudaFree(d_q); cudaFree(d_s); cudaFree(d_part); cudaFree(d_y);
+        }
+        free(bias);
+        cudaFree(d_bias);
+        hw_free(&hw, &m);
+    }
+}
+
 /* The grouped wgmma GEMM (prefill experts): gate and up as one [2F, D] weight over
  * positions gathered by expert, down over the device's SwiGLU output, and dense; some
  * experts get more positions than one 128-position tile. References on the
