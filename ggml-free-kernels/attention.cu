@@ -6,6 +6,8 @@
 // split across blocks (flash-decoding) and merged by a combine kernel.
 #include "common.cuh"
 
+#include <string.h>
+
 #define ATT_THREADS 128
 #define ATT_MAXG 16
 
@@ -361,6 +363,13 @@ static bool att_mma_on(int hd, int G, const glm_cu_kv *kv) {
     return env && !kv->fp8 && (hd == 32 || hd == 64 || hd == 128) && G <= 16;
 }
 
+extern "C" int glm_cu_attention_mma(int n_head, int n_kv, int hd, int fp8) {
+    glm_cu_kv kv;
+    memset(&kv, 0, sizeof kv);
+    kv.fp8 = fp8;
+    return n_kv > 0 && n_head % n_kv == 0 && att_mma_on(hd, n_head / n_kv, &kv);
+}
+
 extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
                                 const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws,
                                 cudaStream_t st) {
@@ -681,8 +690,9 @@ extern "C" int glm_cu_attention_prefill(const float *q, float *out, int n_head, 
 // attention_combine_kernel, in the same form as attention_kernel's). BF16 pages only:
 // K and V are exact BF16 operands; Q goes in as three BF16 parts (high, middle, low)
 // and P as two, so S = sum of the parts' products and O += P_hi V + P_lo V keep the
-// operands to about float32 precision, with float32 sums: the results agree with
-// attention_kernel's to float32 rounding, not BF16's.
+// operands to about float32 precision; every product starts from zero and the sums run
+// on the CUDA cores in float32 (the tensor cores' accumulation keeps fewer bits): the
+// results agree with attention_kernel's to float32 rounding, not BF16's.
 #define DM_WARPS 4
 
 __device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
@@ -751,6 +761,8 @@ __global__ void __launch_bounds__(DM_WARPS * 32) attention_decode_mma_kernel(con
         const uint16_t *Ks = ring + (it & 1) * PAGE, *Vs = Ks + 16 * LD;
 
         // S = Q K^T [16 heads][16 keys]: two n-tiles of 8 keys, Q's three parts
+        // (each product starts from zero and is added to S by the CUDA cores: the tensor
+        // cores' own accumulation keeps fewer bits than float32 and would lose the small parts)
         float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
         for (int ks = 0; ks < HD / 16; ks++) {
@@ -760,8 +772,11 @@ __global__ void __launch_bounds__(DM_WARPS * 32) attention_decode_mma_kernel(con
             for (int part = 0; part < 3; part++) {
                 uint32_t a[4];
                 ldsm_x4<false>(a, &Qs[(part * 16 + (mi & 1) * 8 + (lane & 7)) * LD + ks * 16 + (mi >> 1) * 8]);
-                mma_bf16(sc[0], a, b[0], b[1]);
-                mma_bf16(sc[1], a, b[2], b[3]);
+                float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+                mma_bf16(d0, a, b[0], b[1]);
+                mma_bf16(d1, a, b[2], b[3]);
+#pragma unroll
+                for (int i = 0; i < 4; i++) { sc[0][i] += d0[i]; sc[1][i] += d1[i]; }
             }
         }
         // keys past the token, the running max over the 4 lanes of a row
@@ -796,7 +811,8 @@ __global__ void __launch_bounds__(DM_WARPS * 32) attention_decode_mma_kernel(con
         for (int dt = 0; dt < HD / 8; dt++) {
             o[dt][0] *= a0; o[dt][1] *= a0; o[dt][2] *= a1; o[dt][3] *= a1;
         }
-        // O += P V: P [16][16 keys] from the two S n-tiles, high and low BF16 parts
+        // O += P V: P [16][16 keys] from the two S n-tiles, high and low BF16 parts; each
+        // page's products start from zero and are added to O by the CUDA cores
         uint32_t ph[4], pl[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -810,10 +826,17 @@ __global__ void __launch_bounds__(DM_WARPS * 32) attention_decode_mma_kernel(con
         for (int dp = 0; dp < HD / 16; dp++) {
             uint32_t b[4];
             ldsm_x4<true>(b, &Vs[(lane & 15) * LD + dp * 16 + (lane >> 4) * 8]);
-            mma_bf16(o[2 * dp], pa_h, b[0], b[1]);
-            mma_bf16(o[2 * dp], pa_l, b[0], b[1]);
-            mma_bf16(o[2 * dp + 1], pa_h, b[2], b[3]);
-            mma_bf16(o[2 * dp + 1], pa_l, b[2], b[3]);
+            float h0[4] = {0.f, 0.f, 0.f, 0.f}, l0[4] = {0.f, 0.f, 0.f, 0.f}, h1[4] = {0.f, 0.f, 0.f, 0.f},
+                  l1[4] = {0.f, 0.f, 0.f, 0.f};
+            mma_bf16(h0, pa_h, b[0], b[1]);
+            mma_bf16(l0, pa_l, b[0], b[1]);
+            mma_bf16(h1, pa_h, b[2], b[3]);
+            mma_bf16(l1, pa_l, b[2], b[3]);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                o[2 * dp][i] += h0[i] + l0[i];
+                o[2 * dp + 1][i] += h1[i] + l1[i];
+            }
         }
         __syncwarp();  // this buffer is refilled two pages on
     }

@@ -207,6 +207,10 @@ int glm_cu_rope_store(float *q, float *k, float *v, const float *bq, const float
                       const float *k_norm, float eps, const glm_cu_plan *p, const glm_cu_kv *kv, cudaStream_t st);
 /* Causal GQA over each token's sequence pages: out[T, n_head*hd]. n_split > 1 splits
  * the context (flash-decoding) through ws, which holds T*n_head*n_split*(hd+2) floats. */
+/* 1 when glm_cu_attention runs its tensor-core decode kernel for this shape and page
+ * type (BF16 pages, head_dim 32/64/128, up to 16 query heads a KV head, and
+ * GLM_CUDA_ATT_MMA not 0), else 0 (the CUDA-core kernel). */
+int glm_cu_attention_mma(int n_head, int n_kv, int hd, int fp8);
 int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
                      const glm_cu_plan *p, const glm_cu_kv *kv, int n_split, float *ws,
                      cudaStream_t st);

@@ -138,10 +138,11 @@ typedef struct {
 
     /* thresholds */
     int gemv_max;                /* dense products use the GEMV kernels up to this T */
-    int dense_mma;               /* FP8 dense products up to graph_max tokens split along K on
-                                    the tensor-core kernel (GLM_CUDA_DENSE_MMA, default 1) */
-    int small_gemv;              /* float weights of up to this many rows on the GEMV up to
-                                    graph_max tokens (GLM_CUDA_SMALL_GEMV, default 1024) */
+    int dense_mma_max;           /* FP8 dense products of up to this many tokens (above gemv_max)
+                                    split along K on the tensor-core kernel (GLM_CUDA_DENSE_MMA,
+                                    default 8; 0 = cuBLASLt) */
+    int small_gemv_max;          /* float weights of up to 1024 rows on the GEMV up to this many
+                                    tokens (GLM_CUDA_SMALL_GEMV, default 0) */
     float *part;                 /* the split products' partial sums */
     size_t part_floats;
     int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
@@ -1137,12 +1138,13 @@ static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, floa
 static int lin_x(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T,
                  int reuse) {
     if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
-    /* graph-sized batches: narrow float weights (the router) on the GEMV in chunks of 8
-     * tokens, FP8 weights on the tensor-core kernel split along K (cuBLASLt gives a
-     * product of 64 tokens and 1024 rows a handful of blocks) */
-    if (T <= c->graph_max && w->dtype != GLM_CU_FP8 && w->N <= c->small_gemv)
+    /* a few tokens more than the GEMV takes: narrow float weights (the router) on the GEMV
+     * in chunks of 8 tokens (off by default: no gain measured), FP8 weights on the
+     * tensor-core kernel split along K (measured faster than cuBLASLt at 8 tokens, slower
+     * at 32 and 64: docs/PERF.md run 19) */
+    if (T <= c->small_gemv_max && w->dtype != GLM_CU_FP8 && w->N <= 1024)
         return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
-    if (T <= c->graph_max && c->dense_mma && glm_cu_mma_ok(w) && (size_t)T * w->K <= c->xq_bytes &&
+    if (T <= c->dense_mma_max && glm_cu_mma_ok(w) && (size_t)T * w->K <= c->xq_bytes &&
         (size_t)T * (w->K / 128) <= c->xs_floats) {
         if (!(reuse && c->xq_of == x && c->xq_T == T && c->xq_K == w->K && c->xq_blk == 2 && ldx == w->K)) {
             RUN(glm_cu_quant_fp8(x, ldx, NULL, T, w->K, 2, c->xq, c->xs, 0, c->st));
@@ -1842,8 +1844,8 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
      * cuBLASLt to fill the GPU and go faster on the tensor-core GEMV (run 18: rank 0 of 8,
      * batch 8, 2.53 -> 1.97 ms a step; batches 1 and 64 unchanged); one GPU keeps 4 */
     c->gemv_max = env_int("GLM_CUDA_GEMV_MAX", p->n_tp >= 8 ? 8 : 4);
-    c->dense_mma = env_int("GLM_CUDA_DENSE_MMA", 1);
-    c->small_gemv = env_int("GLM_CUDA_SMALL_GEMV", 1024);
+    c->dense_mma_max = env_int("GLM_CUDA_DENSE_MMA", 8);
+    c->small_gemv_max = env_int("GLM_CUDA_SMALL_GEMV", 0);
     c->mma_min = env_int("GLM_CUDA_MMA_MIN", 4);
     c->prof = env_int("GLM_CUDA_PROFILE", 0);
     c->fuse = env_int("GLM_CUDA_FUSE", 1);

@@ -1229,10 +1229,15 @@ static void attention_case_passes(int n_head, int n_kv, int hd, int n_rot, int f
             CHECK_REL(out, ref, (size_t)T * Q, 1e-4, what);
             if (long_rows) {
                 /* each (token, head) row: float32 sums over up to a few thousand keys,
-                 * 10x the whole-array bound (a wrong row scores about 1) */
+                 * 10x the whole-array bound (a wrong row scores about 1); the tensor-core
+                 * kernel (BF16 pages) 2.5x that: its worst measured row, 1.3e-3 over
+                 * about 1,400 keys at head_dim 32, against 8e-6 for the CUDA-core kernel
+                 * (whose worst measured row is 2.3e-4, at head_dim 128) */
+                const double mk = glm_cu_attention_mma(n_head, n_kv, hd, fp8) ? 2.5 : 1.0;
                 row_errors(out, ref, T * n_head, hd, &mr, &rr, &row);
                 fprintf(stderr, "  %s: rel err %.3g, per row: max %.3g (row %d), rms %.3g\n", what, rel_err(out, ref, (size_t)T * Q), mr, row, rr);
-                CHECK_MSG(mr <= 2e-3 && rr <= 1e-3, "%s: row %d: max |diff| %.3g of the row's largest, worst row rms %.3g", what, row, mr, rr);
+                CHECK_MSG(mr <= 2e-3 * mk && rr <= 1e-3 * mk, "%s: row %d: max |diff| %.3g of the row's largest, worst row rms %.3g", what,
+                          row, mr, rr);
             }
             cudaFree(d_ws);
         }
