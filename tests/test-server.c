@@ -422,6 +422,52 @@ TEST(concurrent_requests_equal_each_alone) {
 static void expect_error(int port, const char *method, const char *path, const char *headers, const char *body, int status,
                          const char *param, const char *code);
 
+/* A streaming request's thread: the whole stream, then its text and whether it ended. */
+typedef struct {
+    int port, seed, done, status;
+    char *text;
+} stream_req;
+
+static void *stream_run(void *arg) {
+    stream_req *q = arg;
+    char body[4096];
+    greedy_body(body, sizeof body, q->seed, 8, 12, 1);
+    response r = http(q->port, "POST", "/v1/completions", NULL, body);
+    q->status = r.status;
+    q->text = r.status == 200 ? stream_text(r.body, &q->done) : NULL;
+    free(r.body);
+    return NULL;
+}
+
+/* Bursts of 64 streams at once, as many as the server decodes together: every stream
+ * ends with text, nothing is left running, and the server answers after. A load test of
+ * the engine's hand-over of each step's wake-ups to the notifier thread (under ASan in
+ * the sanitizer build). */
+TEST(bursts_of_streams) {
+    server sb;
+    if (server_start(&sb, "-np 64 --batch-tokens 256 -c 256")) { CHECK_MSG(0, "glm-server -np 64 did not start"); return; }
+    stream_req q[64];
+    for (int burst = 0; burst < 3; burst++) {
+        pthread_t th[64];
+        for (int i = 0; i < 64; i++) {
+            q[i] = (stream_req){sb.port, 900 + burst * 64 + i, 0, 0, NULL};
+            pthread_create(&th[i], NULL, stream_run, &q[i]);
+        }
+        int ok = 0;
+        for (int i = 0; i < 64; i++) {
+            pthread_join(th[i], NULL);
+            ok += q[i].status == 200 && q[i].done && q[i].text && q[i].text[0];
+            free(q[i].text);
+        }
+        CHECK_MSG(ok == 64, "burst %d: %d of 64 streams ended with text", burst, ok);
+    }
+    CHECK_MSG(drained(sb.port, 10), "requests or KV pages left after the bursts");
+    response h = http(sb.port, "GET", "/health", NULL, NULL);
+    CHECK_MSG(h.status == 200, "/health after the bursts: %d", h.status);
+    free(h.body);
+    CHECK(server_stop(&sb) == 0);
+}
+
 TEST(preemption_gives_the_same_answers) {
     if (!up()) return;
     server small;

@@ -217,7 +217,8 @@ static void wake_flush(void) {
     wake_n = 0;
 }
 
-/* The notifier thread: wakes the queued jobs until the server stops. Returns NULL. */
+/* The notifier thread: wakes the queued jobs until the server stops. It copies the
+ * queue out under the lock into an array of its own. Returns NULL. */
 static void *notifier(void *arg) {
     (void)arg;
     job **mine = NULL;
@@ -225,14 +226,24 @@ static void *notifier(void *arg) {
     for (;;) {
         pthread_mutex_lock(&W.mu);
         while (!W.n && !W.stop) pthread_cond_wait(&W.cv, &W.mu);
-        if (!W.n) { pthread_mutex_unlock(&W.mu); break; }
-        /* take the queue: swap arrays */
-        job **q = W.q;
         const int n = W.n;
-        W.q = mine; W.cap = cap; W.n = 0;
-        mine = q; cap = n > cap ? n : cap;
+        if (!n) { pthread_mutex_unlock(&W.mu); break; }
+        if (n > cap) {
+            job **nm = realloc(mine, (size_t)n * sizeof *nm);
+            if (nm) { mine = nm; cap = n; }
+        }
+        const int took = n <= cap ? n : cap;   /* no room: the rest stays queued for the next turn */
+        memcpy(mine, W.q, (size_t)took * sizeof *mine);
+        memmove(W.q, W.q + took, (size_t)(n - took) * sizeof *W.q);
+        W.n = n - took;
         pthread_mutex_unlock(&W.mu);
-        for (int i = 0; i < n; i++) { wake_now(mine[i]); job_unref(mine[i]); }
+        for (int i = 0; i < took; i++) { wake_now(mine[i]); job_unref(mine[i]); }
+        if (!took) {  /* out of memory: wake them from the queue itself, one at a time */
+            pthread_mutex_lock(&W.mu);
+            job *j = W.n ? W.q[--W.n] : NULL;
+            pthread_mutex_unlock(&W.mu);
+            if (j) { wake_now(j); job_unref(j); }
+        }
     }
     free(mine);
     return NULL;
@@ -982,6 +993,7 @@ int main(int argc, char **argv) {
     pthread_mutex_unlock(&W.mu);
     pthread_join(ntf, NULL);
     free(wake_b);
+    free(W.q);
     /* the streams send their last events before the connections are closed (2 s at most) */
     for (double t0 = tool_now(); atomic_load(&S.n_streams) > 0 && tool_now() - t0 < 2;) usleep(5000);
     if (d) {
