@@ -163,9 +163,11 @@ int32_t glm_ctx_seq_page(const glm_ctx *c, int seq, int i) {
     return c->page_table[(size_t)seq * c->max_pages + i];
 }
 
-int glm_ctx_seq_share(glm_ctx *c, int seq, const int32_t *pages, int n) {
+int glm_ctx_seq_share(glm_ctx *c, int seq, const int32_t *pages, int n, int mtp) {
     if (seq < 0 || seq >= c->p.n_seq_max) return glm_err(GLM_ERR_ARG, "sequence %d out of range [0, %d)", seq, c->p.n_seq_max);
-    if (c->seq_len[seq]) return glm_err(GLM_ERR_ARG, "sequence %d is not empty (%d tokens)", seq, c->seq_len[seq]);
+    if (c->seq_len[seq] || c->mtp_len[seq])
+        return glm_err(GLM_ERR_ARG, "sequence %d is not empty (%d tokens)", seq, c->seq_len[seq] > c->mtp_len[seq] ? c->seq_len[seq] : c->mtp_len[seq]);
+    if (mtp && !c->p.mtp) return glm_err(GLM_ERR_ARG, "shared MTP rows in a context made without params.mtp");
     if (n < 0 || n > c->max_pages) return glm_err(GLM_ERR_ARG, "%d shared pages, a sequence holds at most %d", n, c->max_pages);
     for (int i = 0; i < n; i++)
         if (pages[i] < 0 || pages[i] >= c->n_pages || !c->page_ref[pages[i]])
@@ -173,6 +175,7 @@ int glm_ctx_seq_share(glm_ctx *c, int seq, const int32_t *pages, int n) {
     int32_t *pt = c->page_table + (size_t)seq * c->max_pages;
     for (int i = 0; i < n; i++) { pt[i] = pages[i]; c->page_ref[pages[i]]++; }
     c->seq_len[seq] = n * GLM_PAGE;
+    c->mtp_len[seq] = mtp ? n * GLM_PAGE : 0;
     return GLM_OK;
 }
 

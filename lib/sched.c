@@ -27,10 +27,12 @@
  * accept_token, whose stop strings, eos and max_tokens end a run where they end plain
  * decoding. The drafts are written into the request's token array past n_tok (scratch:
  * room for them is kept by never drafting past max_tokens). A request drafts only while
- * the MTP layer has all its cached positions (glm_ctx_mtp_len equal to n_done); one whose
- * cache began on shared prefix-cache pages has not (glm_ctx_seq_share leaves the MTP
- * length at 0) and decodes plainly. With drafting on, every pick goes through glm_spec's
- * rules on the host (sample_batch and its device path are not used). */
+ * the MTP layer has all its cached positions (glm_ctx_mtp_len equal to n_done). The prefix
+ * cache keeps, with each page, whether its MTP rows were written and the token after the
+ * page they were made with (its last row's); with drafting on, a request takes cached
+ * pages only as far as their MTP rows are its own, so it drafts from its first step.
+ * With drafting on, every pick goes through glm_spec's rules on the host (sample_batch
+ * and its device path are not used). */
 #include "backend.h"
 #include "scheduler.h"
 
@@ -77,6 +79,9 @@ typedef struct {
     uint64_t hash, parent;     /* 0 hash = empty slot */
     int32_t page;
     int32_t toks[PAGE];
+    int mtp;                   /* the MTP layer's rows of the page are written, its last one
+                                  with the token mtp_next after the page */
+    int32_t mtp_next;
 } centry;
 
 struct glm_sched {
@@ -150,11 +155,13 @@ static size_t cache_find(const glm_sched *s, uint64_t h) {
     return i;
 }
 
-/* The cached page holding r's page i (same chained hash, parent and tokens), or -1. */
+/* The cached page holding r's page i (same chained hash, parent and tokens), or -1; with
+ * drafting, only one whose MTP rows are r's too (written, the last with r's next token). */
 static int32_t cache_lookup(glm_sched *s, req *r, int i) {
     uint64_t h = req_page_hash(r, i), parent = i ? r->ph[i - 1] : 0;
     centry *e = &s->cache[cache_find(s, h)];
     if (!e->hash || e->parent != parent || memcmp(e->toks, r->tok + (size_t)i * PAGE, sizeof e->toks)) return -1;
+    if (s->p.n_draft && (!e->mtp || (i + 1) * PAGE >= r->n_tok || e->mtp_next != r->tok[(size_t)(i + 1) * PAGE])) return -1;
     return e->page;
 }
 
@@ -208,6 +215,8 @@ static void cache_register(glm_sched *s, req *r) {
         e->parent = i ? r->ph[i - 1] : 0;
         e->page = glm_ctx_seq_page(s->ctx, r->slot, i);
         memcpy(e->toks, r->tok + (size_t)i * PAGE, sizeof e->toks);
+        e->mtp = s->p.n_draft && glm_ctx_mtp_len(s->ctx, r->slot) >= (i + 1) * PAGE && r->n_tok > (i + 1) * PAGE;
+        e->mtp_next = e->mtp ? r->tok[(size_t)(i + 1) * PAGE] : -1;
         glm_ctx_page_retain(s->ctx, e->page);
         s->page_key[e->page] = h;
         s->cache_n++;
@@ -499,7 +508,7 @@ static int admit(glm_sched *s) {
         r->next = NULL;
         for (int i = 0; i < k; i++)
             if (glm_ctx_page_refs(s->ctx, hits[i]) == 1) lru_unlink(s, hits[i]);
-        int rc = glm_ctx_seq_share(s->ctx, slot, hits, k);
+        int rc = glm_ctx_seq_share(s->ctx, slot, hits, k, s->p.n_draft > 0);
         if (rc) { free(hits); return rc; }
         s->slot[slot] = r;
         r->slot = slot;

@@ -10,8 +10,9 @@
  * step's one forward with glm_spec_verify (lib/internal.h: glm_spec's rules, each request
  * with its own sampler parameters and generator) and cuts rejected drafts off with
  * glm_ctx_seq_truncate, which cuts the MTP layer's length too. The MTP layer's KV lives in
- * the same pages; glm_ctx_seq_share does not carry an MTP length over, so a request
- * admitted on shared pages (glm_ctx_mtp_len below its length) decodes without drafting. */
+ * the same pages: a page the prefix cache shares carries the MTP rows its first holder
+ * wrote, which a later request may use when the token after the page is its own too
+ * (the last row of a page was made with it); glm_ctx_seq_share says so with mtp. */
 #ifndef GLM_SCHEDULER_H
 #define GLM_SCHEDULER_H
 
@@ -26,8 +27,10 @@ int glm_ctx_page_refs(const glm_ctx *ctx, int32_t page);
 /* The page id of page i of a sequence, -1 when it has none. */
 int32_t glm_ctx_seq_page(const glm_ctx *ctx, int seq, int i);
 /* Starts an empty sequence on n shared full pages (each retained): it then holds
- * n * GLM_PAGE tokens. GLM_ERR_ARG when the sequence is not empty or a page is free. */
-int glm_ctx_seq_share(glm_ctx *ctx, int seq, const int32_t *pages, int n);
+ * n * GLM_PAGE tokens, and with mtp (a context made with params.mtp) the MTP layer's
+ * rows of those positions too (glm_ctx_mtp_len n * GLM_PAGE). GLM_ERR_ARG when the
+ * sequence is not empty, a page is free, or mtp without the MTP layer. */
+int glm_ctx_seq_share(glm_ctx *ctx, int seq, const int32_t *pages, int n, int mtp);
 /* The context's parameters as created. */
 const glm_ctx_params *glm_ctx_params_of(const glm_ctx *ctx);
 /* The model a context runs. */

@@ -205,9 +205,10 @@ TEST(shared_pages_are_counted) {
     CHECK(glm_ctx_decode(c, &b) == GLM_OK);                        /* seq 0: 40 tokens, 3 pages */
     CHECK(glm_ctx_kv_pages_free(c) == 5);
     int32_t pages[2] = { glm_ctx_seq_page(c, 0, 0), glm_ctx_seq_page(c, 0, 1) };
-    CHECK(glm_ctx_seq_share(c, 1, pages, 2) == GLM_OK);           /* seq 1: its first 32 */
+    CHECK(glm_ctx_seq_share(c, 1, pages, 2, 1) == GLM_ERR_ARG);   /* MTP rows without the MTP layer */
+    CHECK(glm_ctx_seq_share(c, 1, pages, 2, 0) == GLM_OK);        /* seq 1: its first 32 */
     CHECK(glm_ctx_seq_len(c, 1) == 32 && glm_ctx_page_refs(c, pages[0]) == 2 && glm_ctx_page_refs(c, pages[1]) == 2);
-    CHECK(glm_ctx_seq_share(c, 1, pages, 2) == GLM_ERR_ARG);      /* not empty */
+    CHECK(glm_ctx_seq_share(c, 1, pages, 2, 0) == GLM_ERR_ARG);   /* not empty */
     CHECK(glm_ctx_kv_pages_free(c) == 5);
     CHECK(glm_ctx_seq_truncate(c, 1, 20) == GLM_ERR_ARG && strstr(glm_last_error(), "shared"));
     CHECK(glm_ctx_seq_len(c, 1) == 32);
@@ -221,7 +222,7 @@ TEST(shared_pages_are_counted) {
     CHECK(glm_ctx_page_refs(c, pages[0]) == 1 && glm_ctx_kv_pages_free(c) == 6);
     CHECK(glm_ctx_seq_clear(c, 1) == GLM_OK);
     CHECK(glm_ctx_kv_pages_free(c) == 8 && glm_ctx_page_refs(c, pages[0]) == 0);
-    CHECK(glm_ctx_seq_share(c, 1, pages, 1) == GLM_ERR_ARG);      /* a free page */
+    CHECK(glm_ctx_seq_share(c, 1, pages, 1, 0) == GLM_ERR_ARG);   /* a free page */
     glm_ctx_free(c);
     glm_model_free(m);
 }

@@ -527,6 +527,60 @@ TEST(drafting_gives_the_greedy_tokens_of_plain_decoding) {
     }
 }
 
+/* Requests that begin on prefix-cache pages draft from their first step: the cached
+ * pages carry the MTP rows their first holder wrote, taken only where the token after the
+ * page matches (the last row was made with it). A runs alone; then B shares A's first
+ * 48 tokens and its 49th (3 pages usable), C shares 48 but not the 49th (2 pages: the
+ * third page's last MTP row is A's, not C's); each drafts, and gives the tokens of plain
+ * decoding. */
+TEST(cached_prefix_requests_draft) {
+    if (!tiny()) { CHECK(0); return; }
+    static spec_t sp[3];
+    static out_t ref[3], got[3];
+    for (int i = 0; i < 3; i++) make_spec(&sp[i], 700 + i, 70, 24, 1);
+    memcpy(sp[1].prompt, sp[0].prompt, sizeof(int32_t) * 49);
+    memcpy(sp[2].prompt, sp[0].prompt, sizeof(int32_t) * 48);
+    sp[2].prompt[48] = (sp[0].prompt[48] + 1) % 8000;
+    glm_ctx *c = make_ctx_with(4, 0, 64, 1);
+    CHECK(c != NULL);
+    if (!c) return;
+    for (int pass = 0; pass < 2; pass++) {   /* plain, then drafting */
+        glm_sched_params p = glm_sched_default_params();
+        p.n_draft = pass ? 2 : 0;
+        glm_sched *s = NULL;
+        CHECK_MSG(glm_sched_new(c, &p, &s) == GLM_OK, "%s", glm_last_error());
+        if (!s) break;
+        const int want_cached[3] = {0, 48, 32};
+        for (int i = 0; i < 3; i++) {
+            out_t *o = pass ? &got[i] : &ref[i];
+            memset(o, 0, sizeof *o);
+            glm_sched_stats st0, st1;
+            glm_sched_get_stats(s, &st0);
+            glm_request r = {sp[i].prompt, sp[i].n_prompt, sp[i].max_tokens, sp[i].sp, NULL, 0, 1, on_event, o};
+            CHECK_MSG(glm_sched_submit(s, &r, NULL) == GLM_OK, "%s", glm_last_error());
+            int rc;
+            while ((rc = glm_sched_step(s)) > 0) {}
+            CHECK_MSG(rc == 0, "step: %d %s", rc, glm_last_error());
+            glm_sched_get_stats(s, &st1);
+            const unsigned long long cached = (unsigned long long)(st1.cached_tokens - st0.cached_tokens);
+            const unsigned long long drafted = (unsigned long long)(st1.draft_tokens - st0.draft_tokens);
+            if (pass) {
+                CHECK_MSG(cached == (unsigned long long)want_cached[i], "request %d: %llu tokens from the cache, want %d", i, cached,
+                          want_cached[i]);
+                CHECK_MSG(drafted > 0 && st1.accepted_tokens > st0.accepted_tokens, "request %d drafted %llu tokens", i, drafted);
+                CHECK_MSG(same_tokens(&got[i], &ref[i]), "request %d: drafting gave other tokens than plain decoding", i);
+            } else {
+                CHECK(cached == (unsigned long long)(i ? 48 : 0) && drafted == 0);
+            }
+        }
+        glm_sched_cache_clear(s);
+        glm_sched_free(s);
+        CHECK_MSG(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c), "%d of %d pages free", glm_ctx_kv_pages_free(c),
+                  glm_ctx_kv_pages_total(c));
+    }
+    glm_ctx_free(c);
+}
+
 TEST(drafting_sampled_requests_repeat_with_their_seed) {
     if (!tiny()) { CHECK(0); return; }
     static spec_t sp[16];
