@@ -110,13 +110,14 @@ if [ "$MODE" = serve ]; then
     note "bench serve -np 64 --batch-tokens $bt: exit $? ($(( $(date +%s) - t0 )) s)"
   done
   # glm-server against glm-bench --serve: one checkpoint with a tokenizer (glm-tiny, and a
-  # full-width slice written by glm-convert with glm-tiny's vocabulary and tokenizer)
+  # full-width slice written by glm-convert with glm-tiny's vocabulary and tokenizer;
+  # SERVE_LAYERS, default 13: about 40 GB on disk, 80-90 s to write)
   t0=$(date +%s)
   sl=/tmp/glm-serve-slice
   rm -rf "$sl"
-  build/bin/glm-convert --synthetic --preset glm-4.7 --layers "${SERVE_LAYERS:-4}" --vocab 8192 --out "$sl" > "$OUT/convert.log" 2>&1 &&
+  build/bin/glm-convert --synthetic --preset glm-4.7 --layers "${SERVE_LAYERS:-13}" --vocab 8192 --out "$sl" > "$OUT/convert.log" 2>&1 &&
     cp models/glm-tiny/tokenizer.json models/glm-tiny/tokenizer_config.json "$sl"/
-  note "convert slice of ${SERVE_LAYERS:-4} layers: exit $? ($(( $(date +%s) - t0 )) s)"
+  note "convert slice of ${SERVE_LAYERS:-13} layers: exit $? ($(( $(date +%s) - t0 )) s)"
   for md in models/glm-tiny "$sl"; do
     [ -f "$md/tokenizer.json" ] || continue
     t0=$(date +%s)
