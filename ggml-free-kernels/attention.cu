@@ -6,8 +6,6 @@
 // split across blocks (flash-decoding) and merged by a combine kernel.
 #include "common.cuh"
 
-#include <string.h>
-
 #define ATT_THREADS 128
 #define ATT_MAXG 16
 
@@ -354,20 +352,13 @@ static int attention_decode_mma(const float *q, float *out, int T, int n_head, i
 
 // The tensor-core decode kernel where it applies (BF16 pages, head_dim 32, 64 or 128,
 // up to 16 query heads a KV head; GLM_CUDA_ATT_MMA=0 turns it off), else attention_kernel.
-static bool att_mma_on(int hd, int G, const glm_cu_kv *kv) {
+extern "C" int glm_cu_attention_mma(int n_head, int n_kv, int hd, int fp8) {
     static int env = -1;
     if (env < 0) {
         const char *e = getenv("GLM_CUDA_ATT_MMA");
         env = e && *e ? atoi(e) != 0 : 1;
     }
-    return env && !kv->fp8 && (hd == 32 || hd == 64 || hd == 128) && G <= 16;
-}
-
-extern "C" int glm_cu_attention_mma(int n_head, int n_kv, int hd, int fp8) {
-    glm_cu_kv kv;
-    memset(&kv, 0, sizeof kv);
-    kv.fp8 = fp8;
-    return n_kv > 0 && n_head % n_kv == 0 && att_mma_on(hd, n_head / n_kv, &kv);
+    return env && !fp8 && n_kv > 0 && n_head % n_kv == 0 && (hd == 32 || hd == 64 || hd == 128) && n_head / n_kv <= 16;
 }
 
 extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, int n_kv, int hd,
@@ -378,7 +369,7 @@ extern "C" int glm_cu_attention(const float *q, float *out, int T, int n_head, i
     if (n_head % n_kv || G > ATT_MAXG || hd > 2 * ATT_THREADS)
         return glm_err(-7, "attention: %d heads over %d KV heads with head_dim %d not supported", n_head, n_kv, hd);
     if (n_split < 1) n_split = 1;
-    if (att_mma_on(hd, G, kv)) return attention_decode_mma(q, out, T, n_head, n_kv, hd, p, kv, n_split, ws, st);
+    if (glm_cu_attention_mma(n_head, n_kv, hd, kv->fp8)) return attention_decode_mma(q, out, T, n_head, n_kv, hd, p, kv, n_split, ws, st);
     const size_t smem = sizeof(float) * ((size_t)G * hd + 16 * (hd + 1) + 16 * hd + G * 16 + 3 * G);
     dim3 grid(T, n_kv, n_split);
     attention_kernel<<<grid, ATT_THREADS, smem, st>>>(q, out, n_head, n_kv, hd, *p, *kv, n_split, ws);

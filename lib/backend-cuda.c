@@ -141,8 +141,6 @@ typedef struct {
     int dense_mma_max;           /* FP8 dense products of up to this many tokens (above gemv_max)
                                     split along K on the tensor-core kernel (GLM_CUDA_DENSE_MMA,
                                     default 8; 0 = cuBLASLt) */
-    int small_gemv_max;          /* float weights of up to 1024 rows on the GEMV up to this many
-                                    tokens (GLM_CUDA_SMALL_GEMV, default 0) */
     float *part;                 /* the split products' partial sums */
     size_t part_floats;
     int mma_min;                 /* decode MoE uses the FP8 tensor-core kernel above this T */
@@ -1133,24 +1131,28 @@ static int cu_rmsnorm(glm_backend *be, const float *x, const glm_weight *w, floa
     return glm_cu_rmsnorm(x, NULL, w->dev, out, rows, (int)w->cols, be->model->hp.rms_eps, c->st);
 }
 
+/* x[T, K] (row stride ldx) quantised to FP8 into c->xq / c->xs in layout blk (see
+ * glm_cu_quant_fp8; scales' row stride ld_s), unless they already hold it: with reuse,
+ * the previous linear's activations of the same x are kept (c->xq_of). */
+static int quant_act(cu_impl *c, const float *x, int ldx, int T, int K, int blk, int ld_s, int reuse) {
+    if (reuse && c->xq_of == x && c->xq_T == T && c->xq_K == K && c->xq_blk == blk && ldx == K) return GLM_OK;
+    RUN(glm_cu_quant_fp8(x, ldx, NULL, T, K, blk, c->xq, c->xs, ld_s, c->st));
+    c->xq_of = reuse && ldx == K ? x : NULL;
+    c->xq_T = T; c->xq_K = K; c->xq_blk = blk;
+    return GLM_OK;
+}
+
 /* y[T, N] = x[T, K] W^T (+bias): GEMV for small T, cuBLASLt above, tiled otherwise.
  * reuse: x's FP8 activations may be those of the previous linear (c->xq_of). */
 static int lin_x(cu_impl *c, const glm_cu_mat *w, const float *bias, const float *x, int ldx, float *y, int ldy, int T,
                  int reuse) {
     if (T <= c->gemv_max) return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
-    /* a few tokens more than the GEMV takes: narrow float weights (the router) on the GEMV
-     * in chunks of 8 tokens (off by default: no gain measured), FP8 weights on the
-     * tensor-core kernel split along K (measured faster than cuBLASLt at 8 tokens, slower
-     * at 32 and 64: docs/PERF.md run 19) */
-    if (T <= c->small_gemv_max && w->dtype != GLM_CU_FP8 && w->N <= 1024)
-        return glm_cu_gemv(w, NULL, x, ldx, bias, y, ldy, T, NULL, 0, c->gemv_flags, c->st);
+    /* a few tokens more than the GEMV takes: FP8 weights on the tensor-core kernel split
+     * along K (measured faster than cuBLASLt at 8 tokens, slower at 32 and 64: docs/PERF.md
+     * run 19) */
     if (T <= c->dense_mma_max && glm_cu_mma_ok(w) && (size_t)T * w->K <= c->xq_bytes &&
         (size_t)T * (w->K / 128) <= c->xs_floats) {
-        if (!(reuse && c->xq_of == x && c->xq_T == T && c->xq_K == w->K && c->xq_blk == 2 && ldx == w->K)) {
-            RUN(glm_cu_quant_fp8(x, ldx, NULL, T, w->K, 2, c->xq, c->xs, 0, c->st));
-            c->xq_of = reuse && ldx == w->K ? x : NULL;
-            c->xq_T = T; c->xq_K = w->K; c->xq_blk = 2;
-        }
+        RUN(quant_act(c, x, ldx, T, w->K, 2, 0, reuse));
         const int S = glm_cu_mma_splits(w, T, c->n_sm, c->part_floats);
         return glm_cu_gemm_fp8_mma_splitk(w, c->xq, c->xs, bias, y, ldy, T, S, S > 1 ? c->part : NULL, c->st);
     }
@@ -1162,11 +1164,7 @@ static int lin_x(cu_impl *c, const glm_cu_mat *w, const float *bias, const float
             const int T4 = blk ? T & ~3 : T;
             if (T4 < T) RUN(glm_cu_gemv(w, NULL, x + (size_t)T4 * ldx, ldx, bias, y + (size_t)T4 * ldy, ldy, T - T4, NULL, 0, c->gemv_flags, c->st));
             if (!T4) return GLM_OK;
-            if (!(reuse && c->xq_of == x && c->xq_T == T4 && c->xq_K == w->K && c->xq_blk == blk && ldx == w->K)) {
-                RUN(glm_cu_quant_fp8(x, ldx, NULL, T4, w->K, blk, c->xq, c->xs, T4, c->st));
-                c->xq_of = reuse && ldx == w->K ? x : NULL;
-                c->xq_T = T4; c->xq_K = w->K; c->xq_blk = blk;
-            }
+            RUN(quant_act(c, x, ldx, T4, w->K, blk, T4, reuse));
             rc = glm_cu_lt_matmul(c->lt, w, 0, c->xq, c->xs, T4, T4, y, ldy, c->st);
             if (rc == GLM_OK) return bias ? glm_cu_add_bias(y, bias, T4, w->N, ldy, c->st) : GLM_OK;
             if (rc != GLM_ERR_UNSUPPORTED) return rc;
@@ -1845,7 +1843,6 @@ int glm_backend_cuda_new(glm_model *model, const glm_ctx_params *p, glm_backend 
      * batch 8, 2.53 -> 1.97 ms a step; batches 1 and 64 unchanged); one GPU keeps 4 */
     c->gemv_max = env_int("GLM_CUDA_GEMV_MAX", p->n_tp >= 8 ? 8 : 4);
     c->dense_mma_max = env_int("GLM_CUDA_DENSE_MMA", 8);
-    c->small_gemv_max = env_int("GLM_CUDA_SMALL_GEMV", 0);
     c->mma_min = env_int("GLM_CUDA_MMA_MIN", 4);
     c->prof = env_int("GLM_CUDA_PROFILE", 0);
     c->fuse = env_int("GLM_CUDA_FUSE", 1);

@@ -83,6 +83,19 @@ static glm_ctx *make_ctx_with(int n_slots, int n_pages, int n_batch, int mtp) {
 
 static glm_ctx *make_ctx(int n_slots, int n_pages) { return make_ctx_with(n_slots, n_pages, 256, 0); }
 
+/* Steps s until nothing runs; checks it went idle with no page held and n requests
+ * finished, and fills *st. Returns the steps taken. */
+static int step_to_idle(glm_sched *s, int n, glm_sched_stats *st) {
+    int steps = 0, rc;
+    while ((rc = glm_sched_step(s)) > 0) steps++;
+    CHECK_MSG(rc == 0, "step: %d %s", rc, glm_last_error());
+    CHECK(glm_sched_idle(s));
+    glm_sched_get_stats(s, st);
+    CHECK_MSG(st->kv_pages_used == 0, "%d pages still held", st->kv_pages_used);
+    CHECK(st->finished == (uint64_t)n);
+    return steps;
+}
+
 /* Runs the n requests through one scheduler (all submitted at once) into outs; returns
  * the scheduler's statistics at the end, and checks that no page is leaked. */
 static glm_sched_stats run_all(const spec_t *sp, int n, out_t *outs, int n_slots, int n_pages, int batch_tokens, int cache) {
@@ -99,13 +112,7 @@ static glm_sched_stats run_all(const spec_t *sp, int n, out_t *outs, int n_slots
         glm_request r = {sp[i].prompt, sp[i].n_prompt, sp[i].max_tokens, sp[i].sp, NULL, 0, 1, on_event, &outs[i]};
         CHECK_MSG(glm_sched_submit(s, &r, NULL) == GLM_OK, "%s", glm_last_error());
     }
-    int steps = 0, rc;
-    while ((rc = glm_sched_step(s)) > 0) steps++;
-    CHECK_MSG(rc == 0, "step: %d %s", rc, glm_last_error());
-    CHECK(glm_sched_idle(s));
-    glm_sched_get_stats(s, &st);
-    CHECK_MSG(st.kv_pages_used == 0, "%d pages still held", st.kv_pages_used);
-    CHECK(st.finished == (uint64_t)n);
+    step_to_idle(s, n, &st);
     /* every page left is held by the cache alone, and counted so */
     CHECK_MSG(glm_ctx_kv_pages_free(c) + st.kv_pages_cached == glm_ctx_kv_pages_total(c), "%d free + %d cached of %d",
               glm_ctx_kv_pages_free(c), st.kv_pages_cached, glm_ctx_kv_pages_total(c));
@@ -460,14 +467,7 @@ static glm_sched_stats run_draft(const spec_t *sp, const char *const *stops, int
         glm_request r = {sp[i].prompt, sp[i].n_prompt, sp[i].max_tokens, sp[i].sp, stop, stop ? 1 : 0, 1, on_event, &outs[i]};
         CHECK_MSG(glm_sched_submit(s, &r, NULL) == GLM_OK, "%s", glm_last_error());
     }
-    int rc;
-    draft_steps_run = 0;
-    while ((rc = glm_sched_step(s)) > 0) draft_steps_run++;
-    CHECK_MSG(rc == 0, "step: %d %s", rc, glm_last_error());
-    CHECK(glm_sched_idle(s));
-    glm_sched_get_stats(s, &st);
-    CHECK_MSG(st.kv_pages_used == 0, "%d pages still held", st.kv_pages_used);
-    CHECK(st.finished == (uint64_t)n);
+    draft_steps_run = step_to_idle(s, n, &st);
     CHECK(glm_sched_cache_clear(s) == st.kv_pages_cached);
     CHECK_MSG(glm_ctx_kv_pages_free(c) == glm_ctx_kv_pages_total(c), "%d of %d pages free after the run",
               glm_ctx_kv_pages_free(c), glm_ctx_kv_pages_total(c));
